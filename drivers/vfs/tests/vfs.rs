@@ -1,0 +1,197 @@
+//! The vfs driver through its real library, on a real directory.
+
+use std::fs;
+use std::path::Path;
+
+use strata_plugin_abi::{
+    CreateOptions, ErrorKind, GraphDriver, InitArgs, KeyValues, LoadedDriver, MountOptions,
+    load_driver,
+};
+use strata_testkit::plugins::build_plugin;
+use strata_testkit::tree::{build_every_kind, compare_trees};
+
+fn start(home: &Path, options: &[(&str, &str)]) -> strata_plugin_abi::Result<LoadedDriver> {
+    let args = InitArgs {
+        home: home.to_path_buf(),
+        run_root: home.join("run"),
+        options: options.iter().copied().collect(),
+        ..Default::default()
+    };
+    load_driver(&build_plugin("strata-driver-vfs"), &args).map_err(|e| match e.driver_error() {
+        Some(err) => err.clone(),
+        None => panic!("{e}"),
+    })
+}
+
+fn rw() -> CreateOptions {
+    CreateOptions {
+        read_write: true,
+        ..Default::default()
+    }
+}
+
+/// Names in the driver's layer directory, staging directories included.
+fn layer_dir_entries(home: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(home.join("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_child_is_an_identical_copy_of_a_parent_holding_every_file_kind() {
+    // Full copy: on this machine's filesystem, and forced where it could reflink.
+    for reflink in ["auto", "never"] {
+        let home = tempfile::tempdir().unwrap();
+        let vfs = start(home.path(), &[("reflink", reflink)]).unwrap();
+        vfs.create("base", None, &rw()).unwrap();
+        let base = vfs.get("base", &MountOptions::default()).unwrap();
+        build_every_kind(&base);
+        fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+
+        vfs.create("child", Some("base"), &rw()).unwrap();
+        let child = vfs.get("child", &MountOptions::default()).unwrap();
+        let differences = compare_trees(&base, &child);
+        assert!(
+            differences.is_empty(),
+            "reflink={reflink}: the copy differs:\n{}",
+            differences.join("\n")
+        );
+        // And a grandchild of the copy, so a copy is itself a faithful parent.
+        vfs.create("grandchild", Some("child"), &rw()).unwrap();
+        let grandchild = vfs.get("grandchild", &MountOptions::default()).unwrap();
+        assert!(compare_trees(&base, &grandchild).is_empty());
+        // Writing into the child leaves the parent alone.
+        fs::write(child.join("etc/passwd"), b"changed").unwrap();
+        assert_ne!(fs::read(base.join("etc/passwd")).unwrap(), b"changed");
+    }
+}
+
+#[test]
+fn lifecycle_and_bad_input() {
+    let home = tempfile::tempdir().unwrap();
+    let vfs = start(home.path(), &[]).unwrap();
+    assert!(vfs.list().unwrap().is_empty());
+
+    vfs.create("a", None, &CreateOptions::default()).unwrap();
+    let a = vfs.get("a", &MountOptions::default()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&a).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    assert!(vfs.exists("a").unwrap());
+    assert_eq!(
+        vfs.metadata("a").unwrap().get("path"),
+        Some(a.to_str().unwrap())
+    );
+
+    let dup = vfs
+        .create("a", None, &CreateOptions::default())
+        .unwrap_err();
+    assert_eq!(dup.kind(), ErrorKind::AlreadyExists, "{dup}");
+
+    let orphan = vfs
+        .create("b", Some("ghost"), &CreateOptions::default())
+        .unwrap_err();
+    assert_eq!(orphan.kind(), ErrorKind::NotFound, "{orphan}");
+    assert!(orphan.message().contains("ghost"), "{orphan}");
+    assert!(orphan.message().contains("create layer b"), "{orphan}");
+
+    let bad_id = vfs
+        .create("../escape", None, &CreateOptions::default())
+        .unwrap_err();
+    assert_eq!(bad_id.kind(), ErrorKind::InvalidInput, "{bad_id}");
+    assert!(!home.path().join("escape").exists());
+
+    let mut sized = CreateOptions::default();
+    sized.storage_opts.push("size", "1G");
+    let err = vfs.create("c", None, &sized).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotSupported, "{err}");
+    let mut odd = CreateOptions::default();
+    odd.storage_opts.push("colour", "red");
+    let err = vfs.create("c", None, &odd).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.message().contains("'colour'"), "{err}");
+
+    let ro = MountOptions {
+        options: vec!["ro".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        vfs.get("a", &ro).unwrap_err().kind(),
+        ErrorKind::NotSupported
+    );
+    assert_eq!(
+        vfs.get("zzz", &MountOptions::default()).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(vfs.remove("zzz").unwrap_err().kind(), ErrorKind::NotFound);
+
+    // Failed creates left nothing behind.
+    assert_eq!(layer_dir_entries(home.path()), vec!["a"]);
+
+    vfs.remove("a").unwrap();
+    assert!(!vfs.exists("a").unwrap());
+    assert!(layer_dir_entries(home.path()).is_empty());
+    // The id can be used again.
+    vfs.create("a", None, &CreateOptions::default()).unwrap();
+    vfs.cleanup().unwrap();
+    vfs.cleanup().unwrap();
+    assert_eq!(vfs.list().unwrap(), vec!["a"]);
+}
+
+#[test]
+fn a_failed_copy_leaves_no_layer_behind() {
+    // A home on a 4 MiB tmpfs: a 3 MiB parent fits, its copy runs out of space.
+    let scratch =
+        strata_testkit::mounts::ScratchTmpfs::new(4 << 20).expect("mount tmpfs (needs root)");
+    let vfs = start(scratch.path(), &[]).unwrap();
+    vfs.create("parent", None, &rw()).unwrap();
+    let parent = vfs.get("parent", &MountOptions::default()).unwrap();
+    fs::create_dir(parent.join("data")).unwrap();
+    for i in 0..3 {
+        fs::write(parent.join(format!("data/{i}")), vec![i as u8; 1 << 20]).unwrap();
+    }
+    let err = vfs.create("child", Some("parent"), &rw()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert_eq!(err.errno(), Some(28), "ENOSPC expected: {err}");
+    assert!(err.message().starts_with("create layer child: "), "{err}");
+    assert!(!vfs.exists("child").unwrap());
+    assert_eq!(layer_dir_entries(scratch.path()), vec!["parent"]);
+    // The space is back: the parent can still be written.
+    fs::write(parent.join("after"), b"room again").unwrap();
+}
+
+#[test]
+fn leftovers_of_a_crash_are_removed_at_start() {
+    let home = tempfile::tempdir().unwrap();
+    let vfs = start(home.path(), &[]).unwrap();
+    vfs.create("kept", None, &CreateOptions::default()).unwrap();
+    drop(vfs);
+    fs::create_dir_all(home.path().join("dir/.new-half-1-0/usr")).unwrap();
+    fs::create_dir_all(home.path().join("dir/.gone-old-1-0/etc")).unwrap();
+    let vfs = start(home.path(), &[]).unwrap();
+    assert_eq!(layer_dir_entries(home.path()), vec!["kept"]);
+    assert_eq!(vfs.list().unwrap(), vec!["kept"]);
+}
+
+#[test]
+fn options_are_checked_at_start() {
+    let home = tempfile::tempdir().unwrap();
+    let err = start(home.path(), &[("colour", "red")]).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.message().contains("'colour'"), "{err}");
+    let err = start(home.path(), &[("reflink", "sometimes")])
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let err = start(home.path(), &[("ignore_chown_errors", "perhaps")])
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let status: KeyValues = start(home.path(), &[]).unwrap().status();
+    assert!(status.get("data copy").is_some());
+}

@@ -1,0 +1,165 @@
+//! The trait driver authors implement and the host calls.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use crate::error::{DriverError, Result};
+use crate::types::{Capabilities, CreateOptions, InitArgs, KeyValues, MountOptions, NativeDiff};
+
+/// A storage driver: it creates, snapshots, mounts and removes layers.
+///
+/// The layer tar format (apply, changes, export, whiteouts) is not its
+/// business: core does that over the directory `get` returns, or over the
+/// directory `native_diff` names. Only a driver that must own the stream (the
+/// Windows driver, where the OS imports and exports layers) implements
+/// `diff`, `apply_diff` and `diff_size`, and says so with
+/// [`Capabilities::OWNS_DIFF_FORMAT`].
+///
+/// Every method may be called from several threads at once, for different
+/// layers or the same one; a driver serialises what it must itself.
+///
+/// Errors name the layer and the operation ("create layer abc: ...").
+pub trait GraphDriver: Send + Sync {
+    /// The driver's name: `vfs`, `overlay`, ... as used in configuration.
+    fn name(&self) -> String;
+
+    /// Facts about the running driver for `strata status`: backing filesystem,
+    /// methods in use, limits.
+    fn status(&self) -> KeyValues;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Facts about one layer (its directory, its device, ...).
+    fn metadata(&self, id: &str) -> Result<KeyValues>;
+
+    /// Creates layer `id`, empty or as a copy-on-write child of `parent`.
+    /// An existing `id` is `AlreadyExists`; a missing parent is `NotFound`.
+    /// On failure nothing of the layer is left behind.
+    fn create(&self, id: &str, parent: Option<&str>, options: &CreateOptions) -> Result<()>;
+
+    /// Removes layer `id` and everything in it. The host has already checked
+    /// that no other layer has it as parent.
+    fn remove(&self, id: &str) -> Result<()>;
+
+    /// Makes the layer's tree available and returns where. Each `get` is
+    /// matched by one `put`; the host counts mounts, the driver may count too.
+    fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf>;
+
+    /// Releases what `get` made available.
+    fn put(&self, id: &str) -> Result<()>;
+
+    fn exists(&self, id: &str) -> Result<bool>;
+
+    /// Every layer the driver holds, in no particular order.
+    fn list(&self) -> Result<Vec<String>>;
+
+    /// Releases what the driver holds for the whole home (mounts, devices) at
+    /// shutdown. Calling it twice is harmless.
+    fn cleanup(&self) -> Result<()>;
+
+    /// Where this layer's own changes are kept, if the driver keeps them apart
+    /// from its parent's and they are exact right now.
+    fn native_diff(&self, id: &str) -> Result<Option<NativeDiff>> {
+        let _ = id;
+        Ok(None)
+    }
+
+    /// The layer's changes against `parent` as a tar stream, for drivers that
+    /// own the format.
+    fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
+        let _ = parent;
+        Err(not_supported(&self.name(), "diff", id))
+    }
+
+    /// Applies a tar stream to layer `id` and returns the size applied, for
+    /// drivers that own the format.
+    fn apply_diff(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        diff: &mut (dyn Read + Send),
+    ) -> Result<u64> {
+        let _ = (parent, diff);
+        Err(not_supported(&self.name(), "apply diff", id))
+    }
+
+    /// The size of the layer's changes against `parent`, for drivers that own
+    /// the format.
+    fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
+        let _ = parent;
+        Err(not_supported(&self.name(), "diff size", id))
+    }
+}
+
+fn not_supported(driver: &str, op: &str, id: &str) -> DriverError {
+    DriverError::not_supported(format!(
+        "{op} of layer {id}: the {driver} driver does not produce layer streams itself; core computes them"
+    ))
+}
+
+/// What makes a type a loadable driver: its name, a one-line description and
+/// how to start it. `export_driver!` turns it into a plugin.
+pub trait DriverPlugin: GraphDriver + Sized + 'static {
+    /// The driver's name in configuration; the library must be called
+    /// `libstrata_driver_<NAME>.so`.
+    const NAME: &'static str;
+    /// One line for `strata drivers`.
+    const DESCRIPTION: &'static str;
+
+    /// Starts the driver on its home. A driver whose backend is missing here
+    /// answers `NotSupported` with the reason.
+    fn init(args: &InitArgs) -> Result<Self>;
+}
+
+impl<T: GraphDriver + ?Sized> GraphDriver for Box<T> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn status(&self) -> KeyValues {
+        (**self).status()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn metadata(&self, id: &str) -> Result<KeyValues> {
+        (**self).metadata(id)
+    }
+    fn create(&self, id: &str, parent: Option<&str>, options: &CreateOptions) -> Result<()> {
+        (**self).create(id, parent, options)
+    }
+    fn remove(&self, id: &str) -> Result<()> {
+        (**self).remove(id)
+    }
+    fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
+        (**self).get(id, options)
+    }
+    fn put(&self, id: &str) -> Result<()> {
+        (**self).put(id)
+    }
+    fn exists(&self, id: &str) -> Result<bool> {
+        (**self).exists(id)
+    }
+    fn list(&self) -> Result<Vec<String>> {
+        (**self).list()
+    }
+    fn cleanup(&self) -> Result<()> {
+        (**self).cleanup()
+    }
+    fn native_diff(&self, id: &str) -> Result<Option<NativeDiff>> {
+        (**self).native_diff(id)
+    }
+    fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
+        (**self).diff(id, parent)
+    }
+    fn apply_diff(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        diff: &mut (dyn Read + Send),
+    ) -> Result<u64> {
+        (**self).apply_diff(id, parent, diff)
+    }
+    fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
+        (**self).diff_size(id, parent)
+    }
+}

@@ -1,0 +1,338 @@
+//! The host side: loading driver libraries and calling them as `GraphDriver`s.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{LibraryError, RootModule, lib_header_from_path};
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{ROption, RResult, RStr};
+
+use crate::driver::GraphDriver;
+use crate::error::{DriverError, Result};
+use crate::ffi::{
+    ByteSource_TO, ByteSourceAsRead, DriverBox, DriverModuleRef, FfiCreateOptions, FfiInitArgs,
+    FfiLogRecord, FfiMountOptions, LogSink, LogSink_TO, ReadAsByteSource, key_values_from_ffi,
+};
+use crate::log_codes::{filter_code, level_from_code};
+use crate::types::{Capabilities, CreateOptions, InitArgs, KeyValues, MountOptions, NativeDiff};
+
+/// The ABI version this host speaks (the version of this crate). A library
+/// loads when its major matches.
+pub const HOST_ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a library could not be used as a driver.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot load {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("{path} is not a strata driver plugin: {reason}")]
+    NotAPlugin { path: PathBuf, reason: String },
+    #[error(
+        "{path} was built against strata-plugin-abi {found}, this host speaks {expected}: the major versions differ; rebuild the driver against strata-plugin-abi {expected_major}.x"
+    )]
+    IncompatibleVersion {
+        path: PathBuf,
+        found: String,
+        expected: String,
+        expected_major: String,
+    },
+    #[error(
+        "{path} claims strata-plugin-abi {found} but its driver module does not have the layout of that version (a changed or hand-edited ABI); refusing it:\n{details}"
+    )]
+    LayoutMismatch {
+        path: PathBuf,
+        found: String,
+        details: String,
+    },
+    #[error("{path}: the {driver} driver failed to start: {error}")]
+    Init {
+        path: PathBuf,
+        driver: String,
+        error: DriverError,
+    },
+}
+
+impl LoadError {
+    /// The driver error, when the library loaded but the driver refused to start.
+    pub fn driver_error(&self) -> Option<&DriverError> {
+        match self {
+            LoadError::Init { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// A driver library, opened and checked, not yet started.
+#[derive(Clone)]
+pub struct PluginLibrary {
+    path: PathBuf,
+    module: DriverModuleRef,
+    abi_version: String,
+}
+
+impl std::fmt::Debug for PluginLibrary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginLibrary")
+            .field("path", &self.path)
+            .field("name", &self.name())
+            .field("abi_version", &self.abi_version)
+            .finish()
+    }
+}
+
+impl PluginLibrary {
+    /// Opens the library at `path` and checks that it is a strata driver of a
+    /// compatible ABI version and layout. The library stays loaded for the life
+    /// of the process (unloading code that may still be referenced is unsound).
+    pub fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
+        let path = path.to_path_buf();
+        // lib_header_from_path + init_root_module, not RootModule::load_from_file:
+        // the latter caches one module per type, so a second driver would
+        // silently come back as the first.
+        let header = lib_header_from_path(&path).map_err(|e| match e {
+            LibraryError::OpenError { err, .. } => LoadError::Open {
+                path: path.clone(),
+                reason: err.to_string(),
+            },
+            other => LoadError::NotAPlugin {
+                path: path.clone(),
+                reason: one_line(&other.to_string()),
+            },
+        })?;
+        let found = header.version_strings().version.to_string();
+        let module = header
+            .init_root_module::<DriverModuleRef>()
+            .map_err(|e| match e {
+                LibraryError::IncompatibleVersionNumber { .. }
+                | LibraryError::ParseVersionError(_) => LoadError::IncompatibleVersion {
+                    path: path.clone(),
+                    found: found.clone(),
+                    expected: HOST_ABI_VERSION.to_string(),
+                    expected_major: HOST_ABI_VERSION
+                        .split('.')
+                        .next()
+                        .unwrap_or("?")
+                        .to_string(),
+                },
+                LibraryError::AbiInstability(details) => {
+                    let details = details.to_string();
+                    if header.root_mod_consts().name().as_str() != DriverModuleRef::NAME {
+                        LoadError::NotAPlugin {
+                            path: path.clone(),
+                            reason: format!(
+                                "its root module is '{}', not a strata driver module",
+                                header.root_mod_consts().name()
+                            ),
+                        }
+                    } else {
+                        LoadError::LayoutMismatch {
+                            path: path.clone(),
+                            found: found.clone(),
+                            details,
+                        }
+                    }
+                }
+                other => LoadError::NotAPlugin {
+                    path: path.clone(),
+                    reason: one_line(&other.to_string()),
+                },
+            })?;
+        Ok(PluginLibrary {
+            path,
+            module,
+            abi_version: found,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.module.name().as_str()
+    }
+
+    pub fn description(&self) -> &'static str {
+        self.module.description().as_str()
+    }
+
+    /// The strata-plugin-abi version the library was built against.
+    pub fn abi_version(&self) -> &str {
+        &self.abi_version
+    }
+
+    /// Starts a driver from this library. Each call gives an independent driver.
+    pub fn init(&self, args: &InitArgs) -> Result<LoadedDriver, LoadError> {
+        let name = self.name().to_string();
+        let sink = LogSink_TO::from_value(
+            HostLogSink {
+                driver: name.clone(),
+            },
+            TD_Opaque,
+        );
+        let max_level = filter_code(tracing::level_filters::LevelFilter::current());
+        let ffi_args = FfiInitArgs::new(args, sink, max_level);
+        match (self.module.init())(ffi_args) {
+            RResult::ROk(object) => Ok(LoadedDriver {
+                name,
+                path: self.path.clone(),
+                object,
+            }),
+            RResult::RErr(err) => Err(LoadError::Init {
+                path: self.path.clone(),
+                driver: name,
+                error: err.into(),
+            }),
+        }
+    }
+}
+
+/// Opens the driver library at `path` and starts a driver with `args`.
+pub fn load_driver(path: &Path, args: &InitArgs) -> Result<LoadedDriver, LoadError> {
+    PluginLibrary::open(path)?.init(args)
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A driver running from a library, called through the ABI.
+pub struct LoadedDriver {
+    name: String,
+    path: PathBuf,
+    object: DriverBox,
+}
+
+impl LoadedDriver {
+    /// The library the driver came from.
+    pub fn library_path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn from_ffi<T, F>(result: RResult<F, crate::ffi::FfiError>, map: impl FnOnce(F) -> T) -> Result<T> {
+    match result {
+        RResult::ROk(value) => Ok(map(value)),
+        RResult::RErr(err) => Err(err.into()),
+    }
+}
+
+fn ropt(parent: Option<&str>) -> ROption<RStr<'_>> {
+    parent.map(RStr::from_str).into()
+}
+
+impl GraphDriver for LoadedDriver {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn status(&self) -> KeyValues {
+        key_values_from_ffi(self.object.status())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::from_bits(self.object.capabilities())
+    }
+
+    fn metadata(&self, id: &str) -> Result<KeyValues> {
+        from_ffi(self.object.metadata(id.into()), key_values_from_ffi)
+    }
+
+    fn create(&self, id: &str, parent: Option<&str>, options: &CreateOptions) -> Result<()> {
+        let options = FfiCreateOptions::from(options);
+        from_ffi(
+            self.object.create(id.into(), ropt(parent), &options),
+            |()| (),
+        )
+    }
+
+    fn remove(&self, id: &str) -> Result<()> {
+        from_ffi(self.object.remove(id.into()), |()| ())
+    }
+
+    fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
+        let options = FfiMountOptions::from(options);
+        from_ffi(self.object.get(id.into(), &options), |p| p.to_path_buf())
+    }
+
+    fn put(&self, id: &str) -> Result<()> {
+        from_ffi(self.object.put(id.into()), |()| ())
+    }
+
+    fn exists(&self, id: &str) -> Result<bool> {
+        from_ffi(self.object.exists(id.into()), |b| b)
+    }
+
+    fn list(&self) -> Result<Vec<String>> {
+        from_ffi(self.object.list(), |ids| {
+            ids.into_iter().map(String::from).collect()
+        })
+    }
+
+    fn cleanup(&self) -> Result<()> {
+        from_ffi(self.object.cleanup(), |()| ())
+    }
+
+    fn native_diff(&self, id: &str) -> Result<Option<NativeDiff>> {
+        from_ffi(self.object.native_diff(id.into()), |d| {
+            d.into_option().map(NativeDiff::from)
+        })
+    }
+
+    fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
+        from_ffi(self.object.diff(id.into(), ropt(parent)), |source| {
+            Box::new(ByteSourceAsRead(source)) as Box<dyn Read + Send>
+        })
+    }
+
+    fn apply_diff(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        diff: &mut (dyn Read + Send),
+    ) -> Result<u64> {
+        // The stream crosses as a trait object borrowed for this call only.
+        let source = ByteSource_TO::from_value(ReadAsByteSource(diff), TD_Opaque);
+        from_ffi(
+            self.object.apply_diff(id.into(), ropt(parent), source),
+            |n| n,
+        )
+    }
+
+    fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
+        from_ffi(self.object.diff_size(id.into(), ropt(parent)), |n| n)
+    }
+}
+
+/// Receives a driver's log events and re-emits them through the host's tracing
+/// subscriber under the target `strata::driver`, with the driver's name and the
+/// event's original target as fields.
+struct HostLogSink {
+    driver: String,
+}
+
+impl LogSink for HostLogSink {
+    fn log(&self, record: FfiLogRecord) {
+        let driver = self.driver.as_str();
+        let origin = record.target.as_str();
+        let message = record.message.as_str();
+        let fields = record.fields.as_str();
+        macro_rules! emit {
+            ($level:ident) => {
+                if fields.is_empty() {
+                    tracing::$level!(target: "strata::driver", driver, origin, "{message}")
+                } else {
+                    tracing::$level!(target: "strata::driver", driver, origin, "{message} {fields}")
+                }
+            };
+        }
+        match level_from_code(record.level) {
+            Some(tracing::Level::ERROR) => emit!(error),
+            Some(tracing::Level::WARN) => emit!(warn),
+            Some(tracing::Level::INFO) => emit!(info),
+            Some(tracing::Level::DEBUG) => emit!(debug),
+            Some(_) => emit!(trace),
+            None => {}
+        }
+    }
+}
