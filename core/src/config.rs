@@ -1,0 +1,327 @@
+//! Configuration: built-in defaults, overridden by the TOML file, overridden by
+//! the environment, overridden by command-line flags.
+//!
+//! ```toml
+//! [storage]
+//! driver = ""                  # "" = choose: btrfs, zfs, overlay, devicemapper, vfs
+//! graphroot = "/var/lib/strata"
+//! runroot = "/run/strata"
+//! driver_dirs = ["/usr/local/lib/strata/drivers"]
+//!
+//! [storage.options.vfs]
+//! reflink = "auto"
+//! ```
+//!
+//! | setting     | flag         | environment          | file                   | default            |
+//! |-------------|--------------|----------------------|------------------------|--------------------|
+//! | config file | `--config`   | `STRATA_CONFIG`      |                        | `/etc/strata/storage.toml` if present |
+//! | driver      | `--driver`   | `STRATA_DRIVER`      | `storage.driver`       | `""` (choose)      |
+//! | graph root  | `--root`     | `STRATA_ROOT`        | `storage.graphroot`    | `/var/lib/strata`  |
+//! | run root    | `--run-root` | `STRATA_RUN_ROOT`    | `storage.runroot`      | `/run/strata`      |
+//! | driver dirs |              | `STRATA_DRIVER_PATH` (searched after the file's) | `storage.driver_dirs` | beside the binary |
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use strata_plugin_abi::KeyValues;
+
+use crate::error::{CoreError, Result};
+
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/strata/storage.toml";
+pub const DEFAULT_GRAPHROOT: &str = "/var/lib/strata";
+pub const DEFAULT_RUNROOT: &str = "/run/strata";
+
+/// The settings strata runs with, after every source is applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The driver to use; `None` (or `""` in the file) means choose.
+    pub driver: Option<String>,
+    pub graphroot: PathBuf,
+    pub runroot: PathBuf,
+    /// Directories from the configuration file, searched before `$STRATA_DRIVER_PATH`.
+    pub driver_dirs: Vec<PathBuf>,
+    /// Directories from `$STRATA_DRIVER_PATH`.
+    pub env_driver_dirs: Vec<PathBuf>,
+    /// `[storage.options.<driver>]`.
+    pub driver_options: BTreeMap<String, KeyValues>,
+    /// The file the settings came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+/// The command line's say, which beats everything else.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub driver: Option<String>,
+    pub graphroot: Option<PathBuf>,
+    pub runroot: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    storage: StorageSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StorageSection {
+    driver: Option<String>,
+    graphroot: Option<PathBuf>,
+    runroot: Option<PathBuf>,
+    #[serde(default)]
+    driver_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    options: BTreeMap<String, BTreeMap<String, toml::Value>>,
+}
+
+/// Reads the environment through a function, so tests need not change the
+/// process environment.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Loads the configuration with the process environment.
+    pub fn load(overrides: &Overrides) -> Result<Config> {
+        Self::load_with(overrides, &ProcessEnvironment)
+    }
+
+    pub fn load_with(overrides: &Overrides, env: &dyn Environment) -> Result<Config> {
+        let explicit_file = overrides.config.clone().or_else(|| {
+            env.var("STRATA_CONFIG")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        });
+        let (file, source) = match explicit_file {
+            Some(path) => (read_file(&path)?, Some(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                let path = PathBuf::from(DEFAULT_CONFIG_FILE);
+                (read_file(&path)?, Some(path))
+            }
+            None => (FileConfig::default(), None),
+        };
+        let storage = file.storage;
+        let env_path = |name: &str| env.var(name).filter(|s| !s.is_empty()).map(PathBuf::from);
+
+        let driver = overrides
+            .driver
+            .clone()
+            .or_else(|| env.var("STRATA_DRIVER"))
+            .or(storage.driver)
+            .filter(|d| !d.is_empty());
+        let graphroot = overrides
+            .graphroot
+            .clone()
+            .or_else(|| env_path("STRATA_ROOT"))
+            .or(storage.graphroot)
+            .unwrap_or_else(|| DEFAULT_GRAPHROOT.into());
+        let runroot = overrides
+            .runroot
+            .clone()
+            .or_else(|| env_path("STRATA_RUN_ROOT"))
+            .or(storage.runroot)
+            .unwrap_or_else(|| DEFAULT_RUNROOT.into());
+        let env_driver_dirs = env
+            .var("STRATA_DRIVER_PATH")
+            .map(|v| {
+                std::env::split_paths(&v)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let mut driver_options = BTreeMap::new();
+        for (driver_name, values) in storage.options {
+            let mut options = KeyValues::new();
+            for (key, value) in values {
+                let text = match value {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => {
+                        return Err(CoreError::Config {
+                            path: source.clone().unwrap_or_default(),
+                            message: format!(
+                                "storage.options.{driver_name}.{key} must be a string, number or boolean, not {}",
+                                other.type_str()
+                            ),
+                        });
+                    }
+                };
+                options.push(key, text);
+            }
+            driver_options.insert(driver_name, options);
+        }
+
+        for (what, path) in [("graph root", &graphroot), ("run root", &runroot)] {
+            if !path.is_absolute() {
+                return Err(CoreError::Setting(format!(
+                    "the {what} must be an absolute path, not '{}'",
+                    path.display()
+                )));
+            }
+        }
+
+        Ok(Config {
+            driver,
+            graphroot,
+            runroot,
+            driver_dirs: storage.driver_dirs,
+            env_driver_dirs,
+            driver_options,
+            source,
+        })
+    }
+
+    /// The options configured for `driver`.
+    pub fn options_for(&self, driver: &str) -> KeyValues {
+        self.driver_options.get(driver).cloned().unwrap_or_default()
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| CoreError::Config {
+        path: path.to_path_buf(),
+        message: format!("cannot read it: {e}"),
+    })?;
+    toml::from_str(&text).map_err(|e| CoreError::Config {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct FakeEnv(HashMap<&'static str, String>);
+
+    impl Environment for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn write_config(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("storage.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn flag_beats_environment_beats_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_config(
+            dir.path(),
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"/file/root\"\ndriver_dirs = [\"/file/drivers\"]\n\
+             [storage.options.vfs]\nreflink = \"never\"\nignore_chown_errors = true\n",
+        );
+        let no_env = FakeEnv(HashMap::new());
+        let from_file = Config::load_with(
+            &Overrides {
+                config: Some(file.clone()),
+                ..Default::default()
+            },
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(from_file.driver.as_deref(), Some("overlay"));
+        assert_eq!(from_file.graphroot, PathBuf::from("/file/root"));
+        assert_eq!(from_file.runroot, PathBuf::from(DEFAULT_RUNROOT));
+        assert_eq!(from_file.driver_dirs, vec![PathBuf::from("/file/drivers")]);
+        assert_eq!(from_file.options_for("vfs").get("reflink"), Some("never"));
+        assert_eq!(
+            from_file.options_for("vfs").get("ignore_chown_errors"),
+            Some("true")
+        );
+
+        let env = FakeEnv(HashMap::from([
+            ("STRATA_CONFIG", file.display().to_string()),
+            ("STRATA_DRIVER", "vfs".to_string()),
+            ("STRATA_ROOT", "/env/root".to_string()),
+            ("STRATA_DRIVER_PATH", "/env/a:/env/b".to_string()),
+        ]));
+        let from_env = Config::load_with(&Overrides::default(), &env).unwrap();
+        assert_eq!(from_env.driver.as_deref(), Some("vfs"));
+        assert_eq!(from_env.graphroot, PathBuf::from("/env/root"));
+        assert_eq!(
+            from_env.env_driver_dirs,
+            vec![PathBuf::from("/env/a"), PathBuf::from("/env/b")]
+        );
+
+        let from_flags = Config::load_with(
+            &Overrides {
+                driver: Some("btrfs".into()),
+                graphroot: Some("/flag/root".into()),
+                runroot: Some("/flag/run".into()),
+                ..Default::default()
+            },
+            &env,
+        )
+        .unwrap();
+        assert_eq!(from_flags.driver.as_deref(), Some("btrfs"));
+        assert_eq!(from_flags.graphroot, PathBuf::from("/flag/root"));
+        assert_eq!(from_flags.runroot, PathBuf::from("/flag/run"));
+    }
+
+    #[test]
+    fn empty_driver_means_choose() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_config(dir.path(), "[storage]\ndriver = \"\"\n");
+        let config = Config::load_with(
+            &Overrides {
+                config: Some(file),
+                ..Default::default()
+            },
+            &FakeEnv(HashMap::new()),
+        )
+        .unwrap();
+        assert_eq!(config.driver, None);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = FakeEnv(HashMap::new());
+        let load = |text: &str| {
+            let file = write_config(dir.path(), text);
+            Config::load_with(
+                &Overrides {
+                    config: Some(file),
+                    ..Default::default()
+                },
+                &env,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(load("[storage]\ndriverr = \"vfs\"\n").contains("driverr"));
+        assert!(load("[storage\n").contains("storage.toml"));
+        assert!(load("[storage]\ngraphroot = \"relative\"\n").contains("absolute"));
+        assert!(load("[storage.options.vfs]\nx = [1]\n").contains("storage.options.vfs.x"));
+        let missing = Config::load_with(
+            &Overrides {
+                config: Some(dir.path().join("absent.toml")),
+                ..Default::default()
+            },
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("absent.toml"), "{missing}");
+    }
+}

@@ -1,0 +1,99 @@
+//! Small filesystem helpers every piece of metadata goes through.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Writes `bytes` to `path` so that a crash leaves either the old content or
+/// the new, never a mix: temp file in the same directory, fsync, rename,
+/// fsync the directory. With `replace = false` an existing file is kept and
+/// `AlreadyExists` returned (the first writer wins).
+pub fn write_atomic(path: &Path, bytes: &[u8], replace: bool) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    let mut temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    let temp_path = temp.into_temp_path();
+    let flags = if replace {
+        rustix::fs::RenameFlags::empty()
+    } else {
+        rustix::fs::RenameFlags::NOREPLACE
+    };
+    rustix::fs::renameat_with(rustix::fs::CWD, &*temp_path, rustix::fs::CWD, path, flags)?;
+    // The temp file is now `path`; nothing left to delete.
+    std::mem::forget(temp_path);
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Creates `path` and its missing ancestors, returning the ones it created,
+/// outermost first, so a failed operation can take them away again.
+pub fn create_dirs_tracked(path: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+    let mut missing = Vec::new();
+    let mut cursor = Some(path);
+    while let Some(p) = cursor {
+        if p.exists() {
+            break;
+        }
+        missing.push(p.to_path_buf());
+        cursor = p.parent();
+    }
+    missing.reverse();
+    fs::create_dir_all(path)?;
+    Ok(missing)
+}
+
+/// Removes `path` if it holds nothing but empty directories.
+pub fn remove_if_only_empty_dirs(path: &Path) -> io::Result<bool> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return Ok(false);
+    }
+    let mut all_gone = true;
+    for entry in fs::read_dir(path)? {
+        all_gone &= remove_if_only_empty_dirs(&entry?.path())?;
+    }
+    if all_gone {
+        fs::remove_dir(path)?;
+    }
+    Ok(all_gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_or_keeps_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.json");
+        write_atomic(&path, b"one", false).unwrap();
+        let err = write_atomic(&path, b"two", false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        write_atomic(&path, b"three", true).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"three");
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temp files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn only_empty_directory_trees_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = create_dirs_tracked(&dir.path().join("a/b/c")).unwrap();
+        assert_eq!(created.len(), 3);
+        fs::create_dir_all(dir.path().join("a/b/c/d")).unwrap();
+        assert!(remove_if_only_empty_dirs(&dir.path().join("a")).unwrap());
+        assert!(!dir.path().join("a").exists());
+        fs::create_dir_all(dir.path().join("x/y")).unwrap();
+        fs::write(dir.path().join("x/y/file"), b"keep").unwrap();
+        assert!(!remove_if_only_empty_dirs(&dir.path().join("x")).unwrap());
+        assert!(dir.path().join("x/y/file").exists());
+    }
+}

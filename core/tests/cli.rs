@@ -1,0 +1,269 @@
+//! The `strata` command end to end, with the real vfs library.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use strata_testkit::plugins::build_plugin;
+
+struct Setup {
+    scratch: tempfile::TempDir,
+    drivers: PathBuf,
+}
+
+impl Setup {
+    /// A graph root that does not exist yet and a driver directory holding vfs
+    /// and the boundary probe (as driver "probe").
+    fn new() -> Setup {
+        let scratch = tempfile::tempdir().unwrap();
+        let drivers = scratch.path().join("drivers");
+        fs::create_dir(&drivers).unwrap();
+        fs::copy(
+            build_plugin("strata-driver-vfs"),
+            drivers.join("libstrata_driver_vfs.so"),
+        )
+        .unwrap();
+        fs::copy(
+            build_plugin("strata-test-plugin"),
+            drivers.join("libstrata_driver_probe.so"),
+        )
+        .unwrap();
+        Setup { scratch, drivers }
+    }
+
+    fn graphroot(&self) -> PathBuf {
+        self.scratch.path().join("graph")
+    }
+
+    fn strata(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("STRATA_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("STRATA_DRIVER_PATH", &self.drivers)
+            .arg("--root")
+            .arg(self.graphroot())
+            .arg("--run-root")
+            .arg(self.scratch.path().join("run"))
+            .args(args);
+        cmd.output().unwrap()
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    stdout(&out)
+}
+
+fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "succeeded unexpectedly: {}",
+        stdout(&out)
+    );
+    stderr(&out)
+}
+
+#[test]
+fn drivers_lists_what_it_finds_and_what_it_refuses() {
+    let setup = Setup::new();
+    fs::write(
+        setup.drivers.join("libstrata_driver_junk.so"),
+        b"not a library",
+    )
+    .unwrap();
+    let out = ok(setup.strata(&["--json", "drivers"]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let find = |name: &str| {
+        report["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {out}"))
+            .clone()
+    };
+    let vfs = find("vfs");
+    assert_eq!(vfs["state"], "supported", "{out}");
+    assert_eq!(vfs["abi_version"], "1.0.0");
+    assert_eq!(vfs["origin"], "STRATA_DRIVER_PATH");
+    let junk = find("junk");
+    assert_eq!(junk["state"], "unusable");
+    assert!(
+        junk["detail"]
+            .as_str()
+            .unwrap()
+            .contains("libstrata_driver_junk.so"),
+        "{out}"
+    );
+
+    let text = ok(setup.strata(&["drivers"]));
+    assert!(text.contains("strata-plugin-abi 1.0.0"), "{text}");
+    // Surveying creates nothing in the graph root's place.
+    assert!(!setup.graphroot().exists());
+}
+
+#[test]
+fn a_stack_of_layers_with_the_chosen_driver() {
+    let setup = Setup::new();
+    ok(setup.strata(&["layer", "create", "base"]));
+    let base = PathBuf::from(ok(setup.strata(&["layer", "mount", "base"])).trim());
+    fs::write(base.join("hello"), b"from base").unwrap();
+    ok(setup.strata(&["layer", "create", "--parent", "base", "top"]));
+    let top = PathBuf::from(ok(setup.strata(&["layer", "mount", "top"])).trim());
+    assert_eq!(fs::read(top.join("hello")).unwrap(), b"from base");
+    fs::write(top.join("hello"), b"from top").unwrap();
+    assert_eq!(fs::read(base.join("hello")).unwrap(), b"from base");
+    ok(setup.strata(&["layer", "unmount", "top"]));
+
+    assert_eq!(ok(setup.strata(&["layer", "list"])), "base\ntop\n");
+    assert_eq!(ok(setup.strata(&["layer", "exists", "top"])), "true\n");
+    let missing = setup.strata(&["layer", "exists", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(stdout(&missing), "false\n");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["--json", "status"]))).unwrap();
+    assert_eq!(status["driver"], "vfs");
+    assert_eq!(status["layers"], 2);
+    assert_eq!(status["reason"], "the graph root was made by it");
+
+    ok(setup.strata(&["layer", "delete", "top"]));
+    assert_eq!(ok(setup.strata(&["layer", "list"])), "base\n");
+}
+
+#[test]
+fn automatic_choice_says_why_each_driver_was_passed_over() {
+    let setup = Setup::new();
+    let out = setup.strata(&["--log-level", "info", "--json", "status"]);
+    let status: serde_json::Value = serde_json::from_str(&ok(out.clone())).unwrap();
+    assert_eq!(status["driver"], "vfs");
+    let passed: Vec<_> = status["passed_over"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["driver"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(passed, vec!["btrfs", "zfs", "overlay", "devicemapper"]);
+    let log = stderr(&out);
+    assert!(
+        log.contains("driver passed over") && log.contains("storage driver chosen"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_driver_answering_not_supported_is_passed_over_and_nothing_is_left() {
+    let setup = Setup::new();
+    // vfs refuses to start when told to reflink on a filesystem that cannot.
+    let config = setup.scratch.path().join("storage.toml");
+    fs::write(&config, "[storage.options.vfs]\nreflink = \"always\"\n").unwrap();
+    if strata_reflink_possible(setup.scratch.path()) {
+        eprintln!("skipped: the temporary directory's filesystem can reflink, so vfs would start");
+        return;
+    }
+    let err = fails(setup.strata(&["--config", config.to_str().unwrap(), "status"]));
+    assert!(err.contains("no storage driver works here"), "{err}");
+    assert!(err.contains("vfs: init vfs: reflink=always"), "{err}");
+    assert!(
+        !setup.graphroot().exists(),
+        "a failed start left {:?}",
+        setup.graphroot()
+    );
+}
+
+fn strata_reflink_possible(dir: &Path) -> bool {
+    let a = dir.join("reflink-a");
+    fs::write(&a, b"x").unwrap();
+    let ok = Command::new("cp")
+        .args(["--reflink=always"])
+        .arg(&a)
+        .arg(dir.join("reflink-b"))
+        .output()
+        .unwrap()
+        .status
+        .success();
+    let _ = fs::remove_file(dir.join("reflink-b"));
+    let _ = fs::remove_file(a);
+    ok
+}
+
+#[test]
+fn bad_input_is_named_and_creates_nothing() {
+    let setup = Setup::new();
+    let err = fails(setup.strata(&["--driver", "nosuch", "layer", "list"]));
+    assert!(err.contains("unknown driver 'nosuch'"), "{err}");
+    assert!(err.contains("found: probe, vfs"), "{err}");
+    assert!(!setup.graphroot().exists());
+
+    fs::write(
+        setup.drivers.join("libstrata_driver_junk.so"),
+        b"not a library",
+    )
+    .unwrap();
+    let err = fails(setup.strata(&["--driver", "junk", "layer", "list"]));
+    assert!(err.contains("libstrata_driver_junk.so"), "{err}");
+    assert!(!setup.graphroot().exists());
+
+    let config = setup.scratch.path().join("storage.toml");
+    fs::write(&config, "[storage.options.vfs]\nreflinks = \"never\"\n").unwrap();
+    let err = fails(setup.strata(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--driver",
+        "vfs",
+        "layer",
+        "list",
+    ]));
+    assert!(
+        err.contains("unknown vfs driver option 'reflinks'"),
+        "{err}"
+    );
+    assert!(
+        !setup.graphroot().exists(),
+        "{:?} was created",
+        setup.graphroot()
+    );
+
+    fs::write(&config, "[storage]\ndriverr = \"vfs\"\n").unwrap();
+    let err = fails(setup.strata(&["--config", config.to_str().unwrap(), "layer", "list"]));
+    assert!(err.contains("driverr"), "{err}");
+
+    ok(setup.strata(&["layer", "create", "base"]));
+    let err = fails(setup.strata(&["layer", "mount", "ghost"]));
+    assert!(err.contains("mount layer ghost: no such layer"), "{err}");
+    let err = fails(setup.strata(&["layer", "create", "--parent", "ghost", "child"]));
+    assert!(err.contains("ghost"), "{err}");
+    let err = fails(setup.strata(&["layer", "create", "../up"]));
+    assert!(err.contains("invalid layer id"), "{err}");
+    let err = fails(setup.strata(&["layer", "create", "--opt", "colour=red", "c"]));
+    assert!(err.contains("'colour'"), "{err}");
+    assert_eq!(ok(setup.strata(&["layer", "list"])), "base\n");
+}
+
+#[test]
+fn a_graph_root_is_refused_to_another_driver() {
+    let setup = Setup::new();
+    ok(setup.strata(&["--driver", "vfs", "layer", "create", "base"]));
+    let err = fails(setup.strata(&["--driver", "probe", "layer", "list"]));
+    assert!(err.contains("belongs to the 'vfs' driver"), "{err}");
+    assert!(err.contains("'probe'"), "{err}");
+    assert!(!setup.graphroot().join("probe").exists());
+    // Without a driver named, the graph root's own driver is used.
+    assert_eq!(ok(setup.strata(&["layer", "list"])), "base\n");
+}
