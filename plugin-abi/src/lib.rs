@@ -61,7 +61,7 @@ pub use error::{DriverError, ErrorKind, Result};
 pub use host::{HOST_ABI_VERSION, LoadError, LoadedDriver, PluginLibrary, load_driver};
 pub use types::{
     Capabilities, CreateOptions, IdMap, InitArgs, KeyValues, MountOptions, NativeDiff,
-    WhiteoutFormat, validate_layer_id,
+    WhiteoutFormat, is_valid_layer_id, validate_layer_id,
 };
 
 /// The symbol abi_stable looks up in a library: the library header. Spelled out

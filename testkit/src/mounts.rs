@@ -43,3 +43,99 @@ impl Drop for ScratchTmpfs {
         }
     }
 }
+
+/// A filesystem kind a test can make on a loop device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopFsKind {
+    /// mkfs.ext4 defaults: the reference filesystem for benches that create files.
+    Ext4,
+    /// Shares extents (reflink) and has subvolumes.
+    Btrfs,
+    /// Shares extents (reflink=1 is mkfs.xfs's default).
+    Xfs,
+}
+
+impl LoopFsKind {
+    fn mkfs(self) -> (&'static str, &'static [&'static str], &'static str) {
+        match self {
+            LoopFsKind::Ext4 => ("mkfs.ext4", &["-q", "-F"], "ext4"),
+            LoopFsKind::Btrfs => ("mkfs.btrfs", &["-q", "-f"], "btrfs"),
+            LoopFsKind::Xfs => ("mkfs.xfs", &["-q", "-f"], "xfs"),
+        }
+    }
+}
+
+/// A filesystem on a loop device over a sparse image file, mounted on a
+/// temporary directory. Dropping it unmounts, detaches the loop device and
+/// deletes the image, whether the test passed or not.
+pub struct LoopFilesystem {
+    mountpoint: tempfile::TempDir,
+    device: Option<loopdev::LoopDevice>,
+    mounted: bool,
+    // Declared last so the image goes after the device is detached.
+    _image_dir: tempfile::TempDir,
+}
+
+impl LoopFilesystem {
+    /// Makes and mounts a `kind` filesystem of `size` bytes (needs root and the
+    /// mkfs tool for the kind).
+    pub fn new(kind: LoopFsKind, size: u64) -> std::io::Result<LoopFilesystem> {
+        let image_dir = tempfile::tempdir()?;
+        let image = image_dir.path().join("fs.img");
+        std::fs::File::create(&image)?.set_len(size)?;
+        let device = loopdev::LoopControl::open()?.next_free()?;
+        device.with().autoclear(true).attach(&image)?;
+        let mut fs = LoopFilesystem {
+            mountpoint: tempfile::tempdir()?,
+            device: Some(device),
+            mounted: false,
+            _image_dir: image_dir,
+        };
+        let dev_path = fs
+            .device
+            .as_ref()
+            .and_then(|d| d.path())
+            .ok_or_else(|| std::io::Error::other("loop device has no path"))?;
+        let (mkfs, args, fstype) = kind.mkfs();
+        let out = std::process::Command::new(mkfs)
+            .args(args)
+            .arg(&dev_path)
+            .output()
+            .map_err(|e| std::io::Error::other(format!("run {mkfs}: {e}")))?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "{mkfs} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        rustix::mount::mount(
+            dev_path.as_path(),
+            fs.mountpoint.path(),
+            fstype,
+            MountFlags::empty(),
+            None::<&std::ffi::CStr>,
+        )?;
+        fs.mounted = true;
+        Ok(fs)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.mountpoint.path()
+    }
+}
+
+impl Drop for LoopFilesystem {
+    fn drop(&mut self) {
+        if self.mounted {
+            if rustix::mount::unmount(self.mountpoint.path(), UnmountFlags::empty()).is_err() {
+                let _ = rustix::mount::unmount(self.mountpoint.path(), UnmountFlags::DETACH);
+            }
+            self.mounted = false;
+        }
+        if let Some(device) = self.device.take() {
+            // Autoclear detaches once the last user closes it; detaching
+            // explicitly as well covers a mount that was never made.
+            let _ = device.detach();
+        }
+    }
+}

@@ -8,18 +8,28 @@ use std::sync::{Mutex, OnceLock};
 
 use crate::{cargo, workspace_root};
 
-/// Builds the cdylib of workspace package `package` (debug profile) and
-/// returns the library's path. Built once per test process.
+/// Builds the cdylib of workspace package `package` (debug profile, as tests
+/// are) and returns the library's path. Built once per process.
 pub fn build_plugin(package: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    build_plugin_in(package, false)
+}
+
+/// The same in the release profile, for benches.
+pub fn build_plugin_release(package: &str) -> PathBuf {
+    build_plugin_in(package, true)
+}
+
+fn build_plugin_in(package: &str, release: bool) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<(String, bool), PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.get(package) {
+    let key = (package.to_string(), release);
+    if let Some(path) = built.get(&key) {
         return path.clone();
     }
     let root = workspace_root();
-    let path = cargo_build_cdylib(&root, &root.join("Cargo.toml"), package, None);
-    built.insert(package.to_string(), path.clone());
+    let path = cargo_build_cdylib(&root, &root.join("Cargo.toml"), package, None, release);
+    built.insert(key, path.clone());
     path
 }
 
@@ -29,11 +39,15 @@ fn cargo_build_cdylib(
     manifest: &Path,
     package: &str,
     target_dir: Option<&Path>,
+    release: bool,
 ) -> PathBuf {
     let mut cmd = cargo();
     cmd.current_dir(dir)
-        .args(["build", "--quiet", "--message-format=json", "-p", package])
-        .arg("--manifest-path")
+        .args(["build", "--quiet", "--message-format=json", "-p", package]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.arg("--manifest-path")
         .arg(manifest)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -159,6 +173,7 @@ strata-plugin-abi = { path = "../plugin-abi" }
         // One target directory per fixture: both build a library of the same
         // name, and a shared directory would let one overwrite the other's.
         Some(&fixture.join("target")),
+        false,
     )
 }
 

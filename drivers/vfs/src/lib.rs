@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use strata_plugin_abi::{
     Capabilities, CreateOptions, DriverError, DriverPlugin, GraphDriver, InitArgs, KeyValues,
-    MountOptions, Result, validate_layer_id,
+    MountOptions, Result, is_valid_layer_id, validate_layer_id,
 };
 
 use crate::copy::{CopyOptions, DataCopy};
@@ -291,7 +291,7 @@ impl GraphDriver for VfsDriver {
     }
 
     fn exists(&self, id: &str) -> Result<bool> {
-        if validate_layer_id(id).is_err() {
+        if !is_valid_layer_id(id) {
             return Ok(false);
         }
         Ok(self.layer_dir(id).is_dir())
@@ -305,7 +305,7 @@ impl GraphDriver for VfsDriver {
         for entry in entries {
             let entry = entry.map_err(|e| DriverError::io("list layers", &e))?;
             if let Some(name) = entry.file_name().to_str()
-                && validate_layer_id(name).is_ok()
+                && is_valid_layer_id(name)
             {
                 ids.push(name.to_string());
             }

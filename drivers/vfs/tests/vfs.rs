@@ -195,3 +195,40 @@ fn options_are_checked_at_start() {
     let status: KeyValues = start(home.path(), &[]).unwrap().status();
     assert!(status.get("data copy").is_some());
 }
+
+#[test]
+fn on_a_filesystem_with_reflinks_children_share_extents_and_stay_identical() {
+    use strata_testkit::mounts::{LoopFilesystem, LoopFsKind};
+    let btrfs = LoopFilesystem::new(LoopFsKind::Btrfs, 1 << 30)
+        .expect("loop btrfs (needs root, btrfs-progs)");
+    let vfs = start(btrfs.path(), &[("reflink", "always")]).unwrap();
+    assert_eq!(
+        vfs.status().get("data copy"),
+        Some("reflink (extents shared with the parent)")
+    );
+    vfs.create("base", None, &rw()).unwrap();
+    let base = vfs.get("base", &MountOptions::default()).unwrap();
+    build_every_kind(&base);
+    // 64 MiB of data: a full copy would need it twice, a reflinked one does not.
+    fs::write(base.join("big"), vec![0x5a; 64 << 20]).unwrap();
+    rustix::fs::sync();
+    let used_before = used_bytes(btrfs.path());
+    vfs.create("child", Some("base"), &rw()).unwrap();
+    rustix::fs::sync();
+    let grown = used_bytes(btrfs.path()).saturating_sub(used_before);
+    assert!(
+        grown < 16 << 20,
+        "the child took {grown} bytes: not reflinked"
+    );
+    let child = vfs.get("child", &MountOptions::default()).unwrap();
+    let differences = compare_trees(&base, &child);
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    // Writing to the child's copy does not show in the parent.
+    fs::write(child.join("big"), b"rewritten").unwrap();
+    assert_eq!(fs::metadata(base.join("big")).unwrap().len(), 64 << 20);
+}
+
+fn used_bytes(path: &Path) -> u64 {
+    let st = rustix::fs::statvfs(path).unwrap();
+    (st.f_blocks - st.f_bfree) * st.f_frsize
+}
