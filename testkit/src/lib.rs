@@ -3,7 +3,6 @@
 
 pub mod mounts;
 pub mod plugins;
-pub mod tree;
 
 use std::path::PathBuf;
 

@@ -3,12 +3,12 @@
 use std::fs;
 use std::path::Path;
 
+use strata_conformance::tree::{build_every_kind, compare_trees};
 use strata_plugin_abi::{
     CreateOptions, ErrorKind, GraphDriver, InitArgs, KeyValues, LoadedDriver, MountOptions,
     load_driver,
 };
 use strata_testkit::plugins::build_plugin;
-use strata_testkit::tree::{build_every_kind, compare_trees};
 
 fn start(home: &Path, options: &[(&str, &str)]) -> strata_plugin_abi::Result<LoadedDriver> {
     let args = InitArgs {

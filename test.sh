@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test of strata on a fresh Debian bookworm machine, as root:
+# formatting and lints, the workspace's unit and integration tests (real
+# drivers on real backends), and the conformance suite against every driver
+# library the workspace builds.
+set -euo pipefail
+cd "$(dirname "$0")"
+./scripts/install-deps.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace
+cargo test --workspace
+./scripts/conformance-matrix.sh target/debug
