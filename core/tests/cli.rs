@@ -267,3 +267,39 @@ fn a_graph_root_is_refused_to_another_driver() {
     // Without a driver named, the graph root's own driver is used.
     assert_eq!(ok(setup.strata(&["layer", "list"])), "base\n");
 }
+
+#[test]
+fn drivers_beside_the_binary_are_found_without_configuration() {
+    // `cargo build` puts libstrata_driver_vfs.so in the same directory as the
+    // strata binary; build_plugin makes sure it is there and current.
+    let vfs = build_plugin("strata-driver-vfs");
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_strata"));
+    assert_eq!(
+        vfs.parent(),
+        binary.parent(),
+        "vfs was not built beside strata"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(&binary);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("STRATA_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd
+        .arg("--root")
+        .arg(scratch.path().join("graph"))
+        .args(["--json", "drivers"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    let vfs_entry = report["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "vfs")
+        .expect("vfs listed")
+        .clone();
+    assert_eq!(vfs_entry["origin"], "the strata binary's directory");
+    assert_eq!(vfs_entry["state"], "supported");
+}

@@ -8,7 +8,7 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 
-use crate::driver::{DriverPlugin, GraphDriver};
+use crate::driver::DriverPlugin;
 use crate::error::{DriverError, ErrorKind, Result};
 use crate::ffi::{
     ByteSource_TO, ByteSourceAsRead, ByteSourceBox, ByteSourceMut, DriverBox, DriverModule,
@@ -81,12 +81,12 @@ fn opt<'a>(parent: &'a ROption<RStr<'a>>) -> Option<&'a str> {
 /// Wraps a driver so the host can call it through the `DriverObject` vtable.
 struct DriverAdapter<T>(T);
 
-impl<T: GraphDriver> DriverObject for DriverAdapter<T> {
+impl<T: DriverPlugin> DriverObject for DriverAdapter<T> {
     fn name(&self) -> RString {
-        match guard(|| "name".into(), || Ok(self.0.name())) {
-            Ok(name) => name.into(),
-            Err(err) => err.message().into(),
-        }
+        // A driver whose name() panics is still called by the name it exported.
+        guard(|| "name".into(), || Ok(self.0.name()))
+            .unwrap_or_else(|_| T::NAME.to_string())
+            .into()
     }
 
     fn status(&self) -> RVec<FfiKeyValue> {
