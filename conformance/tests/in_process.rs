@@ -35,14 +35,8 @@ fn vfs_passes_in_process() {
 fn the_runner_fails_a_driver_that_does_not_behave() {
     // The boundary probe keeps ids in memory and has no trees: a storage driver
     // it is not, and the suite must say so.
-    let probe = strata_testkit::plugins::build_plugin("strata-test-plugin");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata-conformance"))
-        .arg("--driver")
-        .arg(&probe)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let (success, text) = run_runner("strata-test-plugin");
+    assert!(!success, "{text}");
     assert!(text.contains("FAILED   mount/get-put-same-path"), "{text}");
     let last = text.lines().last().unwrap_or_default();
     assert!(
@@ -53,14 +47,8 @@ fn the_runner_fails_a_driver_that_does_not_behave() {
 
 #[test]
 fn the_runner_passes_the_vfs_library() {
-    let vfs = strata_testkit::plugins::build_plugin("strata-driver-vfs");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata-conformance"))
-        .arg("--driver")
-        .arg(&vfs)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let (success, text) = run_runner("strata-driver-vfs");
+    assert!(success, "{text}");
     assert!(
         text.lines()
             .last()
@@ -68,4 +56,19 @@ fn the_runner_passes_the_vfs_library() {
             .ends_with("0 failed, 0 skipped"),
         "{text}"
     );
+}
+
+/// Runs the `strata-conformance` runner on the library of `package`; returns
+/// whether it succeeded and what it printed.
+fn run_runner(package: &str) -> (bool, String) {
+    let library = strata_testkit::plugins::build_plugin(package);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata-conformance"))
+        .arg("--driver")
+        .arg(&library)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }

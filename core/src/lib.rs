@@ -16,6 +16,7 @@
 //! # Ok::<(), strata_core::CoreError>(())
 //! ```
 
+pub mod archive;
 pub mod config;
 pub mod discovery;
 pub mod error;

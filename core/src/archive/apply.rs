@@ -1,0 +1,981 @@
+//! Applying a layer tar stream to a directory, safely, recording tar-split
+//! and computing both digests in the same pass.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
+use strata_plugin_abi::IdMap;
+
+use super::ArchiveError;
+use super::beneath::{self, Root, name_cstr, normalize, proc_path, remove_all_at, split};
+use super::compression::{Compression, decompress};
+use super::digest::{HashingReader, Sha256Digest};
+use super::tarsplit::{CRC64_ISO, TarSplitWriter};
+use super::whiteout::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
+
+/// Where a layer is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyTarget {
+    /// Onto a full copy of the parent's tree (vfs, btrfs, zfs, devicemapper): a
+    /// whiteout deletes, an opaque directory loses what the lower layers had.
+    Tree,
+    /// Into an overlay upper directory: a whiteout becomes a 0:0 character
+    /// device, an opaque directory gets `trusted.overlay.opaque=y`.
+    OverlayUpper,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    pub target: ApplyTarget,
+    /// Container-to-host id maps; empty means ids are written as they are.
+    pub uid_maps: Vec<IdMap>,
+    pub gid_maps: Vec<IdMap>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            target: ApplyTarget::Tree,
+            uid_maps: Vec::new(),
+            gid_maps: Vec::new(),
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Bytes of file data written, hard links counted once (as diff size counts).
+    pub size: u64,
+    pub compression: Compression,
+    /// Digest and length of the stream as given (the blob).
+    pub compressed_digest: Sha256Digest,
+    pub compressed_size: u64,
+    /// Digest and length of the tar itself (the OCI diff id).
+    pub uncompressed_digest: Sha256Digest,
+    pub uncompressed_size: u64,
+    /// Tar members applied.
+    pub entries: u64,
+}
+
+/// Reads the tar stream for the tar crate while sorting what it reads: bytes
+/// read as a regular file's data (`payload` on) are checksummed and left out
+/// of the record; every other byte is kept for the tar-split record.
+struct Recorder<R> {
+    inner: RefCell<HashingReader<R>>,
+    payload: Cell<bool>,
+    recording: bool,
+    pending: RefCell<Vec<u8>>,
+    crc: RefCell<crc::Digest<'static, u64, crc::Table<16>>>,
+    payload_len: Cell<u64>,
+}
+
+impl<R: Read> Read for &Recorder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.borrow_mut().read(buf)?;
+        if self.payload.get() {
+            if self.recording {
+                self.crc.borrow_mut().update(&buf[..n]);
+            }
+            self.payload_len.set(self.payload_len.get() + n as u64);
+        } else if self.recording {
+            self.pending.borrow_mut().extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+impl<R: Read> Recorder<R> {
+    fn take_pending(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.pending.borrow_mut())
+    }
+
+    fn begin_payload(&self) {
+        self.payload.set(true);
+        self.payload_len.set(0);
+        *self.crc.borrow_mut() = CRC64_ISO.digest();
+    }
+
+    /// Ends a payload; returns its length and CRC-64.
+    fn end_payload(&self) -> (u64, u64) {
+        self.payload.set(false);
+        let crc = std::mem::replace(&mut *self.crc.borrow_mut(), CRC64_ISO.digest()).finalize();
+        (self.payload_len.get(), crc)
+    }
+}
+
+/// Applies the (possibly compressed) layer stream `input` under `root`.
+///
+/// Nothing outside `root` is created, changed or deleted, whatever the stream
+/// holds. On error the tree under `root` is partial: the caller discards the
+/// layer. With `tar_split` given, the record to rebuild the exact stream is
+/// written there as JSON lines (the caller compresses and stores it).
+pub fn apply_layer(
+    root: &Path,
+    input: impl Read,
+    options: &ApplyOptions,
+    tar_split: Option<&mut dyn Write>,
+) -> Result<ApplyReport, ArchiveError> {
+    let root = Root::open(root).map_err(|e| ArchiveError::io("open layer root", root, e))?;
+    let mut compressed = HashingReader::new(input);
+    let mut report = apply_stream(&root, &mut compressed, options, tar_split)?;
+    (report.compressed_digest, report.compressed_size) =
+        compressed.finish().map_err(ArchiveError::input)?;
+    Ok(report)
+}
+
+/// Decompresses and applies; the compressed digest is left for the caller,
+/// which owns the compressed reader.
+fn apply_stream(
+    root: &Root,
+    compressed: &mut impl Read,
+    options: &ApplyOptions,
+    tar_split: Option<&mut dyn Write>,
+) -> Result<ApplyReport, ArchiveError> {
+    let (compression, decompressed) = decompress(compressed).map_err(ArchiveError::input)?;
+    let recorder = Recorder {
+        inner: RefCell::new(HashingReader::new(decompressed)),
+        payload: Cell::new(false),
+        recording: tar_split.is_some(),
+        pending: RefCell::new(Vec::new()),
+        crc: RefCell::new(CRC64_ISO.digest()),
+        payload_len: Cell::new(0),
+    };
+    let mut split = tar_split.map(TarSplitWriter::new);
+    let mut state = Applier::new(root, options);
+
+    {
+        let mut archive = tar::Archive::new(&recorder);
+        let entries = archive.entries().map_err(ArchiveError::input)?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| ArchiveError::input(not_a_tar(e, state.entries)))?;
+            if let Some(split) = split.as_mut() {
+                split
+                    .segment(&recorder.take_pending())
+                    .map_err(ArchiveError::record)?;
+            }
+            let name = entry.path_bytes().into_owned();
+            let (data_len, crc) = state.apply_entry(&mut entry, &recorder, &name)?;
+            if let Some(split) = split.as_mut() {
+                split
+                    .file(&name, data_len, (data_len > 0).then_some(crc))
+                    .map_err(ArchiveError::record)?;
+            }
+        }
+    }
+    // What follows the end-of-archive blocks (record padding) is part of the
+    // stream: read it so it is recorded and digested.
+    io::copy(&mut &recorder, &mut io::sink()).map_err(ArchiveError::input)?;
+    if let Some(split) = split.as_mut() {
+        split
+            .segment(&recorder.take_pending())
+            .map_err(ArchiveError::record)?;
+    }
+    state.finish()?;
+    let (uncompressed_digest, uncompressed_size) = recorder
+        .inner
+        .into_inner()
+        .finish()
+        .map_err(ArchiveError::input)?;
+    Ok(ApplyReport {
+        size: state.size,
+        compression,
+        compressed_digest: Sha256Digest::from_bytes([0; 32]),
+        compressed_size: 0,
+        uncompressed_digest,
+        uncompressed_size,
+        entries: state.entries,
+    })
+}
+
+fn not_a_tar(e: io::Error, entries_so_far: u64) -> io::Error {
+    if entries_so_far == 0 {
+        io::Error::new(e.kind(), format!("not a tar stream: {e}"))
+    } else {
+        e
+    }
+}
+
+/// Metadata of a member, taken from its header and PAX records.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Timespec,
+    atime: Timespec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Set for a member stored in one of GNU tar's PAX sparse formats.
+    sparse: Option<PaxSparse>,
+}
+
+/// A PAX sparse member (GNU tar 1.0 or 0.1 format): its real name and size,
+/// and the map of data regions (in the PAX records for 0.1, at the front of
+/// the data for 1.0).
+#[derive(Default)]
+struct PaxSparse {
+    name: Option<Vec<u8>>,
+    real_size: Option<u64>,
+    major: Option<u64>,
+    map: Option<Vec<(u64, u64)>>,
+}
+
+fn parse_u64(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+fn parse_sparse_map(value: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let numbers: Option<Vec<u64>> = std::str::from_utf8(value)
+        .ok()?
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().ok())
+        .collect();
+    let numbers = numbers?;
+    (numbers.len() % 2 == 0).then(|| numbers.chunks(2).map(|p| (p[0], p[1])).collect())
+}
+
+/// A directory whose mode and times are set at the end, once its contents are in.
+struct PendingDir {
+    rel: PathBuf,
+    mode: u32,
+    times: Timestamps,
+}
+
+struct Applier<'a> {
+    root: &'a Root,
+    options: &'a ApplyOptions,
+    /// The parent directory of the last member and its handle: consecutive
+    /// members mostly share one. Dropped whenever anything is removed or a
+    /// symlink made, since either can change what a path resolves to.
+    parent_cache: Option<(PathBuf, OwnedFd)>,
+    /// Paths this layer made (for opaque directories on a full tree: what the
+    /// layer itself holds stays, whatever its order in the stream).
+    made: HashSet<PathBuf>,
+    dirs: Vec<PendingDir>,
+    size: u64,
+    entries: u64,
+    buf: Vec<u8>,
+}
+
+fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (secs, frac) = match text.split_once('.') {
+        Some((s, f)) => (s, f),
+        None => (text, ""),
+    };
+    let tv_sec: i64 = secs.parse().ok()?;
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nanos: i64 = if frac.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
+    // A negative time with a fraction counts the fraction towards zero.
+    let (tv_sec, tv_nsec) = if tv_sec < 0 && nanos > 0 {
+        (tv_sec - 1, 1_000_000_000 - nanos)
+    } else {
+        (tv_sec, nanos)
+    };
+    Some(Timespec {
+        tv_sec,
+        tv_nsec: tv_nsec as _,
+    })
+}
+
+fn map_id(id: u32, maps: &[IdMap]) -> Option<u32> {
+    if maps.is_empty() {
+        return Some(id);
+    }
+    maps.iter().find_map(|m| {
+        (id >= m.container_id && id - m.container_id < m.size)
+            .then(|| m.host_id + (id - m.container_id))
+    })
+}
+
+impl<'a> Applier<'a> {
+    fn new(root: &'a Root, options: &'a ApplyOptions) -> Self {
+        Applier {
+            root,
+            options,
+            parent_cache: None,
+            made: HashSet::new(),
+            dirs: Vec::new(),
+            size: 0,
+            entries: 0,
+            buf: vec![0u8; 256 * 1024],
+        }
+    }
+
+    fn meta<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        shown: &str,
+    ) -> Result<Meta, ArchiveError> {
+        let header = entry.header();
+        let bad = |why: String| ArchiveError::entry(shown, why);
+        let mode = header.mode().map_err(|e| bad(format!("mode: {e}")))? & 0o7777;
+        let uid = header.uid().map_err(|e| bad(format!("uid: {e}")))?;
+        let gid = header.gid().map_err(|e| bad(format!("gid: {e}")))?;
+        let mtime_secs = header.mtime().map_err(|e| bad(format!("mtime: {e}")))?;
+        let mut mtime = Timespec {
+            tv_sec: mtime_secs as i64,
+            tv_nsec: 0,
+        };
+        let mut atime = None;
+        let mut xattrs = Vec::new();
+        let mut sparse: Option<PaxSparse> = None;
+        if let Some(pax) = entry
+            .pax_extensions()
+            .map_err(|e| bad(format!("PAX records: {e}")))?
+        {
+            for ext in pax {
+                let ext = ext.map_err(|e| bad(format!("PAX record: {e}")))?;
+                let key = ext.key_bytes();
+                if key == b"mtime" {
+                    mtime = parse_pax_time(ext.value_bytes())
+                        .ok_or_else(|| bad("bad PAX mtime".into()))?;
+                } else if key == b"atime" {
+                    atime = parse_pax_time(ext.value_bytes());
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                } else if let Some(field) = key.strip_prefix(b"GNU.sparse.") {
+                    let info = sparse.get_or_insert_with(PaxSparse::default);
+                    let value = ext.value_bytes();
+                    match field {
+                        b"name" => info.name = Some(value.to_vec()),
+                        b"realsize" | b"size" => info.real_size = parse_u64(value),
+                        b"major" => info.major = parse_u64(value),
+                        b"map" => {
+                            info.map = Some(
+                                parse_sparse_map(value)
+                                    .ok_or_else(|| bad("bad GNU.sparse.map".into()))?,
+                            )
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let uid = u32::try_from(uid)
+            .ok()
+            .and_then(|u| map_id(u, &self.options.uid_maps));
+        let gid = u32::try_from(gid)
+            .ok()
+            .and_then(|g| map_id(g, &self.options.gid_maps));
+        let (Some(uid), Some(gid)) = (uid, gid) else {
+            return Err(bad("its owner is outside the uid/gid maps".into()));
+        };
+        Ok(Meta {
+            mode,
+            uid,
+            gid,
+            atime: atime.unwrap_or(mtime),
+            mtime,
+            xattrs,
+            sparse,
+        })
+    }
+
+    /// The handle of `rel`'s parent directory, made if missing.
+    fn parent(&mut self, parent: &Path, shown: &str) -> Result<OwnedFd, ArchiveError> {
+        if let Some((cached, fd)) = &self.parent_cache
+            && cached == parent
+        {
+            return fd
+                .try_clone()
+                .map_err(|e| ArchiveError::entry_io(shown, "open parent", e));
+        }
+        let made = &mut self.made;
+        let fd = self
+            .root
+            .dir_creating(parent, |dir| {
+                made.insert(dir.to_path_buf());
+            })
+            .map_err(|e| ArchiveError::entry_io(shown, "open parent directory", e))?;
+        self.parent_cache = Some((
+            parent.to_path_buf(),
+            fd.try_clone()
+                .map_err(|e| ArchiveError::entry_io(shown, "open parent", e))?,
+        ));
+        Ok(fd)
+    }
+
+    fn forget_parents(&mut self) {
+        self.parent_cache = None;
+    }
+
+    /// Applies one member; returns the length and CRC of the data read as a
+    /// regular file's payload (0 for everything else).
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, &Recorder<R>>,
+        recorder: &Recorder<R>,
+        name: &[u8],
+    ) -> Result<(u64, u64), ArchiveError> {
+        self.entries += 1;
+        let shown = String::from_utf8_lossy(name).into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            return Ok((0, 0)); // no effect on the tree
+        }
+        let meta = self.meta(entry, &shown)?;
+        // A PAX sparse member is stored under a made-up name; its real one is
+        // in the records.
+        let real_name = meta.sparse.as_ref().and_then(|s| s.name.clone());
+        let name = real_name.as_deref().unwrap_or(name);
+        let shown = String::from_utf8_lossy(name).into_owned();
+        let rel = normalize(name).map_err(|why| ArchiveError::unsafe_entry(&shown, why))?;
+
+        // Whiteouts first: their names are instructions, not files.
+        if let Some((dir, base)) = split(&rel)
+            && let Some(target) = base.as_bytes().strip_prefix(WHITEOUT_PREFIX)
+        {
+            let dir = dir.to_path_buf();
+            return self.whiteout(&dir, target, &shown).map(|()| (0, 0));
+        }
+
+        let Some((parent_rel, base)) = split(&rel) else {
+            // The root itself: only a directory can describe it.
+            if !kind.is_dir() {
+                return Err(ArchiveError::unsafe_entry(
+                    &shown,
+                    "only a directory can stand for the layer's root",
+                ));
+            }
+            self.chown_chattrs_dir(Path::new(""), &meta, &shown)?;
+            self.dirs.push(PendingDir {
+                rel,
+                mode: meta.mode,
+                times: Timestamps {
+                    last_access: meta.atime,
+                    last_modification: meta.mtime,
+                },
+            });
+            return Ok((0, 0));
+        };
+        let parent_rel = parent_rel.to_path_buf();
+        let base = base.to_os_string();
+        let cname = name_cstr(&base).map_err(|e| ArchiveError::entry_io(&shown, "name", e))?;
+        let parent = self.parent(&parent_rel, &shown)?;
+
+        let mut payload = (0, 0);
+        if kind.is_dir() {
+            match rustix::fs::mkdirat(&parent, &cname, Mode::from_raw_mode(0o700)) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::EXIST) => {
+                    let existing = rustix::fs::statat(&parent, &cname, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| ArchiveError::entry_io(&shown, "stat", e.into()))?;
+                    if FileType::from_raw_mode(existing.st_mode) != FileType::Directory {
+                        self.replace(&parent, &cname, &shown)?;
+                        rustix::fs::mkdirat(&parent, &cname, Mode::from_raw_mode(0o700)).map_err(
+                            |e| ArchiveError::entry_io(&shown, "create directory", e.into()),
+                        )?;
+                    }
+                }
+                Err(e) => return Err(ArchiveError::entry_io(&shown, "create directory", e.into())),
+            }
+            self.chown_chattrs_dir(&rel, &meta, &shown)?;
+            self.dirs.push(PendingDir {
+                rel: rel.clone(),
+                mode: meta.mode,
+                times: Timestamps {
+                    last_access: meta.atime,
+                    last_modification: meta.mtime,
+                },
+            });
+        } else if let Some(info) = meta.sparse.as_ref().filter(|_| kind.is_file()) {
+            // Data regions only; the map and the data stay in the record.
+            let file = self.create_file(&parent, &cname, &shown)?;
+            let mut file = std::fs::File::from(file);
+            let real_size = self.copy_pax_sparse(entry, &mut file, info, &shown)?;
+            self.size += real_size;
+            let fd = std::os::fd::OwnedFd::from(file);
+            self.set_meta_fd(&fd, &meta, &shown)?;
+        } else if kind.is_file() || kind.is_gnu_sparse() || kind == tar::EntryType::Continuous {
+            let sparse = kind.is_gnu_sparse();
+            let file = self.create_file(&parent, &cname, &shown)?;
+            let mut file = std::fs::File::from(file);
+            // A sparse member's data stays in the record (its map is there too);
+            // a plain file's data is read as payload and left out.
+            if !sparse {
+                recorder.begin_payload();
+            }
+            let written = self.copy_data(entry, &mut file, sparse, &shown);
+            if !sparse {
+                payload = recorder.end_payload();
+            }
+            let written = written?;
+            if written != entry.size() {
+                return Err(ArchiveError::input(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{shown}: the stream ends inside the member's data ({written} of {} bytes)",
+                        entry.size()
+                    ),
+                )));
+            }
+            self.size += written;
+            let fd = std::os::fd::OwnedFd::from(file);
+            self.set_meta_fd(&fd, &meta, &shown)?;
+        } else if kind.is_symlink() {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| ArchiveError::entry(&shown, "a symlink without a target".into()))?
+                .into_owned();
+            let target = std::ffi::CString::new(target)
+                .map_err(|_| ArchiveError::entry(&shown, "NUL in symlink target".into()))?;
+            self.create_with(&parent, &cname, &shown, |p, n| {
+                rustix::fs::symlinkat(target.as_c_str(), p, n)
+            })?;
+            self.forget_parents();
+            self.set_meta_at(&parent, &base, &meta, &shown, false)?;
+        } else if kind.is_hard_link() {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| ArchiveError::entry(&shown, "a hard link without a target".into()))?
+                .into_owned();
+            let target_rel =
+                normalize(&target).map_err(|why| ArchiveError::unsafe_entry(&shown, why))?;
+            let Some((target_dir, target_base)) = split(&target_rel) else {
+                return Err(ArchiveError::unsafe_entry(
+                    &shown,
+                    "a hard link to the layer's root",
+                ));
+            };
+            let target_parent = self
+                .root
+                .dir(target_dir)
+                .map_err(|e| ArchiveError::entry_io(&shown, "find the hard link's target", e))?;
+            let target_name =
+                name_cstr(target_base).map_err(|e| ArchiveError::entry_io(&shown, "name", e))?;
+            self.create_with(&parent, &cname, &shown, |p, n| {
+                rustix::fs::linkat(&target_parent, &target_name, p, n, AtFlags::empty())
+            })?;
+        } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            let file_type = if kind.is_character_special() {
+                FileType::CharacterDevice
+            } else if kind.is_block_special() {
+                FileType::BlockDevice
+            } else {
+                FileType::Fifo
+            };
+            let header = entry.header();
+            let major = header.device_major().ok().flatten().unwrap_or(0);
+            let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            let dev = rustix::fs::makedev(major, minor);
+            self.create_with(&parent, &cname, &shown, |p, n| {
+                rustix::fs::mknodat(p, n, file_type, Mode::from_raw_mode(0o600), dev)
+            })?;
+            self.set_meta_at(&parent, &base, &meta, &shown, true)?;
+        } else {
+            return Err(ArchiveError::entry(
+                &shown,
+                format!("unsupported member type {:?}", kind),
+            ));
+        }
+        self.made.insert(rel);
+        Ok(payload)
+    }
+
+    /// Creates a regular file, replacing what is there.
+    fn create_file(
+        &mut self,
+        parent: &OwnedFd,
+        name: &std::ffi::CStr,
+        shown: &str,
+    ) -> Result<OwnedFd, ArchiveError> {
+        let open = || {
+            rustix::fs::openat(
+                parent,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        };
+        match open() {
+            Ok(fd) => Ok(fd),
+            Err(rustix::io::Errno::EXIST) => {
+                self.replace(parent, name, shown)?;
+                open().map_err(|e| ArchiveError::entry_io(shown, "create", e.into()))
+            }
+            Err(e) => Err(ArchiveError::entry_io(shown, "create", e.into())),
+        }
+    }
+
+    /// Runs `make`, replacing what is at `name` if it exists.
+    fn create_with(
+        &mut self,
+        parent: &OwnedFd,
+        name: &std::ffi::CStr,
+        shown: &str,
+        make: impl Fn(&OwnedFd, &std::ffi::CStr) -> rustix::io::Result<()>,
+    ) -> Result<(), ArchiveError> {
+        match make(parent, name) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::EXIST) => {
+                self.replace(parent, name, shown)?;
+                make(parent, name).map_err(|e| ArchiveError::entry_io(shown, "create", e.into()))
+            }
+            Err(e) => Err(ArchiveError::entry_io(shown, "create", e.into())),
+        }
+    }
+
+    /// Removes what is at `name` so a member can take its place.
+    fn replace(
+        &mut self,
+        parent: &OwnedFd,
+        name: &std::ffi::CStr,
+        shown: &str,
+    ) -> Result<(), ArchiveError> {
+        self.forget_parents();
+        remove_all_at(parent, name).map_err(|e| ArchiveError::entry_io(shown, "replace", e))
+    }
+
+    fn copy_data<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        file: &mut std::fs::File,
+        sparse: bool,
+        shown: &str,
+    ) -> Result<u64, ArchiveError> {
+        use std::io::{Seek, SeekFrom};
+        let mut written = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ArchiveError::input(e)),
+            };
+            let chunk = &self.buf[..n];
+            if sparse && chunk.iter().all(|b| *b == 0) {
+                // Holes stay holes: skip over zeros, set the length at the end.
+                file.seek(SeekFrom::Current(n as i64))
+                    .map_err(|e| ArchiveError::entry_io(shown, "write", e))?;
+            } else {
+                file.write_all(chunk)
+                    .map_err(|e| ArchiveError::entry_io(shown, "write", e))?;
+            }
+            written += n as u64;
+        }
+        if sparse {
+            file.set_len(written)
+                .map_err(|e| ArchiveError::entry_io(shown, "set length", e))?;
+        }
+        Ok(written)
+    }
+
+    /// Writes a PAX sparse member's data regions at their offsets and sets the
+    /// real size; returns it.
+    fn copy_pax_sparse<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        file: &mut std::fs::File,
+        info: &PaxSparse,
+        shown: &str,
+    ) -> Result<u64, ArchiveError> {
+        use std::os::unix::fs::FileExt;
+        let bad = |why: &str| ArchiveError::entry(shown, format!("sparse member: {why}"));
+        let mut consumed = 0u64;
+        let map = match (&info.map, info.major) {
+            (Some(map), _) => map.clone(),
+            (None, Some(1)) => {
+                // Format 1.0: decimal lines (count, then offset/size pairs)
+                // at the front of the data, padded to a 512-byte block.
+                let mut numbers = Vec::new();
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                let mut wanted = None;
+                while wanted.is_none_or(|w| numbers.len() < w) {
+                    entry.read_exact(&mut byte).map_err(ArchiveError::input)?;
+                    consumed += 1;
+                    if byte[0] == b'\n' {
+                        let n = parse_u64(&line).ok_or_else(|| bad("bad number in the map"))?;
+                        line.clear();
+                        if wanted.is_none() {
+                            if n > 1 << 20 {
+                                return Err(bad("an implausibly long map"));
+                            }
+                            wanted = Some(n as usize * 2);
+                        } else {
+                            numbers.push(n);
+                        }
+                    } else if line.len() > 20 {
+                        return Err(bad("bad number in the map"));
+                    } else {
+                        line.push(byte[0]);
+                    }
+                }
+                let padding = (512 - consumed % 512) % 512;
+                io::copy(&mut entry.by_ref().take(padding), &mut io::sink())
+                    .map_err(ArchiveError::input)?;
+                consumed += padding;
+                numbers.chunks(2).map(|p| (p[0], p[1])).collect()
+            }
+            _ => return Err(bad("an unknown GNU sparse format")),
+        };
+        let real_size = info.real_size.ok_or_else(|| bad("no real size recorded"))?;
+        for (offset, length) in map {
+            if offset.checked_add(length).is_none_or(|end| end > real_size) {
+                return Err(bad("a region beyond the file's size"));
+            }
+            let mut left = length;
+            let mut at = offset;
+            while left > 0 {
+                let want = (left as usize).min(self.buf.len());
+                let n = entry
+                    .read(&mut self.buf[..want])
+                    .map_err(ArchiveError::input)?;
+                if n == 0 {
+                    return Err(ArchiveError::input(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{shown}: the stream ends inside a sparse region"),
+                    )));
+                }
+                file.write_all_at(&self.buf[..n], at)
+                    .map_err(|e| ArchiveError::entry_io(shown, "write", e))?;
+                at += n as u64;
+                left -= n as u64;
+                consumed += n as u64;
+            }
+        }
+        if consumed != entry.size() {
+            return Err(bad("the map does not account for the member's data"));
+        }
+        file.set_len(real_size)
+            .map_err(|e| ArchiveError::entry_io(shown, "set length", e))?;
+        Ok(real_size)
+    }
+
+    fn set_meta_fd(&self, fd: &OwnedFd, meta: &Meta, shown: &str) -> Result<(), ArchiveError> {
+        // Owner before mode (chown clears setuid/setgid) and before xattrs
+        // (chown clears security.capability).
+        rustix::fs::fchown(
+            fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| ArchiveError::entry_io(shown, "set owner", e.into()))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+            .map_err(|e| ArchiveError::entry_io(shown, "set mode", e.into()))?;
+        for (name, value) in &meta.xattrs {
+            rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty())
+                .map_err(|e| ArchiveError::entry_io(shown, "set xattr", e.into()))?;
+        }
+        rustix::fs::futimens(
+            fd,
+            &Timestamps {
+                last_access: meta.atime,
+                last_modification: meta.mtime,
+            },
+        )
+        .map_err(|e| ArchiveError::entry_io(shown, "set times", e.into()))
+    }
+
+    /// Metadata of a symlink or device node, by name in its parent.
+    fn set_meta_at(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        meta: &Meta,
+        shown: &str,
+        with_mode: bool,
+    ) -> Result<(), ArchiveError> {
+        let cname = name_cstr(name).map_err(|e| ArchiveError::entry_io(shown, "name", e))?;
+        rustix::fs::chownat(
+            parent,
+            &cname,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| ArchiveError::entry_io(shown, "set owner", e.into()))?;
+        if with_mode {
+            rustix::fs::chmodat(
+                parent,
+                &cname,
+                Mode::from_raw_mode(meta.mode),
+                AtFlags::empty(),
+            )
+            .map_err(|e| ArchiveError::entry_io(shown, "set mode", e.into()))?;
+        }
+        if !meta.xattrs.is_empty() {
+            let path = proc_path(parent, name);
+            for (xname, value) in &meta.xattrs {
+                rustix::fs::lsetxattr(&path, xname.as_slice(), value, XattrFlags::empty())
+                    .map_err(|e| ArchiveError::entry_io(shown, "set xattr", e.into()))?;
+            }
+        }
+        rustix::fs::utimensat(
+            parent,
+            &cname,
+            &Timestamps {
+                last_access: meta.atime,
+                last_modification: meta.mtime,
+            },
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| ArchiveError::entry_io(shown, "set times", e.into()))
+    }
+
+    /// Owner and xattrs of a directory now; its mode and times at the end.
+    fn chown_chattrs_dir(&self, rel: &Path, meta: &Meta, shown: &str) -> Result<(), ArchiveError> {
+        let fd = self
+            .open_dir_rw(rel)
+            .map_err(|e| ArchiveError::entry_io(shown, "open directory", e))?;
+        rustix::fs::fchown(
+            &fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| ArchiveError::entry_io(shown, "set owner", e.into()))?;
+        for (name, value) in &meta.xattrs {
+            rustix::fs::fsetxattr(&fd, name.as_slice(), value, XattrFlags::empty())
+                .map_err(|e| ArchiveError::entry_io(shown, "set xattr", e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// A real (not O_PATH) handle on directory `rel`, not following a final symlink.
+    fn open_dir_rw(&self, rel: &Path) -> io::Result<OwnedFd> {
+        if rel.as_os_str().is_empty() {
+            return Ok(rustix::fs::openat(
+                self.root.fd(),
+                c".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?);
+        }
+        Ok(rustix::fs::openat2(
+            self.root.fd(),
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+        )?)
+    }
+
+    fn whiteout(&mut self, dir: &Path, target: &[u8], shown: &str) -> Result<(), ArchiveError> {
+        self.forget_parents();
+        if target == OPAQUE_MARKER {
+            return self.opaque(dir, shown);
+        }
+        if target.starts_with(WHITEOUT_PREFIX) {
+            // Other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): no meaning here.
+            return Ok(());
+        }
+        if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+            return Err(ArchiveError::unsafe_entry(
+                shown,
+                "a whiteout that names no single entry",
+            ));
+        }
+        let target_name = OsStr::from_bytes(target);
+        let cname = name_cstr(target_name).map_err(|e| ArchiveError::entry_io(shown, "name", e))?;
+        let parent = self.parent(dir, shown)?;
+        match self.options.target {
+            ApplyTarget::Tree => remove_all_at(&parent, &cname)
+                .map_err(|e| ArchiveError::entry_io(shown, "delete what the whiteout names", e)),
+            ApplyTarget::OverlayUpper => {
+                remove_all_at(&parent, &cname)
+                    .map_err(|e| ArchiveError::entry_io(shown, "replace", e))?;
+                rustix::fs::mknodat(
+                    &parent,
+                    &cname,
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    rustix::fs::makedev(0, 0),
+                )
+                .map_err(|e| ArchiveError::entry_io(shown, "create overlay whiteout", e.into()))?;
+                self.made.insert(dir.join(target_name));
+                Ok(())
+            }
+        }
+    }
+
+    fn opaque(&mut self, dir: &Path, shown: &str) -> Result<(), ArchiveError> {
+        let made = &mut self.made;
+        self.root
+            .dir_creating(dir, |d| {
+                made.insert(d.to_path_buf());
+            })
+            .map_err(|e| ArchiveError::entry_io(shown, "open opaque directory", e))?;
+        let fd = self
+            .open_dir_rw(dir)
+            .map_err(|e| ArchiveError::entry_io(shown, "open opaque directory", e))?;
+        match self.options.target {
+            ApplyTarget::Tree => {
+                let made = &self.made;
+                beneath::remove_children(&fd, |child| {
+                    !made.contains(&dir.join(OsStr::from_bytes(child.to_bytes())))
+                })
+                .map_err(|e| ArchiveError::entry_io(shown, "clear opaque directory", e))
+            }
+            ApplyTarget::OverlayUpper => {
+                rustix::fs::fsetxattr(&fd, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
+                    .map_err(|e| ArchiveError::entry_io(shown, "mark directory opaque", e.into()))
+            }
+        }
+    }
+
+    /// Sets directories' modes and times, deepest first, now that nothing more
+    /// is written into them.
+    fn finish(&mut self) -> Result<(), ArchiveError> {
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.rel.components().count()));
+        for dir in dirs {
+            let shown = dir.rel.display().to_string();
+            let fd = match self.open_dir_rw(&dir.rel) {
+                Ok(fd) => fd,
+                // Replaced or deleted by a later member: nothing to finish.
+                Err(e) if matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOENT.raw_os_error() || code == rustix::io::Errno::NOTDIR.raw_os_error() || code == rustix::io::Errno::LOOP.raw_os_error()) => {
+                    continue;
+                }
+                Err(e) => return Err(ArchiveError::entry_io(&shown, "open directory", e)),
+            };
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir.mode))
+                .map_err(|e| ArchiveError::entry_io(&shown, "set mode", e.into()))?;
+            rustix::fs::futimens(&fd, &dir.times)
+                .map_err(|e| ArchiveError::entry_io(&shown, "set times", e.into()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times_keep_nanoseconds() {
+        let t = parse_pax_time(b"1700000000.123456789").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 123_456_789));
+        let t = parse_pax_time(b"1700000000.5").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 500_000_000));
+        let t = parse_pax_time(b"-1.25").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (-2, 750_000_000));
+        assert!(parse_pax_time(b"soon").is_none());
+    }
+
+    #[test]
+    fn ids_map_through_ranges_or_are_refused() {
+        let maps = [IdMap {
+            container_id: 0,
+            host_id: 100_000,
+            size: 65536,
+        }];
+        assert_eq!(map_id(0, &maps), Some(100_000));
+        assert_eq!(map_id(1000, &maps), Some(101_000));
+        assert_eq!(map_id(70_000, &maps), None);
+        assert_eq!(map_id(70_000, &[]), Some(70_000));
+    }
+}

@@ -1,0 +1,114 @@
+//! sha256 digests as a type, and readers that compute them in passing.
+
+use std::fmt;
+use std::io::{self, Read};
+
+use sha2::{Digest as _, Sha256};
+
+/// A sha256 digest, shown as `sha256:<hex>` as OCI writes it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256Digest([u8; 32]);
+
+impl Sha256Digest {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Sha256Digest(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses `sha256:<64 hex digits>`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex_part = text.strip_prefix("sha256:")?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut bytes).ok()?;
+        Some(Sha256Digest(bytes))
+    }
+
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Sha256Digest(Sha256::digest(data).into())
+    }
+}
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Passes bytes through while hashing and counting them.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Reads what is left (so the digest covers the whole stream) and returns
+    /// the digest and the total length.
+    pub fn finish(mut self) -> io::Result<(Sha256Digest, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((Sha256Digest(self.hasher.finalize().into()), self.count))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_text_round_trips_and_matches_a_known_value() {
+        let d = Sha256Digest::of(b"abc");
+        assert_eq!(
+            d.to_string(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Sha256Digest::parse(&d.to_string()), Some(d));
+        assert_eq!(Sha256Digest::parse("sha256:zz"), None);
+        assert_eq!(Sha256Digest::parse("md5:00"), None);
+    }
+
+    #[test]
+    fn hashing_reader_covers_the_unread_rest() {
+        let mut r = HashingReader::new(&b"abcdef"[..]);
+        let mut two = [0u8; 2];
+        r.read_exact(&mut two).unwrap();
+        let (digest, len) = r.finish().unwrap();
+        assert_eq!(len, 6);
+        assert_eq!(digest, Sha256Digest::of(b"abcdef"));
+    }
+}

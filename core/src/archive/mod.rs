@@ -1,0 +1,90 @@
+//! The layer tar format: the one place in strata that knows it, so no driver
+//! has to. Applying a stream (any compression, whiteouts, safe extraction,
+//! digests, tar-split) lives here; computing changes and exporting them follow.
+
+mod apply;
+pub mod beneath;
+pub mod compression;
+pub mod digest;
+pub mod tarsplit;
+pub mod whiteout;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use apply::{ApplyOptions, ApplyReport, ApplyTarget, apply_layer};
+pub use compression::Compression;
+pub use digest::Sha256Digest;
+
+/// Why a layer stream could not be applied or produced.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// A member that would reach outside the layer's root, or otherwise must
+    /// never be applied.
+    #[error("refused member {entry:?}: {reason}")]
+    Unsafe { entry: String, reason: String },
+    /// A member that cannot be applied as it is.
+    #[error("member {entry:?}: {reason}")]
+    Entry { entry: String, reason: String },
+    /// A member whose application failed in the filesystem.
+    #[error("member {entry:?}: {operation}: {source}")]
+    EntryIo {
+        entry: String,
+        operation: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The stream itself: junk, truncated, a compression that does not decode.
+    #[error("bad layer stream: {0}")]
+    Input(#[source] io::Error),
+    /// Writing the tar-split record failed.
+    #[error("writing the tar-split record: {0}")]
+    Record(#[source] io::Error),
+    #[error("{operation} {}: {source}", path.display())]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ArchiveError {
+    pub(crate) fn unsafe_entry(entry: &str, reason: &str) -> Self {
+        ArchiveError::Unsafe {
+            entry: entry.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn entry(entry: &str, reason: String) -> Self {
+        ArchiveError::Entry {
+            entry: entry.to_string(),
+            reason,
+        }
+    }
+
+    pub(crate) fn entry_io(entry: &str, operation: &'static str, source: io::Error) -> Self {
+        ArchiveError::EntryIo {
+            entry: entry.to_string(),
+            operation,
+            source,
+        }
+    }
+
+    pub(crate) fn input(source: io::Error) -> Self {
+        ArchiveError::Input(source)
+    }
+
+    pub(crate) fn record(source: io::Error) -> Self {
+        ArchiveError::Record(source)
+    }
+
+    pub(crate) fn io(operation: &'static str, path: &Path, source: io::Error) -> Self {
+        ArchiveError::Io {
+            operation,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

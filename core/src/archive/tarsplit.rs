@@ -1,0 +1,220 @@
+//! tar-split: what the files alone cannot give back of a layer tar (headers,
+//! padding, order, trailing bytes), so the exact original stream can be
+//! rebuilt from the applied files plus this record.
+//!
+//! The format is vbatts/tar-split's, read by containers/storage and
+//! composefs-rs: JSON lines, gzip-compressed on disk, each either
+//!
+//! * a segment, `{"type":2,"payload":"<base64 raw bytes>","position":N}`, or
+//! * a file, `{"type":1,"name":"<member name>","size":S,"payload":"<base64 crc64>","position":N}`
+//!   (`name_raw` in base64 instead of `name` when the name is not UTF-8;
+//!   `size` omitted when 0; the payload is the big-endian CRC-64/ISO of the
+//!   member's data, null when it has none).
+//!
+//! Only regular files' data is left out of the record; everything else the
+//! tar holds (sparse maps and their data, extension headers, hard links'
+//! bodies) is kept in segments, so the rebuilt stream is exact.
+
+use std::io::{self, BufRead, Read, Write};
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use crc::{Crc, Table};
+use serde::Deserialize;
+
+use super::beneath::{Root, normalize};
+
+/// CRC-64 with the ISO polynomial, as Go's `hash/crc64` (crc64.ISO) computes it.
+pub static CRC64_ISO: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&crc::CRC_64_GO_ISO);
+
+const FILE_TYPE: u8 = 1;
+const SEGMENT_TYPE: u8 = 2;
+
+/// Writes tar-split records as JSON lines.
+pub struct TarSplitWriter<W: Write> {
+    out: W,
+    position: u64,
+}
+
+impl<W: Write> TarSplitWriter<W> {
+    pub fn new(out: W) -> Self {
+        TarSplitWriter { out, position: 0 }
+    }
+
+    /// Raw bytes of the stream, written back verbatim.
+    pub fn segment(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            self.out,
+            "{{\"type\":{SEGMENT_TYPE},\"payload\":\"{}\",\"position\":{}}}",
+            BASE64.encode(bytes),
+            self.position
+        )?;
+        self.position += 1;
+        Ok(())
+    }
+
+    /// A member whose `size` bytes of data come from the file `name`.
+    pub fn file(&mut self, name: &[u8], size: u64, crc: Option<u64>) -> io::Result<()> {
+        let name_field = match std::str::from_utf8(name) {
+            Ok(text) => format!(
+                "\"name\":{}",
+                serde_json::to_string(text).expect("a string serialises")
+            ),
+            Err(_) => format!("\"name_raw\":\"{}\"", BASE64.encode(name)),
+        };
+        let size_field = if size > 0 {
+            format!(",\"size\":{size}")
+        } else {
+            String::new()
+        };
+        let payload = match crc {
+            Some(crc) => format!("\"{}\"", BASE64.encode(crc.to_be_bytes())),
+            None => "null".to_string(),
+        };
+        writeln!(
+            self.out,
+            "{{\"type\":{FILE_TYPE},{name_field}{size_field},\"payload\":{payload},\"position\":{}}}",
+            self.position
+        )?;
+        self.position += 1;
+        Ok(())
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+#[derive(Deserialize)]
+struct Record {
+    #[serde(rename = "type")]
+    kind: u8,
+    name: Option<String>,
+    name_raw: Option<String>,
+    size: Option<u64>,
+    payload: Option<String>,
+}
+
+/// Rebuilds the original tar stream from a tar-split record (uncompressed
+/// JSON lines) and the files under `root`, writing it to `out`. Every file's
+/// data is checked against its recorded CRC, so a file changed since the
+/// layer was applied is an error, not a silently different stream.
+pub fn reassemble(record: impl BufRead, root: &Path, mut out: impl Write) -> io::Result<u64> {
+    let root = Root::open(root)?;
+    let mut written = 0u64;
+    let mut buf = vec![0u8; 128 * 1024];
+    for (line_no, line) in record.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("tar-split record line {}: {why}", line_no + 1),
+            )
+        };
+        let rec: Record = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        match rec.kind {
+            SEGMENT_TYPE => {
+                let bytes = BASE64
+                    .decode(rec.payload.unwrap_or_default())
+                    .map_err(|e| bad(format!("segment payload: {e}")))?;
+                out.write_all(&bytes)?;
+                written += bytes.len() as u64;
+            }
+            FILE_TYPE => {
+                let size = rec.size.unwrap_or(0);
+                if size == 0 {
+                    continue;
+                }
+                let name = match (&rec.name, &rec.name_raw) {
+                    (_, Some(raw)) => BASE64
+                        .decode(raw)
+                        .map_err(|e| bad(format!("name_raw: {e}")))?,
+                    (Some(name), None) => name.as_bytes().to_vec(),
+                    (None, None) => return Err(bad("a file record without a name".into())),
+                };
+                let shown = String::from_utf8_lossy(&name).into_owned();
+                let rel = normalize(&name).map_err(|why| bad(format!("{shown}: {why}")))?;
+                let file = root
+                    .open_read(&rel)
+                    .map_err(|e| bad(format!("open {shown}: {e}")))?;
+                let mut file = std::fs::File::from(file);
+                let mut digest = CRC64_ISO.digest();
+                let mut left = size;
+                while left > 0 {
+                    let want = (left as usize).min(buf.len());
+                    let n = file.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(bad(format!(
+                            "{shown} is shorter than the {size} bytes recorded"
+                        )));
+                    }
+                    digest.update(&buf[..n]);
+                    out.write_all(&buf[..n])?;
+                    left -= n as u64;
+                }
+                let expected = rec
+                    .payload
+                    .as_deref()
+                    .map(|p| BASE64.decode(p))
+                    .transpose()
+                    .map_err(|e| bad(format!("file payload: {e}")))?;
+                if let Some(expected) = expected
+                    && expected != digest.finalize().to_be_bytes()
+                {
+                    return Err(bad(format!(
+                        "{shown} changed since the layer was applied (CRC-64 differs)"
+                    )));
+                }
+                written += size;
+            }
+            other => return Err(bad(format!("unknown record type {other}"))),
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_look_like_tar_splits() {
+        let mut w = TarSplitWriter::new(Vec::new());
+        w.segment(b"header").unwrap();
+        w.file(b"etc/passwd", 3, Some(CRC64_ISO.checksum(b"abc")))
+            .unwrap();
+        w.file(b"dir/", 0, None).unwrap();
+        w.file(b"caf\xe9", 0, None).unwrap();
+        let text = String::from_utf8(w.into_inner()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], r#"{"type":2,"payload":"aGVhZGVy","position":0}"#);
+        assert_eq!(
+            lines[1],
+            format!(
+                r#"{{"type":1,"name":"etc/passwd","size":3,"payload":"{}","position":1}}"#,
+                BASE64.encode(CRC64_ISO.checksum(b"abc").to_be_bytes())
+            )
+        );
+        assert_eq!(
+            lines[2],
+            r#"{"type":1,"name":"dir/","payload":null,"position":2}"#
+        );
+        assert_eq!(
+            lines[3],
+            r#"{"type":1,"name_raw":"Y2Fm6Q==","payload":null,"position":3}"#
+        );
+    }
+
+    #[test]
+    fn crc64_matches_gos_iso_table() {
+        // Go: crc64.Checksum([]byte("123456789"), crc64.MakeTable(crc64.ISO))
+        assert_eq!(CRC64_ISO.checksum(b"123456789"), 0xb909_56c7_75a4_1001);
+    }
+}
