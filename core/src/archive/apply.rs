@@ -74,6 +74,9 @@ struct Recorder<R> {
     pending: RefCell<Vec<u8>>,
     crc: RefCell<crc::Digest<'static, u64, crc::Table<16>>>,
     payload_len: Cell<u64>,
+    /// Zero bytes at the end of what was read outside payloads: at least a
+    /// block of them means the end-of-archive marker was seen.
+    trailing_zeros: Cell<u64>,
 }
 
 impl<R: Read> Read for &Recorder<R> {
@@ -84,8 +87,17 @@ impl<R: Read> Read for &Recorder<R> {
                 self.crc.borrow_mut().update(&buf[..n]);
             }
             self.payload_len.set(self.payload_len.get() + n as u64);
-        } else if self.recording {
-            self.pending.borrow_mut().extend_from_slice(&buf[..n]);
+        } else {
+            if self.recording {
+                self.pending.borrow_mut().extend_from_slice(&buf[..n]);
+            }
+            let read = &buf[..n];
+            match read.iter().rposition(|b| *b != 0) {
+                Some(last) => self.trailing_zeros.set((n - last - 1) as u64),
+                None => self
+                    .trailing_zeros
+                    .set(self.trailing_zeros.get() + n as u64),
+            }
         }
         Ok(n)
     }
@@ -98,6 +110,7 @@ impl<R: Read> Recorder<R> {
 
     fn begin_payload(&self) {
         self.payload.set(true);
+        self.trailing_zeros.set(0);
         self.payload_len.set(0);
         *self.crc.borrow_mut() = CRC64_ISO.digest();
     }
@@ -146,6 +159,7 @@ fn apply_stream(
         pending: RefCell::new(Vec::new()),
         crc: RefCell::new(CRC64_ISO.digest()),
         payload_len: Cell::new(0),
+        trailing_zeros: Cell::new(0),
     };
     let mut split = tar_split.map(TarSplitWriter::new);
     let mut state = Applier::new(root, options);
@@ -168,6 +182,17 @@ fn apply_stream(
                     .map_err(ArchiveError::record)?;
             }
         }
+    }
+    // A tar ends with zero blocks; a stream that simply stops was cut short
+    // (at a member boundary, where the tar reader alone cannot tell).
+    if recorder.trailing_zeros.get() < 512 {
+        return Err(ArchiveError::input(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the stream ends after {} members without the end-of-archive blocks: truncated",
+                state.entries
+            ),
+        )));
     }
     // What follows the end-of-archive blocks (record padding) is part of the
     // stream: read it so it is recorded and digested.
@@ -904,22 +929,24 @@ impl<'a> Applier<'a> {
 
     fn opaque(&mut self, dir: &Path, shown: &str) -> Result<(), ArchiveError> {
         let made = &mut self.made;
-        self.root
+        let path_fd = self
+            .root
             .dir_creating(dir, |d| {
                 made.insert(d.to_path_buf());
             })
             .map_err(|e| ArchiveError::entry_io(shown, "open opaque directory", e))?;
-        let fd = self
-            .open_dir_rw(dir)
-            .map_err(|e| ArchiveError::entry_io(shown, "open opaque directory", e))?;
+        // The directory as resolved in the root (through in-root symlinks),
+        // opened for reading and xattrs.
+        let fd = rustix::fs::openat(
+            &path_fd,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ArchiveError::entry_io(shown, "open opaque directory", e.into()))?;
         match self.options.target {
-            ApplyTarget::Tree => {
-                let made = &self.made;
-                beneath::remove_children(&fd, |child| {
-                    !made.contains(&dir.join(OsStr::from_bytes(child.to_bytes())))
-                })
-                .map_err(|e| ArchiveError::entry_io(shown, "clear opaque directory", e))
-            }
+            ApplyTarget::Tree => remove_lower_entries(&fd, dir, &self.made)
+                .map_err(|e| ArchiveError::entry_io(shown, "clear opaque directory", e)),
             ApplyTarget::OverlayUpper => {
                 rustix::fs::fsetxattr(&fd, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
                     .map_err(|e| ArchiveError::entry_io(shown, "mark directory opaque", e.into()))
@@ -937,7 +964,8 @@ impl<'a> Applier<'a> {
             let fd = match self.open_dir_rw(&dir.rel) {
                 Ok(fd) => fd,
                 // Replaced or deleted by a later member: nothing to finish.
-                Err(e) if matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOENT.raw_os_error() || code == rustix::io::Errno::NOTDIR.raw_os_error() || code == rustix::io::Errno::LOOP.raw_os_error()) => {
+                Err(e) if matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOENT.raw_os_error() || code == rustix::io::Errno::NOTDIR.raw_os_error() || code == rustix::io::Errno::LOOP.raw_os_error()) =>
+                {
                     continue;
                 }
                 Err(e) => return Err(ArchiveError::entry_io(&shown, "open directory", e)),
@@ -949,6 +977,38 @@ impl<'a> Applier<'a> {
         }
         Ok(())
     }
+}
+
+/// Removes from the directory `fd` (at `rel`) everything this layer did not
+/// make: what it made stays, and a directory it made (or merged into) keeps
+/// only what it made below, since an opaque directory hides all of the lower
+/// layers' contents at every depth.
+fn remove_lower_entries(fd: &OwnedFd, rel: &Path, made: &HashSet<PathBuf>) -> io::Result<()> {
+    let mut keep_dirs = Vec::new();
+    beneath::remove_children(fd, |child| {
+        let child_rel = rel.join(OsStr::from_bytes(child.to_bytes()));
+        if made.contains(&child_rel) {
+            keep_dirs.push((child.to_owned(), child_rel));
+            false
+        } else {
+            true
+        }
+    })?;
+    for (name, child_rel) in keep_dirs {
+        let sub = match rustix::fs::openat(
+            fd,
+            &name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(sub) => sub,
+            // Not a directory (or a symlink): kept as it is.
+            Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        remove_lower_entries(&sub, &child_rel, made)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

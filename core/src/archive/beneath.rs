@@ -105,7 +105,17 @@ impl Root {
                     match rustix::fs::mkdirat(&current, name.as_c_str(), Mode::from_raw_mode(0o755))
                     {
                         Ok(()) => created(&so_far),
-                        Err(rustix::io::Errno::EXIST) => {}
+                        Err(rustix::io::Errno::EXIST) => {
+                            // Something is there that does not resolve: a
+                            // symlink to a directory that does not exist.
+                            return Err(io::Error::new(
+                                io::ErrorKind::NotFound,
+                                format!(
+                                    "{} is a symlink to a directory that does not exist",
+                                    so_far.display()
+                                ),
+                            ));
+                        }
                         Err(e) => return Err(e.into()),
                     }
                     self.dir(&so_far)?

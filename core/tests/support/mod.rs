@@ -1,0 +1,122 @@
+//! Building tar streams byte by byte, so tests can make the malformed and
+//! hostile members no well-behaved tar writer would.
+
+#![allow(dead_code)]
+
+/// A tar stream under construction.
+#[derive(Default)]
+pub struct RawTar {
+    pub bytes: Vec<u8>,
+}
+
+pub const REGULAR: u8 = b'0';
+pub const HARD_LINK: u8 = b'1';
+pub const SYMLINK: u8 = b'2';
+pub const CHAR_DEVICE: u8 = b'3';
+pub const DIRECTORY: u8 = b'5';
+pub const FIFO: u8 = b'6';
+pub const PAX: u8 = b'x';
+pub const GNU_LONGNAME: u8 = b'L';
+
+fn octal(field: &mut [u8], value: u64) {
+    let width = field.len() - 1;
+    let text = format!("{value:0width$o}");
+    field[..width].copy_from_slice(&text.as_bytes()[text.len() - width..]);
+    field[width] = 0;
+}
+
+impl RawTar {
+    pub fn new() -> Self {
+        RawTar::default()
+    }
+
+    /// A header block; `name` and `link` are cut to 100 bytes.
+    pub fn header(
+        &mut self,
+        name: &[u8],
+        kind: u8,
+        link: &[u8],
+        size: u64,
+        mode: u32,
+    ) -> &mut Self {
+        let mut h = [0u8; 512];
+        h[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
+        octal(&mut h[100..108], mode as u64);
+        octal(&mut h[108..116], 0);
+        octal(&mut h[116..124], 0);
+        octal(&mut h[124..136], size);
+        octal(&mut h[136..148], 1_600_000_000);
+        h[156] = kind;
+        h[157..157 + link.len().min(100)].copy_from_slice(&link[..link.len().min(100)]);
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| *b as u32).sum();
+        let text = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(text.as_bytes());
+        self.bytes.extend_from_slice(&h);
+        self
+    }
+
+    /// Data after a header, padded to a block.
+    pub fn data(&mut self, data: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(data);
+        let pad = (512 - data.len() % 512) % 512;
+        self.bytes.extend(std::iter::repeat_n(0u8, pad));
+        self
+    }
+
+    pub fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
+        self.header(name.as_bytes(), REGULAR, b"", data.len() as u64, 0o644)
+            .data(data)
+    }
+
+    pub fn dir(&mut self, name: &str) -> &mut Self {
+        self.header(name.as_bytes(), DIRECTORY, b"", 0, 0o755)
+    }
+
+    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.header(name.as_bytes(), SYMLINK, target.as_bytes(), 0, 0o777)
+    }
+
+    pub fn hard_link(&mut self, name: &str, target: &str) -> &mut Self {
+        self.header(name.as_bytes(), HARD_LINK, target.as_bytes(), 0, 0o644)
+    }
+
+    /// A PAX extended header with these records, for the next member.
+    pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        let mut body = Vec::new();
+        for (key, value) in records {
+            let rest = key.len() + value.len() + 3; // ' ' '=' '\n'
+            let mut len = rest + 1;
+            while len != rest + len.to_string().len() {
+                len = rest + len.to_string().len();
+            }
+            body.extend_from_slice(format!("{len} {key}=").as_bytes());
+            body.extend_from_slice(value);
+            body.push(b'\n');
+        }
+        self.header(b"PaxHeaders/x", PAX, b"", body.len() as u64, 0o644)
+            .data(&body)
+    }
+
+    /// A GNU long-name header naming the next member.
+    pub fn gnu_long_name(&mut self, name: &[u8]) -> &mut Self {
+        let mut body = name.to_vec();
+        body.push(0);
+        self.header(
+            b"././@LongLink",
+            GNU_LONGNAME,
+            b"",
+            body.len() as u64,
+            0o644,
+        )
+        .data(&body)
+    }
+
+    /// Ends the archive with two zero blocks.
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.bytes.extend(std::iter::repeat_n(0u8, 1024));
+        std::mem::take(&mut self.bytes)
+    }
+}
