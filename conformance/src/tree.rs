@@ -262,6 +262,19 @@ fn facts(path: &Path, with_atime: bool) -> (EntryFacts, (u64, u64)) {
 /// difference found, in words; empty means identical. Hard links must link the
 /// same names; sizes on disk of `b` must not exceed `a`'s (holes kept).
 pub fn compare_trees(a: &Path, b: &Path) -> Vec<String> {
+    compare_trees_with(a, b, Compare { atime: true })
+}
+
+/// What a comparison looks at beyond the always-compared facts.
+#[derive(Clone, Copy, Debug)]
+pub struct Compare {
+    /// Access times. A layer diff does not carry them (reading a file to
+    /// export it would move them), so diff round trips leave them out.
+    pub atime: bool,
+}
+
+/// `compare_trees` with a choice of what to compare.
+pub fn compare_trees_with(a: &Path, b: &Path, compare: Compare) -> Vec<String> {
     let mut diffs = Vec::new();
     let mut a_entries = Vec::new();
     let mut b_entries = Vec::new();
@@ -281,8 +294,8 @@ pub fn compare_trees(a: &Path, b: &Path) -> Vec<String> {
     let mut b_inodes: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
     let roots = std::iter::once(PathBuf::new());
     for rel in roots.chain(a_entries.iter().filter(|r| b_entries.contains(r)).cloned()) {
-        let (mut fa, ia) = facts(&a.join(&rel), true);
-        let (fb, ib) = facts(&b.join(&rel), true);
+        let (mut fa, ia) = facts(&a.join(&rel), compare.atime);
+        let (fb, ib) = facts(&b.join(&rel), compare.atime);
         if let (Some(limit), Some(_)) = (fa.allocated_at_most, fb.allocated_at_most) {
             let used = fs::symlink_metadata(b.join(&rel)).unwrap().blocks() * 512;
             if used > limit {

@@ -4,8 +4,10 @@
 
 mod apply;
 pub mod beneath;
+pub mod changes;
 pub mod compression;
 pub mod digest;
+mod export;
 pub mod tarsplit;
 pub mod whiteout;
 
@@ -13,8 +15,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use apply::{ApplyOptions, ApplyReport, ApplyTarget, apply_layer};
+pub use changes::{Change, ChangeKind, changes, overlay_changes};
 pub use compression::Compression;
 pub use digest::Sha256Digest;
+pub use export::{ExportReport, export_changes};
 
 /// Why a layer stream could not be applied or produced.
 #[derive(Debug, thiserror::Error)]

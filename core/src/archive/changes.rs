@@ -1,0 +1,256 @@
+//! What a layer changed against its parent: by comparing the two trees, or by
+//! reading an overlay upper directory, which holds exactly the changes.
+
+use std::cmp::Ordering;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use super::whiteout::OVERLAY_OPAQUE_XATTR;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    Add,
+    Modify,
+    Delete,
+}
+
+/// One change, at a path relative to the layer's root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub path: PathBuf,
+    pub kind: ChangeKind,
+    /// A directory whose lower contents are all hidden (re-created, or marked
+    /// opaque in an overlay upper directory).
+    pub opaque: bool,
+}
+
+impl Change {
+    fn new(path: PathBuf, kind: ChangeKind) -> Self {
+        Change {
+            path,
+            kind,
+            opaque: false,
+        }
+    }
+}
+
+fn sorted_names(dir: &Path) -> io::Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+fn capability(path: &Path) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 256];
+    rustix::fs::lgetxattr(path, "security.capability", &mut buf[..])
+        .ok()
+        .map(|n| buf[..n].to_vec())
+}
+
+/// Whether `a` (in the parent) and `b` (in the layer) differ in what a layer
+/// diff carries: type and mode, owner, device number; for non-directories
+/// size and modification time; a symlink's target; the file capability.
+fn differs(a_path: &Path, a: &Metadata, b_path: &Path, b: &Metadata) -> io::Result<bool> {
+    if a.mode() != b.mode() || a.uid() != b.uid() || a.gid() != b.gid() || a.rdev() != b.rdev() {
+        return Ok(true);
+    }
+    if !b.is_dir()
+        && (a.size() != b.size() || a.mtime() != b.mtime() || a.mtime_nsec() != b.mtime_nsec())
+    {
+        return Ok(true);
+    }
+    if b.file_type().is_symlink() && fs::read_link(a_path)? != fs::read_link(b_path)? {
+        return Ok(true);
+    }
+    Ok(capability(a_path) != capability(b_path))
+}
+
+/// The changes of the tree at `layer` against the tree at `parent` (none: an
+/// empty parent), sorted by path so parents come before their children.
+pub fn changes(layer: &Path, parent: Option<&Path>) -> io::Result<Vec<Change>> {
+    let mut out = Vec::new();
+    // The root's own metadata (mode, owner) is a change too; it is exported
+    // as `./`.
+    let root_changed = match parent {
+        Some(parent) => differs(
+            parent,
+            &fs::symlink_metadata(parent)?,
+            layer,
+            &fs::symlink_metadata(layer)?,
+        )?,
+        None => true,
+    };
+    walk(layer, parent, Path::new(""), &mut out)?;
+    // The root is the parent of every change, so any change lists it too.
+    if root_changed || !out.is_empty() {
+        out.push(Change::new(PathBuf::new(), ChangeKind::Modify));
+    }
+    add_parent_directories(layer, &mut out)?;
+    out.sort_by(|a, b| {
+        a.path
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.path.as_os_str().as_bytes())
+    });
+    Ok(out)
+}
+
+fn walk(layer: &Path, parent: Option<&Path>, rel: &Path, out: &mut Vec<Change>) -> io::Result<()> {
+    let here = layer.join(rel);
+    let names = sorted_names(&here)?;
+    let parent_dir = parent.map(|p| p.join(rel));
+    let parent_names = match &parent_dir {
+        Some(dir) if dir.is_dir() => sorted_names(dir)?,
+        _ => Vec::new(),
+    };
+    let (mut i, mut j) = (0, 0);
+    while i < names.len() || j < parent_names.len() {
+        let order = match (names.get(i), parent_names.get(j)) {
+            (Some(a), Some(b)) => a.as_bytes().cmp(b.as_bytes()),
+            (Some(_), None) => Ordering::Less,
+            (None, _) => Ordering::Greater,
+        };
+        match order {
+            Ordering::Greater => {
+                // Only in the parent: deleted (its subtree goes with it).
+                out.push(Change::new(rel.join(&parent_names[j]), ChangeKind::Delete));
+                j += 1;
+            }
+            Ordering::Less => {
+                added(layer, &rel.join(&names[i]), out)?;
+                i += 1;
+            }
+            Ordering::Equal => {
+                let child = rel.join(&names[i]);
+                let b_path = layer.join(&child);
+                let a_path = parent_dir
+                    .as_ref()
+                    .expect("names in the parent")
+                    .join(&names[i]);
+                let (a, b) = (
+                    fs::symlink_metadata(&a_path)?,
+                    fs::symlink_metadata(&b_path)?,
+                );
+                if a.is_dir() && b.is_dir() {
+                    if differs(&a_path, &a, &b_path, &b)? {
+                        out.push(Change::new(child.clone(), ChangeKind::Modify));
+                    }
+                    walk(layer, parent, &child, out)?;
+                } else if a.is_dir() != b.is_dir() {
+                    // A directory turned into a file or the other way round:
+                    // the old one is deleted, the new one added whole.
+                    out.push(Change::new(child.clone(), ChangeKind::Delete));
+                    added(layer, &child, out)?;
+                } else if differs(&a_path, &a, &b_path, &b)? {
+                    out.push(Change::new(child, ChangeKind::Modify));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `rel` and, for a directory, everything under it, as added.
+fn added(layer: &Path, rel: &Path, out: &mut Vec<Change>) -> io::Result<()> {
+    out.push(Change::new(rel.to_path_buf(), ChangeKind::Add));
+    let path = layer.join(rel);
+    if fs::symlink_metadata(&path)?.is_dir() {
+        for name in sorted_names(&path)? {
+            added(layer, &rel.join(name), out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every directory above a change is itself reported (as Modify unless it is
+/// added), so an exported diff carries its parents' metadata.
+fn add_parent_directories(layer: &Path, out: &mut Vec<Change>) -> io::Result<()> {
+    let mut listed: std::collections::HashSet<PathBuf> =
+        out.iter().map(|c| c.path.clone()).collect();
+    let mut extra = Vec::new();
+    for change in out.iter() {
+        let mut dir = change.path.parent();
+        while let Some(d) = dir {
+            if d.as_os_str().is_empty() {
+                break;
+            }
+            if listed.insert(d.to_path_buf()) && layer.join(d).is_dir() {
+                extra.push(Change::new(d.to_path_buf(), ChangeKind::Modify));
+            }
+            dir = d.parent();
+        }
+    }
+    out.extend(extra);
+    Ok(())
+}
+
+/// The changes an overlay upper directory holds: 0:0 character devices are
+/// deletions, `trusted.overlay.opaque=y` marks an opaque directory, everything
+/// else is added or modified (modified when `lower`, the layer's parent as
+/// mounted, has the path).
+pub fn overlay_changes(upper: &Path, lower: Option<&Path>) -> io::Result<Vec<Change>> {
+    // The upper directory's root carries the merged root's metadata.
+    let mut out = vec![Change::new(PathBuf::new(), ChangeKind::Modify)];
+    overlay_walk(upper, lower, Path::new(""), &mut out)?;
+    out.sort_by(|a, b| {
+        a.path
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.path.as_os_str().as_bytes())
+    });
+    Ok(out)
+}
+
+fn overlay_walk(
+    upper: &Path,
+    lower: Option<&Path>,
+    rel: &Path,
+    out: &mut Vec<Change>,
+) -> io::Result<()> {
+    for name in sorted_names(&upper.join(rel))? {
+        let child = rel.join(&name);
+        let path = upper.join(&child);
+        let meta = fs::symlink_metadata(&path)?;
+        if is_overlay_whiteout(&meta) {
+            out.push(Change::new(child, ChangeKind::Delete));
+            continue;
+        }
+        let in_lower = lower.is_some_and(|l| fs::symlink_metadata(l.join(&child)).is_ok());
+        let kind = if in_lower {
+            ChangeKind::Modify
+        } else {
+            ChangeKind::Add
+        };
+        let mut change = Change::new(child.clone(), kind);
+        if meta.is_dir() {
+            change.opaque = is_opaque_dir(&path);
+            out.push(change);
+            overlay_walk(upper, lower, &child, out)?;
+        } else {
+            out.push(change);
+        }
+    }
+    Ok(())
+}
+
+pub fn is_overlay_whiteout(meta: &Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+pub fn is_opaque_dir(path: &Path) -> bool {
+    let mut value = [0u8; 4];
+    matches!(rustix::fs::lgetxattr(path, OVERLAY_OPAQUE_XATTR, &mut value[..]), Ok(1) if value[0] == b'y')
+}
+
+/// The name of a change for messages.
+pub fn shown(path: &Path) -> String {
+    String::from_utf8_lossy(OsStr::as_bytes(path.as_os_str())).into_owned()
+}
