@@ -82,15 +82,15 @@ fn changes_name_exactly_what_differs() {
     assert_eq!(find("var/sparse.img"), None);
     // Sorted: every directory before what it holds.
     for (i, change) in list.iter().enumerate() {
-        if let Some(dir) = change.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Some(j) = list.iter().position(|c| c.path == dir) {
-                assert!(
-                    j < i,
-                    "{} listed after {}",
-                    dir.display(),
-                    change.path.display()
-                );
-            }
+        if let Some(dir) = change.path.parent()
+            && let Some(j) = list.iter().position(|c| c.path == dir)
+        {
+            assert!(
+                j < i,
+                "{} listed after {}",
+                dir.display(),
+                change.path.display()
+            );
         }
     }
     assert!(changes(&parent, Some(&parent)).unwrap().is_empty());
