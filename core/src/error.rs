@@ -38,6 +38,13 @@ pub enum CoreError {
     #[error("{0}")]
     Driver(#[from] DriverError),
 
+    #[error("layer {layer}: {source}")]
+    Archive {
+        layer: String,
+        #[source]
+        source: crate::archive::ArchiveError,
+    },
+
     #[error("{operation} {}: {source}", path.display())]
     Io {
         operation: &'static str,

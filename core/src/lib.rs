@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod error;
 pub mod fsutil;
 pub mod graphroot;
+pub mod layers;
 pub mod selection;
 
 pub use config::{Config, Overrides};

@@ -303,3 +303,99 @@ fn drivers_beside_the_binary_are_found_without_configuration() {
     assert_eq!(vfs_entry["origin"], "the strata binary's directory");
     assert_eq!(vfs_entry["state"], "supported");
 }
+
+fn gnu_tar_of(dir: &Path) -> Vec<u8> {
+    let out = Command::new("tar")
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--format=posix",
+            "-C",
+        ])
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn a_layer_from_a_tar_gives_back_the_exact_tar() {
+    let setup = Setup::new();
+    let src = setup.scratch.path().join("src");
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::write(src.join("etc/hostname"), b"strata\n").unwrap();
+    fs::write(src.join("big"), vec![3u8; 300_000]).unwrap();
+    let tar = gnu_tar_of(&src);
+    let gz = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&tar).unwrap();
+        e.finish().unwrap()
+    };
+    let tar_gz = setup.scratch.path().join("layer.tar.gz");
+    fs::write(&tar_gz, &gz).unwrap();
+
+    let out = ok(setup.strata(&[
+        "--json",
+        "layer",
+        "create",
+        "--diff",
+        tar_gz.to_str().unwrap(),
+        "base",
+    ]));
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let diff_id = strata_core::archive::Sha256Digest::of(&tar).to_string();
+    assert_eq!(created["diff"]["uncompressed_digest"], diff_id.as_str());
+    assert_eq!(created["diff"]["compression"], "gzip");
+    assert_eq!(
+        created["diff"]["compressed_digest"],
+        strata_core::archive::Sha256Digest::of(&gz)
+            .to_string()
+            .as_str()
+    );
+
+    let back = setup.scratch.path().join("back.tar");
+    ok(setup.strata(&["layer", "diff", "base", "-o", back.to_str().unwrap()]));
+    assert!(
+        fs::read(&back).unwrap() == tar,
+        "the diff is not the original tar"
+    );
+
+    // A child changes something; its changes and a generated diff say so.
+    ok(setup.strata(&["layer", "create", "--parent", "base", "child"]));
+    let child = PathBuf::from(ok(setup.strata(&["layer", "mount", "child"])).trim());
+    fs::remove_file(child.join("big")).unwrap();
+    fs::write(child.join("etc/hostname"), b"changed\n").unwrap();
+    let changes = ok(setup.strata(&["layer", "changes", "child"]));
+    assert!(changes.contains("D /big\n"), "{changes}");
+    assert!(changes.contains("M /etc/hostname\n"), "{changes}");
+
+    // The parent cannot go while the child is there.
+    let err = fails(setup.strata(&["layer", "delete", "base"]));
+    assert!(err.contains("child"), "{err}");
+}
+
+#[test]
+fn a_refused_tar_leaves_no_layer_behind() {
+    let setup = Setup::new();
+    ok(setup.strata(&["layer", "create", "keep"]));
+    let junk = setup.scratch.path().join("junk.tar");
+    fs::write(&junk, vec![0x42u8; 4096]).unwrap();
+    let err = fails(setup.strata(&["layer", "create", "--diff", junk.to_str().unwrap(), "bad"]));
+    assert!(
+        err.contains("layer bad") && err.contains("bad layer stream"),
+        "{err}"
+    );
+    assert_eq!(ok(setup.strata(&["layer", "list"])), "keep\n");
+    let layers = setup.graphroot().join("vfs-layers");
+    let leftovers: Vec<String> = fs::read_dir(&layers)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("bad"))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    assert!(!setup.graphroot().join("vfs/dir/bad").exists());
+}

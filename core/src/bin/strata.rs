@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use strata_core::archive::ChangeKind;
+use strata_core::layers::{DiffRecord, LayerStore};
 use strata_core::{Config, CoreError, Overrides, open_driver, survey};
 use strata_plugin_abi::{CreateOptions, GraphDriver, KeyValues, MountOptions};
 
@@ -61,8 +63,24 @@ enum LayerCommand {
     },
     /// Release what mount made available
     Unmount { id: String },
-    /// Remove a layer and its contents
+    /// Remove a layer and its contents (refused while it has children)
     Delete { id: String },
+    /// Apply a layer tar (plain, gzip or zstd) to an existing layer
+    Apply {
+        id: String,
+        /// The tar file, or - for standard input
+        file: PathBuf,
+    },
+    /// What the layer changed against its parent (A added, M modified, D deleted)
+    Changes { id: String },
+    /// Write the layer's diff against its parent as a tar: the exact original
+    /// stream for a layer made from one
+    Diff {
+        id: String,
+        /// Where to write; standard output if not given
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// List the layers
     List,
     /// Exit 0 if the layer exists, 1 if not
@@ -84,6 +102,19 @@ struct CreateArgs {
     /// Per-layer storage option, KEY=VALUE (repeatable), such as size=10G
     #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     storage_opts: Vec<(String, String)>,
+    /// A layer tar (plain, gzip or zstd) to fill the layer from; - for standard input
+    #[arg(long, value_name = "FILE")]
+    diff: Option<PathBuf>,
+}
+
+/// Opens FILE, or standard input for `-`.
+fn open_input(path: &std::path::Path) -> Result<Box<dyn std::io::Read>, CoreError> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    std::fs::File::open(path)
+        .map(|f| Box::new(f) as Box<dyn std::io::Read>)
+        .map_err(|e| CoreError::io("open", path, e))
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -223,6 +254,7 @@ fn key_values_json(values: &KeyValues) -> serde_json::Value {
 fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode, CoreError> {
     let selected = open_driver(config)?;
     let driver = &selected.driver;
+    let store = LayerStore::open(&config.graphroot, driver)?;
     match command {
         LayerCommand::Create(args) => {
             let options = CreateOptions {
@@ -230,12 +262,82 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
                 mount_label: args.mount_label.clone(),
                 storage_opts: args.storage_opts.iter().cloned().collect(),
             };
-            driver.create(&args.id, args.parent.as_deref(), &options)?;
+            let mut input = args.diff.as_deref().map(open_input).transpose()?;
+            let record = store.create(
+                driver,
+                &args.id,
+                args.parent.as_deref(),
+                &options,
+                input.as_mut().map(|r| r as &mut dyn std::io::Read),
+            )?;
             if cli.json {
-                print_json(json!({ "id": args.id, "parent": args.parent }));
+                print_json(
+                    json!({ "id": record.id, "parent": record.parent, "diff": record.diff.map(diff_json) }),
+                );
             } else {
-                println!("{}", args.id);
+                println!("{}", record.id);
             }
+        }
+        LayerCommand::Apply { id, file } => {
+            let mut input = open_input(file)?;
+            let applied = store.apply(driver, id, &mut input)?;
+            if cli.json {
+                print_json(json!({ "id": id, "diff": diff_json(applied) }));
+            } else {
+                println!(
+                    "{} {} bytes ({} compressed)",
+                    applied.uncompressed_digest, applied.size, applied.compression
+                );
+            }
+        }
+        LayerCommand::Changes { id } => {
+            let changes = store.changes(driver, id)?;
+            let letter = |k: ChangeKind| match k {
+                ChangeKind::Add => "A",
+                ChangeKind::Modify => "M",
+                ChangeKind::Delete => "D",
+            };
+            if cli.json {
+                print_json(json!(changes
+                    .iter()
+                    .map(|c| json!({ "path": format!("/{}", c.path.display()), "kind": letter(c.kind) }))
+                    .collect::<Vec<_>>()));
+            } else {
+                for change in changes {
+                    println!("{} /{}", letter(change.kind), change.path.display());
+                }
+            }
+        }
+        LayerCommand::Diff { id, output } => {
+            let source = match output {
+                Some(path) => {
+                    let partial = path.with_extension("partial");
+                    let mut file = std::fs::File::create(&partial)
+                        .map_err(|e| CoreError::io("create", &partial, e))?;
+                    let source = store.diff(driver, id, &mut file);
+                    match source {
+                        Ok(source) => {
+                            std::fs::rename(&partial, path)
+                                .map_err(|e| CoreError::io("write", path, e))?;
+                            source
+                        }
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&partial);
+                            return Err(e);
+                        }
+                    }
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    let source = store.diff(driver, id, &mut out)?;
+                    use std::io::Write;
+                    out.flush()
+                        .map_err(|e| CoreError::io("write", "standard output", e))?;
+                    source
+                }
+            };
+            tracing::info!(layer = %id, ?source, "diff written");
         }
         LayerCommand::Mount { id, options } => {
             let options = MountOptions {
@@ -250,7 +352,7 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
             }
         }
         LayerCommand::Unmount { id } => driver.put(id)?,
-        LayerCommand::Delete { id } => driver.remove(id)?,
+        LayerCommand::Delete { id } => store.delete(driver, id)?,
         LayerCommand::List => {
             let mut ids = driver.list()?;
             ids.sort();
@@ -275,4 +377,15 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn diff_json(diff: DiffRecord) -> serde_json::Value {
+    json!({
+        "compressed_digest": diff.compressed_digest,
+        "compressed_size": diff.compressed_size,
+        "uncompressed_digest": diff.uncompressed_digest,
+        "uncompressed_size": diff.uncompressed_size,
+        "compression": diff.compression,
+        "size": diff.size,
+    })
 }

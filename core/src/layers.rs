@@ -1,0 +1,461 @@
+//! Layer records above the driver: each layer's parent and, for layers made
+//! from a diff, what the diff was (digests, sizes, compression) and its
+//! tar-split record, so the original stream can be given back bit for bit.
+//!
+//! On disk, in `<graphroot>/<driver>-layers/`: `layers.json` (written
+//! atomically), `<id>.tar-split.gz`, and `lock` (flock, held for every change
+//! and for reading, so processes see each other's complete writes).
+//!
+//! A layer being made is recorded as incomplete before the driver creates it
+//! and completed after its contents are in; an incomplete layer found when the
+//! store is opened (its maker died) is removed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use strata_plugin_abi::{CreateOptions, ErrorKind, GraphDriver, MountOptions, validate_layer_id};
+
+use crate::archive::{self, ApplyOptions, ApplyTarget, Change};
+use crate::error::{CoreError, Result};
+use crate::fsutil::write_atomic;
+
+/// What strata knows of a layer beyond the driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Seconds since the epoch.
+    pub created: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<DiffRecord>,
+}
+
+/// The diff a layer was made from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffRecord {
+    pub compressed_digest: String,
+    pub compressed_size: u64,
+    pub uncompressed_digest: String,
+    pub uncompressed_size: u64,
+    pub compression: String,
+    /// File bytes, hard links once.
+    pub size: u64,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Records {
+    layers: BTreeMap<String, LayerRecord>,
+}
+
+/// The layer records of one graph root and driver.
+pub struct LayerStore {
+    dir: PathBuf,
+}
+
+/// An exclusive lock on the store, released when dropped.
+struct StoreLock(#[allow(dead_code)] OwnedFd);
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl LayerStore {
+    /// Opens the records of `driver` under `graphroot`, removing layers whose
+    /// making was interrupted.
+    pub fn open(graphroot: &Path, driver: &dyn GraphDriver) -> Result<LayerStore> {
+        let dir = graphroot.join(format!("{}-layers", driver.name()));
+        fs::create_dir_all(&dir).map_err(|e| CoreError::io("create", &dir, e))?;
+        let store = LayerStore { dir };
+        let _lock = store.lock()?;
+        let mut records = store.load()?;
+        let interrupted: Vec<String> = records
+            .layers
+            .values()
+            .filter(|r| r.incomplete)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in interrupted {
+            // A maker still at work holds the layer's making lock.
+            let Some(_making) = store.try_making_lock(&id)? else {
+                continue;
+            };
+            tracing::warn!(layer = %id, "removing a layer whose making was interrupted");
+            match driver.remove(&id) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            let _ = fs::remove_file(store.tar_split_path(&id));
+            let _ = fs::remove_file(store.making_path(&id));
+            records.layers.remove(&id);
+        }
+        store.save(&records)?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> Result<StoreLock> {
+        let path = self.dir.join("lock");
+        let fd = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| CoreError::io("open", &path, e.into()))?;
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| CoreError::io("lock", &path, e.into()))?;
+        Ok(StoreLock(fd))
+    }
+
+    fn making_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.making"))
+    }
+
+    /// The lock a process holds while it makes layer `id`; `None` if another
+    /// process holds it.
+    fn try_making_lock(&self, id: &str) -> Result<Option<StoreLock>> {
+        let path = self.making_path(id);
+        let fd = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| CoreError::io("open", &path, e.into()))?;
+        match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(StoreLock(fd))),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(CoreError::io("lock", &path, e.into())),
+        }
+    }
+
+    fn records_path(&self) -> PathBuf {
+        self.dir.join("layers.json")
+    }
+
+    fn tar_split_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.tar-split.gz"))
+    }
+
+    fn load(&self) -> Result<Records> {
+        let path = self.records_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                CoreError::io("read", &path, io::Error::new(io::ErrorKind::InvalidData, e))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Records::default()),
+            Err(e) => Err(CoreError::io("read", path, e)),
+        }
+    }
+
+    fn save(&self, records: &Records) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(records).expect("records serialise");
+        let path = self.records_path();
+        write_atomic(&path, &bytes, true).map_err(|e| CoreError::io("write", path, e))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<LayerRecord>> {
+        let _lock = self.lock()?;
+        Ok(self.load()?.layers.get(id).cloned())
+    }
+
+    pub fn list(&self) -> Result<Vec<LayerRecord>> {
+        let _lock = self.lock()?;
+        Ok(self.load()?.layers.into_values().collect())
+    }
+
+    /// Creates layer `id` (a child of `parent`), and applies `diff` to it if
+    /// given. On any failure nothing of the layer is left: not in the driver,
+    /// not in the records.
+    pub fn create(
+        &self,
+        driver: &dyn GraphDriver,
+        id: &str,
+        parent: Option<&str>,
+        options: &CreateOptions,
+        diff: Option<&mut dyn Read>,
+    ) -> Result<LayerRecord> {
+        validate_layer_id(id).map_err(|e| e.context(format!("create layer {id}")))?;
+        let making = {
+            let _lock = self.lock()?;
+            let mut records = self.load()?;
+            if records.layers.contains_key(id) {
+                return Err(strata_plugin_abi::DriverError::already_exists(format!(
+                    "create layer {id}: layer exists"
+                ))
+                .into());
+            }
+            if let Some(parent) = parent
+                && !records.layers.contains_key(parent)
+                && !driver.exists(parent)?
+            {
+                return Err(strata_plugin_abi::DriverError::not_found(format!(
+                    "create layer {id}: parent {parent} does not exist"
+                ))
+                .into());
+            }
+            // Held until the layer is complete, so that no other process takes
+            // it for the leftover of a dead maker.
+            let making = self.try_making_lock(id)?.ok_or_else(|| {
+                CoreError::from(strata_plugin_abi::DriverError::busy(format!(
+                    "create layer {id}: another process is making it"
+                )))
+            })?;
+            records.layers.insert(
+                id.to_string(),
+                LayerRecord {
+                    id: id.to_string(),
+                    parent: parent.map(str::to_string),
+                    created: now(),
+                    incomplete: true,
+                    diff: None,
+                },
+            );
+            self.save(&records)?;
+            making
+        };
+        let made = driver
+            .create(id, parent, options)
+            .map_err(CoreError::from)
+            .and_then(|()| match diff {
+                Some(diff) => self.apply_into(driver, id, diff).map(Some),
+                None => Ok(None),
+            });
+        let _lock = self.lock()?;
+        let mut records = self.load()?;
+        let _ = fs::remove_file(self.making_path(id));
+        drop(making);
+        match made {
+            Ok(diff) => {
+                let record = records.layers.get_mut(id).expect("recorded above");
+                record.incomplete = false;
+                record.diff = diff;
+                let record = record.clone();
+                self.save(&records)?;
+                Ok(record)
+            }
+            Err(err) => {
+                if let Err(e) = driver.remove(id)
+                    && e.kind() != ErrorKind::NotFound
+                {
+                    tracing::warn!(layer = id, error = %e, "could not remove a layer whose making failed");
+                }
+                let _ = fs::remove_file(self.tar_split_path(id));
+                records.layers.remove(id);
+                self.save(&records)?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Applies `diff` to the existing layer `id` and records it as the layer's
+    /// diff.
+    pub fn apply(
+        &self,
+        driver: &dyn GraphDriver,
+        id: &str,
+        diff: &mut dyn Read,
+    ) -> Result<DiffRecord> {
+        if !driver.exists(id)? {
+            return Err(strata_plugin_abi::DriverError::not_found(format!(
+                "apply to layer {id}: no such layer"
+            ))
+            .into());
+        }
+        let applied = self.apply_into(driver, id, diff)?;
+        let _lock = self.lock()?;
+        let mut records = self.load()?;
+        let record = records
+            .layers
+            .entry(id.to_string())
+            .or_insert_with(|| LayerRecord {
+                id: id.to_string(),
+                parent: None,
+                created: now(),
+                incomplete: false,
+                diff: None,
+            });
+        record.diff = Some(applied.clone());
+        self.save(&records)?;
+        Ok(applied)
+    }
+
+    fn apply_into(
+        &self,
+        driver: &dyn GraphDriver,
+        id: &str,
+        diff: &mut dyn Read,
+    ) -> Result<DiffRecord> {
+        let root = driver.get(id, &MountOptions::default())?;
+        let result = self.apply_at(&root, id, diff);
+        let put = driver.put(id);
+        let report = result?;
+        put?;
+        Ok(report)
+    }
+
+    fn apply_at(&self, root: &Path, id: &str, diff: &mut dyn Read) -> Result<DiffRecord> {
+        let split_path = self.tar_split_path(id);
+        let partial = self.dir.join(format!(".{id}.tar-split.gz.partial"));
+        let file = fs::File::create(&partial).map_err(|e| CoreError::io("create", &partial, e))?;
+        let mut gz =
+            flate2::write::GzEncoder::new(io::BufWriter::new(file), flate2::Compression::default());
+        let applied = archive::apply_layer(
+            root,
+            diff,
+            &ApplyOptions {
+                target: ApplyTarget::Tree,
+                ..Default::default()
+            },
+            Some(&mut gz),
+        );
+        let report = match applied {
+            Ok(report) => report,
+            Err(e) => {
+                let _ = fs::remove_file(&partial);
+                return Err(CoreError::Archive {
+                    layer: id.to_string(),
+                    source: e,
+                });
+            }
+        };
+        let finish = gz
+            .finish()
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all())
+            .and_then(|()| fs::rename(&partial, &split_path));
+        finish.map_err(|e| CoreError::io("write", &split_path, e))?;
+        Ok(DiffRecord {
+            compressed_digest: report.compressed_digest.to_string(),
+            compressed_size: report.compressed_size,
+            uncompressed_digest: report.uncompressed_digest.to_string(),
+            uncompressed_size: report.uncompressed_size,
+            compression: report.compression.to_string(),
+            size: report.size,
+        })
+    }
+
+    /// Removes layer `id`; refused while another layer has it as parent.
+    pub fn delete(&self, driver: &dyn GraphDriver, id: &str) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut records = self.load()?;
+        let children: Vec<&str> = records
+            .layers
+            .values()
+            .filter(|r| r.parent.as_deref() == Some(id))
+            .map(|r| r.id.as_str())
+            .collect();
+        if !children.is_empty() {
+            return Err(strata_plugin_abi::DriverError::busy(format!(
+                "delete layer {id}: layers {} are its children",
+                children.join(", ")
+            ))
+            .into());
+        }
+        driver.remove(id)?;
+        let _ = fs::remove_file(self.tar_split_path(id));
+        records.layers.remove(id);
+        self.save(&records)
+    }
+
+    /// The layer's changes against its parent.
+    pub fn changes(&self, driver: &dyn GraphDriver, id: &str) -> Result<Vec<Change>> {
+        let parent = self.get(id)?.and_then(|r| r.parent);
+        with_trees(driver, id, parent.as_deref(), |layer, parent| {
+            archive::changes(layer, parent).map_err(|e| CoreError::io("compare", layer, e))
+        })
+    }
+
+    /// Writes the layer's diff against its parent to `out`. A layer made from a
+    /// diff gives back that diff's exact bytes (uncompressed) from its
+    /// tar-split record; otherwise, or if its files changed since, the diff is
+    /// generated from the trees.
+    pub fn diff(
+        &self,
+        driver: &dyn GraphDriver,
+        id: &str,
+        out: &mut dyn Write,
+    ) -> Result<DiffSource> {
+        let record = self.get(id)?;
+        let parent = record.as_ref().and_then(|r| r.parent.clone());
+        let split_path = self.tar_split_path(id);
+        if record.as_ref().is_some_and(|r| r.diff.is_some()) && split_path.exists() {
+            let root = driver.get(id, &MountOptions::default())?;
+            // Rebuild into memory-bounded temp storage first: a file changed
+            // since apply is found only part way, and `out` must not get half a
+            // stream before the fallback.
+            let mut staged = tempfile::tempfile_in(&self.dir)
+                .map_err(|e| CoreError::io("create a temporary file in", &self.dir, e))?;
+            let rebuilt = fs::File::open(&split_path).and_then(|f| {
+                archive::tarsplit::reassemble(
+                    BufReader::new(flate2::read::GzDecoder::new(f)),
+                    &root,
+                    &mut staged,
+                )
+            });
+            let _ = driver.put(id);
+            match rebuilt {
+                Ok(_) => {
+                    use std::io::Seek;
+                    staged
+                        .rewind()
+                        .map_err(|e| CoreError::io("read", &self.dir, e))?;
+                    io::copy(&mut staged, out)
+                        .map_err(|e| CoreError::io("write the diff of", PathBuf::from(id), e))?;
+                    return Ok(DiffSource::Original);
+                }
+                Err(e) => {
+                    tracing::warn!(layer = id, error = %e, "the original diff cannot be rebuilt; generating one");
+                }
+            }
+        }
+        with_trees(driver, id, parent.as_deref(), |layer, parent| {
+            let list =
+                archive::changes(layer, parent).map_err(|e| CoreError::io("compare", layer, e))?;
+            archive::export_changes(layer, &list, &mut *out)
+                .map_err(|e| CoreError::io("export", layer, e))?;
+            Ok(DiffSource::Generated)
+        })
+    }
+}
+
+/// Where a diff's bytes came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffSource {
+    /// The exact stream the layer was made from.
+    Original,
+    /// Generated by comparing the layer with its parent.
+    Generated,
+}
+
+/// Mounts the layer (and its parent) for the length of `f`.
+fn with_trees<T>(
+    driver: &dyn GraphDriver,
+    id: &str,
+    parent: Option<&str>,
+    f: impl FnOnce(&Path, Option<&Path>) -> Result<T>,
+) -> Result<T> {
+    let layer = driver.get(id, &MountOptions::default())?;
+    let parent_path = match parent.map(|p| driver.get(p, &MountOptions::default())) {
+        Some(Ok(path)) => Some(path),
+        Some(Err(e)) => {
+            let _ = driver.put(id);
+            return Err(e.into());
+        }
+        None => None,
+    };
+    let result = f(&layer, parent_path.as_deref());
+    if let Some(parent) = parent {
+        let _ = driver.put(parent);
+    }
+    let _ = driver.put(id);
+    result
+}
