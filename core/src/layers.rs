@@ -307,7 +307,7 @@ impl LayerStore {
         let partial = self.dir.join(format!(".{id}.tar-split.gz.partial"));
         let file = fs::File::create(&partial).map_err(|e| CoreError::io("create", &partial, e))?;
         let mut gz =
-            flate2::write::GzEncoder::new(io::BufWriter::new(file), flate2::Compression::default());
+            flate2::write::GzEncoder::new(io::BufWriter::new(file), flate2::Compression::fast());
         let applied = archive::apply_layer(
             root,
             diff,

@@ -1,13 +1,13 @@
 //! Applying a layer tar stream to a directory, safely, recording tar-split
 //! and computing both digests in the same pass.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
 use strata_plugin_abi::IdMap;
@@ -15,8 +15,8 @@ use strata_plugin_abi::IdMap;
 use super::ArchiveError;
 use super::beneath::{self, Root, name_cstr, normalize, proc_path, remove_all_at, split};
 use super::compression::{Compression, decompress};
-use super::digest::{HashingReader, Sha256Digest};
-use super::tarsplit::{CRC64_ISO, TarSplitWriter};
+use super::digest::Sha256Digest;
+use super::record;
 use super::whiteout::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
 
 /// Where a layer is applied.
@@ -64,128 +64,74 @@ pub struct ApplyReport {
     pub entries: u64,
 }
 
-/// Reads the tar stream for the tar crate while sorting what it reads: bytes
-/// read as a regular file's data (`payload` on) are checksummed and left out
-/// of the record; every other byte is kept for the tar-split record.
-struct Recorder<R> {
-    inner: RefCell<HashingReader<R>>,
-    payload: Cell<bool>,
-    recording: bool,
-    pending: RefCell<Vec<u8>>,
-    crc: RefCell<crc::Digest<'static, u64, crc::Table<16>>>,
-    payload_len: Cell<u64>,
-    /// Zero bytes at the end of what was read outside payloads: at least a
-    /// block of them means the end-of-archive marker was seen.
-    trailing_zeros: Cell<u64>,
-}
-
-impl<R: Read> Read for &Recorder<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.borrow_mut().read(buf)?;
-        if self.payload.get() {
-            if self.recording {
-                self.crc.borrow_mut().update(&buf[..n]);
-            }
-            self.payload_len.set(self.payload_len.get() + n as u64);
-        } else {
-            if self.recording {
-                self.pending.borrow_mut().extend_from_slice(&buf[..n]);
-            }
-            let read = &buf[..n];
-            match read.iter().rposition(|b| *b != 0) {
-                Some(last) => self.trailing_zeros.set((n - last - 1) as u64),
-                None => self
-                    .trailing_zeros
-                    .set(self.trailing_zeros.get() + n as u64),
-            }
-        }
-        Ok(n)
-    }
-}
-
-impl<R: Read> Recorder<R> {
-    fn take_pending(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.pending.borrow_mut())
-    }
-
-    fn begin_payload(&self) {
-        self.payload.set(true);
-        self.trailing_zeros.set(0);
-        self.payload_len.set(0);
-        *self.crc.borrow_mut() = CRC64_ISO.digest();
-    }
-
-    /// Ends a payload; returns its length and CRC-64.
-    fn end_payload(&self) -> (u64, u64) {
-        self.payload.set(false);
-        let crc = std::mem::replace(&mut *self.crc.borrow_mut(), CRC64_ISO.digest()).finalize();
-        (self.payload_len.get(), crc)
-    }
-}
-
 /// Applies the (possibly compressed) layer stream `input` under `root`.
 ///
 /// Nothing outside `root` is created, changed or deleted, whatever the stream
 /// holds. On error the tree under `root` is partial: the caller discards the
 /// layer. With `tar_split` given, the record to rebuild the exact stream is
 /// written there as JSON lines (the caller compresses and stores it).
+///
+/// Hashing and recording run on a second thread, beside the one that writes
+/// the files.
 pub fn apply_layer(
     root: &Path,
     input: impl Read,
     options: &ApplyOptions,
-    tar_split: Option<&mut dyn Write>,
+    tar_split: Option<&mut (dyn Write + Send)>,
 ) -> Result<ApplyReport, ArchiveError> {
     let root = Root::open(root).map_err(|e| ArchiveError::io("open layer root", root, e))?;
-    let mut compressed = HashingReader::new(input);
-    let mut report = apply_stream(&root, &mut compressed, options, tar_split)?;
-    (report.compressed_digest, report.compressed_size) =
-        compressed.finish().map_err(ArchiveError::input)?;
-    Ok(report)
+    let (tx, rx) = record::channel();
+    std::thread::scope(|scope| {
+        let recorder = scope.spawn(move || record::record(rx, tar_split));
+        let applied = apply_stream(&root, input, options, tx);
+        let recorded = recorder
+            .join()
+            .expect("the recording thread does not panic");
+        let (compression, size, entries) = applied?;
+        if let Some(e) = recorded.record_error {
+            return Err(ArchiveError::record(e));
+        }
+        let (uncompressed_digest, uncompressed_size) = recorded.uncompressed;
+        let (compressed_digest, compressed_size) =
+            recorded.compressed.unwrap_or(recorded.uncompressed);
+        Ok(ApplyReport {
+            size,
+            compression,
+            compressed_digest,
+            compressed_size,
+            uncompressed_digest,
+            uncompressed_size,
+            entries,
+        })
+    })
 }
 
-/// Decompresses and applies; the compressed digest is left for the caller,
-/// which owns the compressed reader.
+/// Decompresses and applies, feeding the recording thread through `tx`;
+/// returns the compression, the size applied and the member count.
 fn apply_stream(
     root: &Root,
-    compressed: &mut impl Read,
+    input: impl Read,
     options: &ApplyOptions,
-    tar_split: Option<&mut dyn Write>,
-) -> Result<ApplyReport, ArchiveError> {
-    let (compression, decompressed) = decompress(compressed).map_err(ArchiveError::input)?;
-    let recorder = Recorder {
-        inner: RefCell::new(HashingReader::new(decompressed)),
-        payload: Cell::new(false),
-        recording: tar_split.is_some(),
-        pending: RefCell::new(Vec::new()),
-        crc: RefCell::new(CRC64_ISO.digest()),
-        payload_len: Cell::new(0),
-        trailing_zeros: Cell::new(0),
-    };
-    let mut split = tar_split.map(TarSplitWriter::new);
+    tx: std::sync::mpsc::SyncSender<Vec<record::Message>>,
+) -> Result<(Compression, u64, u64), ArchiveError> {
+    let mut compressed = record::CompressedTap::new(input, tx.clone());
+    let (compression, decompressed) = decompress(&mut compressed).map_err(ArchiveError::input)?;
+    let tap = record::TarTap::new(decompressed, tx);
     let mut state = Applier::new(root, options);
-
     {
-        let mut archive = tar::Archive::new(&recorder);
+        let mut archive = tar::Archive::new(&tap);
         let entries = archive.entries().map_err(ArchiveError::input)?;
         for entry in entries {
             let mut entry = entry.map_err(|e| ArchiveError::input(not_a_tar(e, state.entries)))?;
-            if let Some(split) = split.as_mut() {
-                split
-                    .segment(&recorder.take_pending())
-                    .map_err(ArchiveError::record)?;
-            }
+            tap.member_start().map_err(ArchiveError::record)?;
             let name = entry.path_bytes().into_owned();
-            let (data_len, crc) = state.apply_entry(&mut entry, &recorder, &name)?;
-            if let Some(split) = split.as_mut() {
-                split
-                    .file(&name, data_len, (data_len > 0).then_some(crc))
-                    .map_err(ArchiveError::record)?;
-            }
+            state.apply_entry(&mut entry, &tap, &name)?;
+            tap.member_end(&name).map_err(ArchiveError::record)?;
         }
     }
     // A tar ends with zero blocks; a stream that simply stops was cut short
     // (at a member boundary, where the tar reader alone cannot tell).
-    if recorder.trailing_zeros.get() < 512 {
+    if !tap.saw_end_of_archive() {
         return Err(ArchiveError::input(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!(
@@ -196,27 +142,11 @@ fn apply_stream(
     }
     // What follows the end-of-archive blocks (record padding) is part of the
     // stream: read it so it is recorded and digested.
-    io::copy(&mut &recorder, &mut io::sink()).map_err(ArchiveError::input)?;
-    if let Some(split) = split.as_mut() {
-        split
-            .segment(&recorder.take_pending())
-            .map_err(ArchiveError::record)?;
-    }
+    io::copy(&mut &tap, &mut io::sink()).map_err(ArchiveError::input)?;
     state.finish()?;
-    let (uncompressed_digest, uncompressed_size) = recorder
-        .inner
-        .into_inner()
-        .finish()
-        .map_err(ArchiveError::input)?;
-    Ok(ApplyReport {
-        size: state.size,
-        compression,
-        compressed_digest: Sha256Digest::from_bytes([0; 32]),
-        compressed_size: 0,
-        uncompressed_digest,
-        uncompressed_size,
-        entries: state.entries,
-    })
+    drop(tap);
+    compressed.drain().map_err(ArchiveError::input)?;
+    Ok((compression, state.size, state.entries))
 }
 
 fn not_a_tar(e: io::Error, entries_so_far: u64) -> io::Error {
@@ -278,7 +208,7 @@ struct Applier<'a> {
     /// The parent directory of the last member and its handle: consecutive
     /// members mostly share one. Dropped whenever anything is removed or a
     /// symlink made, since either can change what a path resolves to.
-    parent_cache: Option<(PathBuf, OwnedFd)>,
+    parent_cache: Option<(PathBuf, Rc<OwnedFd>)>,
     /// Paths this layer made (for opaque directories on a full tree: what the
     /// layer itself holds stays, whatever its order in the stream).
     made: HashSet<PathBuf>,
@@ -411,26 +341,21 @@ impl<'a> Applier<'a> {
     }
 
     /// The handle of `rel`'s parent directory, made if missing.
-    fn parent(&mut self, parent: &Path, shown: &str) -> Result<OwnedFd, ArchiveError> {
+    fn parent(&mut self, parent: &Path, shown: &str) -> Result<Rc<OwnedFd>, ArchiveError> {
         if let Some((cached, fd)) = &self.parent_cache
             && cached == parent
         {
-            return fd
-                .try_clone()
-                .map_err(|e| ArchiveError::entry_io(shown, "open parent", e));
+            return Ok(fd.clone());
         }
         let made = &mut self.made;
-        let fd = self
-            .root
-            .dir_creating(parent, |dir| {
-                made.insert(dir.to_path_buf());
-            })
-            .map_err(|e| ArchiveError::entry_io(shown, "open parent directory", e))?;
-        self.parent_cache = Some((
-            parent.to_path_buf(),
-            fd.try_clone()
-                .map_err(|e| ArchiveError::entry_io(shown, "open parent", e))?,
-        ));
+        let fd = Rc::new(
+            self.root
+                .dir_creating(parent, |dir| {
+                    made.insert(dir.to_path_buf());
+                })
+                .map_err(|e| ArchiveError::entry_io(shown, "open parent directory", e))?,
+        );
+        self.parent_cache = Some((parent.to_path_buf(), fd.clone()));
         Ok(fd)
     }
 
@@ -438,19 +363,18 @@ impl<'a> Applier<'a> {
         self.parent_cache = None;
     }
 
-    /// Applies one member; returns the length and CRC of the data read as a
-    /// regular file's payload (0 for everything else).
+    /// Applies one member.
     fn apply_entry<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, &Recorder<R>>,
-        recorder: &Recorder<R>,
+        entry: &mut tar::Entry<'_, &record::TarTap<R>>,
+        tap: &record::TarTap<R>,
         name: &[u8],
-    ) -> Result<(u64, u64), ArchiveError> {
+    ) -> Result<(), ArchiveError> {
         self.entries += 1;
         let shown = String::from_utf8_lossy(name).into_owned();
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
-            return Ok((0, 0)); // no effect on the tree
+            return Ok(()); // no effect on the tree
         }
         let meta = self.meta(entry, &shown)?;
         // A PAX sparse member is stored under a made-up name; its real one is
@@ -465,7 +389,7 @@ impl<'a> Applier<'a> {
             && let Some(target) = base.as_bytes().strip_prefix(WHITEOUT_PREFIX)
         {
             let dir = dir.to_path_buf();
-            return self.whiteout(&dir, target, &shown).map(|()| (0, 0));
+            return self.whiteout(&dir, target, &shown);
         }
 
         let Some((parent_rel, base)) = split(&rel) else {
@@ -485,14 +409,13 @@ impl<'a> Applier<'a> {
                     last_modification: meta.mtime,
                 },
             });
-            return Ok((0, 0));
+            return Ok(());
         };
         let parent_rel = parent_rel.to_path_buf();
         let base = base.to_os_string();
         let cname = name_cstr(&base).map_err(|e| ArchiveError::entry_io(&shown, "name", e))?;
         let parent = self.parent(&parent_rel, &shown)?;
 
-        let mut payload = (0, 0);
         if kind.is_dir() {
             match rustix::fs::mkdirat(&parent, &cname, Mode::from_raw_mode(0o700)) {
                 Ok(()) => {}
@@ -532,12 +455,10 @@ impl<'a> Applier<'a> {
             // A sparse member's data stays in the record (its map is there too);
             // a plain file's data is read as payload and left out.
             if !sparse {
-                recorder.begin_payload();
+                tap.begin_payload();
             }
             let written = self.copy_data(entry, &mut file, sparse, &shown);
-            if !sparse {
-                payload = recorder.end_payload();
-            }
+            tap.end_payload();
             let written = written?;
             if written != entry.size() {
                 return Err(ArchiveError::input(io::Error::new(
@@ -608,7 +529,7 @@ impl<'a> Applier<'a> {
             ));
         }
         self.made.insert(rel);
-        Ok(payload)
+        Ok(())
     }
 
     /// Creates a regular file, replacing what is there.

@@ -3,6 +3,9 @@
 use std::fmt;
 use std::io::{self, BufReader, Read};
 
+/// How many leading bytes recognise every format.
+pub const MAGIC_LEN: usize = 6;
+
 /// The compression a layer came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Compression {
@@ -52,7 +55,7 @@ impl fmt::Display for Compression {
 pub fn decompress<'a, R: Read + 'a>(mut input: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
     // Read the magic with as many reads as it takes (a pipe may give less),
     // then put it back in front of the rest.
-    let mut head = [0u8; 6];
+    let mut head = [0u8; MAGIC_LEN];
     let mut len = 0;
     while len < head.len() {
         match input.read(&mut head[len..]) {

@@ -8,6 +8,7 @@ pub mod changes;
 pub mod compression;
 pub mod digest;
 mod export;
+mod record;
 pub mod tarsplit;
 pub mod whiteout;
 
