@@ -1,7 +1,10 @@
 //! The archive module against GNU tar: real tars in, real trees out.
 
+mod support;
+
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -77,4 +80,51 @@ fn a_gnu_tar_of_every_file_kind_applies_to_an_identical_tree() {
         assert_eq!(rebuilt.len(), tar.len());
         assert!(rebuilt == tar, "{compression}: the rebuilt tar differs");
     }
+}
+
+#[test]
+fn owners_are_shifted_through_id_maps_and_unmapped_ones_refused() {
+    use strata_plugin_abi::IdMap;
+    let mut tar = support::RawTar::new();
+    tar.header(b"owned", support::REGULAR, b"", 2, 0o640)
+        .data(b"hi");
+    // Make the member owned by 1000:1000 (uid at 108, gid at 116, then re-sum).
+    let mut bytes = tar.finish();
+    bytes[108..116].copy_from_slice(b"0001750\0");
+    bytes[116..124].copy_from_slice(b"0001750\0");
+    bytes[148..156].copy_from_slice(b"        ");
+    let sum: u32 = bytes[..512].iter().map(|b| *b as u32).sum();
+    bytes[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+
+    let maps = vec![IdMap {
+        container_id: 0,
+        host_id: 100_000,
+        size: 65_536,
+    }];
+    let options = ApplyOptions {
+        uid_maps: maps.clone(),
+        gid_maps: maps,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    apply_layer(dir.path(), &bytes[..], &options, None).unwrap();
+    let meta = fs::metadata(dir.path().join("owned")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (101_000, 101_000));
+
+    let narrow = vec![IdMap {
+        container_id: 0,
+        host_id: 100_000,
+        size: 1000,
+    }];
+    let options = ApplyOptions {
+        uid_maps: narrow.clone(),
+        gid_maps: narrow,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = apply_layer(dir.path(), &bytes[..], &options, None).unwrap_err();
+    assert!(
+        err.to_string().contains("owned") && err.to_string().contains("maps"),
+        "{err}"
+    );
 }
