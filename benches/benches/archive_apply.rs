@@ -17,7 +17,7 @@ use strata_benches::{debian_rootfs_tar, interleave, median, min, run};
 use strata_core::archive::{ApplyOptions, apply_layer};
 use strata_testkit::mounts::{LoopFilesystem, LoopFsKind};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 /// A tar of many small files, like a node_modules tree: 30,000 files of 0-8 KiB
 /// in 1,500 directories.

@@ -49,6 +49,11 @@ fn parent_and_child(scratch: &Path) -> (std::path::PathBuf, std::path::PathBuf) 
     )
     .unwrap();
     std::os::unix::fs::symlink("x.so", child.join("opt/app/lib/link")).unwrap();
+    // A new sparse file: export writes it densely, apply must keep its holes.
+    let sparse = fs::File::create(child.join("opt/app/sparse.db")).unwrap();
+    use std::os::unix::fs::FileExt;
+    sparse.write_all_at(b"header", 0).unwrap();
+    sparse.write_all_at(b"trailer", 20 << 20).unwrap();
     (parent, child)
 }
 

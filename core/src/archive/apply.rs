@@ -195,6 +195,43 @@ fn parse_sparse_map(value: &[u8]) -> Option<Vec<(u64, u64)>> {
     (numbers.len() % 2 == 0).then(|| numbers.chunks(2).map(|p| (p[0], p[1])).collect())
 }
 
+/// An open parent directory, and the group a file made in it gets.
+struct ParentDir {
+    fd: OwnedFd,
+    /// A setgid directory gives new files its own group.
+    inherited_gid: Option<u32>,
+}
+
+impl std::os::fd::AsFd for ParentDir {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl std::ops::Deref for ParentDir {
+    type Target = OwnedFd;
+    fn deref(&self) -> &OwnedFd {
+        &self.fd
+    }
+}
+
+/// Who owns a newly created file and with what mode, before any chown or
+/// chmod, so those calls are made only when they change something.
+struct Fresh {
+    uid: u32,
+    gid: u32,
+    /// `None` when the umask could not be read: always chmod.
+    mode: Option<u32>,
+}
+
+/// The process umask, from /proc (reading it with umask(2) would change it
+/// for a moment under other threads).
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
+}
+
 /// A directory whose mode and times are set at the end, once its contents are in.
 struct PendingDir {
     rel: PathBuf,
@@ -208,7 +245,7 @@ struct Applier<'a> {
     /// The parent directory of the last member and its handle: consecutive
     /// members mostly share one. Dropped whenever anything is removed or a
     /// symlink made, since either can change what a path resolves to.
-    parent_cache: Option<(PathBuf, Rc<OwnedFd>)>,
+    parent_cache: Option<(PathBuf, Rc<ParentDir>)>,
     /// Paths this layer made (for opaque directories on a full tree: what the
     /// layer itself holds stays, whatever its order in the stream).
     made: HashSet<PathBuf>,
@@ -216,6 +253,9 @@ struct Applier<'a> {
     size: u64,
     entries: u64,
     buf: Vec<u8>,
+    umask: Option<u32>,
+    euid: u32,
+    egid: u32,
 }
 
 fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
@@ -267,6 +307,9 @@ impl<'a> Applier<'a> {
             size: 0,
             entries: 0,
             buf: vec![0u8; 256 * 1024],
+            umask: current_umask(),
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
         }
     }
 
@@ -341,22 +384,25 @@ impl<'a> Applier<'a> {
     }
 
     /// The handle of `rel`'s parent directory, made if missing.
-    fn parent(&mut self, parent: &Path, shown: &str) -> Result<Rc<OwnedFd>, ArchiveError> {
-        if let Some((cached, fd)) = &self.parent_cache
+    fn parent(&mut self, parent: &Path, shown: &str) -> Result<Rc<ParentDir>, ArchiveError> {
+        if let Some((cached, dir)) = &self.parent_cache
             && cached == parent
         {
-            return Ok(fd.clone());
+            return Ok(dir.clone());
         }
         let made = &mut self.made;
-        let fd = Rc::new(
-            self.root
-                .dir_creating(parent, |dir| {
-                    made.insert(dir.to_path_buf());
-                })
-                .map_err(|e| ArchiveError::entry_io(shown, "open parent directory", e))?,
-        );
-        self.parent_cache = Some((parent.to_path_buf(), fd.clone()));
-        Ok(fd)
+        let fd = self
+            .root
+            .dir_creating(parent, |dir| {
+                made.insert(dir.to_path_buf());
+            })
+            .map_err(|e| ArchiveError::entry_io(shown, "open parent directory", e))?;
+        let stat = rustix::fs::fstat(&fd)
+            .map_err(|e| ArchiveError::entry_io(shown, "stat parent directory", e.into()))?;
+        let inherited_gid = (stat.st_mode & 0o2000 != 0).then_some(stat.st_gid);
+        let dir = Rc::new(ParentDir { fd, inherited_gid });
+        self.parent_cache = Some((parent.to_path_buf(), dir.clone()));
+        Ok(dir)
     }
 
     fn forget_parents(&mut self) {
@@ -442,22 +488,22 @@ impl<'a> Applier<'a> {
             });
         } else if let Some(info) = meta.sparse.as_ref().filter(|_| kind.is_file()) {
             // Data regions only; the map and the data stay in the record.
-            let file = self.create_file(&parent, &cname, &shown)?;
+            let (file, fresh) = self.create_file(&parent, &cname, meta.mode, &shown)?;
             let mut file = std::fs::File::from(file);
             let real_size = self.copy_pax_sparse(entry, &mut file, info, &shown)?;
             self.size += real_size;
             let fd = std::os::fd::OwnedFd::from(file);
-            self.set_meta_fd(&fd, &meta, &shown)?;
+            self.set_meta_fd(&fd, &meta, &fresh, &shown)?;
         } else if kind.is_file() || kind.is_gnu_sparse() || kind == tar::EntryType::Continuous {
             let sparse = kind.is_gnu_sparse();
-            let file = self.create_file(&parent, &cname, &shown)?;
+            let (file, fresh) = self.create_file(&parent, &cname, meta.mode, &shown)?;
             let mut file = std::fs::File::from(file);
             // A sparse member's data stays in the record (its map is there too);
             // a plain file's data is read as payload and left out.
             if !sparse {
                 tap.begin_payload();
             }
-            let written = self.copy_data(entry, &mut file, sparse, &shown);
+            let written = self.copy_data(entry, &mut file, &shown);
             tap.end_payload();
             let written = written?;
             if written != entry.size() {
@@ -471,7 +517,7 @@ impl<'a> Applier<'a> {
             }
             self.size += written;
             let fd = std::os::fd::OwnedFd::from(file);
-            self.set_meta_fd(&fd, &meta, &shown)?;
+            self.set_meta_fd(&fd, &meta, &fresh, &shown)?;
         } else if kind.is_symlink() {
             let target = entry
                 .link_name_bytes()
@@ -533,28 +579,37 @@ impl<'a> Applier<'a> {
     }
 
     /// Creates a regular file, replacing what is there.
+    /// Creates a regular file with `mode`'s permission bits, replacing what is
+    /// there; says who owns it and with what mode.
     fn create_file(
         &mut self,
-        parent: &OwnedFd,
+        parent: &ParentDir,
         name: &std::ffi::CStr,
+        mode: u32,
         shown: &str,
-    ) -> Result<OwnedFd, ArchiveError> {
+    ) -> Result<(OwnedFd, Fresh), ArchiveError> {
         let open = || {
             rustix::fs::openat(
                 parent,
                 name,
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
+                Mode::from_raw_mode(mode & 0o777),
             )
         };
-        match open() {
-            Ok(fd) => Ok(fd),
+        let fd = match open() {
+            Ok(fd) => fd,
             Err(rustix::io::Errno::EXIST) => {
                 self.replace(parent, name, shown)?;
-                open().map_err(|e| ArchiveError::entry_io(shown, "create", e.into()))
+                open().map_err(|e| ArchiveError::entry_io(shown, "create", e.into()))?
             }
-            Err(e) => Err(ArchiveError::entry_io(shown, "create", e.into())),
-        }
+            Err(e) => return Err(ArchiveError::entry_io(shown, "create", e.into())),
+        };
+        let fresh = Fresh {
+            uid: self.euid,
+            gid: parent.inherited_gid.unwrap_or(self.egid),
+            mode: self.umask.map(|umask| mode & 0o777 & !umask),
+        };
+        Ok((fd, fresh))
     }
 
     /// Runs `make`, replacing what is at `name` if it exists.
@@ -586,15 +641,19 @@ impl<'a> Applier<'a> {
         remove_all_at(parent, name).map_err(|e| ArchiveError::entry_io(shown, "replace", e))
     }
 
+    /// Writes a member's data, leaving every all-zero 4 KiB block as a hole:
+    /// a sparse member's holes stay holes, and so do the holes of a sparse file
+    /// exported densely (as export writes every file). Contents are unchanged.
     fn copy_data<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
         file: &mut std::fs::File,
-        sparse: bool,
         shown: &str,
     ) -> Result<u64, ArchiveError> {
-        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::FileExt;
+        const BLOCK: usize = 4096;
         let mut written = 0u64;
+        let mut ends_in_hole = false;
         loop {
             let n = match entry.read(&mut self.buf) {
                 Ok(0) => break,
@@ -602,18 +661,29 @@ impl<'a> Applier<'a> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ArchiveError::input(e)),
             };
+            // Runs of blocks with data are written in one call each.
             let chunk = &self.buf[..n];
-            if sparse && chunk.iter().all(|b| *b == 0) {
-                // Holes stay holes: skip over zeros, set the length at the end.
-                file.seek(SeekFrom::Current(n as i64))
-                    .map_err(|e| ArchiveError::entry_io(shown, "write", e))?;
-            } else {
-                file.write_all(chunk)
+            let mut run_start: Option<usize> = None;
+            for (i, block) in chunk.chunks(BLOCK).enumerate() {
+                let hole = block.len() == BLOCK && block.iter().all(|b| *b == 0);
+                match (hole, run_start) {
+                    (false, None) => run_start = Some(i * BLOCK),
+                    (true, Some(start)) => {
+                        file.write_all_at(&chunk[start..i * BLOCK], written + start as u64)
+                            .map_err(|e| ArchiveError::entry_io(shown, "write", e))?;
+                        run_start = None;
+                    }
+                    _ => {}
+                }
+                ends_in_hole = hole;
+            }
+            if let Some(start) = run_start {
+                file.write_all_at(&chunk[start..], written + start as u64)
                     .map_err(|e| ArchiveError::entry_io(shown, "write", e))?;
             }
             written += n as u64;
         }
-        if sparse {
+        if ends_in_hole {
             file.set_len(written)
                 .map_err(|e| ArchiveError::entry_io(shown, "set length", e))?;
         }
@@ -702,17 +772,29 @@ impl<'a> Applier<'a> {
         Ok(real_size)
     }
 
-    fn set_meta_fd(&self, fd: &OwnedFd, meta: &Meta, shown: &str) -> Result<(), ArchiveError> {
+    fn set_meta_fd(
+        &self,
+        fd: &OwnedFd,
+        meta: &Meta,
+        fresh: &Fresh,
+        shown: &str,
+    ) -> Result<(), ArchiveError> {
         // Owner before mode (chown clears setuid/setgid) and before xattrs
-        // (chown clears security.capability).
-        rustix::fs::fchown(
-            fd,
-            Some(Uid::from_raw(meta.uid)),
-            Some(Gid::from_raw(meta.gid)),
-        )
-        .map_err(|e| ArchiveError::entry_io(shown, "set owner", e.into()))?;
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
-            .map_err(|e| ArchiveError::entry_io(shown, "set mode", e.into()))?;
+        // (chown clears security.capability). Either call is skipped when the
+        // new file already has what the member asks for: most image files are
+        // root's, made by root, with a mode the umask leaves alone.
+        if (meta.uid, meta.gid) != (fresh.uid, fresh.gid) {
+            rustix::fs::fchown(
+                fd,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .map_err(|e| ArchiveError::entry_io(shown, "set owner", e.into()))?;
+        }
+        if fresh.mode != Some(meta.mode) {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+                .map_err(|e| ArchiveError::entry_io(shown, "set mode", e.into()))?;
+        }
         for (name, value) in &meta.xattrs {
             rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty())
                 .map_err(|e| ArchiveError::entry_io(shown, "set xattr", e.into()))?;
