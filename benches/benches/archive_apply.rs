@@ -19,56 +19,53 @@ use strata_testkit::mounts::{LoopFilesystem, LoopFsKind};
 
 const ROUNDS: usize = 9;
 
-/// A tar of many small files, like a node_modules tree: 30,000 files of 0-8 KiB
-/// in 1,500 directories.
-fn small_files_tar(dir: &Path) -> PathBuf {
-    let tar = dir.join("small-files.tar");
-    if tar.exists() {
-        return tar;
+/// The tar `name` in `dir`, made once from a tree `fill` writes.
+fn cached_tar(dir: &Path, name: &str, fill: impl FnOnce(&Path)) -> PathBuf {
+    let tar = dir.join(format!("{name}.tar"));
+    if !tar.exists() {
+        let src = dir.join(name);
+        let _ = fs::remove_dir_all(&src);
+        fs::create_dir_all(&src).unwrap();
+        fill(&src);
+        let partial = dir.join(format!("{name}.tar.partial"));
+        run(Command::new("tar")
+            .args(["--numeric-owner", "-C"])
+            .arg(&src)
+            .arg("-cf")
+            .arg(&partial)
+            .arg("."));
+        fs::rename(&partial, &tar).unwrap();
+        fs::remove_dir_all(&src).unwrap();
     }
-    let src = dir.join("small-files");
-    let _ = fs::remove_dir_all(&src);
-    for d in 0..1500 {
-        let sub = src.join(format!("pkg-{d:04}/lib"));
-        fs::create_dir_all(&sub).unwrap();
-        for f in 0..20 {
-            let len = (d * 31 + f * 977) % 8192;
-            let data: Vec<u8> = (0..len).map(|i| (i * 7 + d + f) as u8).collect();
-            fs::write(sub.join(format!("module-{f}.js")), data).unwrap();
-        }
-    }
-    run(Command::new("tar")
-        .args(["--numeric-owner", "-C"])
-        .arg(&src)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
-    fs::remove_dir_all(&src).unwrap();
     tar
 }
 
+/// Many small files, like a node_modules tree: 30,000 files of 0-8 KiB in
+/// 1,500 directories.
+fn small_files_tar(dir: &Path) -> PathBuf {
+    cached_tar(dir, "small-files", |src| {
+        for d in 0..1500 {
+            let sub = src.join(format!("pkg-{d:04}/lib"));
+            fs::create_dir_all(&sub).unwrap();
+            for f in 0..20 {
+                let len = (d * 31 + f * 977) % 8192;
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + d + f) as u8).collect();
+                fs::write(sub.join(format!("module-{f}.js")), data).unwrap();
+            }
+        }
+    })
+}
+
+/// 1 GiB in 4 files of incompressible-looking data.
 fn big_files_tar(dir: &Path) -> PathBuf {
-    let tar = dir.join("big-files.tar");
-    if tar.exists() {
-        return tar;
-    }
-    let src = dir.join("big-files");
-    let _ = fs::remove_dir_all(&src);
-    fs::create_dir_all(&src).unwrap();
-    for i in 0..4u32 {
-        let data: Vec<u8> = (0..256u32 << 20)
-            .map(|b| (b.wrapping_mul(2_654_435_761) >> 24) as u8 ^ i as u8)
-            .collect();
-        fs::write(src.join(format!("blob-{i}")), data).unwrap();
-    }
-    run(Command::new("tar")
-        .args(["--numeric-owner", "-C"])
-        .arg(&src)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
-    fs::remove_dir_all(&src).unwrap();
-    tar
+    cached_tar(dir, "big-files", |src| {
+        for i in 0..4u32 {
+            let data: Vec<u8> = (0..256u32 << 20)
+                .map(|b| (b.wrapping_mul(2_654_435_761) >> 24) as u8 ^ i as u8)
+                .collect();
+            fs::write(src.join(format!("blob-{i}")), data).unwrap();
+        }
+    })
 }
 
 fn main() {

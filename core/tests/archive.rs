@@ -5,33 +5,10 @@ mod support;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::Command;
 
 use strata_conformance::tree::{build_every_kind, compare_trees};
 use strata_core::archive::{ApplyOptions, Compression, Sha256Digest, apply_layer, tarsplit};
-
-fn gnu_tar(dir: &Path, extra: &[&str]) -> Vec<u8> {
-    let out = Command::new("tar")
-        .args([
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--format=posix",
-        ])
-        .args(extra)
-        .arg("-C")
-        .arg(dir)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use strata_testkit::gnu_tar;
 
 #[test]
 fn a_gnu_tar_of_every_file_kind_applies_to_an_identical_tree() {

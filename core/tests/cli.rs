@@ -304,23 +304,6 @@ fn drivers_beside_the_binary_are_found_without_configuration() {
     assert_eq!(vfs_entry["state"], "supported");
 }
 
-fn gnu_tar_of(dir: &Path) -> Vec<u8> {
-    let out = Command::new("tar")
-        .args([
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--format=posix",
-            "-C",
-        ])
-        .arg(dir)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    out.stdout
-}
-
 #[test]
 fn a_layer_from_a_tar_gives_back_the_exact_tar() {
     let setup = Setup::new();
@@ -328,7 +311,7 @@ fn a_layer_from_a_tar_gives_back_the_exact_tar() {
     fs::create_dir_all(src.join("etc")).unwrap();
     fs::write(src.join("etc/hostname"), b"strata\n").unwrap();
     fs::write(src.join("big"), vec![3u8; 300_000]).unwrap();
-    let tar = gnu_tar_of(&src);
+    let tar = strata_testkit::gnu_tar(&src, &[]);
     let gz = {
         use std::io::Write;
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

@@ -18,3 +18,28 @@ pub fn workspace_root() -> PathBuf {
 pub fn cargo() -> std::process::Command {
     std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
+
+/// A tar of the directory `dir` made by GNU tar in the PAX format, keeping
+/// numeric owners and every xattr: the reference layer writer. `extra`
+/// arguments go before the archive name (for example `--sparse`).
+pub fn gnu_tar(dir: &std::path::Path, extra: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("tar")
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--format=posix",
+        ])
+        .args(extra)
+        .arg("-C")
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap_or_else(|e| panic!("run GNU tar: {e}"));
+    assert!(
+        out.status.success(),
+        "GNU tar failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

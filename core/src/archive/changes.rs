@@ -71,6 +71,17 @@ fn differs(a_path: &Path, a: &Metadata, b_path: &Path, b: &Metadata) -> io::Resu
     Ok(capability(a_path) != capability(b_path))
 }
 
+/// Byte order of paths: every directory before what it holds, and the same
+/// order every time (export relies on both).
+fn sort_by_path(changes: &mut [Change]) {
+    changes.sort_by(|a, b| {
+        a.path
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.path.as_os_str().as_bytes())
+    });
+}
+
 /// The changes of the tree at `layer` against the tree at `parent` (none: an
 /// empty parent), sorted by path so parents come before their children.
 pub fn changes(layer: &Path, parent: Option<&Path>) -> io::Result<Vec<Change>> {
@@ -92,12 +103,7 @@ pub fn changes(layer: &Path, parent: Option<&Path>) -> io::Result<Vec<Change>> {
         out.push(Change::new(PathBuf::new(), ChangeKind::Modify));
     }
     add_parent_directories(layer, &mut out)?;
-    out.sort_by(|a, b| {
-        a.path
-            .as_os_str()
-            .as_bytes()
-            .cmp(b.path.as_os_str().as_bytes())
-    });
+    sort_by_path(&mut out);
     Ok(out)
 }
 
@@ -200,12 +206,7 @@ pub fn overlay_changes(upper: &Path, lower: Option<&Path>) -> io::Result<Vec<Cha
     // The upper directory's root carries the merged root's metadata.
     let mut out = vec![Change::new(PathBuf::new(), ChangeKind::Modify)];
     overlay_walk(upper, lower, Path::new(""), &mut out)?;
-    out.sort_by(|a, b| {
-        a.path
-            .as_os_str()
-            .as_bytes()
-            .cmp(b.path.as_os_str().as_bytes())
-    });
+    sort_by_path(&mut out);
     Ok(out)
 }
 
