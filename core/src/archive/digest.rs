@@ -1,7 +1,6 @@
-//! sha256 digests as a type, and readers that compute them in passing.
+//! sha256 digests as a type.
 
 use std::fmt;
-use std::io::{self, Read};
 
 use sha2::{Digest as _, Sha256};
 
@@ -48,44 +47,6 @@ impl fmt::Debug for Sha256Digest {
     }
 }
 
-/// Passes bytes through while hashing and counting them.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    /// Bytes read so far.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// Reads what is left (so the digest covers the whole stream) and returns
-    /// the digest and the total length.
-    pub fn finish(mut self) -> io::Result<(Sha256Digest, u64)> {
-        io::copy(&mut self, &mut io::sink())?;
-        Ok((Sha256Digest(self.hasher.finalize().into()), self.count))
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,15 +61,5 @@ mod tests {
         assert_eq!(Sha256Digest::parse(&d.to_string()), Some(d));
         assert_eq!(Sha256Digest::parse("sha256:zz"), None);
         assert_eq!(Sha256Digest::parse("md5:00"), None);
-    }
-
-    #[test]
-    fn hashing_reader_covers_the_unread_rest() {
-        let mut r = HashingReader::new(&b"abcdef"[..]);
-        let mut two = [0u8; 2];
-        r.read_exact(&mut two).unwrap();
-        let (digest, len) = r.finish().unwrap();
-        assert_eq!(len, 6);
-        assert_eq!(digest, Sha256Digest::of(b"abcdef"));
     }
 }
