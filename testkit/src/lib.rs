@@ -1,7 +1,9 @@
 //! Helpers for strata's own tests: building plugin libraries (including ones
 //! deliberately built against a foreign ABI) and finding the workspace.
 
-pub mod mounts;
+/// Scratch filesystems live in the conformance suite (its runner sets up
+/// backends with them); our own tests use the same code.
+pub use strata_conformance::backend as mounts;
 pub mod plugins;
 
 use std::path::PathBuf;

@@ -11,6 +11,7 @@
 //! <home>/dir/<id>/            a layer's tree
 //! <home>/dir/.new-<id>-<n>/   a layer being created (renamed into place when whole)
 //! <home>/dir/.gone-<id>-<n>/  a layer being removed (renamed away first)
+//! <home>/parents/<id>         the id of the layer's parent, for layers that have one
 //! ```
 //!
 //! A crash leaves at most a `.new-` or `.gone-` directory, removed at the next
@@ -21,11 +22,12 @@ pub mod copy;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use strata_plugin_abi::{
-    Capabilities, CreateOptions, DriverError, DriverPlugin, GraphDriver, InitArgs, KeyValues,
-    MountOptions, Result, is_valid_layer_id, validate_layer_id,
+    Capabilities, CreateOptions, DriverError, DriverPlugin, ErrorKind, GraphDriver, InitArgs,
+    KeyValues, MountOptions, Result, is_valid_layer_id, validate_layer_id,
 };
 
 use crate::copy::{CopyOptions, DataCopy};
@@ -51,6 +53,10 @@ pub struct VfsDriver {
     reflink_policy: ReflinkPolicy,
     /// Makes staging directory names unique within this process.
     sequence: AtomicU64,
+    parents: PathBuf,
+    /// Held while a layer is put into place or taken away, so a parent is
+    /// never removed between its child's check and the child's appearance.
+    placement: Mutex<()>,
 }
 
 impl VfsDriver {
@@ -80,22 +86,90 @@ impl VfsDriver {
         }
     }
 
-    /// Removes staging directories a crashed create or remove left behind.
+    fn parent_record(&self, id: &str) -> PathBuf {
+        self.parents.join(id)
+    }
+
+    fn record_parent(&self, id: &str, parent: &str) -> Result<()> {
+        let temp = self.parents.join(format!(".{id}.new"));
+        fs::write(&temp, parent)
+            .and_then(|()| fs::rename(&temp, self.parent_record(id)))
+            .map_err(|e| DriverError::io(format!("create layer {id}: record its parent"), &e))
+    }
+
+    /// The layers whose parent is `id`.
+    fn children_of(&self, id: &str) -> Result<Vec<String>> {
+        let mut children = Vec::new();
+        let entries = fs::read_dir(&self.parents)
+            .map_err(|e| DriverError::io(format!("read {}", self.parents.display()), &e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| DriverError::io("read parent records", &e))?;
+            let Some(child) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if is_valid_layer_id(&child)
+                && fs::read_to_string(entry.path()).is_ok_and(|p| p == id)
+                && self.layer_dir(&child).is_dir()
+            {
+                children.push(child);
+            }
+        }
+        children.sort();
+        Ok(children)
+    }
+
+    /// Removes what interrupted operations left: staging directories whose
+    /// process is gone (`.new-<id>-<pid>-<n>`, `.gone-<id>-<pid>-<n>`) and
+    /// parent records of layers that are not there. A live process's staging
+    /// directories, this one's included, are left to it.
     fn remove_leftovers(&self) -> Result<()> {
+        let _placing = self.placement.lock().unwrap_or_else(|e| e.into_inner());
         let entries = fs::read_dir(&self.layers)
             .map_err(|e| DriverError::io(format!("read {}", self.layers.display()), &e))?;
         for entry in entries {
             let entry = entry.map_err(|e| DriverError::io("read layer directory", &e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(".new-") || name.starts_with(".gone-") {
+            let staging = name.starts_with(".new-") || name.starts_with(".gone-");
+            if staging && !staging_owner_alive(&name) {
                 tracing::info!(path = %entry.path().display(), "removing what an interrupted create or remove left");
                 fs::remove_dir_all(entry.path()).map_err(|e| {
                     DriverError::io(format!("remove leftover {}", entry.path().display()), &e)
                 })?;
             }
         }
+        let records = fs::read_dir(&self.parents)
+            .map_err(|e| DriverError::io(format!("read {}", self.parents.display()), &e))?;
+        for entry in records {
+            let entry = entry.map_err(|e| DriverError::io("read parent records", &e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let orphan = !name.starts_with('.') && !self.layer_dir(&name).is_dir();
+            if orphan {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         Ok(())
+    }
+}
+
+/// Whether the process named in a staging directory's name still runs (its
+/// operation may still be under way). Unparsable names count as dead.
+fn staging_owner_alive(name: &str) -> bool {
+    let mut parts = name.rsplitn(3, '-');
+    let _sequence = parts.next();
+    let Some(pid) = parts.next().and_then(|p| p.parse::<i32>().ok()) else {
+        return false;
+    };
+    if pid == std::process::id() as i32 {
+        return true;
+    }
+    match rustix::process::Pid::from_raw(pid) {
+        Some(pid) => !matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => false,
     }
 }
 
@@ -123,8 +197,11 @@ impl DriverPlugin for VfsDriver {
             .unwrap_or(false);
 
         let layers = args.home.join("dir");
-        fs::create_dir_all(&layers)
-            .map_err(|e| DriverError::io(format!("init vfs: create {}", layers.display()), &e))?;
+        let parents = args.home.join("parents");
+        for dir in [&layers, &parents] {
+            fs::create_dir_all(dir)
+                .map_err(|e| DriverError::io(format!("init vfs: create {}", dir.display()), &e))?;
+        }
 
         let can_reflink = copy::reflink_works_in(&layers);
         let data = match (reflink_policy, can_reflink) {
@@ -146,6 +223,8 @@ impl DriverPlugin for VfsDriver {
             },
             reflink_policy,
             sequence: AtomicU64::new(0),
+            parents,
+            placement: Mutex::new(()),
         };
         driver.remove_leftovers()?;
         tracing::debug!(home = %driver.home.display(), ?data, "vfs driver ready");
@@ -234,7 +313,14 @@ impl GraphDriver for VfsDriver {
                     DriverError::io(format!("{}: create {}", op(), staging.display()), &e)
                 }),
         };
+        let _placing = self.placement.lock().unwrap_or_else(|e| e.into_inner());
         let placed = built.and_then(|()| {
+            // The parent may have gone while its tree was copied.
+            if let Some(parent) = parent {
+                self.existing_layer(parent, "create layer")
+                    .map_err(|e| e.context(format!("{}: parent {parent}", op())))?;
+                self.record_parent(id, parent)?;
+            }
             rustix::fs::renameat_with(
                 rustix::fs::CWD,
                 &staging,
@@ -250,6 +336,9 @@ impl GraphDriver for VfsDriver {
             })
         });
         if let Err(err) = placed {
+            if parent.is_some() && err.kind() != ErrorKind::AlreadyExists {
+                let _ = fs::remove_file(self.parent_record(id));
+            }
             if let Err(cleanup) = fs::remove_dir_all(&staging)
                 && cleanup.kind() != io::ErrorKind::NotFound
             {
@@ -262,10 +351,23 @@ impl GraphDriver for VfsDriver {
 
     fn remove(&self, id: &str) -> Result<()> {
         let dir = self.existing_layer(id, "remove")?;
-        // Renamed away first, so the layer disappears at once and a crash while
-        // deleting leaves only a leftover for the next start, never half a layer.
         let doomed = self.staging_dir("gone", id);
-        fs::rename(&dir, &doomed).map_err(|e| DriverError::io(format!("remove layer {id}"), &e))?;
+        {
+            let _placing = self.placement.lock().unwrap_or_else(|e| e.into_inner());
+            let children = self.children_of(id)?;
+            if !children.is_empty() {
+                return Err(DriverError::busy(format!(
+                    "remove layer {id}: layers {} are its children",
+                    children.join(", ")
+                )));
+            }
+            // Renamed away first, so the layer disappears at once and a crash
+            // while deleting leaves only a leftover for the next start, never
+            // half a layer.
+            fs::rename(&dir, &doomed)
+                .map_err(|e| DriverError::io(format!("remove layer {id}"), &e))?;
+            let _ = fs::remove_file(self.parent_record(id));
+        }
         fs::remove_dir_all(&doomed).map_err(|e| {
             DriverError::io(
                 format!("remove layer {id}: delete {}", doomed.display()),

@@ -171,11 +171,19 @@ fn leftovers_of_a_crash_are_removed_at_start() {
     let vfs = start(home.path(), &[]).unwrap();
     vfs.create("kept", None, &CreateOptions::default()).unwrap();
     drop(vfs);
-    fs::create_dir_all(home.path().join("dir/.new-half-1-0/usr")).unwrap();
-    fs::create_dir_all(home.path().join("dir/.gone-old-1-0/etc")).unwrap();
+    // Staging directories of a process that has exited, and one of a live
+    // process (this one) that must be left alone.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    fs::create_dir_all(home.path().join(format!("dir/.new-half-{dead}-0/usr"))).unwrap();
+    fs::create_dir_all(home.path().join(format!("dir/.gone-old-{dead}-0/etc"))).unwrap();
+    let live = format!(".new-busy-{}-7", std::process::id());
+    fs::create_dir_all(home.path().join("dir").join(&live)).unwrap();
     let vfs = start(home.path(), &[]).unwrap();
-    assert_eq!(layer_dir_entries(home.path()), vec!["kept"]);
+    assert_eq!(layer_dir_entries(home.path()), vec![live.as_str(), "kept"]);
     assert_eq!(vfs.list().unwrap(), vec!["kept"]);
+    fs::remove_dir_all(home.path().join("dir").join(&live)).unwrap();
 }
 
 #[test]

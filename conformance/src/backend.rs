@@ -1,4 +1,5 @@
-//! Scratch filesystems for tests, unmounted when dropped (failure or not).
+//! Backends the runner sets up for a driver, and scratch filesystems for
+//! tests: each unmounted and detached when dropped, failure or not.
 
 use std::path::{Path, PathBuf};
 
