@@ -1,19 +1,24 @@
-//! A throwaway driver with a fault planted, chosen by the option `fault`.
-//! Layers are directories; a child is made with GNU `cp -a` of its parent.
+//! The driver template (conformance/template) with a fault planted, chosen by
+//! the option `fault`:
 //!
 //! * `lose-xattrs`: a child layer loses its files' user.* xattrs;
 //! * `leave-directory`: removing a layer leaves a directory in the home;
 //! * `orphan-children`: a layer with children can be removed.
 //!
 //! The conformance suite's own tests run it to show each fault fails the
-//! checks it should. (It cannot reuse the vfs crate: linking another driver's
-//! library would export two root modules.)
+//! checks it should. The template's driver module is compiled in here by path
+//! rather than linked: its library exports a root module of its own, and a
+//! library can export only one.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use strata_plugin_abi::*;
+
+#[path = "../../../conformance/template/src/driver.rs"]
+mod template;
+
+use template::ExampleDriver;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -23,6 +28,7 @@ enum Fault {
 }
 
 pub struct Faulty {
+    inner: ExampleDriver,
     fault: Fault,
     home: PathBuf,
 }
@@ -30,10 +36,9 @@ pub struct Faulty {
 impl DriverPlugin for Faulty {
     const NAME: &'static str = "faulty";
     const DESCRIPTION: &'static str =
-        "a copying driver with a planted fault, for testing the conformance suite";
+        "the template driver with a planted fault, for testing the conformance suite";
 
     fn init(args: &InitArgs) -> Result<Self> {
-        args.options.reject_unknown("faulty option", &["fault"])?;
         let fault = match args.options.get("fault") {
             Some("lose-xattrs") => Fault::LoseXattrs,
             Some("leave-directory") => Fault::LeaveDirectory,
@@ -44,42 +49,13 @@ impl DriverPlugin for Faulty {
                 )));
             }
         };
-        for dir in ["layers", "parents"] {
-            fs::create_dir_all(args.home.join(dir)).map_err(|e| DriverError::io("init", &e))?;
-        }
+        let mut inner_args = args.clone();
+        inner_args.options = args.options.iter().filter(|(k, _)| *k != "fault").collect();
         Ok(Faulty {
+            inner: ExampleDriver::init(&inner_args)?,
             fault,
             home: args.home.clone(),
         })
-    }
-}
-
-impl Faulty {
-    fn layer(&self, id: &str) -> PathBuf {
-        self.home.join("layers").join(id)
-    }
-
-    fn existing(&self, id: &str, op: &str) -> Result<PathBuf> {
-        validate_layer_id(id).map_err(|e| e.context(format!("{op} layer {id}")))?;
-        let path = self.layer(id);
-        if path.is_dir() {
-            Ok(path)
-        } else {
-            Err(DriverError::not_found(format!(
-                "{op} layer {id}: no such layer"
-            )))
-        }
-    }
-
-    fn children(&self, id: &str) -> Vec<String> {
-        fs::read_dir(self.home.join("parents"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| fs::read_to_string(e.path()).is_ok_and(|p| p == id))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|child| self.layer(child).is_dir())
-            .collect()
     }
 }
 
@@ -107,88 +83,51 @@ impl GraphDriver for Faulty {
         Self::NAME.into()
     }
     fn status(&self) -> KeyValues {
-        [("home", self.home.display().to_string())]
-            .into_iter()
-            .collect()
+        self.inner.status()
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities::COPIES_PARENT
+        self.inner.capabilities()
     }
     fn metadata(&self, id: &str) -> Result<KeyValues> {
-        let path = self.existing(id, "metadata of")?;
-        Ok([("path", path.display().to_string())].into_iter().collect())
+        self.inner.metadata(id)
     }
     fn create(&self, id: &str, parent: Option<&str>, options: &CreateOptions) -> Result<()> {
-        validate_layer_id(id).map_err(|e| e.context(format!("create layer {id}")))?;
-        options
-            .storage_opts
-            .reject_unknown("faulty storage option", &[])
-            .map_err(|e| e.context(format!("create layer {id}")))?;
-        let target = self.layer(id);
-        if target.exists() {
-            return Err(DriverError::already_exists(format!(
-                "create layer {id}: layer exists"
-            )));
-        }
-        match parent {
-            None => fs::create_dir(&target)
-                .map_err(|e| DriverError::io(format!("create layer {id}"), &e))?,
-            Some(parent) => {
-                let from = self.existing(parent, "create")?;
-                let ok = Command::new("cp")
-                    .arg("-a")
-                    .arg(&from)
-                    .arg(&target)
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if !ok {
-                    let _ = fs::remove_dir_all(&target);
-                    return Err(DriverError::other(format!(
-                        "create layer {id}: cp -a failed"
-                    )));
-                }
-                fs::write(self.home.join("parents").join(id), parent)
-                    .map_err(|e| DriverError::io(format!("create layer {id}"), &e))?;
-                if self.fault == Fault::LoseXattrs {
-                    strip_user_xattrs(&target);
-                }
-            }
+        self.inner.create(id, parent, options)?;
+        if self.fault == Fault::LoseXattrs && parent.is_some() {
+            strip_user_xattrs(&self.inner.get(id, &MountOptions::default())?);
         }
         Ok(())
     }
     fn remove(&self, id: &str) -> Result<()> {
-        let path = self.existing(id, "remove")?;
-        if self.fault != Fault::OrphanChildren && !self.children(id).is_empty() {
-            return Err(DriverError::busy(format!(
-                "remove layer {id}: it has children"
-            )));
+        match self.fault {
+            Fault::OrphanChildren => {
+                // Takes the layer even when it has children.
+                let path = self.inner.get(id, &MountOptions::default())?;
+                fs::remove_dir_all(&path)
+                    .map_err(|e| DriverError::io(format!("remove layer {id}"), &e))
+            }
+            Fault::LeaveDirectory => {
+                self.inner.remove(id)?;
+                fs::create_dir_all(self.home.join(format!("forgotten-{id}")))
+                    .map_err(|e| DriverError::io("leave a directory", &e))
+            }
+            Fault::LoseXattrs => self.inner.remove(id),
         }
-        fs::remove_dir_all(&path).map_err(|e| DriverError::io(format!("remove layer {id}"), &e))?;
-        let _ = fs::remove_file(self.home.join("parents").join(id));
-        if self.fault == Fault::LeaveDirectory {
-            fs::create_dir_all(self.home.join(format!("forgotten-{id}")))
-                .map_err(|e| DriverError::io("leave a directory", &e))?;
-        }
-        Ok(())
     }
-    fn get(&self, id: &str, _options: &MountOptions) -> Result<PathBuf> {
-        self.existing(id, "mount")
+    fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
+        self.inner.get(id, options)
     }
     fn put(&self, id: &str) -> Result<()> {
-        self.existing(id, "unmount").map(|_| ())
+        self.inner.put(id)
     }
     fn exists(&self, id: &str) -> Result<bool> {
-        Ok(is_valid_layer_id(id) && self.layer(id).is_dir())
+        self.inner.exists(id)
     }
     fn list(&self) -> Result<Vec<String>> {
-        Ok(fs::read_dir(self.home.join("layers"))
-            .map_err(|e| DriverError::io("list", &e))?
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect())
+        self.inner.list()
     }
     fn cleanup(&self) -> Result<()> {
-        Ok(())
+        self.inner.cleanup()
     }
 }
 
