@@ -3,8 +3,9 @@
 #   e2fsprogs, btrfs-progs, xfsprogs: filesystems the tests and benches make on loop devices
 #   libclang-dev: bindgen, used by the loopdev-3 crate to read <linux/loop.h>
 #   debootstrap: real Debian root filesystems for benches and the demo
+#   zfs-fuse: userspace ZFS, the conformance runner's zfs-fuse backend
 set -euo pipefail
-packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap)
+packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap zfs-fuse)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

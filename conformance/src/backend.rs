@@ -140,3 +140,127 @@ impl Drop for LoopFilesystem {
         }
     }
 }
+
+/// A ZFS pool on a sparse file, served by zfs-fuse (userspace ZFS; this
+/// machine's kernel has no zfs), mounted on a temporary directory. Starts the
+/// zfs-fuse daemon if none runs and stops it again if it started it. Dropping
+/// it destroys the pool, failure or not.
+pub struct ZfsFusePool {
+    name: String,
+    mountpoint: tempfile::TempDir,
+    started_daemon: Option<PathBuf>,
+    _image_dir: tempfile::TempDir,
+}
+
+fn zfs_command(program: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| std::io::Error::other(format!("run {program}: {e} (is zfs-fuse installed?)")))
+}
+
+fn zfs_daemon_answers() -> bool {
+    zfs_command("zpool", &["list", "-H"]).is_ok_and(|o| o.status.success())
+}
+
+impl ZfsFusePool {
+    /// Makes a pool of `size` bytes (needs root and the zfs-fuse package).
+    pub fn new(size: u64) -> std::io::Result<ZfsFusePool> {
+        let image_dir = tempfile::tempdir()?;
+        let mountpoint = tempfile::tempdir()?;
+        let started_daemon = if zfs_daemon_answers() {
+            None
+        } else {
+            let pidfile = image_dir.path().join("zfs-fuse.pid");
+            let out = zfs_command(
+                "zfs-fuse",
+                &["--no-kstat-mount", "-p", &pidfile.to_string_lossy()],
+            )?;
+            if !out.status.success() {
+                return Err(std::io::Error::other(format!(
+                    "start zfs-fuse: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            // The daemon forks; wait until it answers.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while !zfs_daemon_answers() {
+                if std::time::Instant::now() > deadline {
+                    return Err(std::io::Error::other(
+                        "zfs-fuse did not start answering in 15 s",
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Some(pidfile)
+        };
+        let image = image_dir.path().join("pool.img");
+        std::fs::File::create(&image)?.set_len(size)?;
+        let name = format!(
+            "strata-{}-{}",
+            std::process::id(),
+            image_dir
+                .path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .trim_start_matches('.')
+        );
+        let mount = mountpoint.path().to_string_lossy().into_owned();
+        let image_text = image.to_string_lossy().into_owned();
+        let pool = ZfsFusePool {
+            name,
+            mountpoint,
+            started_daemon,
+            _image_dir: image_dir,
+        };
+        let out = zfs_command(
+            "zpool",
+            &["create", "-f", "-m", &mount, &pool.name, &image_text],
+        )?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "zpool create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(pool)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.mountpoint.path()
+    }
+
+    /// The pool's name, for drivers that manage datasets in it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for ZfsFusePool {
+    fn drop(&mut self) {
+        // A pool just used can answer "busy" for a moment while zfs-fuse
+        // settles its FUSE mounts; try for a while before giving up.
+        for _ in 0..50 {
+            match zfs_command("zpool", &["destroy", "-f", &self.name]) {
+                Ok(out) if out.status.success() => break,
+                _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+            }
+        }
+        if let Some(pidfile) = &self.started_daemon
+            && let Some(pid) = std::fs::read_to_string(pidfile)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            for _ in 0..100 {
+                if rustix::process::test_kill_process(pid).is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}

@@ -137,3 +137,41 @@ fn run_runner_with(package: &str, extra: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+#[test]
+fn the_runner_sets_up_and_tears_down_each_backend() {
+    for backend in ["tmpfs", "loop-ext4", "loop-xfs", "loop-btrfs", "zfs-fuse"] {
+        if backend == "zfs-fuse"
+            && std::process::Command::new("zpool")
+                .arg("-?")
+                .output()
+                .is_err()
+        {
+            eprintln!("skipped backend zfs-fuse: the zfs-fuse package is not installed here");
+            continue;
+        }
+        let (success, text) = run_runner_with(
+            "strata-driver-example",
+            &["--backend", backend, "--filter", "lifecycle/"],
+        );
+        assert!(success, "{backend}:\n{text}");
+        assert!(text.contains(&format!("(backend: {backend})")), "{text}");
+        // Nothing of the backend is left: no mounts under temporary directories
+        // made for it, no loop devices, no pools.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(
+            !mounts.lines().any(|l| l.contains("strata-test")
+                || l.contains("/tmp/.tmp")
+                || l.contains("zfs-fuse")),
+            "{backend} left a mount:\n{mounts}"
+        );
+        if backend == "zfs-fuse" {
+            let pools = std::process::Command::new("zpool")
+                .args(["list", "-H", "-o", "name"])
+                .output()
+                .unwrap();
+            let names = String::from_utf8_lossy(&pools.stdout);
+            assert!(!names.contains("strata-"), "pools left: {names}");
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use strata_conformance::backend::{LoopFilesystem, LoopFsKind, ScratchTmpfs};
+use strata_conformance::backend::{LoopFilesystem, LoopFsKind, ScratchTmpfs, ZfsFusePool};
 use strata_conformance::{Outcome, SuiteOptions, checks, run_with};
 use strata_plugin_abi::{GraphDriver, InitArgs, KeyValues, PluginLibrary};
 
@@ -39,7 +39,7 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
     /// Set up the backend the driver needs and put its home there, torn down
-    /// afterwards: none, tmpfs, loop-ext4, loop-btrfs, loop-xfs
+    /// afterwards: none, tmpfs, loop-ext4, loop-btrfs, loop-xfs, zfs-fuse
     #[arg(long, value_name = "NAME", default_value = "none")]
     backend: String,
 }
@@ -163,6 +163,7 @@ enum Backend {
     None,
     Tmpfs(ScratchTmpfs),
     Loop(LoopFilesystem),
+    Zfs(ZfsFusePool),
 }
 
 impl Backend {
@@ -173,11 +174,12 @@ impl Backend {
             "loop-ext4" => Backend::Loop(LoopFilesystem::new(LoopFsKind::Ext4, 4 << 30)?),
             "loop-btrfs" => Backend::Loop(LoopFilesystem::new(LoopFsKind::Btrfs, 4 << 30)?),
             "loop-xfs" => Backend::Loop(LoopFilesystem::new(LoopFsKind::Xfs, 4 << 30)?),
+            "zfs-fuse" => Backend::Zfs(ZfsFusePool::new(2 << 30)?),
             other => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!(
-                        "unknown backend '{other}' (known: none, tmpfs, loop-ext4, loop-btrfs, loop-xfs)"
+                        "unknown backend '{other}' (known: none, tmpfs, loop-ext4, loop-btrfs, loop-xfs, zfs-fuse)"
                     ),
                 ));
             }
@@ -189,6 +191,7 @@ impl Backend {
             Backend::None => None,
             Backend::Tmpfs(fs) => Some(fs.path()),
             Backend::Loop(fs) => Some(fs.path()),
+            Backend::Zfs(pool) => Some(pool.path()),
         }
     }
 }
