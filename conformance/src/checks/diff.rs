@@ -7,7 +7,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use strata_core::archive::{self, ApplyOptions, ApplyTarget, ArchiveError, ChangeKind};
-use strata_plugin_abi::{Capabilities, WhiteoutFormat};
+use strata_core::layers::LayerStore;
+use strata_plugin_abi::{Capabilities, CreateOptions, WhiteoutFormat};
 
 use super::{Layers, check, io};
 use crate::tree::{Compare, compare_trees_with};
@@ -251,10 +252,37 @@ fn broken_stream_fails_cleanly(suite: &Suite) -> CheckOutcome {
         layers.unmount("conformance-junk")?;
     }
     match result {
-        Err(ArchiveError::Input(_)) => Ok(()),
-        Err(other) => Err(Verdict::Fail(format!(
-            "a junk stream gave an error that is not about the stream: {other}"
-        ))),
-        Ok(_) => Err(Verdict::Fail("a junk stream was applied".into())),
+        Err(ArchiveError::Input(_)) => {}
+        Err(other) => {
+            return Err(Verdict::Fail(format!(
+                "a junk stream gave an error that is not about the stream: {other}"
+            )));
+        }
+        Ok(_) => return Err(Verdict::Fail("a junk stream was applied".into())),
     }
+    // Through the layer store, as a runtime creates a layer from a diff: the
+    // refused stream leaves no layer in the driver.
+    let records = io("a scratch directory for layer records", tempfile::tempdir())?;
+    let store = LayerStore::open(records.path(), suite.driver)
+        .map_err(|e| Verdict::Fail(format!("open a layer store: {e}")))?;
+    let made = store.create(
+        suite.driver,
+        "conformance-junk-store",
+        None,
+        &CreateOptions::default(),
+        Some(&mut &junk[..]),
+    );
+    let left = suite
+        .driver
+        .exists("conformance-junk-store")
+        .unwrap_or(true);
+    if left {
+        layers.adopt("conformance-junk-store");
+    }
+    ensure!(
+        made.is_err(),
+        "the layer store made a layer from a junk stream"
+    );
+    ensure!(!left, "a layer was left after its junk diff was refused");
+    Ok(())
 }
