@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install-deps.sh
-cargo build --release --quiet -p strata-core -p strata-driver-vfs
+cargo build --release --quiet -p strata-core -p strata-driver-vfs -p strata-driver-overlay
 strata=target/release/strata
 root=${STRATA_DEMO_ROOT:-/var/tmp/strata-demo}
 export STRATA_ROOT="$root/graph" STRATA_RUN_ROOT="$root/run"
@@ -22,14 +22,17 @@ echo "== the driver strata chooses for this graph root, and why"
 "$strata" status
 echo
 echo "== a stack of layers: base <- app <- container"
-"$strata" layer create --read-only base
-base=$("$strata" layer mount base)
-mkdir -p "$base/etc" && echo "strata demo base" > "$base/etc/motd"
-"$strata" layer unmount base
-"$strata" layer create --read-only --parent base app
-app=$("$strata" layer mount app)
-mkdir -p "$app/srv" && echo "hello from the app layer" > "$app/srv/index.html"
-"$strata" layer unmount app
+# Image layers come from layer tars (made here with GNU tar) and stay
+# read-only; the container's layer on top is read-write.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/base/etc" "$work/app/srv"
+echo "strata demo base" > "$work/base/etc/motd"
+echo "hello from the app layer" > "$work/app/srv/index.html"
+tar --numeric-owner -C "$work/base" -czf "$work/base.tar.gz" .
+tar --numeric-owner -C "$work/app" -cf "$work/app.tar" .
+"$strata" layer create --read-only --diff "$work/base.tar.gz" base
+"$strata" layer create --read-only --parent base --diff "$work/app.tar" app
 "$strata" layer create --parent app container
 top=$("$strata" layer mount container)
 echo "written in the container layer at $(date -u +%FT%TZ)" > "$top/srv/visit.log"

@@ -17,7 +17,10 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use strata_plugin_abi::{CreateOptions, ErrorKind, GraphDriver, MountOptions, validate_layer_id};
+use strata_plugin_abi::{
+    Capabilities, CreateOptions, ErrorKind, GraphDriver, MountOptions, WhiteoutFormat,
+    validate_layer_id,
+};
 
 use crate::archive::{self, ApplyOptions, ApplyTarget, Change};
 use crate::error::{CoreError, Result};
@@ -294,15 +297,21 @@ impl LayerStore {
         id: &str,
         diff: &mut dyn Read,
     ) -> Result<DiffRecord> {
-        let root = driver.get(id, &MountOptions::default())?;
-        let result = self.apply_at(&root, id, diff);
-        let put = driver.put(id);
+        let files = LayerFiles::open(driver, id)?;
+        let result = self.apply_at(files.path(), files.target(), id, diff);
+        let closed = files.close();
         let report = result?;
-        put?;
+        closed?;
         Ok(report)
     }
 
-    fn apply_at(&self, root: &Path, id: &str, diff: &mut dyn Read) -> Result<DiffRecord> {
+    fn apply_at(
+        &self,
+        root: &Path,
+        target: ApplyTarget,
+        id: &str,
+        diff: &mut dyn Read,
+    ) -> Result<DiffRecord> {
         let split_path = self.tar_split_path(id);
         let partial = self.dir.join(format!(".{id}.tar-split.gz.partial"));
         let file = fs::File::create(&partial).map_err(|e| CoreError::io("create", &partial, e))?;
@@ -312,7 +321,7 @@ impl LayerStore {
             root,
             diff,
             &ApplyOptions {
-                target: ApplyTarget::Tree,
+                target,
                 ..Default::default()
             },
             Some(&mut gz),
@@ -388,7 +397,8 @@ impl LayerStore {
         let parent = record.as_ref().and_then(|r| r.parent.clone());
         let split_path = self.tar_split_path(id);
         if record.as_ref().is_some_and(|r| r.diff.is_some()) && split_path.exists() {
-            let root = driver.get(id, &MountOptions::default())?;
+            let files = LayerFiles::open(driver, id)?;
+            let root = files.path().to_path_buf();
             // Rebuild into memory-bounded temp storage first: a file changed
             // since apply is found only part way, and `out` must not get half a
             // stream before the fallback.
@@ -401,7 +411,7 @@ impl LayerStore {
                     &mut staged,
                 )
             });
-            let _ = driver.put(id);
+            let _ = files.close();
             match rebuilt {
                 Ok(_) => {
                     use std::io::Seek;
@@ -424,6 +434,56 @@ impl LayerStore {
                 .map_err(|e| CoreError::io("export", layer, e))?;
             Ok(DiffSource::Generated)
         })
+    }
+}
+
+/// Where a layer's own files are written and read by the layer format: its
+/// native diff directory when the driver keeps one (in overlay's whiteout
+/// convention, no mount needed, and a read-only layer can still be filled),
+/// otherwise its mounted tree.
+enum LayerFiles<'d> {
+    Native(PathBuf),
+    Mounted {
+        driver: &'d dyn GraphDriver,
+        id: String,
+        path: PathBuf,
+    },
+}
+
+impl<'d> LayerFiles<'d> {
+    fn open(driver: &'d dyn GraphDriver, id: &str) -> Result<Self> {
+        if driver.capabilities().contains(Capabilities::NATIVE_DIFF)
+            && let Some(native) = driver.native_diff(id)?
+            && native.whiteouts == WhiteoutFormat::Overlay
+        {
+            return Ok(LayerFiles::Native(native.path));
+        }
+        let path = driver.get(id, &MountOptions::default())?;
+        Ok(LayerFiles::Mounted {
+            driver,
+            id: id.to_string(),
+            path,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            LayerFiles::Native(path) | LayerFiles::Mounted { path, .. } => path,
+        }
+    }
+
+    fn target(&self) -> ApplyTarget {
+        match self {
+            LayerFiles::Native(_) => ApplyTarget::OverlayUpper,
+            LayerFiles::Mounted { .. } => ApplyTarget::Tree,
+        }
+    }
+
+    fn close(self) -> Result<()> {
+        match self {
+            LayerFiles::Native(_) => Ok(()),
+            LayerFiles::Mounted { driver, id, .. } => Ok(driver.put(&id)?),
+        }
     }
 }
 

@@ -9,6 +9,10 @@ use strata_testkit::plugins::build_plugin;
 struct Setup {
     scratch: tempfile::TempDir,
     drivers: PathBuf,
+    /// A copy of the strata binary in a directory of its own, so that only
+    /// the drivers put in `drivers` are found (the build directory beside the
+    /// real binary holds every driver the workspace builds).
+    binary: PathBuf,
 }
 
 impl Setup {
@@ -28,7 +32,15 @@ impl Setup {
             drivers.join("libstrata_driver_probe.so"),
         )
         .unwrap();
-        Setup { scratch, drivers }
+        let bin = scratch.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        let binary = bin.join("strata");
+        fs::copy(env!("CARGO_BIN_EXE_strata"), &binary).unwrap();
+        Setup {
+            scratch,
+            drivers,
+            binary,
+        }
     }
 
     fn graphroot(&self) -> PathBuf {
@@ -36,7 +48,7 @@ impl Setup {
     }
 
     fn strata(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        let mut cmd = Command::new(&self.binary);
         for (key, _) in std::env::vars() {
             if key.starts_with("STRATA_") {
                 cmd.env_remove(key);

@@ -1,0 +1,176 @@
+//! The overlay driver through its library, on this kernel's overlayfs.
+
+use std::fs;
+use std::path::Path;
+
+use strata_plugin_abi::{
+    CreateOptions, ErrorKind, GraphDriver, InitArgs, LoadedDriver, MountOptions, load_driver,
+};
+use strata_testkit::plugins::build_plugin;
+
+fn start(home: &Path, options: &[(&str, &str)]) -> strata_plugin_abi::Result<LoadedDriver> {
+    let args = InitArgs {
+        home: home.to_path_buf(),
+        run_root: home.join("run"),
+        options: options.iter().copied().collect(),
+        ..Default::default()
+    };
+    load_driver(&build_plugin("strata-driver-overlay"), &args).map_err(|e| match e.driver_error() {
+        Some(err) => err.clone(),
+        None => panic!("{e}"),
+    })
+}
+
+fn rw() -> CreateOptions {
+    CreateOptions {
+        read_write: true,
+        ..Default::default()
+    }
+}
+
+/// Builds a stack of `depth` layers, each adding `own-<i>` and shadowing
+/// `top`; checks every layer reads back its own view, then removes them.
+fn stack(driver: &LoadedDriver, depth: usize) {
+    let id = |i: usize| format!("deep-{i:04}");
+    for i in 0..depth {
+        let parent = (i > 0).then(|| id(i - 1));
+        driver
+            .create(&id(i), parent.as_deref(), &rw())
+            .unwrap_or_else(|e| panic!("layer {i}: {e}"));
+        let path = driver
+            .get(&id(i), &MountOptions::default())
+            .unwrap_or_else(|e| panic!("mount {i}: {e}"));
+        fs::write(path.join(format!("own-{i:04}")), i.to_string()).unwrap();
+        fs::write(path.join("top"), i.to_string()).unwrap();
+        driver.put(&id(i)).unwrap();
+    }
+    for i in (0..depth).step_by((depth / 16).max(1)).chain([depth - 1]) {
+        let path = driver.get(&id(i), &MountOptions::default()).unwrap();
+        assert_eq!(
+            fs::read_to_string(path.join("top")).unwrap(),
+            i.to_string(),
+            "layer {i}"
+        );
+        let own = fs::read_dir(&path)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("own-")
+            })
+            .count();
+        assert_eq!(own, i + 1, "layer {i} sees {own} own-* files");
+        driver.put(&id(i)).unwrap();
+    }
+    for i in (0..depth).rev() {
+        driver.remove(&id(i)).unwrap();
+    }
+}
+
+#[test]
+fn stacks_of_128_and_500_layers_mount_and_read_back() {
+    let home = tempfile::tempdir().unwrap();
+    let driver = start(home.path(), &[]).unwrap();
+    let status = driver.status();
+    let limit: usize = status.get("max stack depth").unwrap().parse().unwrap();
+    println!(
+        "overlay here: {:?}, max depth {limit}",
+        status.get("mount method")
+    );
+    for depth in [128, 500] {
+        if depth > limit {
+            println!("skipped a stack of {depth}: the kernel's limit here is {limit}");
+            continue;
+        }
+        stack(&driver, depth);
+    }
+}
+
+#[test]
+fn a_stack_deeper_than_the_kernel_allows_is_refused_at_create() {
+    let home = tempfile::tempdir().unwrap();
+    let driver = start(home.path(), &[]).unwrap();
+    let limit: usize = driver
+        .status()
+        .get("max stack depth")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let id = |i: usize| format!("l{i:04}");
+    for i in 0..limit {
+        let parent = (i > 0).then(|| id(i - 1));
+        driver.create(&id(i), parent.as_deref(), &rw()).unwrap();
+    }
+    // The deepest allowed layer mounts.
+    let path = driver
+        .get(&id(limit - 1), &MountOptions::default())
+        .unwrap();
+    assert!(path.is_dir());
+    driver.put(&id(limit - 1)).unwrap();
+    // One more is refused when it is created, not when it is mounted.
+    let err = driver
+        .create(&id(limit), Some(&id(limit - 1)), &rw())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(
+        err.message().contains("deeper than overlay allows"),
+        "{err}"
+    );
+    assert!(!driver.exists(&id(limit)).unwrap());
+    for i in (0..limit).rev() {
+        driver.remove(&id(i)).unwrap();
+    }
+}
+
+#[test]
+fn lost_mount_points_and_links_are_made_again() {
+    let home = tempfile::tempdir().unwrap();
+    let driver = start(home.path(), &[]).unwrap();
+    driver.create("base", None, &rw()).unwrap();
+    let base = driver.get("base", &MountOptions::default()).unwrap();
+    fs::write(base.join("f"), b"x").unwrap();
+    driver.put("base").unwrap();
+    driver.create("child", Some("base"), &rw()).unwrap();
+    // Lose the child's mount point and the base's short link.
+    fs::remove_dir(home.path().join("child/merged")).unwrap();
+    let link = fs::read_to_string(home.path().join("base/link")).unwrap();
+    fs::remove_file(home.path().join("l").join(&link)).unwrap();
+    let child = driver.get("child", &MountOptions::default()).unwrap();
+    assert_eq!(fs::read(child.join("f")).unwrap(), b"x");
+    driver.put("child").unwrap();
+    assert!(home.path().join("l").join(&link).exists());
+    driver.remove("child").unwrap();
+    driver.remove("base").unwrap();
+}
+
+#[test]
+fn mount_options_are_validated() {
+    let home = tempfile::tempdir().unwrap();
+    let err = start(home.path(), &[("mountopt", "nodev,bogus")])
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.message().contains("'bogus'"), "{err}");
+    let driver = start(home.path(), &[("mountopt", "nodev,nosuid")]).unwrap();
+    driver.create("a", None, &rw()).unwrap();
+    let path = driver.get("a", &MountOptions::default()).unwrap();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.contains(path.to_str().unwrap()))
+        .unwrap()
+        .to_string();
+    driver.put("a").unwrap();
+    assert!(line.contains("nodev") && line.contains("nosuid"), "{line}");
+    let bad = driver.get(
+        "a",
+        &MountOptions {
+            options: vec!["exec-all".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
+    driver.remove("a").unwrap();
+}
