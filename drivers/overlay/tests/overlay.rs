@@ -174,3 +174,33 @@ fn mount_options_are_validated() {
     assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
     driver.remove("a").unwrap();
 }
+
+#[test]
+fn the_mount2_fallback_stacks_as_deep_as_one_page_allows() {
+    let home = tempfile::tempdir().unwrap();
+    let driver = start(home.path(), &[("mount_method", "legacy")]).unwrap();
+    let status = driver.status();
+    assert_eq!(
+        status.get("mount method"),
+        Some("mount(2) with short link names")
+    );
+    let limit: usize = status.get("max stack depth").unwrap().parse().unwrap();
+    assert!(limit >= 16, "only {limit} layers fit a page with this home");
+    stack(&driver, limit);
+    // One more than a page holds is refused at create.
+    let id = |i: usize| format!("p{i:04}");
+    for i in 0..limit {
+        let parent = (i > 0).then(|| id(i - 1));
+        driver.create(&id(i), parent.as_deref(), &rw()).unwrap();
+    }
+    let err = driver
+        .create(&id(limit), Some(&id(limit - 1)), &rw())
+        .unwrap_err();
+    assert!(
+        err.message().contains("deeper than overlay allows"),
+        "{err}"
+    );
+    for i in (0..limit).rev() {
+        driver.remove(&id(i)).unwrap();
+    }
+}
