@@ -3,29 +3,11 @@
 use std::fs;
 use std::path::Path;
 
-use strata_plugin_abi::{
-    CreateOptions, ErrorKind, GraphDriver, InitArgs, LoadedDriver, MountOptions, load_driver,
-};
-use strata_testkit::plugins::build_plugin;
+use strata_plugin_abi::{ErrorKind, GraphDriver, LoadedDriver, MountOptions};
+use strata_testkit::plugins::{read_write as rw, start_driver};
 
 fn start(home: &Path, options: &[(&str, &str)]) -> strata_plugin_abi::Result<LoadedDriver> {
-    let args = InitArgs {
-        home: home.to_path_buf(),
-        run_root: home.join("run"),
-        options: options.iter().copied().collect(),
-        ..Default::default()
-    };
-    load_driver(&build_plugin("strata-driver-overlay"), &args).map_err(|e| match e.driver_error() {
-        Some(err) => err.clone(),
-        None => panic!("{e}"),
-    })
-}
-
-fn rw() -> CreateOptions {
-    CreateOptions {
-        read_write: true,
-        ..Default::default()
-    }
+    start_driver("strata-driver-overlay", home, options)
 }
 
 /// Builds a stack of `depth` layers, each adding `own-<i>` and shadowing

@@ -5,29 +5,12 @@ use std::path::Path;
 
 use strata_conformance::tree::{build_every_kind, compare_trees};
 use strata_plugin_abi::{
-    CreateOptions, ErrorKind, GraphDriver, InitArgs, KeyValues, LoadedDriver, MountOptions,
-    load_driver,
+    CreateOptions, ErrorKind, GraphDriver, KeyValues, LoadedDriver, MountOptions,
 };
-use strata_testkit::plugins::build_plugin;
+use strata_testkit::plugins::{read_write as rw, start_driver};
 
 fn start(home: &Path, options: &[(&str, &str)]) -> strata_plugin_abi::Result<LoadedDriver> {
-    let args = InitArgs {
-        home: home.to_path_buf(),
-        run_root: home.join("run"),
-        options: options.iter().copied().collect(),
-        ..Default::default()
-    };
-    load_driver(&build_plugin("strata-driver-vfs"), &args).map_err(|e| match e.driver_error() {
-        Some(err) => err.clone(),
-        None => panic!("{e}"),
-    })
-}
-
-fn rw() -> CreateOptions {
-    CreateOptions {
-        read_write: true,
-        ..Default::default()
-    }
+    start_driver("strata-driver-vfs", home, options)
 }
 
 /// Names in the driver's layer directory, staging directories included.
