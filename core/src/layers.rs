@@ -25,6 +25,7 @@ use strata_plugin_abi::{
 use crate::archive::{self, ApplyOptions, ApplyTarget, Change};
 use crate::error::{CoreError, Result};
 use crate::fsutil::write_atomic;
+use crate::mounts::MountCounts;
 
 /// What strata knows of a layer beyond the driver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +39,9 @@ pub struct LayerRecord {
     pub incomplete: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff: Option<DiffRecord>,
+    /// Names the layer can be looked up by; each name belongs to one layer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// The diff a layer was made from.
@@ -60,6 +64,7 @@ struct Records {
 /// The layer records of one graph root and driver.
 pub struct LayerStore {
     dir: PathBuf,
+    counts: MountCounts,
 }
 
 /// An exclusive lock on the store, released when dropped.
@@ -73,12 +78,15 @@ fn now() -> u64 {
 }
 
 impl LayerStore {
-    /// Opens the records of `driver` under `graphroot`, removing layers whose
-    /// making was interrupted.
-    pub fn open(graphroot: &Path, driver: &dyn GraphDriver) -> Result<LayerStore> {
+    /// Opens the records of `driver` under `graphroot` (mount counts under
+    /// `runroot`), removing layers whose making was interrupted.
+    pub fn open(graphroot: &Path, runroot: &Path, driver: &dyn GraphDriver) -> Result<LayerStore> {
         let dir = graphroot.join(format!("{}-layers", driver.name()));
         fs::create_dir_all(&dir).map_err(|e| CoreError::io("create", &dir, e))?;
-        let store = LayerStore { dir };
+        let store = LayerStore {
+            dir,
+            counts: MountCounts::open(runroot, &driver.name())?,
+        };
         let _lock = store.lock()?;
         let mut records = store.load()?;
         let interrupted: Vec<String> = records
@@ -220,6 +228,7 @@ impl LayerStore {
                     created: now(),
                     incomplete: true,
                     diff: None,
+                    names: Vec::new(),
                 },
             );
             self.save(&records)?;
@@ -285,6 +294,7 @@ impl LayerStore {
                 created: now(),
                 incomplete: false,
                 diff: None,
+                names: Vec::new(),
             });
         record.diff = Some(applied.clone());
         self.save(&records)?;
@@ -297,7 +307,7 @@ impl LayerStore {
         id: &str,
         diff: &mut dyn Read,
     ) -> Result<DiffRecord> {
-        let files = LayerFiles::open(driver, id)?;
+        let files = LayerFiles::open(driver, &self.counts, id)?;
         let result = self.apply_at(files.path(), files.target(), id, diff);
         let closed = files.close();
         let report = result?;
@@ -352,6 +362,96 @@ impl LayerStore {
         })
     }
 
+    /// The id of the layer `reference` names: an id, a name, or a prefix of
+    /// exactly one id. An ambiguous prefix is an error that lists the matches.
+    /// A layer the driver has but the records do not (made before records
+    /// were kept) is found by its full id.
+    pub fn resolve(&self, driver: &dyn GraphDriver, reference: &str) -> Result<String> {
+        let records = {
+            let _lock = self.lock()?;
+            self.load()?
+        };
+        if records.layers.contains_key(reference) {
+            return Ok(reference.to_string());
+        }
+        if let Some(record) = records
+            .layers
+            .values()
+            .find(|r| r.names.iter().any(|n| n == reference))
+        {
+            return Ok(record.id.clone());
+        }
+        let matches: Vec<&str> = records
+            .layers
+            .keys()
+            .filter(|id| !reference.is_empty() && id.starts_with(reference))
+            .map(String::as_str)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(one.to_string()),
+            [] if driver.exists(reference)? => Ok(reference.to_string()),
+            [] => Err(strata_plugin_abi::DriverError::not_found(format!(
+                "no layer has the id, name or id prefix '{reference}'"
+            ))
+            .into()),
+            many => Err(strata_plugin_abi::DriverError::invalid_input(format!(
+                "'{reference}' is a prefix of {} layers ({}); give more of the id",
+                many.len(),
+                many.join(", ")
+            ))
+            .into()),
+        }
+    }
+
+    /// Gives layer `id` these names, taking any of them from the layer that
+    /// had it (names are unique).
+    pub fn set_names(&self, id: &str, names: &[String]) -> Result<LayerRecord> {
+        let _lock = self.lock()?;
+        let mut records = self.load()?;
+        if !records.layers.contains_key(id) {
+            return Err(strata_plugin_abi::DriverError::not_found(format!(
+                "set names of layer {id}: no such layer"
+            ))
+            .into());
+        }
+        for record in records.layers.values_mut() {
+            record.names.retain(|n| !names.contains(n));
+        }
+        let record = records.layers.get_mut(id).expect("checked above");
+        record.names = names.to_vec();
+        let record = record.clone();
+        self.save(&records)?;
+        Ok(record)
+    }
+
+    /// Mounts layer `id`, counted across processes: a second mount returns
+    /// the same path and only the last unmount unmounts.
+    pub fn mount(
+        &self,
+        driver: &dyn GraphDriver,
+        id: &str,
+        options: &MountOptions,
+    ) -> Result<PathBuf> {
+        self.counts.acquire(id, || Ok(driver.get(id, options)?))
+    }
+
+    /// Releases one mount of the layer named by id or by its mount path;
+    /// returns the layer's id.
+    pub fn unmount(&self, driver: &dyn GraphDriver, id_or_path: &str) -> Result<String> {
+        match self.counts.release(id_or_path, |id| Ok(driver.put(id)?))? {
+            Some(id) => Ok(id),
+            None => Err(strata_plugin_abi::DriverError::not_found(format!(
+                "unmount {id_or_path}: not a mounted layer or mount path"
+            ))
+            .into()),
+        }
+    }
+
+    /// How many mounts of layer `id` are held.
+    pub fn mount_count(&self, id: &str) -> Result<u32> {
+        self.counts.count(id)
+    }
+
     /// Removes layer `id`; refused while another layer has it as parent.
     pub fn delete(&self, driver: &dyn GraphDriver, id: &str) -> Result<()> {
         let _lock = self.lock()?;
@@ -369,7 +469,9 @@ impl LayerStore {
             ))
             .into());
         }
+        // The driver unmounts what is mounted as it removes the layer.
         driver.remove(id)?;
+        self.counts.forget(id)?;
         let _ = fs::remove_file(self.tar_split_path(id));
         records.layers.remove(id);
         self.save(&records)
@@ -378,9 +480,15 @@ impl LayerStore {
     /// The layer's changes against its parent.
     pub fn changes(&self, driver: &dyn GraphDriver, id: &str) -> Result<Vec<Change>> {
         let parent = self.get(id)?.and_then(|r| r.parent);
-        with_trees(driver, id, parent.as_deref(), |layer, parent| {
-            archive::changes(layer, parent).map_err(|e| CoreError::io("compare", layer, e))
-        })
+        with_trees(
+            driver,
+            &self.counts,
+            id,
+            parent.as_deref(),
+            |layer, parent| {
+                archive::changes(layer, parent).map_err(|e| CoreError::io("compare", layer, e))
+            },
+        )
     }
 
     /// Writes the layer's diff against its parent to `out`. A layer made from a
@@ -397,7 +505,7 @@ impl LayerStore {
         let parent = record.as_ref().and_then(|r| r.parent.clone());
         let split_path = self.tar_split_path(id);
         if record.as_ref().is_some_and(|r| r.diff.is_some()) && split_path.exists() {
-            let files = LayerFiles::open(driver, id)?;
+            let files = LayerFiles::open(driver, &self.counts, id)?;
             let root = files.path().to_path_buf();
             // Rebuild into memory-bounded temp storage first: a file changed
             // since apply is found only part way, and `out` must not get half a
@@ -427,13 +535,19 @@ impl LayerStore {
                 }
             }
         }
-        with_trees(driver, id, parent.as_deref(), |layer, parent| {
-            let list =
-                archive::changes(layer, parent).map_err(|e| CoreError::io("compare", layer, e))?;
-            archive::export_changes(layer, &list, &mut *out)
-                .map_err(|e| CoreError::io("export", layer, e))?;
-            Ok(DiffSource::Generated)
-        })
+        with_trees(
+            driver,
+            &self.counts,
+            id,
+            parent.as_deref(),
+            |layer, parent| {
+                let list = archive::changes(layer, parent)
+                    .map_err(|e| CoreError::io("compare", layer, e))?;
+                archive::export_changes(layer, &list, &mut *out)
+                    .map_err(|e| CoreError::io("export", layer, e))?;
+                Ok(DiffSource::Generated)
+            },
+        )
     }
 }
 
@@ -445,22 +559,24 @@ enum LayerFiles<'d> {
     Native(PathBuf),
     Mounted {
         driver: &'d dyn GraphDriver,
+        counts: &'d MountCounts,
         id: String,
         path: PathBuf,
     },
 }
 
 impl<'d> LayerFiles<'d> {
-    fn open(driver: &'d dyn GraphDriver, id: &str) -> Result<Self> {
+    fn open(driver: &'d dyn GraphDriver, counts: &'d MountCounts, id: &str) -> Result<Self> {
         if driver.capabilities().contains(Capabilities::NATIVE_DIFF)
             && let Some(native) = driver.native_diff(id)?
             && native.whiteouts == WhiteoutFormat::Overlay
         {
             return Ok(LayerFiles::Native(native.path));
         }
-        let path = driver.get(id, &MountOptions::default())?;
+        let path = mount_counted(driver, counts, id)?;
         Ok(LayerFiles::Mounted {
             driver,
+            counts,
             id: id.to_string(),
             path,
         })
@@ -482,7 +598,9 @@ impl<'d> LayerFiles<'d> {
     fn close(self) -> Result<()> {
         match self {
             LayerFiles::Native(_) => Ok(()),
-            LayerFiles::Mounted { driver, id, .. } => Ok(driver.put(&id)?),
+            LayerFiles::Mounted {
+                driver, counts, id, ..
+            } => unmount_counted(driver, counts, &id),
         }
     }
 }
@@ -496,26 +614,37 @@ pub enum DiffSource {
     Generated,
 }
 
+/// Mounts through the shared counts, so a layer someone else has mounted is
+/// not unmounted under them.
+fn mount_counted(driver: &dyn GraphDriver, counts: &MountCounts, id: &str) -> Result<PathBuf> {
+    counts.acquire(id, || Ok(driver.get(id, &MountOptions::default())?))
+}
+
+fn unmount_counted(driver: &dyn GraphDriver, counts: &MountCounts, id: &str) -> Result<()> {
+    counts.release(id, |id| Ok(driver.put(id)?)).map(|_| ())
+}
+
 /// Mounts the layer (and its parent) for the length of `f`.
 fn with_trees<T>(
     driver: &dyn GraphDriver,
+    counts: &MountCounts,
     id: &str,
     parent: Option<&str>,
     f: impl FnOnce(&Path, Option<&Path>) -> Result<T>,
 ) -> Result<T> {
-    let layer = driver.get(id, &MountOptions::default())?;
-    let parent_path = match parent.map(|p| driver.get(p, &MountOptions::default())) {
+    let layer = mount_counted(driver, counts, id)?;
+    let parent_path = match parent.map(|p| mount_counted(driver, counts, p)) {
         Some(Ok(path)) => Some(path),
         Some(Err(e)) => {
-            let _ = driver.put(id);
-            return Err(e.into());
+            let _ = unmount_counted(driver, counts, id);
+            return Err(e);
         }
         None => None,
     };
     let result = f(&layer, parent_path.as_deref());
     if let Some(parent) = parent {
-        let _ = driver.put(parent);
+        let _ = unmount_counted(driver, counts, parent);
     }
-    let _ = driver.put(id);
+    let _ = unmount_counted(driver, counts, id);
     result
 }

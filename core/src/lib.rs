@@ -23,6 +23,7 @@ pub mod error;
 pub mod fsutil;
 pub mod graphroot;
 pub mod layers;
+pub mod mounts;
 pub mod selection;
 
 pub use config::{Config, Overrides};

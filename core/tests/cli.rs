@@ -258,7 +258,7 @@ fn bad_input_is_named_and_creates_nothing() {
 
     ok(setup.strata(&["layer", "create", "base"]));
     let err = fails(setup.strata(&["layer", "mount", "ghost"]));
-    assert!(err.contains("mount layer ghost: no such layer"), "{err}");
+    assert!(err.contains("no layer has the id, name or id prefix 'ghost'"), "{err}");
     let err = fails(setup.strata(&["layer", "create", "--parent", "ghost", "child"]));
     assert!(err.contains("ghost"), "{err}");
     let err = fails(setup.strata(&["layer", "create", "../up"]));
@@ -393,4 +393,45 @@ fn a_refused_tar_leaves_no_layer_behind() {
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     assert!(!setup.graphroot().join("vfs/dir/bad").exists());
+}
+
+#[test]
+fn layers_are_found_by_name_and_prefix_and_mounts_are_counted_across_processes() {
+    let setup = Setup::new();
+    ok(setup.strata(&["layer", "create", "--name", "image", "0f3a9c"]));
+    ok(setup.strata(&["layer", "create", "abc111"]));
+    ok(setup.strata(&["layer", "create", "abc222"]));
+    let err = fails(setup.strata(&["layer", "mount", "abc"]));
+    assert!(
+        err.contains("prefix of 2 layers") && err.contains("abc111"),
+        "{err}"
+    );
+    let err = fails(setup.strata(&["layer", "mount", "zzz"]));
+    assert!(err.contains("'zzz'"), "{err}");
+
+    // Each command is its own process: the counts live in the run root.
+    let first: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["--json", "layer", "mount", "image"]))).unwrap();
+    let second: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["--json", "layer", "mount", "0f3"]))).unwrap();
+    assert_eq!(first["id"], "0f3a9c");
+    assert_eq!(first["path"], second["path"]);
+    assert_eq!(
+        (first["mounts"].as_u64(), second["mounts"].as_u64()),
+        (Some(1), Some(2))
+    );
+    ok(setup.strata(&["layer", "unmount", "image"]));
+    // The last release by its mount path.
+    ok(setup.strata(&["layer", "unmount", first["path"].as_str().unwrap()]));
+    let err = fails(setup.strata(&["layer", "unmount", "image"]));
+    assert!(err.contains("not a mounted layer"), "{err}");
+
+    // A name given to another layer moves there.
+    ok(setup.strata(&[
+        "layer", "create", "--name", "image", "--parent", "0f3", "child1",
+    ]));
+    let mounted: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["--json", "layer", "mount", "image"]))).unwrap();
+    assert_eq!(mounted["id"], "child1");
+    ok(setup.strata(&["layer", "unmount", "image"]));
 }

@@ -105,6 +105,9 @@ struct CreateArgs {
     /// A layer tar (plain, gzip or zstd) to fill the layer from; - for standard input
     #[arg(long, value_name = "FILE")]
     diff: Option<PathBuf>,
+    /// A name to find the layer by (repeatable); a name another layer has moves here
+    #[arg(long = "name", value_name = "NAME")]
+    names: Vec<String>,
 }
 
 /// Opens FILE, or standard input for `-`.
@@ -254,7 +257,7 @@ fn key_values_json(values: &KeyValues) -> serde_json::Value {
 fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode, CoreError> {
     let selected = open_driver(config)?;
     let driver = &selected.driver;
-    let store = LayerStore::open(&config.graphroot, driver)?;
+    let store = LayerStore::open(&config.graphroot, &config.runroot, driver)?;
     match command {
         LayerCommand::Create(args) => {
             let options = CreateOptions {
@@ -263,13 +266,21 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
                 storage_opts: args.storage_opts.iter().cloned().collect(),
             };
             let mut input = args.diff.as_deref().map(open_input).transpose()?;
-            let record = store.create(
+            let parent = args
+                .parent
+                .as_deref()
+                .map(|p| store.resolve(driver, p))
+                .transpose()?;
+            let mut record = store.create(
                 driver,
                 &args.id,
-                args.parent.as_deref(),
+                parent.as_deref(),
                 &options,
                 input.as_mut().map(|r| r as &mut dyn std::io::Read),
             )?;
+            if !args.names.is_empty() {
+                record = store.set_names(&record.id, &args.names)?;
+            }
             if cli.json {
                 print_json(
                     json!({ "id": record.id, "parent": record.parent, "diff": record.diff.map(diff_json) }),
@@ -279,6 +290,7 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
             }
         }
         LayerCommand::Apply { id, file } => {
+            let id = &store.resolve(driver, id)?;
             let mut input = open_input(file)?;
             let applied = store.apply(driver, id, &mut input)?;
             if cli.json {
@@ -291,6 +303,7 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
             }
         }
         LayerCommand::Changes { id } => {
+            let id = &store.resolve(driver, id)?;
             let changes = store.changes(driver, id)?;
             let letter = |k: ChangeKind| match k {
                 ChangeKind::Add => "A",
@@ -309,6 +322,7 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
             }
         }
         LayerCommand::Diff { id, output } => {
+            let id = &store.resolve(driver, id)?;
             let source = match output {
                 Some(path) => {
                     let partial = path.with_extension("partial");
@@ -344,15 +358,27 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
                 options: options.clone(),
                 ..Default::default()
             };
-            let path = driver.get(id, &options)?;
+            let id = &store.resolve(driver, id)?;
+            let path = store.mount(driver, id, &options)?;
             if cli.json {
-                print_json(json!({ "id": id, "path": path }));
+                print_json(json!({ "id": id, "path": path, "mounts": store.mount_count(id)? }));
             } else {
                 println!("{}", path.display());
             }
         }
-        LayerCommand::Unmount { id } => driver.put(id)?,
-        LayerCommand::Delete { id } => store.delete(driver, id)?,
+        LayerCommand::Unmount { id } => {
+            // By id, name, prefix or mount path.
+            let reference = if id.starts_with('/') {
+                id.clone()
+            } else {
+                store.resolve(driver, id)?
+            };
+            store.unmount(driver, &reference)?;
+        }
+        LayerCommand::Delete { id } => {
+            let id = store.resolve(driver, id)?;
+            store.delete(driver, &id)?
+        }
         LayerCommand::List => {
             let mut ids = driver.list()?;
             ids.sort();
@@ -365,7 +391,7 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
             }
         }
         LayerCommand::Exists { id } => {
-            let exists = driver.exists(id)?;
+            let exists = store.resolve(driver, id).is_ok();
             if cli.json {
                 print_json(json!({ "id": id, "exists": exists }));
             } else {

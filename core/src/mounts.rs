@@ -1,0 +1,189 @@
+//! Mount counts kept in the run root, shared by every process using a store:
+//! a second mount of a layer returns the same path, only the last unmount
+//! unmounts, and a mount can be released by its path. The run root is meant
+//! to be on tmpfs, so counts do not survive a reboot (the mounts do not
+//! either).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result};
+use crate::fsutil::write_atomic;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub path: PathBuf,
+    pub count: u32,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Records {
+    mounts: BTreeMap<String, MountRecord>,
+}
+
+/// The mount counts of one driver's layers.
+pub struct MountCounts {
+    dir: PathBuf,
+}
+
+struct Lock(#[allow(dead_code)] OwnedFd);
+
+impl MountCounts {
+    pub fn open(runroot: &Path, driver_name: &str) -> Result<MountCounts> {
+        let dir = runroot.join(format!("{driver_name}-layers"));
+        fs::create_dir_all(&dir).map_err(|e| CoreError::io("create", &dir, e))?;
+        Ok(MountCounts { dir })
+    }
+
+    fn lock(&self) -> Result<Lock> {
+        let path = self.dir.join("mountpoints.lock");
+        let fd = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| CoreError::io("open", &path, e.into()))?;
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| CoreError::io("lock", &path, e.into()))?;
+        Ok(Lock(fd))
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("mountpoints.json")
+    }
+
+    fn load(&self) -> Result<Records> {
+        match fs::read(self.path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                CoreError::io(
+                    "read",
+                    self.path(),
+                    io::Error::new(io::ErrorKind::InvalidData, e),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Records::default()),
+            Err(e) => Err(CoreError::io("read", self.path(), e)),
+        }
+    }
+
+    fn save(&self, records: &Records) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(records).expect("records serialise");
+        write_atomic(&self.path(), &bytes, true).map_err(|e| CoreError::io("write", self.path(), e))
+    }
+
+    /// Counts one more user of layer `id`, calling `mount` only for the first.
+    pub fn acquire(&self, id: &str, mount: impl FnOnce() -> Result<PathBuf>) -> Result<PathBuf> {
+        let _lock = self.lock()?;
+        let mut records = self.load()?;
+        if let Some(record) = records.mounts.get_mut(id) {
+            record.count += 1;
+            let path = record.path.clone();
+            self.save(&records)?;
+            return Ok(path);
+        }
+        let path = mount()?;
+        records.mounts.insert(
+            id.to_string(),
+            MountRecord {
+                path: path.clone(),
+                count: 1,
+            },
+        );
+        self.save(&records)?;
+        Ok(path)
+    }
+
+    /// Counts one user fewer of the layer named by id or by its mount path,
+    /// calling `unmount` with the id when none is left. Returns the id.
+    pub fn release(
+        &self,
+        id_or_path: &str,
+        unmount: impl FnOnce(&str) -> Result<()>,
+    ) -> Result<Option<String>> {
+        let _lock = self.lock()?;
+        let mut records = self.load()?;
+        let id = if records.mounts.contains_key(id_or_path) {
+            Some(id_or_path.to_string())
+        } else {
+            records
+                .mounts
+                .iter()
+                .find(|(_, r)| r.path == Path::new(id_or_path))
+                .map(|(id, _)| id.clone())
+        };
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let record = records.mounts.get_mut(&id).expect("found above");
+        if record.count > 1 {
+            record.count -= 1;
+        } else {
+            unmount(&id)?;
+            records.mounts.remove(&id);
+        }
+        self.save(&records)?;
+        Ok(Some(id))
+    }
+
+    /// The layer's count, 0 when not mounted.
+    pub fn count(&self, id: &str) -> Result<u32> {
+        let _lock = self.lock()?;
+        Ok(self.load()?.mounts.get(id).map_or(0, |r| r.count))
+    }
+
+    /// Forgets a layer (it was removed).
+    pub fn forget(&self, id: &str) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut records = self.load()?;
+        if records.mounts.remove(id).is_some() {
+            self.save(&records)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn only_the_first_mount_and_the_last_unmount_reach_the_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let counts = MountCounts::open(dir.path(), "vfs").unwrap();
+        let mounts = Cell::new(0);
+        let unmounts = Cell::new(0);
+        let mount = || {
+            mounts.set(mounts.get() + 1);
+            Ok(PathBuf::from("/mnt/a"))
+        };
+        assert_eq!(counts.acquire("a", mount).unwrap(), PathBuf::from("/mnt/a"));
+        assert_eq!(
+            counts.acquire("a", || unreachable!()).unwrap(),
+            PathBuf::from("/mnt/a")
+        );
+        assert_eq!(counts.count("a").unwrap(), 2);
+        // A second process sees the same counts.
+        let other = MountCounts::open(dir.path(), "vfs").unwrap();
+        assert_eq!(other.count("a").unwrap(), 2);
+        let unmount = |_: &str| {
+            unmounts.set(unmounts.get() + 1);
+            Ok(())
+        };
+        assert_eq!(other.release("a", unmount).unwrap().as_deref(), Some("a"));
+        assert_eq!(unmounts.get(), 0);
+        // Released by its path the second time.
+        assert_eq!(
+            counts.release("/mnt/a", unmount).unwrap().as_deref(),
+            Some("a")
+        );
+        assert_eq!((mounts.get(), unmounts.get()), (1, 1));
+        assert_eq!(counts.count("a").unwrap(), 0);
+        assert_eq!(counts.release("a", unmount).unwrap(), None);
+    }
+}
