@@ -258,7 +258,10 @@ fn bad_input_is_named_and_creates_nothing() {
 
     ok(setup.strata(&["layer", "create", "base"]));
     let err = fails(setup.strata(&["layer", "mount", "ghost"]));
-    assert!(err.contains("no layer has the id, name or id prefix 'ghost'"), "{err}");
+    assert!(
+        err.contains("no layer has the id, name or id prefix 'ghost'"),
+        "{err}"
+    );
     let err = fails(setup.strata(&["layer", "create", "--parent", "ghost", "child"]));
     assert!(err.contains("ghost"), "{err}");
     let err = fails(setup.strata(&["layer", "create", "../up"]));
@@ -318,7 +321,25 @@ fn drivers_beside_the_binary_are_found_without_configuration() {
 
 #[test]
 fn a_layer_from_a_tar_gives_back_the_exact_tar() {
+    // vfs applies into the mounted tree; overlay into its native diff
+    // directory, and reads its changes from there.
+    for driver in ["vfs", "overlay"] {
+        a_layer_from_a_tar_gives_back_the_exact_tar_with(driver);
+    }
+}
+
+fn a_layer_from_a_tar_gives_back_the_exact_tar_with(driver: &str) {
     let setup = Setup::new();
+    fs::copy(
+        build_plugin("strata-driver-overlay"),
+        setup.drivers.join("libstrata_driver_overlay.so"),
+    )
+    .unwrap();
+    let strata = |args: &[&str]| {
+        let mut all = vec!["--driver", driver];
+        all.extend_from_slice(args);
+        setup.strata(&all)
+    };
     let src = setup.scratch.path().join("src");
     fs::create_dir_all(src.join("etc")).unwrap();
     fs::write(src.join("etc/hostname"), b"strata\n").unwrap();
@@ -333,7 +354,7 @@ fn a_layer_from_a_tar_gives_back_the_exact_tar() {
     let tar_gz = setup.scratch.path().join("layer.tar.gz");
     fs::write(&tar_gz, &gz).unwrap();
 
-    let out = ok(setup.strata(&[
+    let out = ok(strata(&[
         "--json",
         "layer",
         "create",
@@ -353,24 +374,34 @@ fn a_layer_from_a_tar_gives_back_the_exact_tar() {
     );
 
     let back = setup.scratch.path().join("back.tar");
-    ok(setup.strata(&["layer", "diff", "base", "-o", back.to_str().unwrap()]));
+    ok(strata(&[
+        "layer",
+        "diff",
+        "base",
+        "-o",
+        back.to_str().unwrap(),
+    ]));
     assert!(
         fs::read(&back).unwrap() == tar,
         "the diff is not the original tar"
     );
 
     // A child changes something; its changes and a generated diff say so.
-    ok(setup.strata(&["layer", "create", "--parent", "base", "child"]));
-    let child = PathBuf::from(ok(setup.strata(&["layer", "mount", "child"])).trim());
+    ok(strata(&["layer", "create", "--parent", "base", "child"]));
+    let child = PathBuf::from(ok(strata(&["layer", "mount", "child"])).trim());
     fs::remove_file(child.join("big")).unwrap();
     fs::write(child.join("etc/hostname"), b"changed\n").unwrap();
-    let changes = ok(setup.strata(&["layer", "changes", "child"]));
+    let changes = ok(strata(&["layer", "changes", "child"]));
     assert!(changes.contains("D /big\n"), "{changes}");
     assert!(changes.contains("M /etc/hostname\n"), "{changes}");
 
     // The parent cannot go while the child is there.
-    let err = fails(setup.strata(&["layer", "delete", "base"]));
+    let err = fails(strata(&["layer", "delete", "base"]));
     assert!(err.contains("child"), "{err}");
+    // Leave no mount behind: unmount, then delete child and base.
+    ok(strata(&["layer", "unmount", "child"]));
+    ok(strata(&["layer", "delete", "child"]));
+    ok(strata(&["layer", "delete", "base"]));
 }
 
 #[test]
