@@ -234,12 +234,19 @@ impl LayerStore {
             self.save(&records)?;
             making
         };
+        // Only a layer this call made is taken away on failure: a create the
+        // driver refused (the id taken outside the records) must not remove
+        // the layer that was already there.
+        let mut driver_made = false;
         let made = driver
             .create(id, parent, options)
             .map_err(CoreError::from)
-            .and_then(|()| match diff {
-                Some(diff) => self.apply_into(driver, id, diff).map(Some),
-                None => Ok(None),
+            .and_then(|()| {
+                driver_made = true;
+                match diff {
+                    Some(diff) => self.apply_into(driver, id, diff).map(Some),
+                    None => Ok(None),
+                }
             });
         let _lock = self.lock()?;
         let mut records = self.load()?;
@@ -255,7 +262,8 @@ impl LayerStore {
                 Ok(record)
             }
             Err(err) => {
-                if let Err(e) = driver.remove(id)
+                if driver_made
+                    && let Err(e) = driver.remove(id)
                     && e.kind() != ErrorKind::NotFound
                 {
                     tracing::warn!(layer = id, error = %e, "could not remove a layer whose making failed");

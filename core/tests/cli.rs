@@ -466,3 +466,20 @@ fn layers_are_found_by_name_and_prefix_and_mounts_are_counted_across_processes()
     assert_eq!(mounted["id"], "child1");
     ok(setup.strata(&["layer", "unmount", "image"]));
 }
+
+#[test]
+fn a_create_refused_by_the_driver_does_not_remove_the_layer_already_there() {
+    let setup = Setup::new();
+    // A layer the driver has but the records do not (made by the driver alone).
+    let home = setup.graphroot().join("vfs");
+    ok(setup.strata(&["layer", "create", "first"]));
+    fs::create_dir_all(home.join("dir/outside-records")).unwrap();
+    fs::write(home.join("dir/outside-records/precious"), b"keep me").unwrap();
+    let err = fails(setup.strata(&["layer", "create", "outside-records"]));
+    assert!(err.contains("exists"), "{err}");
+    assert_eq!(
+        fs::read(home.join("dir/outside-records/precious")).unwrap(),
+        b"keep me",
+        "the refused create removed the layer that was there"
+    );
+}
