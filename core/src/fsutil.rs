@@ -28,6 +28,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8], replace: bool) -> io::Result<()> 
     Ok(())
 }
 
+/// An exclusive flock(2) on a lock file, released when dropped (or when the
+/// process dies, which is what makes it safe across crashes).
+pub struct FileLock(#[allow(dead_code)] std::os::fd::OwnedFd);
+
+impl FileLock {
+    fn open(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+        Ok(rustix::fs::open(
+            path,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )?)
+    }
+
+    /// Waits for the lock on `path` (made if missing).
+    pub fn exclusive(path: &Path) -> io::Result<FileLock> {
+        let fd = Self::open(path)?;
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(FileLock(fd))
+    }
+
+    /// Takes the lock on `path` if nobody holds it; `None` if somebody does.
+    pub fn try_exclusive(path: &Path) -> io::Result<Option<FileLock>> {
+        let fd = Self::open(path)?;
+        match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(FileLock(fd))),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// Creates `path` and its missing ancestors, returning the ones it created,
 /// outermost first, so a failed operation can take them away again.
 pub fn create_dirs_tracked(path: &Path) -> io::Result<Vec<std::path::PathBuf>> {

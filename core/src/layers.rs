@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -24,7 +23,7 @@ use strata_plugin_abi::{
 
 use crate::archive::{self, ApplyOptions, ApplyTarget, Change};
 use crate::error::{CoreError, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{FileLock, write_atomic};
 use crate::mounts::MountCounts;
 
 /// What strata knows of a layer beyond the driver.
@@ -66,9 +65,6 @@ pub struct LayerStore {
     dir: PathBuf,
     counts: MountCounts,
 }
-
-/// An exclusive lock on the store, released when dropped.
-struct StoreLock(#[allow(dead_code)] OwnedFd);
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -114,17 +110,9 @@ impl LayerStore {
         Ok(store)
     }
 
-    fn lock(&self) -> Result<StoreLock> {
+    fn lock(&self) -> Result<FileLock> {
         let path = self.dir.join("lock");
-        let fd = rustix::fs::open(
-            &path,
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| CoreError::io("open", &path, e.into()))?;
-        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| CoreError::io("lock", &path, e.into()))?;
-        Ok(StoreLock(fd))
+        FileLock::exclusive(&path).map_err(|e| CoreError::io("lock", path, e))
     }
 
     fn making_path(&self, id: &str) -> PathBuf {
@@ -133,19 +121,9 @@ impl LayerStore {
 
     /// The lock a process holds while it makes layer `id`; `None` if another
     /// process holds it.
-    fn try_making_lock(&self, id: &str) -> Result<Option<StoreLock>> {
+    fn try_making_lock(&self, id: &str) -> Result<Option<FileLock>> {
         let path = self.making_path(id);
-        let fd = rustix::fs::open(
-            &path,
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| CoreError::io("open", &path, e.into()))?;
-        match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(StoreLock(fd))),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(CoreError::io("lock", &path, e.into())),
-        }
+        FileLock::try_exclusive(&path).map_err(|e| CoreError::io("lock", path, e))
     }
 
     fn records_path(&self) -> PathBuf {
@@ -558,6 +536,17 @@ impl LayerStore {
                 }
             }
         }
+        // Generated from the same changes `changes` gives, exported from the
+        // tree they describe (the native diff directory, or the mounted layer).
+        let mut export = |root: &Path, list: &[Change]| {
+            archive::export_changes(root, list, &mut *out)
+                .map(|_| DiffSource::Generated)
+                .map_err(|e| CoreError::io("export", root, e))
+        };
+        if let Some(native) = native_dir(driver, id)? {
+            let list = self.changes(driver, id)?;
+            return export(&native, &list);
+        }
         with_trees(
             driver,
             &self.counts,
@@ -566,9 +555,7 @@ impl LayerStore {
             |layer, parent| {
                 let list = archive::changes(layer, parent)
                     .map_err(|e| CoreError::io("compare", layer, e))?;
-                archive::export_changes(layer, &list, &mut *out)
-                    .map_err(|e| CoreError::io("export", layer, e))?;
-                Ok(DiffSource::Generated)
+                export(layer, &list)
             },
         )
     }

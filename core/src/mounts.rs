@@ -7,13 +7,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{FileLock, write_atomic};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountRecord {
@@ -31,8 +30,6 @@ pub struct MountCounts {
     dir: PathBuf,
 }
 
-struct Lock(#[allow(dead_code)] OwnedFd);
-
 impl MountCounts {
     pub fn open(runroot: &Path, driver_name: &str) -> Result<MountCounts> {
         let dir = runroot.join(format!("{driver_name}-layers"));
@@ -40,17 +37,9 @@ impl MountCounts {
         Ok(MountCounts { dir })
     }
 
-    fn lock(&self) -> Result<Lock> {
+    fn lock(&self) -> Result<FileLock> {
         let path = self.dir.join("mountpoints.lock");
-        let fd = rustix::fs::open(
-            &path,
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| CoreError::io("open", &path, e.into()))?;
-        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| CoreError::io("lock", &path, e.into()))?;
-        Ok(Lock(fd))
+        FileLock::exclusive(&path).map_err(|e| CoreError::io("lock", path, e))
     }
 
     fn path(&self) -> PathBuf {

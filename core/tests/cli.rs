@@ -395,6 +395,24 @@ fn a_layer_from_a_tar_gives_back_the_exact_tar_with(driver: &str) {
     assert!(changes.contains("D /big\n"), "{changes}");
     assert!(changes.contains("M /etc/hostname\n"), "{changes}");
 
+    // The child's generated diff carries those changes.
+    let child_tar = setup.scratch.path().join("child.tar");
+    ok(strata(&[
+        "layer",
+        "diff",
+        "child",
+        "-o",
+        child_tar.to_str().unwrap(),
+    ]));
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&child_tar)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains(".wh.big"), "{driver}: {listing}");
+    assert!(listing.contains("etc/hostname"), "{driver}: {listing}");
+
     // The parent cannot go while the child is there.
     let err = fails(strata(&["layer", "delete", "base"]));
     assert!(err.contains("child"), "{err}");
