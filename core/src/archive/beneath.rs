@@ -41,7 +41,6 @@ pub fn normalize(name: &[u8]) -> Result<PathBuf, &'static str> {
 /// An open root directory under which everything happens.
 pub struct Root {
     fd: OwnedFd,
-    path: PathBuf,
 }
 
 fn cstr(name: &OsStr) -> io::Result<CString> {
@@ -56,14 +55,7 @@ impl Root {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Root {
-            fd,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Root { fd })
     }
 
     pub fn fd(&self) -> &OwnedFd {
