@@ -45,6 +45,30 @@ pub enum CoreError {
         source: crate::archive::ArchiveError,
     },
 
+    /// A diff that is not what it was declared to be (an OCI blob whose
+    /// digest or diff id does not match).
+    #[error("layer {layer}: {source_name}: {what} is {actual}, expected {expected}")]
+    Verify {
+        layer: String,
+        source_name: String,
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// A blob of an OCI layout that could not be used.
+    #[error("{blob}: {source}")]
+    Blob {
+        /// The blob's digest and what it is, e.g. "blob sha256:.. (layer 2 of 3)".
+        blob: String,
+        #[source]
+        source: Box<CoreError>,
+    },
+
+    /// An image, container or OCI layout that is not as it must be.
+    #[error("{0}")]
+    Image(String),
+
     #[error("{operation} {}: {source}", path.display())]
     Io {
         operation: &'static str,

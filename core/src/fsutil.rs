@@ -28,7 +28,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], replace: bool) -> io::Result<()> 
     Ok(())
 }
 
-/// An exclusive flock(2) on a lock file, released when dropped (or when the
+/// A flock(2) on a lock file (exclusive unless made by `shared`), released when dropped (or when the
 /// process dies, which is what makes it safe across crashes).
 pub struct FileLock(#[allow(dead_code)] std::os::fd::OwnedFd);
 
@@ -45,6 +45,14 @@ impl FileLock {
     pub fn exclusive(path: &Path) -> io::Result<FileLock> {
         let fd = Self::open(path)?;
         rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(FileLock(fd))
+    }
+
+    /// Waits for a shared hold on `path` (made if missing): any number of
+    /// shared holders, or one exclusive.
+    pub fn shared(path: &Path) -> io::Result<FileLock> {
+        let fd = Self::open(path)?;
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockShared)?;
         Ok(FileLock(fd))
     }
 

@@ -23,8 +23,9 @@ use strata_plugin_abi::{
 
 use crate::archive::{self, ApplyOptions, ApplyTarget, Change};
 use crate::error::{CoreError, Result};
-use crate::fsutil::{FileLock, write_atomic};
+use crate::fsutil::FileLock;
 use crate::mounts::MountCounts;
+use crate::records::{Lookup, RecordFile, lookup, now, take_names};
 
 /// What strata knows of a layer beyond the driver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +42,100 @@ pub struct LayerRecord {
     /// Names the layer can be looked up by; each name belongs to one layer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
+    /// An image layer, never written to once made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// SELinux label its mounts get unless the mount names another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_label: Option<String>,
+    /// Free-form text the caller keeps with the layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// Caller-defined flags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub flags: BTreeMap<String, serde_json::Value>,
+}
+
+impl LayerRecord {
+    fn new(id: &str, parent: Option<&str>) -> LayerRecord {
+        LayerRecord {
+            id: id.to_string(),
+            parent: parent.map(str::to_string),
+            created: now(),
+            incomplete: false,
+            diff: None,
+            names: Vec::new(),
+            read_only: false,
+            mount_label: None,
+            metadata: None,
+            flags: BTreeMap::new(),
+        }
+    }
+}
+
+/// A layer to make: where it goes, what it is called, and what its diff must
+/// be (an OCI blob's digest and diff id), checked before the layer counts as
+/// made.
+#[derive(Clone, Debug, Default)]
+pub struct NewLayer {
+    pub id: String,
+    pub parent: Option<String>,
+    pub options: CreateOptions,
+    pub names: Vec<String>,
+    pub metadata: Option<String>,
+    pub flags: BTreeMap<String, serde_json::Value>,
+    pub expect: Option<ExpectedDiff>,
+}
+
+/// What a diff stream must turn out to be; any field left `None` is not
+/// checked.
+#[derive(Clone, Debug, Default)]
+pub struct ExpectedDiff {
+    /// How the stream is named in errors, such as "blob sha256:ab12..".
+    pub source: String,
+    pub compressed_digest: Option<String>,
+    pub compressed_size: Option<u64>,
+    pub uncompressed_digest: Option<String>,
+}
+
+impl ExpectedDiff {
+    fn check(&self, layer: &str, found: &DiffRecord) -> Result<()> {
+        let mismatch = |what: &str, expected: String, actual: String| CoreError::Verify {
+            layer: layer.to_string(),
+            source_name: self.source.clone(),
+            what: what.to_string(),
+            expected,
+            actual,
+        };
+        if let Some(size) = self.compressed_size
+            && size != found.compressed_size
+        {
+            return Err(mismatch(
+                "size",
+                size.to_string(),
+                found.compressed_size.to_string(),
+            ));
+        }
+        if let Some(digest) = &self.compressed_digest
+            && *digest != found.compressed_digest
+        {
+            return Err(mismatch(
+                "digest",
+                digest.clone(),
+                found.compressed_digest.clone(),
+            ));
+        }
+        if let Some(digest) = &self.uncompressed_digest
+            && *digest != found.uncompressed_digest
+        {
+            return Err(mismatch(
+                "uncompressed digest (diff id)",
+                digest.clone(),
+                found.uncompressed_digest.clone(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The diff a layer was made from.
@@ -63,24 +158,21 @@ struct Records {
 /// The layer records of one graph root and driver.
 pub struct LayerStore {
     dir: PathBuf,
+    records: RecordFile,
     counts: MountCounts,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl LayerStore {
     /// Opens the records of `driver` under `graphroot` (mount counts under
     /// `runroot`), removing layers whose making was interrupted.
     pub fn open(graphroot: &Path, runroot: &Path, driver: &dyn GraphDriver) -> Result<LayerStore> {
-        let dir = graphroot.join(format!("{}-layers", driver.name()));
-        fs::create_dir_all(&dir).map_err(|e| CoreError::io("create", &dir, e))?;
+        let records = RecordFile::open(
+            graphroot.join(format!("{}-layers", driver.name())),
+            "layers.json",
+        )?;
         let store = LayerStore {
-            dir,
+            dir: records.dir().to_path_buf(),
+            records,
             counts: MountCounts::open(runroot, &driver.name())?,
         };
         let _lock = store.lock()?;
@@ -96,23 +188,14 @@ impl LayerStore {
             let Some(_making) = store.try_making_lock(&id)? else {
                 continue;
             };
-            tracing::warn!(layer = %id, "removing a layer whose making was interrupted");
-            match driver.remove(&id) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            let _ = fs::remove_file(store.tar_split_path(&id));
-            let _ = fs::remove_file(store.making_path(&id));
-            records.layers.remove(&id);
+            store.remove_interrupted(driver, &mut records, &id)?;
         }
         store.save(&records)?;
         Ok(store)
     }
 
     fn lock(&self) -> Result<FileLock> {
-        let path = self.dir.join("lock");
-        FileLock::exclusive(&path).map_err(|e| CoreError::io("lock", path, e))
+        self.records.lock()
     }
 
     fn making_path(&self, id: &str) -> PathBuf {
@@ -126,29 +209,16 @@ impl LayerStore {
         FileLock::try_exclusive(&path).map_err(|e| CoreError::io("lock", path, e))
     }
 
-    fn records_path(&self) -> PathBuf {
-        self.dir.join("layers.json")
-    }
-
     fn tar_split_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.tar-split.gz"))
     }
 
     fn load(&self) -> Result<Records> {
-        let path = self.records_path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                CoreError::io("read", &path, io::Error::new(io::ErrorKind::InvalidData, e))
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Records::default()),
-            Err(e) => Err(CoreError::io("read", path, e)),
-        }
+        self.records.load()
     }
 
     fn save(&self, records: &Records) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(records).expect("records serialise");
-        let path = self.records_path();
-        write_atomic(&path, &bytes, true).map_err(|e| CoreError::io("write", path, e))
+        self.records.save(records)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<LayerRecord>> {
@@ -172,19 +242,53 @@ impl LayerStore {
         options: &CreateOptions,
         diff: Option<&mut dyn Read>,
     ) -> Result<LayerRecord> {
+        self.create_layer(
+            driver,
+            &NewLayer {
+                id: id.to_string(),
+                parent: parent.map(str::to_string),
+                options: options.clone(),
+                ..Default::default()
+            },
+            diff,
+        )
+    }
+
+    /// Creates the layer `new` describes, filled from `diff` if given and
+    /// checked against `new.expect`. On any failure nothing of the layer is
+    /// left: not in the driver, not in the records.
+    pub fn create_layer(
+        &self,
+        driver: &dyn GraphDriver,
+        new: &NewLayer,
+        diff: Option<&mut dyn Read>,
+    ) -> Result<LayerRecord> {
+        let id = new.id.as_str();
+        let parent = new.parent.as_deref();
         validate_layer_id(id).map_err(|e| e.context(format!("create layer {id}")))?;
         let making = {
             let _lock = self.lock()?;
             let mut records = self.load()?;
-            if records.layers.contains_key(id) {
-                return Err(strata_plugin_abi::DriverError::already_exists(format!(
-                    "create layer {id}: layer exists"
-                ))
+            if let Some(existing) = records.layers.get(id) {
+                let message = if existing.incomplete {
+                    format!("create layer {id}: another process is making it")
+                } else {
+                    format!("create layer {id}: layer exists")
+                };
+                return Err(if existing.incomplete {
+                    strata_plugin_abi::DriverError::busy(message)
+                } else {
+                    strata_plugin_abi::DriverError::already_exists(message)
+                }
                 .into());
             }
+            let parent_made = |parent: &str| match records.layers.get(parent) {
+                Some(record) => Ok::<bool, CoreError>(!record.incomplete),
+                // Made before records were kept.
+                None => Ok(driver.exists(parent)?),
+            };
             if let Some(parent) = parent
-                && !records.layers.contains_key(parent)
-                && !driver.exists(parent)?
+                && !parent_made(parent)?
             {
                 return Err(strata_plugin_abi::DriverError::not_found(format!(
                     "create layer {id}: parent {parent} does not exist"
@@ -198,17 +302,18 @@ impl LayerStore {
                     "create layer {id}: another process is making it"
                 )))
             })?;
-            records.layers.insert(
-                id.to_string(),
-                LayerRecord {
-                    id: id.to_string(),
-                    parent: parent.map(str::to_string),
-                    created: now(),
-                    incomplete: true,
-                    diff: None,
-                    names: Vec::new(),
-                },
+            take_names(
+                records.layers.values_mut().map(|r| &mut r.names),
+                &new.names,
             );
+            let mut record = LayerRecord::new(id, parent);
+            record.incomplete = true;
+            record.names = new.names.clone();
+            record.read_only = !new.options.read_write;
+            record.mount_label = new.options.mount_label.clone();
+            record.metadata = new.metadata.clone();
+            record.flags = new.flags.clone();
+            records.layers.insert(id.to_string(), record);
             self.save(&records)?;
             making
         };
@@ -217,12 +322,18 @@ impl LayerStore {
         // the layer that was already there.
         let mut driver_made = false;
         let made = driver
-            .create(id, parent, options)
+            .create(id, parent, &new.options)
             .map_err(CoreError::from)
             .and_then(|()| {
                 driver_made = true;
                 match diff {
-                    Some(diff) => self.apply_into(driver, id, diff).map(Some),
+                    Some(diff) => {
+                        let applied = self.apply_into(driver, id, diff)?;
+                        if let Some(expect) = &new.expect {
+                            expect.check(id, &applied)?;
+                        }
+                        Ok(Some(applied))
+                    }
                     None => Ok(None),
                 }
             });
@@ -254,6 +365,54 @@ impl LayerStore {
         }
     }
 
+    /// Waits while another process is making layer `id`; returns its record
+    /// once made, or `None` if there is none (never made, or its making
+    /// failed or was interrupted).
+    pub fn wait_until_made(
+        &self,
+        driver: &dyn GraphDriver,
+        id: &str,
+    ) -> Result<Option<LayerRecord>> {
+        loop {
+            match self.get(id)? {
+                Some(record) if record.incomplete => {
+                    let path = self.making_path(id);
+                    // The maker holds this lock until its record is final.
+                    drop(FileLock::exclusive(&path).map_err(|e| CoreError::io("lock", path, e))?);
+                    let _lock = self.lock()?;
+                    let mut records = self.load()?;
+                    if records.layers.get(id).is_some_and(|r| r.incomplete)
+                        && let Some(_making) = self.try_making_lock(id)?
+                    {
+                        // Its maker died: take the leftover away as open does.
+                        self.remove_interrupted(driver, &mut records, id)?;
+                        self.save(&records)?;
+                        return Ok(None);
+                    }
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn remove_interrupted(
+        &self,
+        driver: &dyn GraphDriver,
+        records: &mut Records,
+        id: &str,
+    ) -> Result<()> {
+        tracing::warn!(layer = %id, "removing a layer whose making was interrupted");
+        match driver.remove(id) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let _ = fs::remove_file(self.tar_split_path(id));
+        let _ = fs::remove_file(self.making_path(id));
+        records.layers.remove(id);
+        Ok(())
+    }
+
     /// Applies `diff` to the existing layer `id` and records it as the layer's
     /// diff.
     pub fn apply(
@@ -274,14 +433,7 @@ impl LayerStore {
         let record = records
             .layers
             .entry(id.to_string())
-            .or_insert_with(|| LayerRecord {
-                id: id.to_string(),
-                parent: None,
-                created: now(),
-                incomplete: false,
-                diff: None,
-                names: Vec::new(),
-            });
+            .or_insert_with(|| LayerRecord::new(id, None));
         record.diff = Some(applied.clone());
         self.save(&records)?;
         Ok(applied)
@@ -357,30 +509,20 @@ impl LayerStore {
             let _lock = self.lock()?;
             self.load()?
         };
-        if records.layers.contains_key(reference) {
-            return Ok(reference.to_string());
-        }
-        if let Some(record) = records
+        let entries = records
             .layers
             .values()
-            .find(|r| r.names.iter().any(|n| n == reference))
-        {
-            return Ok(record.id.clone());
-        }
-        let matches: Vec<&str> = records
-            .layers
-            .keys()
-            .filter(|id| !reference.is_empty() && id.starts_with(reference))
-            .map(String::as_str)
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok(one.to_string()),
-            [] if driver.exists(reference)? => Ok(reference.to_string()),
-            [] => Err(strata_plugin_abi::DriverError::not_found(format!(
+            .map(|r| (r.id.as_str(), r.names.as_slice()));
+        match lookup(entries, reference) {
+            Lookup::Found(id) => Ok(id),
+            Lookup::Missing if !reference.is_empty() && driver.exists(reference)? => {
+                Ok(reference.to_string())
+            }
+            Lookup::Missing => Err(strata_plugin_abi::DriverError::not_found(format!(
                 "no layer has the id, name or id prefix '{reference}'"
             ))
             .into()),
-            many => Err(strata_plugin_abi::DriverError::invalid_input(format!(
+            Lookup::Ambiguous(many) => Err(strata_plugin_abi::DriverError::invalid_input(format!(
                 "'{reference}' is a prefix of {} layers ({}); give more of the id",
                 many.len(),
                 many.join(", ")
@@ -400,11 +542,50 @@ impl LayerStore {
             ))
             .into());
         }
-        for record in records.layers.values_mut() {
-            record.names.retain(|n| !names.contains(n));
-        }
+        take_names(records.layers.values_mut().map(|r| &mut r.names), names);
         let record = records.layers.get_mut(id).expect("checked above");
         record.names = names.to_vec();
+        let record = record.clone();
+        self.save(&records)?;
+        Ok(record)
+    }
+
+    /// Replaces the layer's free-form metadata.
+    pub fn set_metadata(&self, id: &str, metadata: Option<String>) -> Result<LayerRecord> {
+        self.update(id, "set metadata of", |r| r.metadata = metadata)
+    }
+
+    /// Sets flag `key` (or clears it with `None`).
+    pub fn set_flag(
+        &self,
+        id: &str,
+        key: &str,
+        value: Option<serde_json::Value>,
+    ) -> Result<LayerRecord> {
+        self.update(id, "set a flag of", |r| match value {
+            Some(value) => {
+                r.flags.insert(key.to_string(), value);
+            }
+            None => {
+                r.flags.remove(key);
+            }
+        })
+    }
+
+    fn update(
+        &self,
+        id: &str,
+        operation: &str,
+        change: impl FnOnce(&mut LayerRecord),
+    ) -> Result<LayerRecord> {
+        let _lock = self.lock()?;
+        let mut records = self.load()?;
+        let record = records.layers.get_mut(id).ok_or_else(|| {
+            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
+                "{operation} layer {id}: no such layer"
+            )))
+        })?;
+        change(record);
         let record = record.clone();
         self.save(&records)?;
         Ok(record)
@@ -418,7 +599,11 @@ impl LayerStore {
         id: &str,
         options: &MountOptions,
     ) -> Result<PathBuf> {
-        self.counts.acquire(id, || Ok(driver.get(id, options)?))
+        let mut options = options.clone();
+        if options.mount_label.is_none() {
+            options.mount_label = self.get(id)?.and_then(|r| r.mount_label);
+        }
+        self.counts.acquire(id, || Ok(driver.get(id, &options)?))
     }
 
     /// Releases one mount of the layer named by id or by its mount path;
@@ -559,6 +744,43 @@ impl LayerStore {
             },
         )
     }
+
+    /// Writes the diff that turns layer `from` (or an empty tree, for `None`)
+    /// into layer `to`. Against `to`'s own parent this is [`diff`](Self::diff),
+    /// the original bytes when there are any; against anything else it is
+    /// generated by comparing the two trees.
+    pub fn diff_between(
+        &self,
+        driver: &dyn GraphDriver,
+        from: Option<&str>,
+        to: &str,
+        out: &mut dyn Write,
+    ) -> Result<DiffSource> {
+        let parent = self.get(to)?.and_then(|r| r.parent);
+        if from == parent.as_deref() {
+            return self.diff(driver, to, out);
+        }
+        with_trees(driver, &self.counts, to, from, |layer, base| {
+            let list =
+                archive::changes(layer, base).map_err(|e| CoreError::io("compare", layer, e))?;
+            archive::export_changes(layer, &list, &mut *out)
+                .map(|_| DiffSource::Generated)
+                .map_err(|e| CoreError::io("export", layer, e))
+        })
+    }
+
+    /// The size in bytes of the layer's diff against its parent, as
+    /// [`diff`](Self::diff) would write it.
+    pub fn diff_size(&self, driver: &dyn GraphDriver, id: &str) -> Result<u64> {
+        if let Some(diff) = self.get(id)?.and_then(|r| r.diff)
+            && self.tar_split_path(id).exists()
+        {
+            return Ok(diff.uncompressed_size);
+        }
+        let mut counter = CountingSink(0);
+        self.diff(driver, id, &mut counter)?;
+        Ok(counter.0)
+    }
 }
 
 /// Where a layer's own files are written and read by the layer format: its
@@ -609,6 +831,18 @@ impl<'d> LayerFiles<'d> {
                 driver, counts, id, ..
             } => unmount_counted(driver, counts, &id),
         }
+    }
+}
+
+struct CountingSink(u64);
+
+impl Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -18,13 +18,18 @@
 
 pub mod archive;
 pub mod config;
+pub mod containers;
 pub mod discovery;
 pub mod error;
 pub mod fsutil;
 pub mod graphroot;
+pub mod images;
 pub mod layers;
 pub mod mounts;
+pub mod oci;
+mod records;
 pub mod selection;
+pub mod store;
 
 pub use config::{Config, Overrides};
 pub use error::{CoreError, Result};

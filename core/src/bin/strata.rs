@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use strata_core::archive::ChangeKind;
 use strata_core::layers::{DiffRecord, LayerStore};
+use strata_core::oci::{ImageLocation, ImportProgress, NoProgress};
+use strata_core::store::Store;
 use strata_core::{Config, CoreError, Overrides, open_driver, survey};
 use strata_plugin_abi::{CreateOptions, GraphDriver, KeyValues, MountOptions};
 
@@ -48,6 +50,74 @@ enum Command {
     /// Create, mount, list and remove layers
     #[command(subcommand)]
     Layer(LayerCommand),
+    /// Import, export, list, inspect, tag and delete images
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Containers: a read-write layer on an image
+    #[command(subcommand)]
+    Container(ContainerCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an image from an OCI layout directory, DIR or DIR:TAG
+    Import {
+        #[arg(value_name = "DIR[:TAG]")]
+        location: String,
+        /// A name for the image (repeatable); default: the tag
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Write an image to an OCI layout directory, DIR or DIR:TAG
+    Export {
+        image: String,
+        #[arg(value_name = "DIR[:TAG]")]
+        location: String,
+    },
+    /// List the images
+    List,
+    /// An image's record, layers, relations, manifest and config
+    Inspect { image: String },
+    /// Delete an image and the layers nothing else uses
+    Delete { image: String },
+    /// Give an image more names (a name another image has moves here)
+    Tag {
+        image: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Take a name away from an image
+    Untag { image: String, name: String },
+}
+
+#[derive(Subcommand)]
+enum ContainerCommand {
+    /// Make a container on an image and print its id
+    Create {
+        image: String,
+        /// A name for the container
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// Per-layer storage option, KEY=VALUE (repeatable)
+        #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        storage_opts: Vec<(String, String)>,
+        /// SELinux label for the container's mounts
+        #[arg(long, value_name = "LABEL")]
+        mount_label: Option<String>,
+    },
+    /// Mount the container's tree and print its path
+    Mount {
+        container: String,
+        /// Mount option such as nodev (repeatable)
+        #[arg(long = "option", short = 'o', value_name = "OPTION")]
+        options: Vec<String>,
+    },
+    /// Release one mount, by container id, name or mount path
+    Unmount { container: String },
+    /// Delete the container and its layer
+    Delete { container: String },
+    /// List the containers
+    List,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +147,9 @@ enum LayerCommand {
     /// stream for a layer made from one
     Diff {
         id: String,
+        /// Diff against this layer instead of the parent (generated); "" for an empty tree
+        #[arg(long, value_name = "LAYER")]
+        from: Option<String>,
         /// Where to write; standard output if not given
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
@@ -154,6 +227,8 @@ fn run(cli: &Cli) -> Result<ExitCode, CoreError> {
         Command::Drivers => drivers(cli, &config),
         Command::Status => status(cli, &config),
         Command::Layer(command) => layer(cli, &config, command),
+        Command::Image(command) => image(cli, &config, command),
+        Command::Container(command) => container(cli, &config, command),
     }
 }
 
@@ -321,14 +396,20 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
                 }
             }
         }
-        LayerCommand::Diff { id, output } => {
+        LayerCommand::Diff { id, from, output } => {
             let id = &store.resolve(driver, id)?;
+            let from = match from.as_deref() {
+                None => store.get(id)?.and_then(|r| r.parent),
+                Some("") => None,
+                Some(other) => Some(store.resolve(driver, other)?),
+            };
+            let from = from.as_deref();
             let source = match output {
                 Some(path) => {
                     let partial = path.with_extension("partial");
                     let mut file = std::fs::File::create(&partial)
                         .map_err(|e| CoreError::io("create", &partial, e))?;
-                    let source = store.diff(driver, id, &mut file);
+                    let source = store.diff_between(driver, from, id, &mut file);
                     match source {
                         Ok(source) => {
                             std::fs::rename(&partial, path)
@@ -344,7 +425,7 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
                 None => {
                     let stdout = std::io::stdout();
                     let mut out = std::io::BufWriter::new(stdout.lock());
-                    let source = store.diff(driver, id, &mut out)?;
+                    let source = store.diff_between(driver, from, id, &mut out)?;
                     use std::io::Write;
                     out.flush()
                         .map_err(|e| CoreError::io("write", "standard output", e))?;
@@ -414,4 +495,250 @@ fn diff_json(diff: DiffRecord) -> serde_json::Value {
         "compression": diff.compression,
         "size": diff.size,
     })
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn image(cli: &Cli, config: &Config, command: &ImageCommand) -> Result<ExitCode, CoreError> {
+    let store = Store::open(config)?;
+    match command {
+        ImageCommand::Import { location, names } => {
+            let location = ImageLocation::parse(location);
+            let bars;
+            let progress: &dyn ImportProgress =
+                if !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    bars = ProgressBars::default();
+                    &bars
+                } else {
+                    &NoProgress
+                };
+            let report = strata_core::oci::import_image(&store, &location, names, progress)?;
+            if cli.json {
+                print_json(json!({
+                    "id": report.image.id,
+                    "names": report.image.names,
+                    "top_layer": report.image.top_layer,
+                    "created_layers": report.created_layers,
+                    "reused_layers": report.reused_layers,
+                    "already_present": report.already_present,
+                }));
+            } else {
+                println!("{}", report.image.id);
+            }
+        }
+        ImageCommand::Export { image, location } => {
+            let location = ImageLocation::parse(location);
+            let report = strata_core::oci::export_image(&store, image, &location)?;
+            if cli.json {
+                print_json(json!({
+                    "image": report.image,
+                    "manifest": report.manifest,
+                    "config": report.config_digest,
+                    "config_rewritten": report.config_rewritten,
+                    "layers": report.layers.iter().map(|l| json!({
+                        "layer": l.layer,
+                        "blob": l.blob,
+                        "diff_id": l.diff_id,
+                        "original": l.original,
+                    })).collect::<Vec<_>>(),
+                }));
+            } else {
+                println!("{}", report.manifest.digest);
+            }
+        }
+        ImageCommand::List => {
+            let (images, family) = store.image_family()?;
+            if cli.json {
+                print_json(json!(
+                    images
+                        .iter()
+                        .map(|i| json!({
+                            "id": i.id,
+                            "digest": i.digest,
+                            "names": i.names,
+                            "top_layer": i.top_layer,
+                            "created": i.created,
+                            "parent": family.parent(&i.id),
+                            "head": family.children(&i.id).next().is_none(),
+                        }))
+                        .collect::<Vec<_>>()
+                ));
+            } else {
+                println!("{:<12}  {:<6}  NAMES", "ID", "LAYERS");
+                for i in &images {
+                    let layers = store.image_layers(i).map(|l| l.len()).unwrap_or(0);
+                    println!(
+                        "{:<12}  {:<6}  {}",
+                        short(&i.id),
+                        layers,
+                        i.names.join(", ")
+                    );
+                }
+            }
+        }
+        ImageCommand::Inspect { image } => {
+            let record = store.image(image)?;
+            let (_, family) = store.image_family()?;
+            let layers = store.image_layers(&record)?;
+            let item = |key: &str| {
+                store
+                    .images
+                    .big_data(&record.id, key)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            };
+            print_json(json!({
+                "id": record.id,
+                "digest": record.digest,
+                "names": record.names,
+                "created": record.created,
+                "top_layer": record.top_layer,
+                "parent": family.parent(&record.id),
+                "children": family.children(&record.id).collect::<Vec<_>>(),
+                "layers": layers.iter().map(|l| json!({
+                    "id": l.id,
+                    "diff": l.diff.clone().map(diff_json),
+                })).collect::<Vec<_>>(),
+                "big_data": record.big_data,
+                "metadata": record.metadata,
+                "manifest": item(strata_core::images::MANIFEST_KEY),
+                "config": item(strata_core::images::CONFIG_KEY),
+            }));
+        }
+        ImageCommand::Delete { image } => {
+            let (deleted, layers) = store.delete_image(image)?;
+            if cli.json {
+                print_json(json!({ "id": deleted.id, "deleted_layers": layers }));
+            } else {
+                println!("{}", deleted.id);
+            }
+        }
+        ImageCommand::Tag { image, names } => {
+            let id = store.images.resolve(image)?;
+            store.images.add_names(&id, names)?;
+        }
+        ImageCommand::Untag { image, name } => {
+            let id = store.images.resolve(image)?;
+            let record = store.images.get(&id)?;
+            if !record.is_some_and(|r| r.names.contains(name)) {
+                return Err(CoreError::Image(format!("image {id} has no name '{name}'")));
+            }
+            store.images.remove_name(&id, name)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn container(
+    cli: &Cli,
+    config: &Config,
+    command: &ContainerCommand,
+) -> Result<ExitCode, CoreError> {
+    let store = Store::open(config)?;
+    match command {
+        ContainerCommand::Create {
+            image,
+            names,
+            storage_opts,
+            mount_label,
+        } => {
+            let options = CreateOptions {
+                read_write: true,
+                mount_label: mount_label.clone(),
+                storage_opts: storage_opts.iter().cloned().collect(),
+            };
+            let record = store.create_container(image, names, &options)?;
+            if cli.json {
+                print_json(json!(record));
+            } else {
+                println!("{}", record.id);
+            }
+        }
+        ContainerCommand::Mount { container, options } => {
+            let options = MountOptions {
+                options: options.clone(),
+                ..Default::default()
+            };
+            let path = store.mount_container(container, &options)?;
+            if cli.json {
+                let record = store.container(container)?;
+                print_json(json!({
+                    "id": record.id,
+                    "path": path,
+                    "mounts": store.layers.mount_count(&record.layer)?,
+                }));
+            } else {
+                println!("{}", path.display());
+            }
+        }
+        ContainerCommand::Unmount { container } => {
+            store.unmount_container(container)?;
+        }
+        ContainerCommand::Delete { container } => {
+            let record = store.delete_container(container)?;
+            if !cli.json {
+                println!("{}", record.id);
+            } else {
+                print_json(json!(record));
+            }
+        }
+        ContainerCommand::List => {
+            let containers = store.containers.list()?;
+            if cli.json {
+                print_json(json!(containers));
+            } else {
+                println!("{:<12}  {:<12}  NAMES", "ID", "IMAGE");
+                for c in &containers {
+                    println!(
+                        "{:<12}  {:<12}  {}",
+                        short(&c.id),
+                        short(&c.image),
+                        c.names.join(", ")
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One progress bar per layer on standard error.
+#[derive(Default)]
+struct ProgressBars {
+    multi: indicatif::MultiProgress,
+    bars: std::sync::Mutex<Vec<Option<indicatif::ProgressBar>>>,
+}
+
+impl ImportProgress for ProgressBars {
+    fn layer_started(&self, index: usize, count: usize, digest: &str, size: u64) {
+        let bar = self.multi.add(indicatif::ProgressBar::new(size));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        let hex = digest.trim_start_matches("sha256:");
+        bar.set_prefix(format!("layer {}/{count} {}", index + 1, short(hex)));
+        let mut bars = self.bars.lock().expect("progress lock");
+        if bars.len() <= index {
+            bars.resize(index + 1, None);
+        }
+        bars[index] = Some(bar);
+    }
+
+    fn layer_advanced(&self, index: usize, bytes: u64) {
+        if let Some(Some(bar)) = self.bars.lock().expect("progress lock").get(index) {
+            bar.inc(bytes);
+        }
+    }
+
+    fn layer_finished(&self, index: usize, reused: bool) {
+        if let Some(Some(bar)) = self.bars.lock().expect("progress lock").get(index) {
+            bar.finish_with_message(if reused { "already present" } else { "done" });
+        }
+    }
 }

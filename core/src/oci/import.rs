@@ -1,0 +1,266 @@
+//! Importing an image from an OCI layout: manifest and config checked
+//! against their digests, each layer applied from its blob while its digest
+//! and diff id are computed, and checked before the layer counts as made.
+//! Layers already in the store (same chain of diff ids) are reused.
+
+use std::io::Read;
+
+use strata_plugin_abi::{CreateOptions, ErrorKind};
+
+use super::layout::{
+    ConfigRootfs, DOCKER_MANIFEST, ImageLocation, Layout, MEDIA_TYPE_MANIFEST, Manifest, chain_ids,
+    digest_hex,
+};
+use crate::error::{CoreError, Result};
+use crate::images::{CONFIG_KEY, ImageRecord, MANIFEST_KEY, NewImage};
+use crate::layers::{ExpectedDiff, LayerRecord, NewLayer};
+use crate::store::Store;
+
+/// Told how an import goes, for progress bars. Every method has a default
+/// that does nothing.
+pub trait ImportProgress: Sync {
+    /// Layer `index` (from 0) of `count` starts: `size` bytes of blob to read.
+    fn layer_started(&self, _index: usize, _count: usize, _digest: &str, _size: u64) {}
+    /// `bytes` more of layer `index`'s blob have been read.
+    fn layer_advanced(&self, _index: usize, _bytes: u64) {}
+    /// Layer `index` is in the store; `reused` when it already was.
+    fn layer_finished(&self, _index: usize, _reused: bool) {}
+}
+
+/// No progress reports.
+pub struct NoProgress;
+impl ImportProgress for NoProgress {}
+
+#[derive(Clone, Debug)]
+pub struct ImportReport {
+    pub image: ImageRecord,
+    /// Layers this import made, bottom first.
+    pub created_layers: Vec<String>,
+    /// Layers that were already in the store.
+    pub reused_layers: Vec<String>,
+    /// The image itself was already in the store (its names were added).
+    pub already_present: bool,
+}
+
+/// Imports the image at `location` (the only one in the layout, or the one
+/// its tag names) and gives it `names` (the tag, when none are given). On
+/// failure nothing of this import is left in the store.
+pub fn import_image(
+    store: &Store,
+    location: &ImageLocation,
+    names: &[String],
+    progress: &dyn ImportProgress,
+) -> Result<ImportReport> {
+    let layout = Layout::open(&location.dir)?;
+    let descriptor = layout.find_manifest(location.tag.as_deref())?;
+    if descriptor.media_type != MEDIA_TYPE_MANIFEST && descriptor.media_type != DOCKER_MANIFEST {
+        return Err(CoreError::Image(format!(
+            "{} ({}) is not an image manifest but {}",
+            descriptor.digest,
+            location.tag.as_deref().unwrap_or("the layout's image"),
+            descriptor.media_type
+        )));
+    }
+    let manifest_bytes = layout.read_blob(&descriptor, "manifest")?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+        CoreError::Image(format!(
+            "manifest {}: not an image manifest: {e}",
+            descriptor.digest
+        ))
+    })?;
+    let config_bytes = layout.read_blob(&manifest.config, "config")?;
+    let config: ConfigRootfs = serde_json::from_slice(&config_bytes).map_err(|e| {
+        CoreError::Image(format!(
+            "config {}: no rootfs.diff_ids: {e}",
+            manifest.config.digest
+        ))
+    })?;
+    if config.rootfs.kind != "layers" {
+        return Err(CoreError::Image(format!(
+            "config {}: rootfs type '{}', expected 'layers'",
+            manifest.config.digest, config.rootfs.kind
+        )));
+    }
+    let diff_ids = &config.rootfs.diff_ids;
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(CoreError::Image(format!(
+            "manifest {} lists {} layers but its config {} has {} diff ids",
+            descriptor.digest,
+            manifest.layers.len(),
+            manifest.config.digest,
+            diff_ids.len()
+        )));
+    }
+    for diff_id in diff_ids {
+        digest_hex(diff_id)?;
+    }
+    for layer in &manifest.layers {
+        digest_hex(&layer.digest)?;
+    }
+    let image_id = digest_hex(&manifest.config.digest)?.to_string();
+    let mut names = names.to_vec();
+    if names.is_empty()
+        && let Some(tag) = location
+            .tag
+            .clone()
+            .or_else(|| descriptor.ref_name().map(str::to_string))
+    {
+        names.push(tag);
+    }
+
+    let hold = store.hold_layers()?;
+    if store.images.get(&image_id)?.is_some() {
+        let image = store.images.add_names(&image_id, &names)?;
+        return Ok(ImportReport {
+            image,
+            created_layers: Vec::new(),
+            reused_layers: Vec::new(),
+            already_present: true,
+        });
+    }
+
+    let chain = chain_ids(diff_ids);
+    let count = manifest.layers.len();
+    let mut created = Vec::new();
+    let mut reused = Vec::new();
+    let mut parent: Option<String> = None;
+    for (index, (blob, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
+        let what = format!("layer {} of {count}", index + 1);
+        let new = NewLayer {
+            id: digest_hex(&chain[index])?.to_string(),
+            parent: parent.clone(),
+            options: CreateOptions {
+                read_write: false,
+                ..Default::default()
+            },
+            expect: Some(ExpectedDiff {
+                source: format!("blob {} ({what})", blob.digest),
+                compressed_digest: Some(blob.digest.clone()),
+                compressed_size: Some(blob.size),
+                uncompressed_digest: Some(diff_id.clone()),
+            }),
+            ..Default::default()
+        };
+        progress.layer_started(index, count, &blob.digest, blob.size);
+        let made = ensure_layer(store, &new, diff_id, || {
+            let file = layout.open_blob(blob, &what)?;
+            Ok(ProgressReader {
+                inner: file,
+                index,
+                progress,
+            })
+        })
+        .map_err(|e| match e {
+            // These already name the blob.
+            CoreError::Verify { .. } | CoreError::Image(_) => e,
+            other => CoreError::Blob {
+                blob: format!("blob {} ({what})", blob.digest),
+                source: Box::new(other),
+            },
+        });
+        match made {
+            Ok((record, was_made)) => {
+                progress.layer_finished(index, !was_made);
+                if was_made {
+                    created.push(record.id.clone());
+                } else {
+                    reused.push(record.id.clone());
+                }
+                parent = Some(record.id);
+            }
+            Err(e) => {
+                store.discard_made_layers(hold, &created);
+                return Err(e);
+            }
+        }
+    }
+
+    let new_image = NewImage {
+        id: image_id.clone(),
+        digest: Some(descriptor.digest.clone()),
+        names: names.clone(),
+        top_layer: parent,
+        metadata: None,
+        big_data: vec![
+            (MANIFEST_KEY.to_string(), manifest_bytes),
+            (CONFIG_KEY.to_string(), config_bytes),
+        ],
+    };
+    let image = match store.images.create(&new_image) {
+        Ok(image) => image,
+        // The same image, imported by another process meanwhile.
+        Err(CoreError::Driver(e)) if e.kind() == ErrorKind::AlreadyExists => {
+            store.images.add_names(&image_id, &names)?
+        }
+        Err(e) => {
+            store.discard_made_layers(hold, &created);
+            return Err(e);
+        }
+    };
+    drop(hold);
+    tracing::info!(image = %image.id, created = created.len(), reused = reused.len(), "image imported");
+    Ok(ImportReport {
+        image,
+        created_layers: created,
+        reused_layers: reused,
+        already_present: false,
+    })
+}
+
+/// The layer `new` describes: the one already in the store (waiting if
+/// another process is making it), or made now from the blob `open` gives.
+/// Returns whether this call made it.
+fn ensure_layer<R: Read>(
+    store: &Store,
+    new: &NewLayer,
+    diff_id: &str,
+    open: impl FnOnce() -> Result<R>,
+) -> Result<(LayerRecord, bool)> {
+    let driver = store.driver();
+    let mut open = Some(open);
+    let mut blob = None;
+    loop {
+        if let Some(existing) = store.layers.wait_until_made(driver, &new.id)? {
+            // The id is the chain id, so a layer by this id holds these
+            // diffs, unless someone made it by hand under this id.
+            if let Some(diff) = &existing.diff
+                && diff.uncompressed_digest != diff_id
+            {
+                return Err(CoreError::Image(format!(
+                    "layer {} exists with diff id {}, not {diff_id} as its id says",
+                    existing.id, diff.uncompressed_digest
+                )));
+            }
+            return Ok((existing, false));
+        }
+        if blob.is_none() {
+            blob = Some((open.take().expect("opened once"))()?);
+        }
+        let reader = blob.as_mut().expect("opened above");
+        match store.layers.create_layer(driver, new, Some(reader)) {
+            Ok(record) => return Ok((record, true)),
+            // Another process started it first: wait for it and use it.
+            Err(CoreError::Driver(e))
+                if matches!(e.kind(), ErrorKind::Busy | ErrorKind::AlreadyExists)
+                    && store.layers.get(&new.id)?.is_some() =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct ProgressReader<'p, R> {
+    inner: R,
+    index: usize,
+    progress: &'p dyn ImportProgress,
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.layer_advanced(self.index, n as u64);
+        Ok(n)
+    }
+}

@@ -1,0 +1,10 @@
+//! OCI image layouts (a directory with `oci-layout`, `index.json` and
+//! `blobs/sha256/...`) in and out of the store.
+
+mod export;
+mod import;
+pub mod layout;
+
+pub use export::{ExportReport, export_image};
+pub use import::{ImportProgress, ImportReport, NoProgress, import_image};
+pub use layout::{Descriptor, ImageLocation, Index, Manifest, chain_ids};

@@ -1,0 +1,329 @@
+//! The store a container runtime uses: one driver, and the layer, image and
+//! container records above it, with the operations that span them (a
+//! container on an image, deleting an image and the layers only it used).
+//!
+//! Layers are shared: two images with the same first layers share them, and
+//! a container's layer sits on its image's top layer. So that a layer is never
+//! deleted while some process is about to build on it, anything that builds
+//! on existing layers (an import, a container create) holds the graph root's
+//! `layers-in-use` lock shared for as long as it works, and anything that
+//! deletes layers another record might want (image delete, the clean-up of a
+//! failed import) holds it exclusively.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use strata_plugin_abi::{CreateOptions, GraphDriver, MountOptions};
+
+use crate::config::Config;
+use crate::containers::{ContainerRecord, ContainerStore};
+use crate::error::{CoreError, Result};
+use crate::fsutil::FileLock;
+use crate::images::{ImageFamily, ImageRecord, ImageStore};
+use crate::layers::{LayerRecord, LayerStore, NewLayer};
+use crate::records::{now, random_id};
+
+pub struct Store {
+    driver: Box<dyn GraphDriver>,
+    graphroot: PathBuf,
+    pub layers: LayerStore,
+    pub images: ImageStore,
+    pub containers: ContainerStore,
+}
+
+/// A hold on the graph root's `layers-in-use` lock.
+pub struct LayersInUse(#[allow(dead_code)] FileLock);
+
+impl Store {
+    /// Starts the configured (or chosen) driver and opens its records.
+    pub fn open(config: &Config) -> Result<Store> {
+        let selected = crate::open_driver(config)?;
+        Store::with_driver(
+            &config.graphroot,
+            &config.runroot,
+            Box::new(selected.driver),
+        )
+    }
+
+    /// Opens the records of a driver already started on `graphroot`.
+    pub fn with_driver(
+        graphroot: &Path,
+        runroot: &Path,
+        driver: Box<dyn GraphDriver>,
+    ) -> Result<Store> {
+        let name = driver.name();
+        Ok(Store {
+            layers: LayerStore::open(graphroot, runroot, driver.as_ref())?,
+            images: ImageStore::open(graphroot, &name)?,
+            containers: ContainerStore::open(graphroot, &name)?,
+            graphroot: graphroot.to_path_buf(),
+            driver,
+        })
+    }
+
+    pub fn driver(&self) -> &dyn GraphDriver {
+        self.driver.as_ref()
+    }
+
+    fn in_use_path(&self) -> PathBuf {
+        self.graphroot
+            .join(format!("{}-layers-in-use.lock", self.driver.name()))
+    }
+
+    /// Held while building on layers that exist: none of them is deleted
+    /// until it is dropped.
+    pub fn hold_layers(&self) -> Result<LayersInUse> {
+        let path = self.in_use_path();
+        FileLock::shared(&path)
+            .map(LayersInUse)
+            .map_err(|e| CoreError::io("lock", path, e))
+    }
+
+    /// Held while deleting layers: waits until nobody builds on any.
+    fn hold_layers_exclusively(&self) -> Result<LayersInUse> {
+        let path = self.in_use_path();
+        FileLock::exclusive(&path)
+            .map(LayersInUse)
+            .map_err(|e| CoreError::io("lock", path, e))
+    }
+
+    /// Every layer an image or a container stands on (top layers, container
+    /// layers and all their ancestors).
+    pub fn layers_in_use(&self) -> Result<BTreeSet<String>> {
+        let layers = self.layer_parents()?;
+        let mut used = BTreeSet::new();
+        let tops = self
+            .images
+            .list()?
+            .into_iter()
+            .filter_map(|i| i.top_layer)
+            .chain(self.containers.list()?.into_iter().map(|c| c.layer));
+        for top in tops {
+            let mut cursor = Some(top);
+            while let Some(layer) = cursor {
+                if !used.insert(layer.clone()) {
+                    break;
+                }
+                cursor = layers.get(&layer).cloned().flatten();
+            }
+        }
+        Ok(used)
+    }
+
+    fn layer_parents(&self) -> Result<std::collections::BTreeMap<String, Option<String>>> {
+        Ok(self
+            .layers
+            .list()?
+            .into_iter()
+            .map(|r| (r.id, r.parent))
+            .collect())
+    }
+
+    /// The image's layers, bottom first.
+    pub fn image_layers(&self, image: &ImageRecord) -> Result<Vec<LayerRecord>> {
+        let mut chain = Vec::new();
+        let mut cursor = image.top_layer.clone();
+        while let Some(id) = cursor {
+            let record = self.layers.get(&id)?.ok_or_else(|| {
+                CoreError::Image(format!(
+                    "image {}: its layer {id} is missing from the store",
+                    image.id
+                ))
+            })?;
+            cursor = record.parent.clone();
+            chain.push(record);
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    /// Parent, child and head relations between the images.
+    pub fn image_family(&self) -> Result<(Vec<ImageRecord>, ImageFamily)> {
+        let images = self.images.list()?;
+        let parents = self.layer_parents()?;
+        let family = ImageFamily::new(&images, |l| parents.get(l).cloned().flatten());
+        Ok((images, family))
+    }
+
+    /// Deletes layers of `candidates` (top first) that no image or container
+    /// uses and no other layer stands on; returns the ones deleted. Call with
+    /// the layers-in-use lock held exclusively.
+    fn release_layers(&self, candidates: &[String]) -> Result<Vec<String>> {
+        let used = self.layers_in_use()?;
+        let mut deleted = Vec::new();
+        for id in candidates {
+            if used.contains(id) {
+                continue;
+            }
+            let has_children = self
+                .layers
+                .list()?
+                .iter()
+                .any(|r| r.parent.as_deref() == Some(id.as_str()));
+            if has_children {
+                continue;
+            }
+            self.layers.delete(self.driver(), id)?;
+            deleted.push(id.clone());
+        }
+        Ok(deleted)
+    }
+
+    /// Takes back layers an import made before it failed, unless another
+    /// import or container has come to use them meanwhile.
+    pub(crate) fn discard_made_layers(&self, hold: LayersInUse, made: &[String]) {
+        drop(hold);
+        let result = self.hold_layers_exclusively().and_then(|_exclusive| {
+            let top_first: Vec<String> = made.iter().rev().cloned().collect();
+            self.release_layers(&top_first)
+        });
+        match result {
+            Ok(deleted) => {
+                tracing::info!(layers = ?deleted, "removed the layers of a failed import")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove the layers of a failed import")
+            }
+        }
+    }
+
+    /// Deletes image `reference` and then the layers no other image or
+    /// container uses; refused while a container uses the image. Returns the
+    /// image and the layers deleted.
+    pub fn delete_image(&self, reference: &str) -> Result<(ImageRecord, Vec<String>)> {
+        let _exclusive = self.hold_layers_exclusively()?;
+        let id = self.images.resolve(reference)?;
+        let users: Vec<String> = self
+            .containers
+            .list()?
+            .into_iter()
+            .filter(|c| c.image == id)
+            .map(|c| c.names.first().cloned().unwrap_or(c.id))
+            .collect();
+        if !users.is_empty() {
+            return Err(strata_plugin_abi::DriverError::busy(format!(
+                "delete image {id}: containers {} use it",
+                users.join(", ")
+            ))
+            .into());
+        }
+        let image = self.images.get(&id)?.ok_or_else(|| {
+            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
+                "delete image {id}: no such image"
+            )))
+        })?;
+        let chain: Vec<String> = self
+            .image_layers(&image)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .map(|r| r.id)
+            .collect();
+        self.images.delete(&id)?;
+        let deleted = self.release_layers(&chain)?;
+        Ok((image, deleted))
+    }
+
+    /// Makes a container on image `image_ref`: a read-write layer on the
+    /// image's top layer.
+    pub fn create_container(
+        &self,
+        image_ref: &str,
+        names: &[String],
+        options: &CreateOptions,
+    ) -> Result<ContainerRecord> {
+        let _hold = self.hold_layers()?;
+        let image_id = self.images.resolve(image_ref)?;
+        let image = self.images.get(&image_id)?.ok_or_else(|| {
+            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
+                "image {image_id}: no such image"
+            )))
+        })?;
+        // A name another container has is refused rather than moved: taking
+        // a live container's name would surprise whoever uses it.
+        for name in names {
+            if let Ok(other) = self.containers.resolve(name)
+                && self
+                    .containers
+                    .get(&other)?
+                    .is_some_and(|c| c.names.contains(name))
+            {
+                return Err(strata_plugin_abi::DriverError::already_exists(format!(
+                    "container name '{name}' is taken by container {other}"
+                ))
+                .into());
+            }
+        }
+        let id = random_id()?;
+        let options = CreateOptions {
+            read_write: true,
+            ..options.clone()
+        };
+        let layer = self.layers.create_layer(
+            self.driver(),
+            &NewLayer {
+                id: id.clone(),
+                parent: image.top_layer.clone(),
+                options,
+                ..Default::default()
+            },
+            None,
+        )?;
+        let record = ContainerRecord {
+            id: id.clone(),
+            names: names.to_vec(),
+            image: image.id,
+            layer: layer.id,
+            created: now(),
+            metadata: None,
+        };
+        if let Err(e) = self.containers.create(&record) {
+            let _ = self.layers.delete(self.driver(), &id);
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    /// Mounts the container's layer (counted) and returns the path.
+    pub fn mount_container(&self, reference: &str, options: &MountOptions) -> Result<PathBuf> {
+        let container = self.container(reference)?;
+        self.layers.mount(self.driver(), &container.layer, options)
+    }
+
+    /// Releases one mount of the container named by id, name, prefix or mount
+    /// path; returns the container's id.
+    pub fn unmount_container(&self, reference: &str) -> Result<String> {
+        if reference.starts_with('/') {
+            let layer = self.layers.unmount(self.driver(), reference)?;
+            return Ok(layer);
+        }
+        let container = self.container(reference)?;
+        self.layers.unmount(self.driver(), &container.layer)?;
+        Ok(container.id)
+    }
+
+    /// Deletes the container and its layer (unmounted first).
+    pub fn delete_container(&self, reference: &str) -> Result<ContainerRecord> {
+        let container = self.container(reference)?;
+        self.layers.delete(self.driver(), &container.layer)?;
+        self.containers.delete(&container.id)
+    }
+
+    pub fn container(&self, reference: &str) -> Result<ContainerRecord> {
+        let id = self.containers.resolve(reference)?;
+        self.containers.get(&id)?.ok_or_else(|| {
+            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
+                "container {id}: no such container"
+            )))
+        })
+    }
+
+    pub fn image(&self, reference: &str) -> Result<ImageRecord> {
+        let id = self.images.resolve(reference)?;
+        self.images.get(&id)?.ok_or_else(|| {
+            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
+                "image {id}: no such image"
+            )))
+        })
+    }
+}
