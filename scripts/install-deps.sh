@@ -4,8 +4,9 @@
 #   libclang-dev: bindgen, used by the loopdev-3 crate to read <linux/loop.h>
 #   debootstrap: real Debian root filesystems for benches and the demo
 #   zfs-fuse: userspace ZFS, the conformance runner's zfs-fuse backend
+#   umoci, skopeo: real OCI clients the image tests and benches check strata against
 set -euo pipefail
-packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap zfs-fuse)
+packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap zfs-fuse umoci skopeo)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

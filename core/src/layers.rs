@@ -446,7 +446,27 @@ impl LayerStore {
         diff: &mut dyn Read,
     ) -> Result<DiffRecord> {
         let files = LayerFiles::open(driver, &self.counts, id)?;
-        let result = self.apply_at(files.path(), files.target(), id, diff);
+        // Into a native diff, directories written into take their metadata
+        // from the tree below: the parent, mounted for the length of the apply.
+        let parent = match (&files, self.get(id)?.and_then(|r| r.parent)) {
+            (LayerFiles::Native(_), Some(parent)) => {
+                match mount_counted(driver, &self.counts, &parent) {
+                    Ok(path) => Some((parent, path)),
+                    Err(e) => {
+                        let _ = files.close();
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let lower = parent.as_ref().map(|(_, path)| path.as_path());
+        let result = self.apply_at(files.path(), files.target(), lower, id, diff);
+        if let Some((parent, _)) = &parent
+            && let Err(e) = unmount_counted(driver, &self.counts, parent)
+        {
+            tracing::warn!(layer = %parent, error = %e, "could not unmount the parent after an apply");
+        }
         let closed = files.close();
         let report = result?;
         closed?;
@@ -457,6 +477,7 @@ impl LayerStore {
         &self,
         root: &Path,
         target: ApplyTarget,
+        lower: Option<&Path>,
         id: &str,
         diff: &mut dyn Read,
     ) -> Result<DiffRecord> {
@@ -470,6 +491,7 @@ impl LayerStore {
             diff,
             &ApplyOptions {
                 target,
+                lower: lower.map(Path::to_path_buf),
                 ..Default::default()
             },
             Some(&mut gz),

@@ -1,7 +1,7 @@
 //! Applying a layer tar stream to a directory, safely, recording tar-split
 //! and computing both digests in the same pass.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -36,6 +36,11 @@ pub struct ApplyOptions {
     /// Container-to-host id maps; empty means ids are written as they are.
     pub uid_maps: Vec<IdMap>,
     pub gid_maps: Vec<IdMap>,
+    /// For `OverlayUpper`: the tree the upper directory goes on (the parent
+    /// layer, mounted). A directory the layer writes into without a member
+    /// of its own is made in the upper as a copy of the lower one's owner,
+    /// mode, xattrs and times, as overlay's own copy-up would.
+    pub lower: Option<PathBuf>,
 }
 
 impl Default for ApplyOptions {
@@ -44,6 +49,7 @@ impl Default for ApplyOptions {
             target: ApplyTarget::Tree,
             uid_maps: Vec::new(),
             gid_maps: Vec::new(),
+            lower: None,
         }
     }
 }
@@ -80,10 +86,17 @@ pub fn apply_layer(
     tar_split: Option<&mut (dyn Write + Send)>,
 ) -> Result<ApplyReport, ArchiveError> {
     let root = Root::open(root).map_err(|e| ArchiveError::io("open layer root", root, e))?;
+    let lower = match (&options.lower, options.target) {
+        (Some(lower), ApplyTarget::OverlayUpper) => {
+            Some(Root::open(lower).map_err(|e| ArchiveError::io("open the lower tree", lower, e))?)
+        }
+        _ => None,
+    };
+    let lower = lower.as_ref();
     let (tx, rx) = record::channel();
     std::thread::scope(|scope| {
         let recorder = scope.spawn(move || record::record(rx, tar_split));
-        let applied = apply_stream(&root, input, options, tx);
+        let applied = apply_stream(&root, lower, input, options, tx);
         let recorded = recorder
             .join()
             .expect("the recording thread does not panic");
@@ -110,6 +123,7 @@ pub fn apply_layer(
 /// returns the compression, the size applied and the member count.
 fn apply_stream(
     root: &Root,
+    lower: Option<&Root>,
     input: impl Read,
     options: &ApplyOptions,
     tx: std::sync::mpsc::SyncSender<Vec<record::Message>>,
@@ -117,7 +131,7 @@ fn apply_stream(
     let mut compressed = record::CompressedTap::new(input, tx.clone());
     let (compression, decompressed) = decompress(&mut compressed).map_err(ArchiveError::input)?;
     let tap = record::TarTap::new(decompressed, tx);
-    let mut state = Applier::new(root, options);
+    let mut state = Applier::new(root, lower, options);
     {
         let mut archive = tar::Archive::new(&tap);
         let entries = archive.entries().map_err(ArchiveError::input)?;
@@ -241,7 +255,13 @@ struct PendingDir {
 
 struct Applier<'a> {
     root: &'a Root,
+    lower: Option<&'a Root>,
     options: &'a ApplyOptions,
+    /// Directories this layer writes into, with their times before it did:
+    /// one without a member of its own keeps those times (the layer did not
+    /// say to change them), so the result does not depend on when it was
+    /// applied.
+    touched: HashMap<PathBuf, Timestamps>,
     /// The parent directory of the last member and its handle: consecutive
     /// members mostly share one. Dropped whenever anything is removed or a
     /// symlink made, since either can change what a path resolves to.
@@ -297,10 +317,12 @@ fn map_id(id: u32, maps: &[IdMap]) -> Option<u32> {
 }
 
 impl<'a> Applier<'a> {
-    fn new(root: &'a Root, options: &'a ApplyOptions) -> Self {
+    fn new(root: &'a Root, lower: Option<&'a Root>, options: &'a ApplyOptions) -> Self {
         Applier {
             root,
+            lower,
             options,
+            touched: HashMap::new(),
             parent_cache: None,
             made: HashSet::new(),
             dirs: Vec::new(),
@@ -390,19 +412,43 @@ impl<'a> Applier<'a> {
         {
             return Ok(dir.clone());
         }
-        let made = &mut self.made;
-        let fd = self
-            .root
-            .dir_creating(parent, |dir| {
-                made.insert(dir.to_path_buf());
-            })
-            .map_err(|e| ArchiveError::entry_io(shown, "open parent directory", e))?;
+        let fd = self.dir_creating(parent, shown, "open parent directory")?;
         let stat = rustix::fs::fstat(&fd)
             .map_err(|e| ArchiveError::entry_io(shown, "stat parent directory", e.into()))?;
+        self.touched
+            .entry(parent.to_path_buf())
+            .or_insert_with(|| times_of(&stat));
         let inherited_gid = (stat.st_mode & 0o2000 != 0).then_some(stat.st_gid);
         let dir = Rc::new(ParentDir { fd, inherited_gid });
         self.parent_cache = Some((parent.to_path_buf(), dir.clone()));
         Ok(dir)
+    }
+
+    /// Opens directory `rel`, making what is missing of it; in an overlay
+    /// upper, a directory made there takes the lower one's metadata.
+    fn dir_creating(
+        &mut self,
+        rel: &Path,
+        shown: &str,
+        operation: &'static str,
+    ) -> Result<OwnedFd, ArchiveError> {
+        let mut created = Vec::new();
+        let fd = self
+            .root
+            .dir_creating(rel, |dir| created.push(dir.to_path_buf()))
+            .map_err(|e| ArchiveError::entry_io(shown, operation, e))?;
+        for dir in created {
+            if let Some(lower) = self.lower {
+                let times = copy_dir_meta(lower, self.root, &dir).map_err(|e| {
+                    ArchiveError::entry_io(shown, "copy the lower directory's metadata", e)
+                })?;
+                if let Some(times) = times {
+                    self.touched.insert(dir.clone(), times);
+                }
+            }
+            self.made.insert(dir);
+        }
+        Ok(fd)
     }
 
     fn forget_parents(&mut self) {
@@ -931,13 +977,12 @@ impl<'a> Applier<'a> {
     }
 
     fn opaque(&mut self, dir: &Path, shown: &str) -> Result<(), ArchiveError> {
-        let made = &mut self.made;
-        let path_fd = self
-            .root
-            .dir_creating(dir, |d| {
-                made.insert(d.to_path_buf());
-            })
-            .map_err(|e| ArchiveError::entry_io(shown, "open opaque directory", e))?;
+        let path_fd = self.dir_creating(dir, shown, "open opaque directory")?;
+        let stat = rustix::fs::fstat(&path_fd)
+            .map_err(|e| ArchiveError::entry_io(shown, "stat opaque directory", e.into()))?;
+        self.touched
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| times_of(&stat));
         // The directory as resolved in the root (through in-root symlinks),
         // opened for reading and xattrs.
         let fd = rustix::fs::openat(
@@ -961,16 +1006,27 @@ impl<'a> Applier<'a> {
     /// is written into them.
     fn finish(&mut self) -> Result<(), ArchiveError> {
         let mut dirs = std::mem::take(&mut self.dirs);
+        let described: HashSet<&Path> = dirs.iter().map(|d| d.rel.as_path()).collect();
+        for (rel, times) in &self.touched {
+            if described.contains(rel.as_path()) {
+                continue;
+            }
+            let shown = rel.display().to_string();
+            match self.open_dir_rw(rel) {
+                Ok(fd) => rustix::fs::futimens(&fd, times)
+                    .map_err(|e| ArchiveError::entry_io(&shown, "restore times", e.into()))?,
+                // Deleted or replaced by a later member.
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(ArchiveError::entry_io(&shown, "open directory", e)),
+            }
+        }
         dirs.sort_by_key(|d| std::cmp::Reverse(d.rel.components().count()));
         for dir in dirs {
             let shown = dir.rel.display().to_string();
             let fd = match self.open_dir_rw(&dir.rel) {
                 Ok(fd) => fd,
                 // Replaced or deleted by a later member: nothing to finish.
-                Err(e) if matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOENT.raw_os_error() || code == rustix::io::Errno::NOTDIR.raw_os_error() || code == rustix::io::Errno::LOOP.raw_os_error()) =>
-                {
-                    continue;
-                }
+                Err(e) if gone(&e) => continue,
                 Err(e) => return Err(ArchiveError::entry_io(&shown, "open directory", e)),
             };
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir.mode))
@@ -980,6 +1036,74 @@ impl<'a> Applier<'a> {
         }
         Ok(())
     }
+}
+
+/// An open that failed because what was there is gone or is no longer a
+/// directory.
+fn gone(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(e.raw_os_error(), Some(code) if code == Errno::NOENT.raw_os_error() || code == Errno::NOTDIR.raw_os_error() || code == Errno::LOOP.raw_os_error())
+}
+
+fn times_of(stat: &rustix::fs::Stat) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: stat.st_atime,
+            tv_nsec: stat.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: stat.st_mtime,
+            tv_nsec: stat.st_mtime_nsec as _,
+        },
+    }
+}
+
+/// Gives the directory `rel` just made in `upper` the owner, mode and xattrs
+/// of the same directory in `lower` (overlay's own bookkeeping xattrs left
+/// out); returns the lower one's times, or `None` if `lower` has no
+/// directory there.
+fn copy_dir_meta(lower: &Root, upper: &Root, rel: &Path) -> io::Result<Option<Timestamps>> {
+    let lower_dir = match lower.dir(rel) {
+        Ok(fd) => fd,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let read = |fd: &OwnedFd| -> io::Result<OwnedFd> {
+        Ok(rustix::fs::openat(
+            fd,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    };
+    let from = read(&lower_dir)?;
+    let to = read(&upper.dir(rel)?)?;
+    let stat = rustix::fs::fstat(&from)?;
+    rustix::fs::fchown(
+        &to,
+        Some(Uid::from_raw(stat.st_uid)),
+        Some(Gid::from_raw(stat.st_gid)),
+    )?;
+    rustix::fs::fchmod(&to, Mode::from_raw_mode(stat.st_mode & 0o7777))?;
+    let mut names = vec![0u8; 4096];
+    let len = match rustix::fs::flistxattr(&from, &mut names) {
+        Ok(len) => len,
+        Err(rustix::io::Errno::RANGE) => {
+            names = vec![0u8; 65536];
+            rustix::fs::flistxattr(&from, &mut names)?
+        }
+        Err(rustix::io::Errno::NOTSUP) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    let mut value = vec![0u8; 65536];
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if name.starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        let n = rustix::fs::fgetxattr(&from, name, &mut value)?;
+        rustix::fs::fsetxattr(&to, name, &value[..n], XattrFlags::empty())?;
+    }
+    Ok(Some(times_of(&stat)))
 }
 
 /// Removes from the directory `fd` (at `rel`) everything this layer did not

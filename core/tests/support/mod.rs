@@ -120,3 +120,4 @@ impl RawTar {
         std::mem::take(&mut self.bytes)
     }
 }
+pub mod layout;

@@ -1,0 +1,148 @@
+//! Two processes importing different images (sharing their first layer)
+//! into one store at the same time: both succeed and both images are whole.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use strata_testkit::plugins::build_plugin;
+use support::RawTar;
+use support::layout::{Layer, write_image};
+
+fn tar_of_many(prefix: &str, files: usize, size: usize) -> Vec<u8> {
+    let mut tar = RawTar::new();
+    tar.dir(&format!("{prefix}/"));
+    for i in 0..files {
+        let data: Vec<u8> = (0..size).map(|b| ((b * 31 + i) % 251) as u8).collect();
+        tar.file(&format!("{prefix}/file-{i:05}"), &data);
+    }
+    tar.finish()
+}
+
+fn strata(graph: &Path, driver: &str, args: &[&str]) -> Command {
+    let drivers = build_plugin(&format!("strata-driver-{driver}"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    command
+        .env("STRATA_DRIVER_PATH", drivers.parent().unwrap())
+        .env_remove("STRATA_CONFIG")
+        .args(["--root", graph.join("graph").to_str().unwrap()])
+        .args(["--run-root", graph.join("run").to_str().unwrap()])
+        .args(["--driver", driver, "--json"])
+        .args(args);
+    command
+}
+
+fn two_imports_at_once(driver: &str) {
+    let scratch = tempfile::Builder::new()
+        .prefix("strata-concurrent-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let scratch = scratch.path();
+    let base = tar_of_many("base", 3000, 4096);
+    for (name, salt) in [("one", "1"), ("two", "2")] {
+        let layers: Vec<Layer> = std::iter::once(Layer::gzip(&base))
+            .chain((0..3).map(|i| Layer::gzip(&tar_of_many(&format!("{name}-{i}"), 400, 4096))))
+            .collect();
+        write_image(&scratch.join(name), name, &layers, salt);
+    }
+    let children: Vec<_> = ["one", "two"]
+        .iter()
+        .map(|name| {
+            let location = format!("{}:{name}", scratch.join(name).display());
+            strata(scratch, driver, &["image", "import", &location])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut created_base = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "an import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let created = report["created_layers"].as_array().unwrap().len();
+        let reused = report["reused_layers"].as_array().unwrap().len();
+        assert_eq!(created + reused, 4, "{report}");
+        created_base += created - 3;
+    }
+    assert_eq!(created_base, 1, "exactly one import made the shared layer");
+
+    let list = strata(scratch, driver, &["image", "list"])
+        .output()
+        .unwrap();
+    let images: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(images.as_array().unwrap().len(), 2, "{images}");
+    for name in ["one", "two"] {
+        let out = strata(
+            scratch,
+            driver,
+            &["container", "create", name, "--name", name],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = strata(scratch, driver, &["container", "mount", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mounted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let root = Path::new(mounted["path"].as_str().unwrap());
+        let count = |dir: &str| std::fs::read_dir(root.join(dir)).unwrap().count();
+        assert_eq!(count("base"), 3000);
+        for i in 0..3 {
+            assert_eq!(count(&format!("{name}-{i}")), 400);
+        }
+        let expected: Vec<u8> = (0..4096).map(|b| ((b * 31 + 2999) % 251) as u8).collect();
+        assert_eq!(
+            std::fs::read(root.join("base/file-02999")).unwrap(),
+            expected
+        );
+        let out = strata(scratch, driver, &["container", "delete", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for name in ["one", "two"] {
+        let out = strata(scratch, driver, &["image", "delete", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = strata(scratch, driver, &["layer", "list"])
+        .output()
+        .unwrap();
+    let layers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(layers, serde_json::json!([]));
+}
+
+#[test]
+fn two_processes_import_into_one_store_on_vfs() {
+    two_imports_at_once("vfs");
+}
+
+#[test]
+fn two_processes_import_into_one_store_on_overlay() {
+    two_imports_at_once("overlay");
+}
