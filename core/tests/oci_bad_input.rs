@@ -9,7 +9,6 @@ use std::path::Path;
 
 use strata_core::oci::{ImageLocation, NoProgress, import_image};
 use strata_core::store::Store;
-use strata_plugin_abi::GraphDriver;
 use strata_testkit::plugins::start_driver;
 use support::RawTar;
 use support::layout::{Layer, blob_path, digest, gzip, write_image};
