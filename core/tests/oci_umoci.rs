@@ -10,7 +10,6 @@ use std::process::Command;
 use strata_conformance::tree::{Compare, build_every_kind, compare_trees_with};
 use strata_core::oci::{ImageLocation, NoProgress, export_image, import_image};
 use strata_core::store::Store;
-use strata_plugin_abi::GraphDriver;
 use strata_testkit::plugins::start_driver;
 
 fn tool_missing(tool: &str) -> bool {
