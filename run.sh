@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The main job, end to end: build strata and its drivers, let strata choose
-# the driver that works here, make a stack of three layers, write into the
-# top one, mount it and show its path.
-# The store lives in $STRATA_DEMO_ROOT (default /var/tmp/strata-demo), made afresh.
+# The main job, end to end: make a real OCI image (a Debian bookworm root
+# filesystem from debootstrap, plus an app layer, both written by umoci),
+# import it into a store with the driver strata chooses here, create a
+# container on it, mount the container and print its path.
+# The store lives in $STRATA_DEMO_ROOT (default /var/tmp/strata-demo), made
+# afresh; the Debian tree is made once and kept in target/bench-fixtures.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install-deps.sh
 cargo build --release --quiet -p strata-core -p strata-driver-vfs -p strata-driver-overlay
-strata=target/release/strata
+strata=$PWD/target/release/strata
 root=${STRATA_DEMO_ROOT:-/var/tmp/strata-demo}
 export STRATA_ROOT="$root/graph" STRATA_RUN_ROOT="$root/run"
 if [ -d "$root" ]; then
-    for id in container app base; do "$strata" layer delete "$id" 2>/dev/null || true; done
+    "$strata" container delete demo >/dev/null 2>&1 || true
+    "$strata" image delete debian-app >/dev/null 2>&1 || true
     rm -rf "$root"
 fi
+mkdir -p "$root"
 
 echo "== drivers found"
 "$strata" drivers
@@ -21,24 +25,46 @@ echo
 echo "== the driver strata chooses for this graph root, and why"
 "$strata" status
 echo
-echo "== a stack of layers: base <- app <- container"
-# Image layers come from layer tars (made here with GNU tar) and stay
-# read-only; the container's layer on top is read-write.
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/base/etc" "$work/app/srv"
-echo "strata demo base" > "$work/base/etc/motd"
+
+fixtures=target/bench-fixtures
+rootfs_tar=$fixtures/debian-bookworm-minbase.tar
+if [ ! -f "$rootfs_tar" ]; then
+    echo "== making a Debian bookworm root filesystem with debootstrap (once)"
+    mkdir -p "$fixtures"
+    tree=$(mktemp -d "$fixtures/debootstrap.XXXXXX")
+    debootstrap --variant=minbase bookworm "$tree/rootfs" http://deb.debian.org/debian >/dev/null
+    tar --numeric-owner --xattrs --xattrs-include='*' -C "$tree/rootfs" -cf "$rootfs_tar.partial" .
+    mv "$rootfs_tar.partial" "$rootfs_tar"
+    rm -rf "$tree"
+fi
+
+echo "== an OCI image made by umoci: the Debian tree, then an app layer"
+work="$root/work"
+mkdir -p "$work/rootfs" "$work/app/srv"
+tar --numeric-owner --xattrs --xattrs-include='*' -xpf "$rootfs_tar" -C "$work/rootfs"
 echo "hello from the app layer" > "$work/app/srv/index.html"
-tar --numeric-owner -C "$work/base" -czf "$work/base.tar.gz" .
-tar --numeric-owner -C "$work/app" -cf "$work/app.tar" .
-"$strata" layer create --read-only --diff "$work/base.tar.gz" base
-"$strata" layer create --read-only --parent base --diff "$work/app.tar" app
-"$strata" layer create --parent app container
-top=$("$strata" layer mount container)
-echo "written in the container layer at $(date -u +%FT%TZ)" > "$top/srv/visit.log"
+umoci init --layout "$root/oci"
+umoci new --image "$root/oci:debian"
+umoci insert --image "$root/oci:debian" "$work/rootfs" /
+umoci insert --image "$root/oci:debian" --tag app "$work/app/srv" /srv
+rm -rf "$work"
+du -sh "$root/oci"
 echo
-echo "== layers"
-"$strata" layer list
+
+echo "== import, create a container, mount it"
+start=$(date +%s.%N)
+image=$("$strata" image import "$root/oci:app" --name debian-app)
+container=$("$strata" container create debian-app --name demo)
+top=$("$strata" container mount demo)
+end=$(date +%s.%N)
+echo "image $image"
+echo "container $container"
+awk -v s="$start" -v e="$end" 'BEGIN { printf "import + container create + mount: %.2f s\n", e - s }'
+echo "written in the container at $(date -u +%FT%TZ)" > "$top/srv/visit.log"
 echo
-echo "== the container layer is mounted at: $top"
-find "$top" -type f -printf '%M %u %p\n' | sort
+echo "== images"
+"$strata" image list
+echo
+echo "== the container is mounted at: $top"
+cat "$top/etc/debian_version" "$top/srv/index.html" "$top/srv/visit.log"
+echo "$top"

@@ -328,7 +328,12 @@ impl LayerStore {
                 driver_made = true;
                 match diff {
                     Some(diff) => {
-                        let applied = self.apply_into(driver, id, diff)?;
+                        // A digest to check catches any cut in the stream.
+                        let verified = new
+                            .expect
+                            .as_ref()
+                            .is_some_and(|e| e.uncompressed_digest.is_some());
+                        let applied = self.apply_into(driver, id, diff, verified)?;
                         if let Some(expect) = &new.expect {
                             expect.check(id, &applied)?;
                         }
@@ -427,7 +432,7 @@ impl LayerStore {
             ))
             .into());
         }
-        let applied = self.apply_into(driver, id, diff)?;
+        let applied = self.apply_into(driver, id, diff, false)?;
         let _lock = self.lock()?;
         let mut records = self.load()?;
         let record = records
@@ -444,6 +449,7 @@ impl LayerStore {
         driver: &dyn GraphDriver,
         id: &str,
         diff: &mut dyn Read,
+        verified: bool,
     ) -> Result<DiffRecord> {
         let files = LayerFiles::open(driver, &self.counts, id)?;
         // Into a native diff, directories written into take their metadata
@@ -461,7 +467,7 @@ impl LayerStore {
             _ => None,
         };
         let lower = parent.as_ref().map(|(_, path)| path.as_path());
-        let result = self.apply_at(files.path(), files.target(), lower, id, diff);
+        let result = self.apply_at(files.path(), files.target(), lower, verified, id, diff);
         if let Some((parent, _)) = &parent
             && let Err(e) = unmount_counted(driver, &self.counts, parent)
         {
@@ -478,6 +484,7 @@ impl LayerStore {
         root: &Path,
         target: ApplyTarget,
         lower: Option<&Path>,
+        verified: bool,
         id: &str,
         diff: &mut dyn Read,
     ) -> Result<DiffRecord> {
@@ -492,6 +499,7 @@ impl LayerStore {
             &ApplyOptions {
                 target,
                 lower: lower.map(Path::to_path_buf),
+                require_end_of_archive: !verified,
                 ..Default::default()
             },
             Some(&mut gz),

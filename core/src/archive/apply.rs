@@ -41,6 +41,11 @@ pub struct ApplyOptions {
     /// of its own is made in the upper as a copy of the lower one's owner,
     /// mode, xattrs and times, as overlay's own copy-up would.
     pub lower: Option<PathBuf>,
+    /// Refuse a stream that stops after a whole member without the two
+    /// end-of-archive blocks (it may have been cut short). Some writers omit
+    /// them (umoci's `insert` does), so a caller that checks the stream's
+    /// digest afterwards, which catches any cut, can accept such streams.
+    pub require_end_of_archive: bool,
 }
 
 impl Default for ApplyOptions {
@@ -50,6 +55,7 @@ impl Default for ApplyOptions {
             uid_maps: Vec::new(),
             gid_maps: Vec::new(),
             lower: None,
+            require_end_of_archive: true,
         }
     }
 }
@@ -130,8 +136,13 @@ fn apply_stream(
 ) -> Result<(Compression, u64, u64), ArchiveError> {
     let mut compressed = record::CompressedTap::new(input, tx.clone());
     let (compression, decompressed) = decompress(&mut compressed).map_err(ArchiveError::input)?;
-    let tap = record::TarTap::new(decompressed, tx);
+    let mut tap = record::TarTap::new(decompressed, tx);
+    if !options.require_end_of_archive {
+        tap = tap.complete_at_eof();
+    }
     let mut state = Applier::new(root, lower, options);
+    // Where the last member's data ends, and its name.
+    let mut last_member: Option<(u64, String)> = None;
     {
         let mut archive = tar::Archive::new(&tap);
         let entries = archive.entries().map_err(ArchiveError::input)?;
@@ -139,19 +150,31 @@ fn apply_stream(
             let mut entry = entry.map_err(|e| ArchiveError::input(not_a_tar(e, state.entries)))?;
             tap.member_start().map_err(ArchiveError::record)?;
             let name = entry.path_bytes().into_owned();
+            let data_end = entry.raw_file_position() + entry.header().entry_size().unwrap_or(0);
+            last_member = Some((data_end, String::from_utf8_lossy(&name).into_owned()));
             state.apply_entry(&mut entry, &tap, &name)?;
             tap.member_end(&name).map_err(ArchiveError::record)?;
         }
     }
     // A tar ends with zero blocks; a stream that simply stops was cut short
     // (at a member boundary, where the tar reader alone cannot tell).
-    if !tap.saw_end_of_archive() {
+    if !tap.saw_end_of_archive() && options.require_end_of_archive {
         return Err(ArchiveError::input(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!(
                 "the stream ends after {} members without the end-of-archive blocks: truncated",
                 state.entries
             ),
+        )));
+    }
+    // A stream completed at its end must have held all of its last member's
+    // data: only the padding and the end-of-archive blocks may be missing.
+    if let (Some(end), Some((data_end, name))) = (tap.completed_at(), &last_member)
+        && end < *data_end
+    {
+        return Err(ArchiveError::input(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the stream ends inside the data of {name:?}: truncated"),
         )));
     }
     // What follows the end-of-archive blocks (record padding) is part of the

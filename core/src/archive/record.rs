@@ -171,6 +171,15 @@ pub struct TarTap<R> {
     /// Zero bytes at the end of what was read outside file data: at least a
     /// block of them means the end-of-archive marker was seen.
     trailing_zeros: Cell<u64>,
+    /// Bytes of the real stream read so far.
+    position: Cell<u64>,
+    /// When set, a stream that ends without its end-of-archive marker (or
+    /// without the padding of its last member) is completed with zeros for
+    /// the tar reader; the zeros are neither recorded nor digested.
+    complete_at_eof: bool,
+    /// Where the real stream ended, if it had to be completed.
+    completed_at: Cell<Option<u64>>,
+    filler: Cell<u64>,
 }
 
 fn gone() -> io::Error {
@@ -184,7 +193,24 @@ impl<R: Read> TarTap<R> {
             out: Batcher::new(tx),
             payload: Cell::new(false),
             trailing_zeros: Cell::new(0),
+            position: Cell::new(0),
+            complete_at_eof: false,
+            completed_at: Cell::new(None),
+            filler: Cell::new(0),
         }
+    }
+
+    /// Completes a stream that stops short of its end-of-archive marker; see
+    /// [`completed_at`](Self::completed_at).
+    pub fn complete_at_eof(mut self) -> Self {
+        self.complete_at_eof = true;
+        self
+    }
+
+    /// Where the real stream ended, when it ended without its end-of-archive
+    /// marker and was completed.
+    pub fn completed_at(&self) -> Option<u64> {
+        self.completed_at.get()
     }
 
     pub fn member_start(&self) -> io::Result<()> {
@@ -219,8 +245,20 @@ impl<R: Read> Read for &TarTap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.borrow_mut().read(buf)?;
         if n == 0 {
-            return Ok(0);
+            if self.complete_at_eof
+                && !self.saw_end_of_archive()
+                && self.completed_at.get().is_none()
+            {
+                let at = self.position.get();
+                self.completed_at.set(Some(at));
+                self.filler.set((512 - at % 512) % 512 + 1024);
+            }
+            let fill = (self.filler.get() as usize).min(buf.len());
+            buf[..fill].fill(0);
+            self.filler.set(self.filler.get() - fill as u64);
+            return Ok(fill);
         }
+        self.position.set(self.position.get() + n as u64);
         let bytes = &buf[..n];
         let payload = self.payload.get();
         if !payload {
