@@ -723,18 +723,31 @@ impl LayerStore {
         if record.as_ref().is_some_and(|r| r.diff.is_some()) && split_path.exists() {
             let files = LayerFiles::open(driver, &self.counts, id)?;
             let root = files.path().to_path_buf();
-            // Rebuild into memory-bounded temp storage first: a file changed
-            // since apply is found only part way, and `out` must not get half a
-            // stream before the fallback.
+            let rebuild = |out: &mut dyn Write| {
+                fs::File::open(&split_path).and_then(|f| {
+                    archive::tarsplit::reassemble(
+                        BufReader::with_capacity(1 << 20, flate2::read::GzDecoder::new(f)),
+                        &root,
+                        out,
+                    )
+                })
+            };
+            // A read-only layer's files cannot have changed since apply: its
+            // stream goes straight out, and a failure part way is an error
+            // (corruption), not a reason to fall back.
+            if record.as_ref().is_some_and(|r| r.read_only) {
+                let rebuilt = rebuild(out);
+                let _ = files.close();
+                return rebuilt.map(|_| DiffSource::Original).map_err(|e| {
+                    CoreError::io("rebuild the original diff of", PathBuf::from(id), e)
+                });
+            }
+            // A writable layer's files may have changed, which is found only
+            // part way: rebuild into a temporary file first, so `out` gets a
+            // whole stream or, failing that, the generated diff.
             let mut staged = tempfile::tempfile_in(&self.dir)
                 .map_err(|e| CoreError::io("create a temporary file in", &self.dir, e))?;
-            let rebuilt = fs::File::open(&split_path).and_then(|f| {
-                archive::tarsplit::reassemble(
-                    BufReader::new(flate2::read::GzDecoder::new(f)),
-                    &root,
-                    &mut staged,
-                )
-            });
+            let rebuilt = rebuild(&mut staged);
             let _ = files.close();
             match rebuilt {
                 Ok(_) => {

@@ -128,8 +128,10 @@ struct Record {
 /// JSON lines) and the files under `root`, writing it to `out`. Every file's
 /// data is checked against its recorded CRC, so a file changed since the
 /// layer was applied is an error, not a silently different stream.
-pub fn reassemble(record: impl BufRead, root: &Path, mut out: impl Write) -> io::Result<u64> {
+pub fn reassemble(record: impl BufRead, root: &Path, out: impl Write) -> io::Result<u64> {
     let root = Root::open(root)?;
+    // Headers come 512 bytes at a time: gather them into large writes.
+    let mut out = io::BufWriter::with_capacity(1 << 20, out);
     let mut written = 0u64;
     let mut buf = vec![0u8; 128 * 1024];
     for (line_no, line) in record.lines().enumerate() {
@@ -202,6 +204,7 @@ pub fn reassemble(record: impl BufRead, root: &Path, mut out: impl Write) -> io:
             other => return Err(bad(format!("unknown record type {other}"))),
         }
     }
+    out.flush()?;
     Ok(written)
 }
 
