@@ -183,14 +183,20 @@ impl LayerStore {
             .filter(|r| r.incomplete)
             .map(|r| r.id.clone())
             .collect();
+        let mut removed = false;
         for id in interrupted {
             // A maker still at work holds the layer's making lock.
             let Some(_making) = store.try_making_lock(&id)? else {
                 continue;
             };
             store.remove_interrupted(driver, &mut records, &id)?;
+            removed = true;
         }
-        store.save(&records)?;
+        // Written only when something changed: an open is on every command's
+        // path, and an atomic write costs an fsync.
+        if removed {
+            store.save(&records)?;
+        }
         Ok(store)
     }
 

@@ -224,6 +224,48 @@ impl Store {
         Ok((image, deleted))
     }
 
+    /// Deletes layer `id`, refused while an image or container stands on it
+    /// (delete those instead) or another layer has it as parent.
+    pub fn delete_layer(&self, id: &str) -> Result<()> {
+        let _exclusive = self.hold_layers_exclusively()?;
+        let parents = self.layer_parents()?;
+        let stands_on = |top: &str| {
+            let mut cursor = Some(top.to_string());
+            while let Some(layer) = cursor {
+                if layer == id {
+                    return true;
+                }
+                cursor = parents.get(&layer).cloned().flatten();
+            }
+            false
+        };
+        let mut users: Vec<String> = Vec::new();
+        for image in self.images.list()? {
+            if image.top_layer.as_deref().is_some_and(stands_on) {
+                users.push(format!(
+                    "image {}",
+                    image.names.first().unwrap_or(&image.id)
+                ));
+            }
+        }
+        for container in self.containers.list()? {
+            if stands_on(&container.layer) {
+                users.push(format!(
+                    "container {}",
+                    container.names.first().unwrap_or(&container.id)
+                ));
+            }
+        }
+        if !users.is_empty() {
+            return Err(strata_plugin_abi::DriverError::busy(format!(
+                "delete layer {id}: used by {}",
+                users.join(", ")
+            ))
+            .into());
+        }
+        self.layers.delete(self.driver(), id)
+    }
+
     /// Makes a container on image `image_ref`: a read-write layer on the
     /// image's top layer.
     pub fn create_container(

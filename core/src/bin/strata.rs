@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use strata_core::archive::ChangeKind;
-use strata_core::layers::{DiffRecord, LayerStore};
+use strata_core::layers::DiffRecord;
 use strata_core::oci::{ImageLocation, ImportProgress, NoProgress};
 use strata_core::store::Store;
 use strata_core::{Config, CoreError, Overrides, open_driver, survey};
@@ -330,9 +330,9 @@ fn key_values_json(values: &KeyValues) -> serde_json::Value {
 }
 
 fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode, CoreError> {
-    let selected = open_driver(config)?;
-    let driver = &selected.driver;
-    let store = LayerStore::open(&config.graphroot, &config.runroot, driver)?;
+    let full = Store::open(config)?;
+    let driver = full.driver();
+    let store = &full.layers;
     match command {
         LayerCommand::Create(args) => {
             let options = CreateOptions {
@@ -458,7 +458,7 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
         }
         LayerCommand::Delete { id } => {
             let id = store.resolve(driver, id)?;
-            store.delete(driver, &id)?
+            full.delete_layer(&id)?
         }
         LayerCommand::List => {
             let mut ids = driver.list()?;
