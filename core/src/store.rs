@@ -31,6 +31,23 @@ pub struct Store {
     pub containers: ContainerStore,
 }
 
+/// The flag an import puts on the layers it makes: its ticket's name.
+pub const IMPORT_FLAG: &str = "strata.import";
+
+/// An import in progress (see [`Store::import_ticket`]); the ticket file is
+/// removed when it is dropped, however the import ended.
+pub(crate) struct ImportTicket {
+    pub(crate) name: String,
+    path: PathBuf,
+    _lock: FileLock,
+}
+
+impl Drop for ImportTicket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// A hold on the graph root's `layers-in-use` lock.
 pub struct LayersInUse(#[allow(dead_code)] FileLock);
 
@@ -52,13 +69,102 @@ impl Store {
         driver: Box<dyn GraphDriver>,
     ) -> Result<Store> {
         let name = driver.name();
-        Ok(Store {
+        let store = Store {
             layers: LayerStore::open(graphroot, runroot, driver.as_ref())?,
             images: ImageStore::open(graphroot, &name)?,
             containers: ContainerStore::open(graphroot, &name)?,
             graphroot: graphroot.to_path_buf(),
             driver,
+        };
+        store.collect_abandoned_imports()?;
+        Ok(store)
+    }
+
+    fn tickets_dir(&self) -> PathBuf {
+        self.graphroot
+            .join(format!("{}-imports", self.driver.name()))
+    }
+
+    /// Starts an import: a ticket (a locked file) its layers are flagged
+    /// with, so that if the importing process dies, the layers it made for an
+    /// image it never recorded are found and removed.
+    pub(crate) fn import_ticket(&self) -> Result<ImportTicket> {
+        let dir = self.tickets_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("create", &dir, e))?;
+        let name = random_id()?;
+        // Locked under a temporary name and renamed into place, so nobody
+        // ever sees the ticket unlocked while its import lives.
+        let temp = dir.join(format!(".{name}"));
+        let lock = FileLock::exclusive(&temp).map_err(|e| CoreError::io("lock", &temp, e))?;
+        let path = dir.join(&name);
+        std::fs::rename(&temp, &path).map_err(|e| CoreError::io("create", &path, e))?;
+        Ok(ImportTicket {
+            name,
+            path,
+            _lock: lock,
         })
+    }
+
+    /// Removes the layers of imports whose process died before recording
+    /// their image (unless something has come to use them). Skipped, to be
+    /// done at a later open, while another process builds on layers.
+    fn collect_abandoned_imports(&self) -> Result<()> {
+        let dir = self.tickets_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let mut dead = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // A ticket being made, or one whose maker died before the
+                // rename: it flags no layer.
+                if FileLock::try_exclusive(&path).ok().flatten().is_some() {
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
+            }
+            if let Ok(Some(lock)) = FileLock::try_exclusive(&path) {
+                dead.push((name, path, lock));
+            }
+        }
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let path = self.in_use_path();
+        let Some(_exclusive) =
+            FileLock::try_exclusive(&path).map_err(|e| CoreError::io("lock", &path, e))?
+        else {
+            return Ok(());
+        };
+        for (name, path, _lock) in dead {
+            let mut made: Vec<LayerRecord> = self
+                .layers
+                .list()?
+                .into_iter()
+                .filter(|l| {
+                    l.flags.get(IMPORT_FLAG).and_then(|v| v.as_str()) == Some(name.as_str())
+                })
+                .collect();
+            // Children before parents.
+            made.sort_by_key(|l| std::cmp::Reverse(self.depth(l)));
+            let ids: Vec<String> = made.into_iter().map(|l| l.id).collect();
+            let deleted = self.release_layers(&ids)?;
+            tracing::warn!(ticket = %name, layers = ?deleted, "removed the layers of an import whose process died");
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(())
+    }
+
+    fn depth(&self, layer: &LayerRecord) -> usize {
+        let mut depth = 0;
+        let mut cursor = layer.parent.clone();
+        while let Some(id) = cursor {
+            depth += 1;
+            cursor = self.layers.get(&id).ok().flatten().and_then(|r| r.parent);
+        }
+        depth
     }
 
     pub fn driver(&self) -> &dyn GraphDriver {

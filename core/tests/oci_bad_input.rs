@@ -394,7 +394,10 @@ fn compressions_layers_reuse_and_image_delete() {
     assert_eq!(heads, [gzip.image.id.as_str()]);
     // A layer an image stands on is not deleted by itself.
     let err = store.delete_layer(&layers[0].id).unwrap_err().to_string();
-    assert!(err.contains("used by image") && err.contains("plain"), "{err}");
+    assert!(
+        err.contains("used by image") && err.contains("plain"),
+        "{err}"
+    );
     // Deleting the middle image frees nothing the others use.
     let (_, deleted) = store.delete_image("zstd").unwrap();
     assert!(deleted.is_empty(), "{deleted:?}");

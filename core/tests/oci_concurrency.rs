@@ -146,3 +146,79 @@ fn two_processes_import_into_one_store_on_vfs() {
 fn two_processes_import_into_one_store_on_overlay() {
     two_imports_at_once("overlay");
 }
+
+/// An import killed part way (some layers made, one being made, no image
+/// recorded) leaves nothing once the store is next opened.
+#[test]
+fn an_import_killed_part_way_leaves_nothing() {
+    let scratch = tempfile::Builder::new()
+        .prefix("strata-killed-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let scratch = scratch.path();
+    let layers: Vec<Layer> = (0..4)
+        .map(|i| Layer::gzip(&tar_of_many(&format!("part-{i}"), 3000, 4096)))
+        .collect();
+    write_image(&scratch.join("layout"), "big", &layers, "killed");
+    let location = format!("{}:big", scratch.join("layout").display());
+    let mut child = strata(scratch, "vfs", &["image", "import", &location])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until at least one layer is complete, then kill the import.
+    let records = scratch.join("graph/vfs-layers/layers.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let complete = std::fs::read(&records)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|v| {
+                v["layers"]
+                    .as_object()
+                    .map(|m| m.values().filter(|l| l.get("incomplete").is_none()).count())
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        if complete >= 1 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import ended before it could be killed"
+        );
+        assert!(std::time::Instant::now() < deadline, "no layer was made");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = strata(scratch, "vfs", &["layer", "list"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!([]),
+        "layers left by the killed import"
+    );
+    let out = strata(scratch, "vfs", &["image", "list"]).output().unwrap();
+    let images: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(images, serde_json::json!([]));
+    let leftovers: Vec<_> = std::fs::read_dir(scratch.join("graph/vfs-imports"))
+        .unwrap()
+        .collect();
+    assert!(leftovers.is_empty(), "tickets left: {leftovers:?}");
+    // The same image imports whole afterwards.
+    let out = strata(scratch, "vfs", &["image", "import", &location])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

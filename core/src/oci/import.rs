@@ -119,6 +119,7 @@ pub fn import_image(
         });
     }
 
+    let ticket = store.import_ticket()?;
     let chain = chain_ids(diff_ids);
     let count = manifest.layers.len();
     let mut created = Vec::new();
@@ -139,6 +140,11 @@ pub fn import_image(
                 compressed_size: Some(blob.size),
                 uncompressed_digest: Some(diff_id.clone()),
             }),
+            flags: [(
+                crate::store::IMPORT_FLAG.to_string(),
+                serde_json::Value::String(ticket.name.clone()),
+            )]
+            .into(),
             ..Default::default()
         };
         progress.layer_started(index, count, &blob.digest, blob.size);
@@ -197,6 +203,7 @@ pub fn import_image(
             return Err(e);
         }
     };
+    drop(ticket);
     drop(hold);
     tracing::info!(image = %image.id, created = created.len(), reused = reused.len(), "image imported");
     Ok(ImportReport {
