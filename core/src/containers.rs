@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
-use crate::records::{Lookup, RecordFile, lookup, take_names};
+use crate::records::{RecordFile, found, lookup, take_names};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -83,19 +83,7 @@ impl ContainerStore {
         let entries = containers
             .iter()
             .map(|r| (r.id.as_str(), r.names.as_slice()));
-        match lookup(entries, reference) {
-            Lookup::Found(id) => Ok(id),
-            Lookup::Missing => Err(strata_plugin_abi::DriverError::not_found(format!(
-                "no container has the id, name or id prefix '{reference}'"
-            ))
-            .into()),
-            Lookup::Ambiguous(many) => Err(strata_plugin_abi::DriverError::invalid_input(format!(
-                "'{reference}' is a prefix of {} containers ({}); give more of the id",
-                many.len(),
-                many.join(", ")
-            ))
-            .into()),
-        }
+        found("container", reference, lookup(entries, reference))
     }
 
     pub fn delete(&self, id: &str) -> Result<ContainerRecord> {

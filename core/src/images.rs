@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::Sha256Digest;
 use crate::error::{CoreError, Result};
-use crate::records::{Lookup, RecordFile, lookup, now, take_names};
+use crate::records::{Lookup, RecordFile, found, lookup, now, take_names};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -183,23 +183,11 @@ impl ImageStore {
     pub fn resolve(&self, reference: &str) -> Result<String> {
         let images = self.list()?;
         let entries = images.iter().map(|r| (r.id.as_str(), r.names.as_slice()));
-        let by_name = lookup(entries.clone(), reference);
-        let found = match by_name {
+        let by_id = match lookup(entries.clone(), reference) {
             Lookup::Missing => lookup(entries, strip_algorithm(reference)),
             other => other,
         };
-        match found {
-            Lookup::Found(id) => Ok(id),
-            Lookup::Missing => Err(not_found(format!(
-                "no image has the id, name or id prefix '{reference}'"
-            ))),
-            Lookup::Ambiguous(many) => Err(strata_plugin_abi::DriverError::invalid_input(format!(
-                "'{reference}' is a prefix of {} images ({}); give more of the id",
-                many.len(),
-                many.join(", ")
-            ))
-            .into()),
-        }
+        found("image", reference, by_id)
     }
 
     /// Adds `names` to image `id`, taking them from any image that had them.

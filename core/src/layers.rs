@@ -25,7 +25,7 @@ use crate::archive::{self, ApplyOptions, ApplyTarget, Change};
 use crate::error::{CoreError, Result};
 use crate::fsutil::FileLock;
 use crate::mounts::MountCounts;
-use crate::records::{Lookup, RecordFile, lookup, now, take_names};
+use crate::records::{Lookup, RecordFile, found, lookup, now, take_names};
 
 /// What strata knows of a layer beyond the driver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -550,20 +550,10 @@ impl LayerStore {
             .values()
             .map(|r| (r.id.as_str(), r.names.as_slice()));
         match lookup(entries, reference) {
-            Lookup::Found(id) => Ok(id),
             Lookup::Missing if !reference.is_empty() && driver.exists(reference)? => {
                 Ok(reference.to_string())
             }
-            Lookup::Missing => Err(strata_plugin_abi::DriverError::not_found(format!(
-                "no layer has the id, name or id prefix '{reference}'"
-            ))
-            .into()),
-            Lookup::Ambiguous(many) => Err(strata_plugin_abi::DriverError::invalid_input(format!(
-                "'{reference}' is a prefix of {} layers ({}); give more of the id",
-                many.len(),
-                many.join(", ")
-            ))
-            .into()),
+            other => found("layer", reference, other),
         }
     }
 

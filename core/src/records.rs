@@ -99,6 +99,24 @@ pub(crate) fn lookup<'a>(
     }
 }
 
+/// The id a lookup found, or the error that says why there is none: `kind`
+/// is what is looked up ("layer", "image", "container").
+pub(crate) fn found(kind: &str, reference: &str, lookup: Lookup) -> Result<String> {
+    match lookup {
+        Lookup::Found(id) => Ok(id),
+        Lookup::Missing => Err(strata_plugin_abi::DriverError::not_found(format!(
+            "no {kind} has the id, name or id prefix '{reference}'"
+        ))
+        .into()),
+        Lookup::Ambiguous(many) => Err(strata_plugin_abi::DriverError::invalid_input(format!(
+            "'{reference}' is a prefix of {} {kind}s ({}); give more of the id",
+            many.len(),
+            many.join(", ")
+        ))
+        .into()),
+    }
+}
+
 /// Takes `names` away from every other entry (names are unique in a store).
 pub(crate) fn take_names<'a>(others: impl Iterator<Item = &'a mut Vec<String>>, names: &[String]) {
     for existing in others {

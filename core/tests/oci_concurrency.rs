@@ -73,33 +73,15 @@ fn two_imports_at_once(driver: &str) {
     }
     assert_eq!(created_base, 1, "exactly one import made the shared layer");
 
-    let list = strata(scratch, driver, &["image", "list"])
-        .output()
-        .unwrap();
-    let images: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let images = succeed(&mut strata(scratch, driver, &["image", "list"]));
     assert_eq!(images.as_array().unwrap().len(), 2, "{images}");
     for name in ["one", "two"] {
-        let out = strata(
+        succeed(&mut strata(
             scratch,
             driver,
             &["container", "create", name, "--name", name],
-        )
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = strata(scratch, driver, &["container", "mount", name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mounted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ));
+        let mounted = succeed(&mut strata(scratch, driver, &["container", "mount", name]));
         let root = Path::new(mounted["path"].as_str().unwrap());
         let count = |dir: &str| std::fs::read_dir(root.join(dir)).unwrap().count();
         assert_eq!(count("base"), 3000);
@@ -111,30 +93,28 @@ fn two_imports_at_once(driver: &str) {
             std::fs::read(root.join("base/file-02999")).unwrap(),
             expected
         );
-        let out = strata(scratch, driver, &["container", "delete", name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeed(&mut strata(scratch, driver, &["container", "delete", name]));
     }
     for name in ["one", "two"] {
-        let out = strata(scratch, driver, &["image", "delete", name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeed(&mut strata(scratch, driver, &["image", "delete", name]));
     }
-    let out = strata(scratch, driver, &["layer", "list"])
-        .output()
-        .unwrap();
-    let layers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = succeed(&mut strata(scratch, driver, &["layer", "list"]));
     assert_eq!(layers, serde_json::json!([]));
+}
+
+/// Runs a `strata --json` command, failing the test with its error output if
+/// it fails; returns what it printed.
+fn succeed(command: &mut Command) -> serde_json::Value {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -193,32 +173,18 @@ fn an_import_killed_part_way_leaves_nothing() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let out = strata(scratch, "vfs", &["layer", "list"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = succeed(&mut strata(scratch, "vfs", &["layer", "list"]));
     assert_eq!(
         listed,
         serde_json::json!([]),
         "layers left by the killed import"
     );
-    let out = strata(scratch, "vfs", &["image", "list"]).output().unwrap();
-    let images: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let images = succeed(&mut strata(scratch, "vfs", &["image", "list"]));
     assert_eq!(images, serde_json::json!([]));
     let leftovers: Vec<_> = std::fs::read_dir(scratch.join("graph/vfs-imports"))
         .unwrap()
         .collect();
     assert!(leftovers.is_empty(), "tickets left: {leftovers:?}");
     // The same image imports whole afterwards.
-    let out = strata(scratch, "vfs", &["image", "import", &location])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&mut strata(scratch, "vfs", &["image", "import", &location]));
 }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::layout::{
     Descriptor, ImageLocation, Index, LAYOUT_VERSION, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX,
-    MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST, REF_NAME,
+    MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST, REF_NAME, oci_arch,
 };
 use crate::error::{CoreError, Result};
 use crate::fsutil::write_atomic;
@@ -168,14 +168,6 @@ pub fn export_image(
         layers: exported,
         config_rewritten,
     })
-}
-
-fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
 }
 
 /// Writes `bytes` as a blob and describes it.

@@ -61,20 +61,10 @@ pub fn import_image(
             descriptor.media_type
         )));
     }
-    let manifest_bytes = layout.read_blob(&descriptor, "manifest")?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
-        CoreError::Image(format!(
-            "manifest {}: not an image manifest: {e}",
-            descriptor.digest
-        ))
-    })?;
-    let config_bytes = layout.read_blob(&manifest.config, "config")?;
-    let config: ConfigRootfs = serde_json::from_slice(&config_bytes).map_err(|e| {
-        CoreError::Image(format!(
-            "config {}: no rootfs.diff_ids: {e}",
-            manifest.config.digest
-        ))
-    })?;
+    let (manifest_bytes, manifest): (_, Manifest) =
+        layout.read_json(&descriptor, "image manifest")?;
+    let (config_bytes, config): (_, ConfigRootfs) =
+        layout.read_json(&manifest.config, "image config (with rootfs.diff_ids)")?;
     if config.rootfs.kind != "layers" {
         return Err(CoreError::Image(format!(
             "config {}: rootfs type '{}', expected 'layers'",

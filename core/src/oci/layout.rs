@@ -110,6 +110,15 @@ impl ImageLocation {
     }
 }
 
+/// This machine's architecture as OCI names it.
+pub fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// The chain ids of a stack of diff ids: the first is the first diff id,
 /// each next one the sha256 of "<previous chain id> <diff id>".
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
@@ -237,6 +246,23 @@ impl Layout {
         Ok(bytes)
     }
 
+    /// Reads a small blob and parses it as JSON of type `T`; returns the bytes
+    /// too (they are what the digest is of).
+    pub fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        descriptor: &Descriptor,
+        what: &str,
+    ) -> Result<(Vec<u8>, T)> {
+        let bytes = self.read_blob(descriptor, what)?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            CoreError::Image(format!(
+                "blob {} is not a valid {what}: {e}",
+                descriptor.digest
+            ))
+        })?;
+        Ok((bytes, value))
+    }
+
     /// Finds the image manifest `tag` names (or the only one, without a
     /// tag), following nested indexes to the one for this machine's
     /// platform.
@@ -298,18 +324,8 @@ impl Layout {
                 descriptor.digest
             )));
         }
-        let bytes = self.read_blob(&descriptor, "image index")?;
-        let index: Index = serde_json::from_slice(&bytes).map_err(|e| {
-            CoreError::Image(format!(
-                "blob {} is not an OCI index: {e}",
-                descriptor.digest
-            ))
-        })?;
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
+        let (_, index): (_, Index) = self.read_json(&descriptor, "image index")?;
+        let arch = oci_arch();
         let found = index
             .manifests
             .iter()
