@@ -57,6 +57,12 @@ fn two_imports_at_once(driver: &str) {
                 .unwrap()
         })
         .collect();
+    // Containers are taken down (unmounted) however the test ends.
+    let _teardown = Teardown(|| {
+        for name in ["one", "two"] {
+            let _ = strata(scratch, driver, &["container", "delete", name]).output();
+        }
+    });
     let mut created_base = 0;
     for child in children {
         let out = child.wait_with_output().unwrap();
@@ -100,6 +106,15 @@ fn two_imports_at_once(driver: &str) {
     }
     let layers = succeed(&mut strata(scratch, driver, &["layer", "list"]));
     assert_eq!(layers, serde_json::json!([]));
+}
+
+/// Runs its closure when dropped.
+struct Teardown<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Teardown<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }
 
 /// Runs a `strata --json` command, failing the test with its error output if

@@ -106,6 +106,21 @@ fn differences(reference: &Path, tree: &Path) -> Vec<String> {
     compare_trees_with(reference, tree, Compare { atime: false })
 }
 
+/// Takes every container and image out of the store when dropped, so that
+/// a failing test leaves no mount behind.
+struct Emptied<'a>(&'a Store);
+
+impl Drop for Emptied<'_> {
+    fn drop(&mut self) {
+        for container in self.0.containers.list().unwrap_or_default() {
+            let _ = self.0.delete_container(&container.id);
+        }
+        for image in self.0.images.list().unwrap_or_default() {
+            let _ = self.0.delete_image(&image.id);
+        }
+    }
+}
+
 fn round_trip(driver: &str) {
     if tool_missing("umoci") || tool_missing("skopeo") {
         return;
@@ -118,6 +133,7 @@ fn round_trip(driver: &str) {
     let layout = scratch.join("layout");
     make_umoci_images(scratch, &layout);
     let store = open_store(scratch, driver);
+    let _emptied = Emptied(&store);
     let location = |tag: &str| ImageLocation {
         dir: layout.clone(),
         tag: Some(tag.to_string()),
