@@ -414,3 +414,48 @@ fn compressions_layers_reuse_and_image_delete() {
     store.delete_image("plain").unwrap();
     assert_nothing_left(scratch.path(), &store, 0, 0);
 }
+
+/// Through the command: a broken layout exits 1 with the blob named on
+/// standard error, and the store is left empty and usable.
+#[test]
+fn the_command_reports_a_broken_import_and_leaves_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let layout = scratch.path().join("layout");
+    let written = write_image(
+        &layout,
+        "app",
+        &[
+            Layer::gzip(&base_tar()),
+            Layer::gzip(&tar_of(&[("app/run", "run")])),
+        ],
+        "cli",
+    );
+    fs::remove_file(blob_path(&layout, &written.layers[1])).unwrap();
+    let drivers = strata_testkit::plugins::build_plugin("strata-driver-vfs");
+    let strata = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .env("STRATA_DRIVER_PATH", drivers.parent().unwrap())
+            .env_remove("STRATA_CONFIG")
+            .args(["--root", scratch.path().join("graph").to_str().unwrap()])
+            .args(["--run-root", scratch.path().join("run").to_str().unwrap()])
+            .args(["--driver", "vfs"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let location = format!("{}:app", layout.display());
+    let out = strata(&["image", "import", &location]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&written.layers[1]) && stderr.contains("layer 2 of 2"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing printed as if it worked");
+    let out = strata(&["image", "inspect", "app"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'app'"));
+    let out = strata(&["--json", "layer", "list"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
