@@ -11,10 +11,12 @@
 #   floor:  gzip -dc LAYER | tar -x   (decompress and write, nothing else)
 #   export: strata layer diff  vs  tar -c of the same tree
 #   mount:  strata container mount / unmount on a 50-layer image
-# Prints medians and the ratios. Usage: benches/scripts/import-vs-skopeo.sh [ROUNDS]
+# Prints medians and the ratios.
+# Usage: benches/scripts/import-vs-skopeo.sh [ROUNDS]   (IMAGES="debian modules" to choose)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-5}
+images=${IMAGES:-debian modules}
 ./scripts/install-deps.sh
 cargo build --release --quiet -p strata-core -p strata-driver-vfs -p strata-driver-overlay
 strata=$PWD/target/release/strata
@@ -105,7 +107,7 @@ med() { tr ' ' '\n' <<<"${times[$1]}" | grep . | median; }
 
 echo "== import: $rounds alternating rounds"
 for round in $(seq "$rounds"); do
-    for image in debian modules; do
+    for image in $images; do
         for driver in overlay vfs; do
             reset_cs; sync
             t0=$(now)
@@ -137,7 +139,7 @@ S() { "$strata" --root "$sroot/graph" --run-root "$sroot/run" --driver "$driver"
 reset_strata "$driver"
 for image in debian modules deep; do S image import "$layout:$image" >/dev/null; done
 for round in $(seq "$rounds"); do
-    for image in debian modules; do
+    for image in $images; do
         top=$(S image inspect "$image" | python3 -c 'import json,sys; print(json.load(sys.stdin)["top_layer"])')
         tree=$(S layer mount "$top")
         sync
@@ -161,7 +163,7 @@ S container delete bench >/dev/null
 
 echo
 echo "== medians (ms) and ratios"
-for image in debian modules; do
+for image in $images; do
     floor=$(med "floor-$image")
     for driver in overlay vfs; do
         sk=$(med "skopeo-$image-$driver"); st=$(med "strata-$image-$driver")

@@ -177,7 +177,8 @@ impl Store {
     }
 
     /// Held while building on layers that exist: none of them is deleted
-    /// until it is dropped.
+    /// until it is dropped. Drop it before deleting an image or a layer:
+    /// those wait for every hold, this one included.
     pub fn hold_layers(&self) -> Result<LayersInUse> {
         let path = self.in_use_path();
         FileLock::shared(&path)

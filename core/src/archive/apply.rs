@@ -127,6 +127,10 @@ pub fn apply_layer(
 
 /// Decompresses and applies, feeding the recording thread through `tx`;
 /// returns the compression, the size applied and the member count.
+///
+/// A compressed stream is inflated on this thread and applied on another,
+/// so inflating overlaps with the file system calls, as `gzip -dc | tar -x`
+/// overlaps them in two processes.
 fn apply_stream(
     root: &Root,
     lower: Option<&Root>,
@@ -136,6 +140,106 @@ fn apply_stream(
 ) -> Result<(Compression, u64, u64), ArchiveError> {
     let mut compressed = record::CompressedTap::new(input, tx.clone());
     let (compression, decompressed) = decompress(&mut compressed).map_err(ArchiveError::input)?;
+    let (size, entries) = if compression == Compression::None {
+        apply_tar(root, lower, decompressed, options, tx)?
+    } else {
+        let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
+        std::thread::scope(|scope| {
+            let applier = scope
+                .spawn(move || apply_tar(root, lower, ChunkReader::new(chunks_rx), options, tx));
+            pump(decompressed, &chunks_tx);
+            drop(chunks_tx);
+            applier.join().expect("the applying thread does not panic")
+        })?
+    };
+    compressed.drain().map_err(ArchiveError::input)?;
+    Ok((compression, size, entries))
+}
+
+/// Chunks of decompressed stream in flight between the two threads.
+const PIPELINE_DEPTH: usize = 4;
+const CHUNK: usize = 256 * 1024;
+
+/// Reads `from` to its end (or first error) in chunks sent to `to`; stops
+/// early when the other side has gone (it failed and needs no more).
+fn pump(mut from: impl Read, to: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let mut filled = 0;
+        let outcome = loop {
+            match from.read(&mut chunk[filled..]) {
+                Ok(0) => break Ok(true),
+                Ok(n) => {
+                    filled += n;
+                    if filled == CHUNK {
+                        break Ok(false);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        chunk.truncate(filled);
+        if filled > 0 && to.send(Ok(chunk)).is_err() {
+            return;
+        }
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => {
+                let _ = to.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// The receiving end of `pump`, read as a stream.
+struct ChunkReader {
+    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl ChunkReader {
+    fn new(chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+        ChunkReader {
+            chunks,
+            current: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.current.len() {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The pump is done: the end of the stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Applies the (decompressed) tar stream; returns the size applied and the
+/// member count.
+fn apply_tar(
+    root: &Root,
+    lower: Option<&Root>,
+    decompressed: impl Read,
+    options: &ApplyOptions,
+    tx: std::sync::mpsc::SyncSender<Vec<record::Message>>,
+) -> Result<(u64, u64), ArchiveError> {
     let mut tap = record::TarTap::new(decompressed, tx);
     if !options.require_end_of_archive {
         tap = tap.complete_at_eof();
@@ -181,9 +285,7 @@ fn apply_stream(
     // stream: read it so it is recorded and digested.
     io::copy(&mut &tap, &mut io::sink()).map_err(ArchiveError::input)?;
     state.finish()?;
-    drop(tap);
-    compressed.drain().map_err(ArchiveError::input)?;
-    Ok((compression, state.size, state.entries))
+    Ok((state.size, state.entries))
 }
 
 fn not_a_tar(e: io::Error, entries_so_far: u64) -> io::Error {
