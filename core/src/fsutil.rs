@@ -9,12 +9,26 @@ use std::path::Path;
 /// fsync the directory. With `replace = false` an existing file is kept and
 /// `AlreadyExists` returned (the first writer wins).
 pub fn write_atomic(path: &Path, bytes: &[u8], replace: bool) -> io::Result<()> {
+    write_renamed(path, bytes, replace, true)
+}
+
+/// Replaces `path` with `bytes` atomically for other processes (temp file
+/// and rename) but without fsync: for run-root state (mount counts) that a
+/// reboot discards anyway, where a power cut has nothing to preserve and the
+/// fsyncs would sit on every mount's path.
+pub fn replace_atomic_volatile(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_renamed(path, bytes, true, false)
+}
+
+fn write_renamed(path: &Path, bytes: &[u8], replace: bool, durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
     let mut temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
+    if durable {
+        temp.as_file().sync_all()?;
+    }
     let temp_path = temp.into_temp_path();
     let flags = if replace {
         rustix::fs::RenameFlags::empty()
@@ -24,7 +38,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], replace: bool) -> io::Result<()> 
     rustix::fs::renameat_with(rustix::fs::CWD, &*temp_path, rustix::fs::CWD, path, flags)?;
     // The temp file is now `path`; nothing left to delete.
     std::mem::forget(temp_path);
-    fs::File::open(dir)?.sync_all()?;
+    if durable {
+        fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 

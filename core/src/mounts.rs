@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
-use crate::fsutil::{FileLock, write_atomic};
+use crate::fsutil::{FileLock, replace_atomic_volatile};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountRecord {
@@ -62,7 +62,8 @@ impl MountCounts {
 
     fn save(&self, records: &Records) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(records).expect("records serialise");
-        write_atomic(&self.path(), &bytes, true).map_err(|e| CoreError::io("write", self.path(), e))
+        replace_atomic_volatile(&self.path(), &bytes)
+            .map_err(|e| CoreError::io("write", self.path(), e))
     }
 
     /// Counts one more user of layer `id`, calling `mount` only for the first.
