@@ -625,11 +625,15 @@ impl LayerStore {
         id: &str,
         options: &MountOptions,
     ) -> Result<PathBuf> {
-        let mut options = options.clone();
-        if options.mount_label.is_none() {
-            options.mount_label = self.get(id)?.and_then(|r| r.mount_label);
-        }
-        self.counts.acquire(id, || Ok(driver.get(id, &options)?))
+        // Only the first mount reaches the driver, so only it needs the
+        // layer's own label.
+        self.counts.acquire(id, || {
+            let mut options = options.clone();
+            if options.mount_label.is_none() {
+                options.mount_label = self.get(id)?.and_then(|r| r.mount_label);
+            }
+            Ok(driver.get(id, &options)?)
+        })
     }
 
     /// Releases one mount of the layer named by id or by its mount path;

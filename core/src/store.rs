@@ -139,32 +139,32 @@ impl Store {
             return Ok(());
         };
         for (name, path, _lock) in dead {
-            let mut made: Vec<LayerRecord> = self
+            let parents = self.layer_parents()?;
+            let depth = |id: &str| {
+                let mut depth = 0;
+                let mut cursor = parents.get(id).cloned().flatten();
+                while let Some(parent) = cursor {
+                    depth += 1;
+                    cursor = parents.get(&parent).cloned().flatten();
+                }
+                depth
+            };
+            let mut ids: Vec<String> = self
                 .layers
                 .list()?
                 .into_iter()
                 .filter(|l| {
                     l.flags.get(IMPORT_FLAG).and_then(|v| v.as_str()) == Some(name.as_str())
                 })
+                .map(|l| l.id)
                 .collect();
             // Children before parents.
-            made.sort_by_key(|l| std::cmp::Reverse(self.depth(l)));
-            let ids: Vec<String> = made.into_iter().map(|l| l.id).collect();
+            ids.sort_by_key(|id| std::cmp::Reverse(depth(id)));
             let deleted = self.release_layers(&ids)?;
             tracing::warn!(ticket = %name, layers = ?deleted, "removed the layers of an import whose process died");
             let _ = std::fs::remove_file(&path);
         }
         Ok(())
-    }
-
-    fn depth(&self, layer: &LayerRecord) -> usize {
-        let mut depth = 0;
-        let mut cursor = layer.parent.clone();
-        while let Some(id) = cursor {
-            depth += 1;
-            cursor = self.layers.get(&id).ok().flatten().and_then(|r| r.parent);
-        }
-        depth
     }
 
     pub fn driver(&self) -> &dyn GraphDriver {
@@ -257,20 +257,24 @@ impl Store {
     /// the layers-in-use lock held exclusively.
     fn release_layers(&self, candidates: &[String]) -> Result<Vec<String>> {
         let used = self.layers_in_use()?;
+        // How many layers stand on each layer, kept as deletions go on (a
+        // parent is freed once its last child is deleted).
+        let parents = self.layer_parents()?;
+        let mut children: std::collections::BTreeMap<&str, usize> = Default::default();
+        for parent in parents.values().flatten() {
+            *children.entry(parent).or_default() += 1;
+        }
         let mut deleted = Vec::new();
         for id in candidates {
-            if used.contains(id) {
-                continue;
-            }
-            let has_children = self
-                .layers
-                .list()?
-                .iter()
-                .any(|r| r.parent.as_deref() == Some(id.as_str()));
-            if has_children {
+            if used.contains(id) || children.get(id.as_str()).is_some_and(|n| *n > 0) {
                 continue;
             }
             self.layers.delete(self.driver(), id)?;
+            if let Some(Some(parent)) = parents.get(id)
+                && let Some(n) = children.get_mut(parent.as_str())
+            {
+                *n -= 1;
+            }
             deleted.push(id.clone());
         }
         Ok(deleted)

@@ -120,16 +120,11 @@ impl<F: FnMut()> Drop for Teardown<F> {
 /// Runs a `strata --json` command, failing the test with its error output if
 /// it fails; returns what it printed.
 fn succeed(command: &mut Command) -> serde_json::Value {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.stdout.is_empty() {
+    let stdout = strata_testkit::run_ok(command);
+    if stdout.is_empty() {
         return serde_json::Value::Null;
     }
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 #[test]

@@ -24,15 +24,7 @@ fn tool_missing(tool: &str) -> bool {
 }
 
 fn run(command: &mut Command) -> String {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(strata_testkit::run_ok(command)).unwrap()
 }
 
 fn umoci(args: &[&str]) -> String {

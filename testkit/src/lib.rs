@@ -25,7 +25,8 @@ pub fn cargo() -> std::process::Command {
 /// numeric owners and every xattr: the reference layer writer. `extra`
 /// arguments go before the archive name (for example `--sparse`).
 pub fn gnu_tar(dir: &std::path::Path, extra: &[&str]) -> Vec<u8> {
-    let out = std::process::Command::new("tar")
+    let mut command = std::process::Command::new("tar");
+    command
         .args([
             "--numeric-owner",
             "--xattrs",
@@ -35,12 +36,19 @@ pub fn gnu_tar(dir: &std::path::Path, extra: &[&str]) -> Vec<u8> {
         .args(extra)
         .arg("-C")
         .arg(dir)
-        .args(["-cf", "-", "."])
+        .args(["-cf", "-", "."]);
+    run_ok(&mut command)
+}
+
+/// Runs `command`, failing the test with its error output unless it
+/// succeeds; returns its standard output.
+pub fn run_ok(command: &mut std::process::Command) -> Vec<u8> {
+    let out = command
         .output()
-        .unwrap_or_else(|e| panic!("run GNU tar: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     assert!(
         out.status.success(),
-        "GNU tar failed: {}",
+        "{command:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
