@@ -66,15 +66,16 @@ impl ContainerStore {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ContainerRecord>> {
-        let _lock = self.records.lock()?;
-        let records: Records = self.records.load()?;
-        Ok(records.containers.get(id).cloned())
+        Ok(self.records.read::<Records>()?.containers.get(id).cloned())
     }
 
     pub fn list(&self) -> Result<Vec<ContainerRecord>> {
-        let _lock = self.records.lock()?;
-        let records: Records = self.records.load()?;
-        Ok(records.containers.into_values().collect())
+        Ok(self
+            .records
+            .read::<Records>()?
+            .containers
+            .into_values()
+            .collect())
     }
 
     /// The id of the container `reference` names: id, name or unique prefix.

@@ -167,15 +167,16 @@ impl ImageStore {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ImageRecord>> {
-        let _lock = self.records.lock()?;
-        let records: Records = self.records.load()?;
-        Ok(records.images.get(id).cloned())
+        Ok(self.records.read::<Records>()?.images.get(id).cloned())
     }
 
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
-        let _lock = self.records.lock()?;
-        let records: Records = self.records.load()?;
-        Ok(records.images.into_values().collect())
+        Ok(self
+            .records
+            .read::<Records>()?
+            .images
+            .into_values()
+            .collect())
     }
 
     /// The id of the image `reference` names: its id (or `sha256:` id), a

@@ -100,39 +100,37 @@ pub struct ExpectedDiff {
 
 impl ExpectedDiff {
     fn check(&self, layer: &str, found: &DiffRecord) -> Result<()> {
-        let mismatch = |what: &str, expected: String, actual: String| CoreError::Verify {
-            layer: layer.to_string(),
-            source_name: self.source.clone(),
-            what: what.to_string(),
-            expected,
-            actual,
-        };
-        if let Some(size) = self.compressed_size
-            && size != found.compressed_size
-        {
-            return Err(mismatch(
+        // In this order: a wrong size or digest says more about the blob
+        // than the diff id it then cannot have.
+        let checks = [
+            (
                 "size",
-                size.to_string(),
+                self.compressed_size.map(|s| s.to_string()),
                 found.compressed_size.to_string(),
-            ));
-        }
-        if let Some(digest) = &self.compressed_digest
-            && *digest != found.compressed_digest
-        {
-            return Err(mismatch(
+            ),
+            (
                 "digest",
-                digest.clone(),
+                self.compressed_digest.clone(),
                 found.compressed_digest.clone(),
-            ));
-        }
-        if let Some(digest) = &self.uncompressed_digest
-            && *digest != found.uncompressed_digest
-        {
-            return Err(mismatch(
+            ),
+            (
                 "uncompressed digest (diff id)",
-                digest.clone(),
+                self.uncompressed_digest.clone(),
                 found.uncompressed_digest.clone(),
-            ));
+            ),
+        ];
+        for (what, expected, actual) in checks {
+            if let Some(expected) = expected
+                && expected != actual
+            {
+                return Err(CoreError::Verify {
+                    layer: layer.to_string(),
+                    source_name: self.source.clone(),
+                    what: what.to_string(),
+                    expected,
+                    actual,
+                });
+            }
         }
         Ok(())
     }
@@ -228,13 +226,16 @@ impl LayerStore {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<LayerRecord>> {
-        let _lock = self.lock()?;
-        Ok(self.load()?.layers.get(id).cloned())
+        Ok(self.records.read::<Records>()?.layers.get(id).cloned())
     }
 
     pub fn list(&self) -> Result<Vec<LayerRecord>> {
-        let _lock = self.lock()?;
-        Ok(self.load()?.layers.into_values().collect())
+        Ok(self
+            .records
+            .read::<Records>()?
+            .layers
+            .into_values()
+            .collect())
     }
 
     /// Creates layer `id` (a child of `parent`), and applies `diff` to it if
@@ -541,10 +542,7 @@ impl LayerStore {
     /// A layer the driver has but the records do not (made before records
     /// were kept) is found by its full id.
     pub fn resolve(&self, driver: &dyn GraphDriver, reference: &str) -> Result<String> {
-        let records = {
-            let _lock = self.lock()?;
-            self.load()?
-        };
+        let records: Records = self.records.read()?;
         let entries = records
             .layers
             .values()

@@ -55,6 +55,13 @@ impl RecordFile {
         }
     }
 
+    /// The records as they are now, for reading only (takes the lock for the
+    /// read).
+    pub(crate) fn read<T: DeserializeOwned + Default>(&self) -> Result<T> {
+        let _lock = self.lock()?;
+        self.load()
+    }
+
     /// Replaces the records atomically. Call with the lock held.
     pub(crate) fn save<T: Serialize>(&self, records: &T) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(records).expect("records serialise");
