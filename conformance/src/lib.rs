@@ -5,40 +5,88 @@
 //! tests and against a plugin library through the `strata-conformance` runner.
 //!
 //! Every check compares against a reference (a tree built by the suite, an
-//! expected error kind), never just "no error". Each check must leave the
-//! driver as it found it: no layers, and no new entries in the driver's home;
-//! the suite verifies that after every check and fails the check otherwise.
+//! expected error kind), never just "no error", and states in one line the
+//! contract it enforces (`strata-conformance --list`): read together, they
+//! are the specification a driver is written to.
 //!
-//! Areas: lifecycle, mounting (reference counts, root modes, read-only
-//! layers, a 128-layer stack), content across snapshots, diffs through core's
-//! layer format, quota, concurrency, and the ABI contract. A check that cannot
-//! run here (a capability the driver does not claim, no root) is skipped with
-//! its reason.
+//! The harness around every check:
+//!
+//! * it must leave the driver as it found it: no layers, and no new entries
+//!   in the driver's home;
+//! * it must write nothing outside the driver's home and run root: the
+//!   graph root and the run root around them are watched;
+//! * it runs under the process's umask and again under umask 000 and 077
+//!   ([`SuiteOptions::umasks`]), since a driver that lets the umask decide
+//!   a layer's modes gives different trees on different machines.
+//!
+//! Areas: lifecycle, mounting, content across snapshots, diffs through core's
+//! layer format, the anchors' graph tests, quota, threads, processes (several
+//! driver instances on one home in worker processes, some killed), restarts,
+//! and the ABI contract. A check that cannot run here (a capability the
+//! driver does not claim, no root, no way to start a worker) is skipped with
+//! its reason, never passed.
 
 pub mod backend;
 pub mod checks;
 pub mod tree;
+pub mod worker;
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use strata_plugin_abi::GraphDriver;
+use strata_plugin_abi::{GraphDriver, KeyValues};
 
-/// Starts the driver again on the same home (for the re-initialisation check).
+/// Starts the driver again on the same home (for the restart checks).
 pub type Reopen = Box<dyn Fn() -> Result<Box<dyn GraphDriver>, String> + Send + Sync>;
 
+/// Starts the driver again on the same home with the given driver options.
+pub type ReopenWith = Box<dyn Fn(&KeyValues) -> Result<Box<dyn GraphDriver>, String> + Send + Sync>;
+
+/// A command that starts the driver on the same home in another process and
+/// runs one worker task there ([`worker::run_task`]).
+pub type SpawnWorker = Box<dyn Fn(&[String]) -> std::process::Command + Send + Sync>;
+
 /// How a run is set up.
-#[derive(Default)]
 pub struct SuiteOptions {
-    /// The driver's home, to check that nothing is left behind in it.
+    /// The driver's home, to check that nothing is left behind in it (and
+    /// that nothing is written beside it, in the graph root).
     pub home: Option<PathBuf>,
+    /// The driver's run root; what is around it is watched too.
+    pub run_root: Option<PathBuf>,
     /// Only checks whose name contains this text.
     pub filter: Option<String>,
-    /// How to start the driver again on its home; without it the restart check
-    /// is skipped.
+    /// How to start the driver again on its home; without it the restart
+    /// checks are skipped.
     pub reopen: Option<Reopen>,
+    /// The same with other driver options.
+    pub reopen_with: Option<ReopenWith>,
+    /// The options the driver was started with.
+    pub driver_options: KeyValues,
+    /// Other documented options to restart with (ReconfigureDriver).
+    pub restart_options: Vec<(String, String)>,
+    /// How to run the driver in another process; without it the process
+    /// checks are skipped.
+    pub worker: Option<SpawnWorker>,
+    /// The umasks each check runs under: `None` is the process's own.
+    pub umasks: Vec<Option<u32>>,
+}
+
+impl Default for SuiteOptions {
+    fn default() -> Self {
+        SuiteOptions {
+            home: None,
+            run_root: None,
+            filter: None,
+            reopen: None,
+            reopen_with: None,
+            driver_options: KeyValues::new(),
+            restart_options: Vec::new(),
+            worker: None,
+            umasks: vec![None, Some(0o000), Some(0o077)],
+        }
+    }
 }
 
 /// What a check is given.
@@ -59,8 +107,20 @@ pub enum Outcome {
 #[derive(Clone, Debug)]
 pub struct CheckResult {
     pub name: &'static str,
+    /// The umask the check ran under, when not the process's own.
+    pub umask: Option<u32>,
     pub outcome: Outcome,
     pub duration: Duration,
+}
+
+impl CheckResult {
+    /// The check's name, with the umask when it ran under a forced one.
+    pub fn label(&self) -> String {
+        match self.umask {
+            None => self.name.to_string(),
+            Some(mask) => format!("{} [umask {mask:03o}]", self.name),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -112,7 +172,8 @@ impl Report {
             self.skipped()
         );
         for r in &self.results {
-            let (group, name) = r.name.split_once('/').unwrap_or(("", r.name));
+            let label = r.label();
+            let (group, name) = label.split_once('/').unwrap_or(("", label.as_str()));
             xml.push_str(&format!(
                 "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
                 escape(group),
@@ -159,11 +220,13 @@ macro_rules! ensure {
 /// One check of the suite.
 pub struct Check {
     pub name: &'static str,
+    /// What a driver must do to pass, in one sentence.
+    pub contract: &'static str,
     pub run: fn(&Suite) -> CheckOutcome,
 }
 
-/// Runs every check (or those matching the filter) against `driver`, calling
-/// `on_result` as each finishes.
+/// Runs every check (or those matching the filter) against `driver`, under
+/// each of the umasks asked for, calling `on_result` as each finishes.
 pub fn run_with(
     driver: &dyn GraphDriver,
     options: &SuiteOptions,
@@ -176,31 +239,109 @@ pub fn run_with(
         {
             continue;
         }
-        let home_before = options.home.as_deref().map(snapshot_home);
-        let start = Instant::now();
-        let suite = Suite { driver, options };
-        let outcome = match catch_unwind(AssertUnwindSafe(|| (check.run)(&suite))) {
-            Ok(Ok(())) => Outcome::Passed,
-            Ok(Err(Verdict::Fail(why))) => Outcome::Failed(why),
-            Ok(Err(Verdict::Skip(why))) => Outcome::Skipped(why),
-            Err(panic) => Outcome::Failed(format!("panicked: {}", panic_text(&*panic))),
-        };
-        let outcome = match (
-            outcome,
-            leftovers(driver, options.home.as_deref(), home_before),
-        ) {
-            (Outcome::Passed, Some(left)) => Outcome::Failed(format!("left behind: {left}")),
-            (outcome, _) => outcome,
-        };
-        let result = CheckResult {
-            name: check.name,
-            outcome,
-            duration: start.elapsed(),
-        };
-        on_result(&result);
-        report.results.push(result);
+        for umask in options.umasks.iter().copied() {
+            let result = run_one(driver, options, &check, umask);
+            on_result(&result);
+            report.results.push(result);
+        }
     }
     report
+}
+
+fn run_one(
+    driver: &dyn GraphDriver,
+    options: &SuiteOptions,
+    check: &Check,
+    umask: Option<u32>,
+) -> CheckResult {
+    let home_before = options.home.as_deref().map(snapshot_home);
+    let around_before = surroundings(options);
+    let start = Instant::now();
+    let suite = Suite { driver, options };
+    // umask is the whole process's: checks run one at a time.
+    let saved = umask.map(|mask| rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| (check.run)(&suite)));
+    if let Some(saved) = saved {
+        rustix::process::umask(saved);
+    }
+    let outcome = match outcome {
+        Ok(Ok(())) => Outcome::Passed,
+        Ok(Err(Verdict::Fail(why))) => Outcome::Failed(why),
+        Ok(Err(Verdict::Skip(why))) => Outcome::Skipped(why),
+        Err(panic) => Outcome::Failed(format!("panicked: {}", panic_text(&*panic))),
+    };
+    let mut left = leftovers(driver, options.home.as_deref(), home_before);
+    let around_after = surroundings(options);
+    let outside: Vec<String> = around_after
+        .difference(&around_before)
+        .chain(around_before.difference(&around_after))
+        .map(|p| p.display().to_string())
+        .collect();
+    if !outside.is_empty() {
+        let written = format!(
+            "changed outside the driver's home and run root: {}",
+            outside.join(", ")
+        );
+        left = Some(match left {
+            Some(l) => format!("{l}; {written}"),
+            None => written,
+        });
+    }
+    let outcome = match (outcome, left) {
+        (Outcome::Passed, Some(left)) => Outcome::Failed(format!("left behind: {left}")),
+        (outcome, _) => outcome,
+    };
+    CheckResult {
+        name: check.name,
+        umask,
+        outcome,
+        duration: start.elapsed(),
+    }
+}
+
+/// What is beside the driver's home and run root (the graph root and the run
+/// root's parent), the two themselves left out: a driver writes nothing
+/// there.
+fn surroundings(options: &SuiteOptions) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let own: Vec<&Path> = [options.home.as_deref(), options.run_root.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    for dir in own.iter().filter_map(|p| p.parent()) {
+        walk_outside(dir, &own, &mut out);
+    }
+    out
+}
+
+fn walk_outside(dir: &Path, own: &[&Path], out: &mut BTreeSet<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if own.contains(&path.as_path()) || out.len() >= 10_000 {
+            continue;
+        }
+        let meta = entry.metadata().ok();
+        let stamp = meta
+            .as_ref()
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                format!(
+                    "{}:{}",
+                    m.size(),
+                    m.mtime_nsec() + m.mtime() * 1_000_000_000
+                )
+            })
+            .unwrap_or_default();
+        // The entry and its size and time, so a write into an existing file
+        // shows as well as a new one.
+        out.insert(path.join(format!("@{stamp}")));
+        if meta.is_some_and(|m| m.is_dir()) {
+            walk_outside(&path, own, out);
+        }
+    }
 }
 
 /// Runs the suite without progress output.
@@ -252,6 +393,19 @@ fn leftovers(
         Ok(layers) if !layers.is_empty() => found.push(format!("layers {layers:?}")),
         Ok(_) => {}
         Err(e) => found.push(format!("(list failed: {e})")),
+    }
+    if let Some(home) = home
+        && let Ok(mounted) = strata_driver_kit::mounts::mounted_beneath(home)
+        && !mounted.is_empty()
+    {
+        let names: Vec<String> = mounted.iter().map(|p| p.display().to_string()).collect();
+        found.push(format!(
+            "mounts under the driver's home: {}",
+            names.join(", ")
+        ));
+        // Taken down, so the next check starts clean and nothing outlives
+        // the run.
+        let _ = strata_driver_kit::mounts::unmount_beneath(home);
     }
     if let (Some(home), Some(before)) = (home, before) {
         let after = snapshot_home(home);

@@ -623,15 +623,15 @@ impl LayerStore {
         id: &str,
         options: &MountOptions,
     ) -> Result<PathBuf> {
-        // Only the first mount reaches the driver, so only it needs the
-        // layer's own label.
-        self.counts.acquire(id, || {
-            let mut options = options.clone();
-            if options.mount_label.is_none() {
-                options.mount_label = self.get(id)?.and_then(|r| r.mount_label);
-            }
-            Ok(driver.get(id, &options)?)
-        })
+        // The layer's own label is read before the counts are locked: the
+        // store's lock order is records, then mount counts (a delete holds
+        // the records while it forgets a layer's count), so reading records
+        // under the counts' lock could deadlock against it.
+        let mut options = options.clone();
+        if options.mount_label.is_none() {
+            options.mount_label = self.get(id)?.and_then(|r| r.mount_label);
+        }
+        self.counts.acquire(id, || Ok(driver.get(id, &options)?))
     }
 
     /// Releases one mount of the layer named by id or by its mount path;

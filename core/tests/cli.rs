@@ -441,7 +441,7 @@ fn a_refused_tar_leaves_no_layer_behind() {
         .filter(|n| n.contains("bad"))
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
-    assert!(!setup.graphroot().join("vfs/dir/bad").exists());
+    assert!(!setup.graphroot().join("vfs/layers/bad").exists());
 }
 
 #[test]
@@ -491,12 +491,16 @@ fn a_create_refused_by_the_driver_does_not_remove_the_layer_already_there() {
     // A layer the driver has but the records do not (made by the driver alone).
     let home = setup.graphroot().join("vfs");
     ok(setup.strata(&["layer", "create", "first"]));
-    fs::create_dir_all(home.join("dir/outside-records")).unwrap();
-    fs::write(home.join("dir/outside-records/precious"), b"keep me").unwrap();
+    fs::create_dir_all(home.join("layers/outside-records/root")).unwrap();
+    fs::write(
+        home.join("layers/outside-records/root/precious"),
+        b"keep me",
+    )
+    .unwrap();
     let err = fails(setup.strata(&["layer", "create", "outside-records"]));
     assert!(err.contains("exists"), "{err}");
     assert_eq!(
-        fs::read(home.join("dir/outside-records/precious")).unwrap(),
+        fs::read(home.join("layers/outside-records/root/precious")).unwrap(),
         b"keep me",
         "the refused create removed the layer that was there"
     );

@@ -169,3 +169,283 @@ fn a_whiteout_is_refused_when_it_names_no_single_entry() {
     apply(dir.path(), &tar, ApplyTarget::Tree);
     assert!(!dir.path().join(".wh..wh.aufs").exists());
 }
+
+// ---------------------------------------------------------------------------
+// The same layer through an overlay mount and onto a full tree.
+
+/// One line per entry under `root` (the root itself left out: a merged
+/// root takes the upper directory's own metadata): its path, kind, mode and
+/// owner, and the contents, link target or device number.
+fn snapshot(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let ft = meta.file_type();
+            let what = if ft.is_dir() {
+                "dir".to_string()
+            } else if ft.is_file() {
+                format!(
+                    "file {:?}",
+                    String::from_utf8_lossy(&fs::read(&path).unwrap())
+                )
+            } else if ft.is_symlink() {
+                format!("symlink {}", fs::read_link(&path).unwrap().display())
+            } else {
+                format!("special {:o} {}", meta.mode() & 0o170000, meta.rdev())
+            };
+            out.push(format!(
+                "{rel} {what} {:o} {}:{}",
+                meta.mode() & 0o7777,
+                meta.uid(),
+                meta.gid()
+            ));
+            if ft.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// An overlay mount that is unmounted when dropped, whatever the test did.
+struct Mounted {
+    merged: std::path::PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::empty()).is_err() {
+            // Busy (a failing assertion may still hold something open):
+            // detach it, so no mount outlives the test either way.
+            let _ = rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+/// Mounts overlayfs over `lower` and `upper` at `scratch/merged`, with the
+/// options the overlay driver uses.
+fn mount_overlay(scratch: &Path, lower: &Path, upper: &Path) -> Mounted {
+    let work = scratch.join("work");
+    let merged = scratch.join("merged");
+    fs::create_dir(&work).unwrap();
+    fs::create_dir(&merged).unwrap();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let data = std::ffi::CString::new(data).unwrap();
+    rustix::mount::mount(
+        "overlay",
+        &merged,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .unwrap();
+    Mounted { merged }
+}
+
+/// What `tar` gives over the `lower()` tree, seen through an overlay mount
+/// of the upper directory it is applied into; and the upper directory itself
+/// (for its xattrs). Asserts that applying `tar` onto a full copy of the
+/// lower tree gives the same tree.
+fn through_overlay(scratch: &Path, tar: &[u8]) -> (Vec<String>, Vec<String>) {
+    let lower_dir = scratch.join("lower");
+    let upper = scratch.join("upper");
+    let tree = scratch.join("tree");
+    for dir in [&lower_dir, &upper, &tree] {
+        fs::create_dir(dir).unwrap();
+    }
+    lower(&lower_dir);
+    lower(&tree);
+    apply(&tree, tar, ApplyTarget::Tree);
+    let options = ApplyOptions {
+        target: ApplyTarget::OverlayUpper,
+        lower: Some(lower_dir.clone()),
+        ..Default::default()
+    };
+    apply_layer(&upper, tar, &options, None).unwrap();
+    let mounted = mount_overlay(scratch, &lower_dir, &upper);
+    let merged = snapshot(&mounted.merged);
+    let full_tree = snapshot(&tree);
+    drop(mounted);
+    assert_eq!(
+        merged, full_tree,
+        "the overlay's merged view and the full tree differ"
+    );
+    (merged, listing(&upper))
+}
+
+/// The paths of a snapshot, directories with a trailing `/`.
+fn paths(snapshot: &[String]) -> Vec<String> {
+    snapshot
+        .iter()
+        .map(|line| {
+            let mut words = line.split(' ');
+            let path = words.next().unwrap();
+            if words.next() == Some("dir") {
+                format!("{path}/")
+            } else {
+                path.to_string()
+            }
+        })
+        .collect()
+}
+
+fn contents<'a>(snapshot: &'a [String], path: &str) -> &'a str {
+    let prefix = format!("{path} ");
+    snapshot
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{path} not in {snapshot:?}"))
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    let mut value = [0u8; 8];
+    matches!(
+        rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut value[..]),
+        Ok(1) if value[0] == b'y'
+    )
+}
+
+fn is_whiteout(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+}
+
+#[test]
+fn an_opaque_root_hides_the_whole_lower_tree_through_overlay() {
+    // Entries made before the marker, after it, in a lower directory the
+    // layer only writes into, and over a whiteout of its own.
+    let scratch = tempfile::tempdir().unwrap();
+    let tar = RawTar::new()
+        .file("first", b"1")
+        .dir("keep/")
+        .file("keep/new", b"n")
+        .file(".wh.top1", b"")
+        .file("a/new", b"a") // a lower directory, written into before the marker
+        .file("a/b/.wh.c", b"") // then only whited out in: it goes with the marker
+        .file(".wh..wh..opq", b"")
+        .file("last", b"2")
+        .file("dir/sub/late", b"l") // lower directories, written into after the marker
+        .file(".wh.file", b"")
+        .file("file", b"re-created") // replaces the whiteout just made
+        .finish();
+    let (merged, upper) = through_overlay(scratch.path(), &tar);
+    assert_eq!(
+        paths(&merged),
+        [
+            "a/",
+            "a/new",
+            "dir/",
+            "dir/sub/",
+            "dir/sub/late",
+            "file",
+            "first",
+            "keep/",
+            "keep/new",
+            "last"
+        ]
+    );
+    assert!(contents(&merged, "file").starts_with("file \"re-created\""));
+    // Every other lower root entry is whited out in the upper root.
+    for name in [".hidden", "opq", "top1", "top2"] {
+        assert!(
+            is_whiteout(&scratch.path().join("upper").join(name)),
+            "{name}: {upper:?}"
+        );
+    }
+
+    // The marker first: everything after it stays.
+    let scratch = tempfile::tempdir().unwrap();
+    let tar = RawTar::new()
+        .file(".wh..wh..opq", b"")
+        .dir("opq/")
+        .file("opq/z", b"new z")
+        .file("a/b/.wh.c", b"") // only a whiteout in a hidden directory
+        .finish();
+    let (merged, _) = through_overlay(scratch.path(), &tar);
+    // A whiteout's directory is made (as containers/storage makes it), but
+    // nothing of the lower `a/b` shows in it, nor the whiteout itself.
+    assert_eq!(paths(&merged), ["a/", "a/b/", "opq/", "opq/z"]);
+    assert!(contents(&merged, "opq/z").starts_with("file \"new z\""));
+}
+
+#[test]
+fn a_directory_whited_out_and_re_created_in_one_layer_hides_the_lower_one() {
+    // (the layer's members, what the merged `dir` then holds)
+    let cases: [(&[&str], &[&str]); 7] = [
+        (&[".wh.dir", "dir/", "dir/y"], &["dir/", "dir/y"]),
+        (&["dir/", "dir/y", ".wh.dir"], &["dir/", "dir/y"]),
+        // Without a member for the directory itself.
+        (&[".wh.dir", "dir/y"], &["dir/", "dir/y"]),
+        (&["dir/y", ".wh.dir"], &["dir/", "dir/y"]),
+        // Deeper: the lower `dir/sub` does not come back either.
+        (
+            &[".wh.dir", "dir/sub/y"],
+            &["dir/", "dir/sub/", "dir/sub/y"],
+        ),
+        // Other whiteouts inside, before and after: no lower entry to hide.
+        (&["dir/y", "dir/sub/.wh.x", ".wh.dir"], &["dir/", "dir/y"]),
+        (&[".wh.dir", "dir/.wh.sub", "dir/y"], &["dir/", "dir/y"]),
+    ];
+    for (members, expected) in cases {
+        let scratch = tempfile::tempdir().unwrap();
+        let mut tar = RawTar::new();
+        for member in members {
+            if member.ends_with('/') {
+                tar.dir(member);
+            } else {
+                tar.file(member, b"");
+            }
+        }
+        let (merged, upper) = through_overlay(scratch.path(), &tar.finish());
+        let in_dir: Vec<String> = paths(&merged)
+            .into_iter()
+            .filter(|p| p.starts_with("dir/"))
+            .collect();
+        assert_eq!(in_dir, expected, "{members:?}");
+        assert!(
+            is_opaque(&scratch.path().join("upper/dir")),
+            "{members:?}: dir is not opaque in the upper: {upper:?}"
+        );
+        // The rest of the lower tree is untouched.
+        assert!(paths(&merged).contains(&"a/b/c".to_string()), "{members:?}");
+    }
+}
+
+#[test]
+fn a_file_re_created_after_its_whiteout_replaces_it() {
+    for members in [
+        &[".wh.file", "file"][..],
+        &[".wh.dir", "dir"][..], // a file where the lower layer had a directory
+    ] {
+        let scratch = tempfile::tempdir().unwrap();
+        let name = members[1];
+        let tar = RawTar::new()
+            .file(members[0], b"")
+            .file(name, b"new")
+            .finish();
+        let (merged, upper) = through_overlay(scratch.path(), &tar);
+        assert!(
+            contents(&merged, name).starts_with("file \"new\""),
+            "{members:?}: {merged:?}"
+        );
+        assert!(
+            !is_whiteout(&scratch.path().join("upper").join(name)),
+            "{upper:?}"
+        );
+        // Nothing of a lower directory by that name shows.
+        let below = format!("{name}/");
+        assert!(
+            !paths(&merged).iter().any(|p| p.starts_with(&below)),
+            "{merged:?}"
+        );
+    }
+}

@@ -15,8 +15,12 @@ use crate::types::{Capabilities, CreateOptions, InitArgs, KeyValues, MountOption
 /// `diff`, `apply_diff` and `diff_size`, and says so with
 /// [`Capabilities::OWNS_DIFF_FORMAT`].
 ///
-/// Every method may be called from several threads at once, for different
-/// layers or the same one; a driver serialises what it must itself.
+/// Every method may be called from several threads at once, and from
+/// several processes at once on the same home (a daemon, the CLI and other
+/// tools share a store), for different layers or the same one; any of those
+/// processes may be killed at any instruction. A driver serialises what it
+/// must itself, and a start or an operation never disturbs another live
+/// process's work. `strata-driver-kit` gives a driver all of that.
 ///
 /// Errors name the layer and the operation ("create layer abc: ...").
 pub trait GraphDriver: Send + Sync {
@@ -41,11 +45,21 @@ pub trait GraphDriver: Send + Sync {
     /// that no other layer has it as parent.
     fn remove(&self, id: &str) -> Result<()>;
 
-    /// Makes the layer's tree available and returns where. Each `get` is
-    /// matched by one `put`; the host counts mounts, the driver may count too.
+    /// Makes the layer's tree available and returns where.
+    ///
+    /// **Mounts are counted by the host, once, across processes** (in its
+    /// run root, under a lock): `get` is called only for a layer's first
+    /// user and `put` only when its last user lets go, whichever process
+    /// each runs in. A driver does not count. Its `get` of a layer that is
+    /// already mounted (by a host process that died, say) returns the same
+    /// path with the same tree and mounts nothing more; its `put` takes the
+    /// mount away, so the path is no longer a mount point afterwards. Options
+    /// it cannot honour (`ro` where it cannot make a read-only tree) are
+    /// refused, never ignored.
     fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf>;
 
-    /// Releases what `get` made available.
+    /// Releases what `get` made available (unmounts, for a driver that
+    /// mounts).
     fn put(&self, id: &str) -> Result<()>;
 
     fn exists(&self, id: &str) -> Result<bool>;
@@ -53,8 +67,10 @@ pub trait GraphDriver: Send + Sync {
     /// Every layer the driver holds, in no particular order.
     fn list(&self) -> Result<Vec<String>>;
 
-    /// Releases what the driver holds for the whole home (mounts, devices) at
-    /// shutdown. Calling it twice is harmless.
+    /// Called when this driver instance shuts down. It releases what the
+    /// instance itself holds for the home, never a layer's mount: those are
+    /// counted by the host and may belong to other processes sharing the
+    /// store. Calling it twice, or with layers mounted, is harmless.
     fn cleanup(&self) -> Result<()>;
 
     /// Where this layer's own changes are kept, if the driver keeps them apart

@@ -43,7 +43,7 @@ fn two_plugins_in_one_process_are_two_drivers() {
         .unwrap();
     assert_eq!(vfs.list().unwrap(), vec!["only-in-vfs"]);
     assert_eq!(probe.list().unwrap(), vec!["only-in-probe"]);
-    assert!(dir.path().join("vfs/dir/only-in-vfs").is_dir());
+    assert!(dir.path().join("vfs/layers/only-in-vfs/root").is_dir());
 
     // The same library started twice gives two independent drivers.
     let vfs2 = vfs_lib.init(&args(&dir.path().join("vfs2"))).unwrap();

@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! strata-conformance --driver PATH.so [--home DIR] [--backend NAME] [-o key=value]...
+//!                    [--restart-option key=value]... [--umasks LIST]
 //!                    [--filter TEXT] [--list] [--junit FILE]
 //! ```
+//!
+//! For the process checks it runs itself again as a worker on the same home
+//! (`--worker TASK...`, not for people).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +46,34 @@ struct Cli {
     /// afterwards: none, tmpfs, loop-ext4, loop-btrfs, loop-xfs, zfs-fuse
     #[arg(long, value_name = "NAME", default_value = "none")]
     backend: String,
+    /// Another documented driver option to restart the driver with
+    /// (KEY=VALUE, repeatable), for the restart/with-other-documented-options check
+    #[arg(long = "restart-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    restart_options: Vec<(String, String)>,
+    /// The umasks every check runs under, comma-separated octal; "default"
+    /// is the runner's own
+    #[arg(long, value_name = "LIST", default_value = "default,000,077", value_parser = parse_umasks)]
+    umasks: Umasks,
+    /// Run one worker task on the home given with --home and exit
+    #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true, value_name = "TASK")]
+    worker: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug)]
+struct Umasks(Vec<Option<u32>>);
+
+fn parse_umasks(text: &str) -> Result<Umasks, String> {
+    text.split(',')
+        .map(|m| match m.trim() {
+            "default" => Ok(None),
+            octal => u32::from_str_radix(octal, 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .map(Some)
+                .ok_or_else(|| format!("'{octal}' is not an octal umask or 'default'")),
+        })
+        .collect::<Result<_, _>>()
+        .map(Umasks)
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -58,12 +90,20 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     if cli.list {
-        for check in checks::all() {
-            println!("{}", check.name);
+        let checks = checks::all();
+        let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        for check in checks {
+            println!("{:<width$}  {}", check.name, check.contract);
         }
         return ExitCode::SUCCESS;
     }
-    let library_path = cli.driver.expect("clap requires --driver without --list");
+    let library_path = cli
+        .driver
+        .clone()
+        .expect("clap requires --driver without --list");
+    if let Some(task) = &cli.worker {
+        return run_worker(&cli, &library_path, task);
+    }
     // The backend lives until the end of main, after the driver's cleanup.
     let backend = match Backend::set_up(&cli.backend) {
         Ok(backend) => backend,
@@ -90,7 +130,7 @@ fn main() -> ExitCode {
     let args = InitArgs {
         home: base.join("home"),
         run_root: base.join("run"),
-        options: cli.options.into_iter().collect::<KeyValues>(),
+        options: cli.options.iter().cloned().collect::<KeyValues>(),
         ..Default::default()
     };
     for dir in [&args.home, &args.run_root] {
@@ -119,23 +159,54 @@ fn main() -> ExitCode {
         library_path.display(),
         cli.backend
     );
-    let reopen_args = args.clone();
+    let library = std::sync::Arc::new(library);
+    let (reopen_library, reopen_args) = (library.clone(), args.clone());
+    let (reopen_with_library, reopen_with_args) = (library.clone(), args.clone());
+    let worker_exe = std::env::current_exe();
+    let (worker_library, worker_base) = (library_path.clone(), base.clone());
+    let worker_options = cli.options.clone();
     let options = SuiteOptions {
         home: Some(args.home.clone()),
-        filter: cli.filter,
+        run_root: Some(args.run_root.clone()),
+        filter: cli.filter.clone(),
         reopen: Some(Box::new(move || {
-            library
+            reopen_library
                 .init(&reopen_args)
                 .map(|d| Box::new(d) as Box<dyn GraphDriver>)
                 .map_err(|e| e.to_string())
         })),
+        reopen_with: Some(Box::new(move |options: &KeyValues| {
+            let mut args = reopen_with_args.clone();
+            args.options = options.clone();
+            reopen_with_library
+                .init(&args)
+                .map(|d| Box::new(d) as Box<dyn GraphDriver>)
+                .map_err(|e| e.to_string())
+        })),
+        driver_options: args.options.clone(),
+        restart_options: cli.restart_options.clone(),
+        worker: worker_exe
+            .ok()
+            .map(|exe| -> strata_conformance::SpawnWorker {
+                Box::new(move |task: &[String]| {
+                    let mut command = std::process::Command::new(&exe);
+                    command.arg("--driver").arg(&worker_library);
+                    command.arg("--home").arg(&worker_base);
+                    for (key, value) in &worker_options {
+                        command.arg("-o").arg(format!("{key}={value}"));
+                    }
+                    command.arg("--worker").args(task);
+                    command
+                })
+            }),
+        umasks: cli.umasks.0.clone(),
     };
     let report = run_with(&driver, &options, |result| {
         let ms = result.duration.as_secs_f64() * 1000.0;
         match &result.outcome {
-            Outcome::Passed => println!("passed   {} ({ms:.0} ms)", result.name),
-            Outcome::Failed(why) => println!("FAILED   {}: {why}", result.name),
-            Outcome::Skipped(why) => println!("skipped  {}: {why}", result.name),
+            Outcome::Passed => println!("passed   {} ({ms:.0} ms)", result.label()),
+            Outcome::Failed(why) => println!("FAILED   {}: {why}", result.label()),
+            Outcome::Skipped(why) => println!("skipped  {}: {why}", result.label()),
         }
     });
     let _ = driver.cleanup();
@@ -155,6 +226,41 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Worker mode: the driver started on the same home as the suite's, one
+/// task run, the driver cleaned up; failures on stderr and exit code 1.
+fn run_worker(cli: &Cli, library_path: &std::path::Path, task: &[String]) -> ExitCode {
+    let Some(base) = &cli.home else {
+        eprintln!("strata-conformance worker: --home is required");
+        return ExitCode::FAILURE;
+    };
+    let args = InitArgs {
+        home: base.join("home"),
+        run_root: base.join("run"),
+        options: cli.options.iter().cloned().collect::<KeyValues>(),
+        ..Default::default()
+    };
+    let driver = match PluginLibrary::open(library_path).and_then(|library| library.init(&args)) {
+        Ok(driver) => driver,
+        Err(e) => {
+            eprintln!("strata-conformance worker: start the driver: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = strata_conformance::worker::run_task(&driver, task);
+    let cleaned = driver.cleanup();
+    match (result, cleaned) {
+        (Ok(()), Ok(())) => ExitCode::SUCCESS,
+        (Err(e), _) => {
+            eprintln!("strata-conformance worker {task:?}: {e}");
+            ExitCode::FAILURE
+        }
+        (Ok(()), Err(e)) => {
+            eprintln!("strata-conformance worker {task:?}: cleanup: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -10,13 +10,19 @@ pub fn checks() -> Vec<Check> {
     vec![
         check(
             "abi/optional-methods-answer-cleanly",
+            "A driver not owning the diff format answers diff, apply_diff and diff_size with NotSupported, and native_diff answers Some only from a driver claiming native-diff.",
             optional_methods_answer_cleanly,
         ),
         check(
             "abi/unknown-storage-option-refused",
+            "Create with an unknown storage option fails with InvalidInput.",
             unknown_storage_option_refused,
         ),
-        check("abi/status-and-metadata-answer", status_and_metadata_answer),
+        check(
+            "abi/status-and-metadata-answer",
+            "The driver has a name and a non-empty status; metadata answers for an existing layer and NotFound for an unknown one.",
+            status_and_metadata_answer,
+        ),
     ]
 }
 

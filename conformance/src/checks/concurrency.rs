@@ -12,6 +12,7 @@ const ROUNDS: usize = 6;
 pub fn checks() -> Vec<Check> {
     vec![check(
         "concurrency/parallel-lifecycles",
+        "8 threads at once create, mount, write, read back, unmount and remove their own children of one parent; each sees the parent's file and its own write, and no child is left.",
         parallel_lifecycles,
     )]
 }

@@ -5,27 +5,52 @@ use std::io::ErrorKind as IoKind;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::{Layers, check, io, needs_root};
+use super::{Layers, check, io, needs_root, set_mtime};
+use crate::tree::{Compare, compare_trees_with};
 use crate::{Check, CheckOutcome, Suite, Verdict, ensure, tree};
 
 pub fn checks() -> Vec<Check> {
     vec![
         check(
             "content/snapshot-keeps-every-file-kind",
+            "A child shows every entry of its parent exactly: modes with setuid/setgid/sticky, owners, times, xattrs, hard links, symlinks, devices, fifos, sockets and holes (needs root).",
             snapshot_keeps_every_file_kind,
         ),
         check(
             "content/child-writes-stay-in-child",
+            "Writes and new files in a child never show in its parent.",
             child_writes_stay_in_child,
         ),
         check(
             "content/same-size-rewrite-and-mode-only-change",
+            "A same-size rewrite and a mode-only change in a child read back as made, and the parent keeps its content and mode.",
             rewrite_and_mode_change,
         ),
-        check("content/deletions-stay-deleted", deletions_stay_deleted),
-        check("content/rename-files", rename_files),
-        check("content/rename-directory", rename_directory),
-        check("content/hard-links-across-layers", hard_links_across_layers),
+        check(
+            "content/deletions-stay-deleted",
+            "Files and directories deleted in a child stay deleted in it and in its children, a re-created directory holds only its new entries, and the parent keeps everything.",
+            deletions_stay_deleted,
+        ),
+        check(
+            "content/rename-files",
+            "Files renamed in a child, within and across directories, are found under their new names only.",
+            rename_files,
+        ),
+        check(
+            "content/rename-directory",
+            "A parent's directory renamed in a child keeps its contents under the new name (EXDEV is reported as a skip: callers must copy).",
+            rename_directory,
+        ),
+        check(
+            "content/128-layers-recreate-the-same-entries",
+            "In a stack of 128 layers, each deleting and re-creating the same two names, one as a file and the other as a directory (swapped at every layer), with content of its own, every layer's tree equals a plain directory to which the same steps were applied in order.",
+            recreate_the_same_entries,
+        ),
+        check(
+            "content/hard-links-across-layers",
+            "A parent's hard links are one file with two links in a child, and a child can hard-link a parent's file.",
+            hard_links_across_layers,
+        ),
     ]
 }
 
@@ -265,4 +290,95 @@ fn hard_links_across_layers(suite: &Suite) -> CheckOutcome {
             "a hard link in the child to a parent's file: {e}"
         ))),
     }
+}
+
+/// How many layers the re-creation check stacks.
+const RECREATE_LAYERS: usize = 128;
+
+/// Step `i` of the re-creation stack, on a layer or on the flat reference:
+/// `a` and `b` are removed whatever they are, then one is made a file and
+/// the other a directory holding a file (swapped at every step), with
+/// content naming the step; a file of the step's own is added; everything
+/// touched gets the step's time, so the two trees compare by what they hold.
+fn recreate_step(root: &Path, i: usize) -> CheckOutcome {
+    for name in ["a", "b"] {
+        let path = root.join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => io(
+                format!("step {i}: remove the directory {name}"),
+                fs::remove_dir_all(&path),
+            )?,
+            Ok(_) => io(
+                format!("step {i}: remove the file {name}"),
+                fs::remove_file(&path),
+            )?,
+            Err(e) if e.kind() == IoKind::NotFound => {}
+            Err(e) => return Err(Verdict::Fail(format!("step {i}: stat {name}: {e}"))),
+        }
+    }
+    let (file, dir) = [("a", "b"), ("b", "a")][i % 2];
+    write(
+        &root.join(file),
+        format!("step {i}: {file} is a file").as_bytes(),
+    )?;
+    io(
+        format!("step {i}: mkdir {dir}"),
+        fs::create_dir(root.join(dir)),
+    )?;
+    io(
+        format!("step {i}: chmod {dir}"),
+        fs::set_permissions(root.join(dir), fs::Permissions::from_mode(0o755)),
+    )?;
+    let inside = root.join(dir).join("inside");
+    write(
+        &inside,
+        format!("step {i}: {dir} is a directory").as_bytes(),
+    )?;
+    let own = root.join(format!("own-{i:03}"));
+    write(&own, i.to_string().as_bytes())?;
+    let stamp = 1_600_000_000 + i as i64;
+    for path in [
+        root.join(file),
+        inside,
+        root.join(dir),
+        own,
+        root.to_path_buf(),
+    ] {
+        set_mtime(&path, stamp)?;
+    }
+    Ok(())
+}
+
+fn recreate_the_same_entries(suite: &Suite) -> CheckOutcome {
+    let mut layers = Layers::new(suite.driver);
+    let id = |i: usize| format!("conformance-recreate-{i:03}");
+    for i in 0..RECREATE_LAYERS {
+        let parent = (i > 0).then(|| id(i - 1));
+        layers.create(&id(i), parent.as_deref())?;
+        let path = layers.mount(&id(i))?;
+        let stepped = recreate_step(&path, i);
+        layers.unmount(&id(i))?;
+        stepped?;
+    }
+    // Compared only once all are made: a child must not change its parents.
+    let scratch = io("a scratch directory", tempfile::tempdir())?;
+    let flat = scratch.path().join("flat");
+    io("mkdir the reference", fs::create_dir(&flat))?;
+    io(
+        "chmod the reference",
+        fs::set_permissions(&flat, fs::Permissions::from_mode(0o755)),
+    )?;
+    for i in 0..RECREATE_LAYERS {
+        recreate_step(&flat, i)?;
+        let path = layers.mount(&id(i))?;
+        let differences = compare_trees_with(&flat, &path, Compare { atime: false });
+        layers.unmount(&id(i))?;
+        ensure!(
+            differences.is_empty(),
+            "layer {i} of {RECREATE_LAYERS} differs from the reference after the same {} steps:\n{}",
+            i + 1,
+            differences.join("\n")
+        );
+    }
+    Ok(())
 }

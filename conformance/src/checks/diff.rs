@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use strata_core::archive::{self, ApplyOptions, ApplyTarget, ArchiveError, ChangeKind};
 use strata_core::layers::LayerStore;
@@ -18,15 +19,32 @@ pub fn checks() -> Vec<Check> {
     vec![
         check(
             "diff/changes-against-the-parent-are-exact",
+            "Core's changes of a child against its parent are exactly the adds, modifies and deletes made, each directory above them as modified.",
             changes_are_exact,
         ),
         check(
             "diff/export-then-apply-gives-the-same-tree",
+            "A child's diff exported by core and applied to a fresh child of the same parent gives the same tree, and apply counts the size export counted.",
             export_then_apply,
         ),
-        check("diff/native-and-naive-diffs-agree", native_and_naive_agree),
+        check(
+            "diff/echo-nested-directories",
+            "At every depth 0 to 9, a layer adding subdir1/../subdirD/file, its child deleting the file and a grandchild re-creating it have exactly these changes: an Add of each directory and the file; a Modify of each directory and a Delete of the file; a Modify of each directory and an Add of the file (by tree comparison, and by the native diff when there is one).",
+            echo,
+        ),
+        check(
+            "diff/driver-diff-apply-round-trip",
+            "For drivers claiming owns-diff-format: the driver's diff of a child, applied with apply_diff to a fresh child of the same parent, gives the same tree, and apply_diff returns the size diff_size gives.",
+            driver_diff_apply_round_trip,
+        ),
+        check(
+            "diff/native-and-naive-diffs-agree",
+            "For drivers claiming native-diff: the changes read from the native diff directory are those found by comparing trees (plus unchanged copied-up directories).",
+            native_and_naive_agree,
+        ),
         check(
             "diff/a-broken-stream-fails-cleanly",
+            "A junk stream is refused as bad input (by the driver if it owns the format, else by core), and the layer store keeps no layer made from it.",
             broken_stream_fails_cleanly,
         ),
     ]
@@ -58,7 +76,7 @@ fn parent_and_child(layers: &mut Layers, prefix: &str) -> Result<(String, String
     Ok((parent_id, child_id))
 }
 
-fn change_set(changes: &[archive::Change]) -> BTreeSet<(String, &'static str)> {
+pub(crate) fn change_set(changes: &[archive::Change]) -> ChangeSet {
     changes
         .iter()
         .filter(|c| !c.path.as_os_str().is_empty())
@@ -102,7 +120,7 @@ fn changes_are_exact(suite: &Suite) -> CheckOutcome {
 
 /// Where a diff is applied for a layer: its native diff directory (in its
 /// whiteout convention) or its tree.
-fn apply_target(
+pub(crate) fn apply_target(
     suite: &Suite,
     layers: &Layers,
     id: &str,
@@ -137,34 +155,231 @@ fn apply_target(
 fn export_then_apply(suite: &Suite) -> CheckOutcome {
     let mut layers = Layers::new(suite.driver);
     let (parent_id, child_id) = parent_and_child(&mut layers, "conformance-export")?;
-    let parent = layers.mount(&parent_id)?;
-    let child = layers.mount(&child_id)?;
-    let changes = io("compute changes", archive::changes(&child, Some(&parent)))?;
-    let mut tar = Vec::new();
-    let exported = io(
-        "export",
-        archive::export_changes(&child, &changes, &mut tar),
-    )?;
-    layers.unmount(&child_id)?;
-    layers.unmount(&parent_id)?;
+    round_trip(
+        suite,
+        &mut layers,
+        &parent_id,
+        &child_id,
+        "conformance-export-twin",
+    )
+}
 
-    let twin = "conformance-export-twin";
-    layers.create(twin, Some(&parent_id))?;
-    let (dir, target, mounted) = apply_target(suite, &layers, twin)?;
+/// Exports `child_id`'s changes against `parent_id` with core's export,
+/// applies them to a new child `twin_id` of the same parent (into its native
+/// diff directory or its tree), and fails unless the applied size is the
+/// exported size and the twin's tree is the child's: contents, modes,
+/// owners, times, xattrs and links.
+pub(crate) fn round_trip(
+    suite: &Suite,
+    layers: &mut Layers,
+    parent_id: &str,
+    child_id: &str,
+    twin_id: &str,
+) -> CheckOutcome {
+    let parent = layers.mount(parent_id)?;
+    let child = layers.mount(child_id)?;
+    let changes = archive::changes(&child, Some(&parent));
+    let mut tar = Vec::new();
+    let exported = changes.and_then(|changes| archive::export_changes(&child, &changes, &mut tar));
+    layers.unmount(child_id)?;
+    layers.unmount(parent_id)?;
+    let exported = io(format!("export the diff of {child_id}"), exported)?;
+
+    layers.create(twin_id, Some(parent_id))?;
+    let (dir, target, mounted) = apply_target(suite, layers, twin_id)?;
     let options = ApplyOptions {
         target,
         ..Default::default()
     };
     let applied = archive::apply_layer(&dir, &tar[..], &options, None);
     if mounted {
-        layers.unmount(twin)?;
+        layers.unmount(twin_id)?;
     }
-    let applied = applied.map_err(|e| Verdict::Fail(format!("apply the exported diff: {e}")))?;
+    let applied = applied
+        .map_err(|e| Verdict::Fail(format!("apply the diff of {child_id} to {twin_id}: {e}")))?;
     ensure!(
         applied.size == exported.size,
         "apply counted {} bytes, export {}",
         applied.size,
         exported.size
+    );
+    let child = layers.mount(child_id)?;
+    let twin = layers.mount(twin_id)?;
+    let differences = compare_trees_with(&child, &twin, Compare { atime: false });
+    layers.unmount(twin_id)?;
+    layers.unmount(child_id)?;
+    ensure!(
+        differences.is_empty(),
+        "the diff of {child_id} applied to a fresh child of {parent_id} differs from it:\n{}",
+        differences.join("\n")
+    );
+    Ok(())
+}
+
+/// A set of changes as (path, A/M/D), the root left out.
+pub(crate) type ChangeSet = BTreeSet<(String, &'static str)>;
+
+/// Builds the expected change set from (path, kind) pairs.
+pub(crate) fn expected(pairs: &[(&str, &'static str)]) -> ChangeSet {
+    pairs.iter().map(|(p, k)| (p.to_string(), *k)).collect()
+}
+
+/// A layer's changes against its parent (none: against an empty tree), found
+/// every way this driver offers: by comparing the mounted trees, and, for a
+/// driver with native diff in overlay whiteouts, by reading that directory
+/// over the mounted parent. Each comes with the name of the way.
+pub(crate) fn layer_changes(
+    suite: &Suite,
+    layers: &Layers,
+    id: &str,
+    parent_id: Option<&str>,
+) -> Result<Vec<(&'static str, ChangeSet)>, Verdict> {
+    let native = if suite
+        .driver
+        .capabilities()
+        .contains(Capabilities::NATIVE_DIFF)
+    {
+        suite
+            .driver
+            .native_diff(id)
+            .map_err(|e| Verdict::Fail(format!("native diff of {id}: {e}")))?
+            .filter(|native| native.whiteouts == WhiteoutFormat::Overlay)
+    } else {
+        None
+    };
+    let parent = match parent_id {
+        Some(parent_id) => Some(layers.mount(parent_id)?),
+        None => None,
+    };
+    let layer = match layers.mount(id) {
+        Ok(layer) => layer,
+        Err(e) => {
+            if let Some(parent_id) = parent_id {
+                let _ = layers.unmount(parent_id);
+            }
+            return Err(e);
+        }
+    };
+    let naive = archive::changes(&layer, parent.as_deref());
+    let native_changes = native
+        .as_ref()
+        .map(|native| archive::overlay_changes(&native.path, parent.as_deref()));
+    layers.unmount(id)?;
+    if let Some(parent_id) = parent_id {
+        layers.unmount(parent_id)?;
+    }
+    let naive = io(format!("changes of {id}"), naive)?;
+    let mut found = vec![("tree comparison", change_set(&naive))];
+    if let Some(native_changes) = native_changes {
+        let native_changes = io(format!("native changes of {id}"), native_changes)?;
+        found.push(("native diff", change_set(&native_changes)));
+    }
+    Ok(found)
+}
+
+/// Fails unless every way of finding `id`'s changes finds exactly `want`.
+pub(crate) fn changes_are(
+    suite: &Suite,
+    layers: &Layers,
+    id: &str,
+    parent_id: Option<&str>,
+    want: &ChangeSet,
+) -> CheckOutcome {
+    for (how, found) in layer_changes(suite, layers, id, parent_id)? {
+        ensure!(
+            found == *want,
+            "changes of {id} against {} by {how}: {found:?}, expected {want:?}",
+            parent_id.unwrap_or("an empty tree")
+        );
+    }
+    Ok(())
+}
+
+/// The nested directories of the echo check, `subdir1` .. `subdir1/../subdirD`.
+fn echo_dirs(depth: usize) -> Vec<PathBuf> {
+    (1..=depth)
+        .map(|k| (1..=k).map(|j| format!("subdir{j}")).collect())
+        .collect()
+}
+
+fn echo(suite: &Suite) -> CheckOutcome {
+    for depth in 0..=9 {
+        let base = format!("conformance-echo-{depth}-base");
+        let child = format!("conformance-echo-{depth}-child");
+        let grandchild = format!("conformance-echo-{depth}-grandchild");
+        let dirs = echo_dirs(depth);
+        let file = dirs.last().cloned().unwrap_or_default().join("file");
+        let file_name = file.display().to_string();
+        let dir_names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        let with_dirs = |dir_kind: &'static str, file_kind: &'static str| -> ChangeSet {
+            dir_names
+                .iter()
+                .map(|d| (d.clone(), dir_kind))
+                .chain([(file_name.clone(), file_kind)])
+                .collect()
+        };
+        let mut layers = Layers::new(suite.driver);
+
+        layers.create(&base, None)?;
+        let path = layers.mount(&base)?;
+        io(
+            "mkdir",
+            fs::create_dir_all(path.join(file.parent().unwrap_or(Path::new("")))),
+        )?;
+        io("write", fs::write(path.join(&file), b"echo"))?;
+        layers.unmount(&base)?;
+        changes_are(suite, &layers, &base, None, &with_dirs("A", "A"))?;
+
+        layers.create(&child, Some(&base))?;
+        let path = layers.mount(&child)?;
+        io("delete", fs::remove_file(path.join(&file)))?;
+        layers.unmount(&child)?;
+        changes_are(suite, &layers, &child, Some(&base), &with_dirs("M", "D"))?;
+
+        layers.create(&grandchild, Some(&child))?;
+        let path = layers.mount(&grandchild)?;
+        io("write", fs::write(path.join(&file), b"echo again"))?;
+        layers.unmount(&grandchild)?;
+        changes_are(
+            suite,
+            &layers,
+            &grandchild,
+            Some(&child),
+            &with_dirs("M", "A"),
+        )?;
+    }
+    Ok(())
+}
+
+fn driver_diff_apply_round_trip(suite: &Suite) -> CheckOutcome {
+    let driver = suite.driver;
+    if !driver
+        .capabilities()
+        .contains(Capabilities::OWNS_DIFF_FORMAT)
+    {
+        return Err(Verdict::Skip(
+            "the driver does not claim owns-diff-format".into(),
+        ));
+    }
+    let mut layers = Layers::new(driver);
+    let (parent_id, child_id) = parent_and_child(&mut layers, "conformance-owndiff")?;
+    let size = driver
+        .diff_size(&child_id, Some(&parent_id))
+        .map_err(|e| Verdict::Fail(format!("diff size of {child_id}: {e}")))?;
+    let mut stream = Vec::new();
+    driver
+        .diff(&child_id, Some(&parent_id))
+        .map_err(|e| Verdict::Fail(format!("diff of {child_id}: {e}")))?
+        .read_to_end(&mut stream)
+        .map_err(|e| Verdict::Fail(format!("read the diff of {child_id}: {e}")))?;
+    let twin = "conformance-owndiff-twin";
+    layers.create(twin, Some(&parent_id))?;
+    let applied = driver
+        .apply_diff(twin, Some(&parent_id), &mut &stream[..])
+        .map_err(|e| Verdict::Fail(format!("apply the diff of {child_id} to {twin}: {e}")))?;
+    ensure!(
+        applied == size,
+        "apply_diff returned {applied} bytes, diff_size {size}"
     );
     let child = layers.mount(&child_id)?;
     let twin_path = layers.mount(twin)?;
@@ -173,7 +388,7 @@ fn export_then_apply(suite: &Suite) -> CheckOutcome {
     layers.unmount(&child_id)?;
     ensure!(
         differences.is_empty(),
-        "the diff applied to a fresh child differs:\n{}",
+        "the driver's diff applied to a fresh child differs:\n{}",
         differences.join("\n")
     );
     Ok(())

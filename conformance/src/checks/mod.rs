@@ -7,9 +7,12 @@ mod content;
 mod diff;
 mod lifecycle;
 mod mount;
+mod processes;
 mod quota;
+mod restart;
+mod scenarios;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use strata_plugin_abi::{CreateOptions, ErrorKind, GraphDriver, MountOptions};
 
@@ -21,8 +24,11 @@ pub fn all() -> Vec<Check> {
     checks.extend(mount::checks());
     checks.extend(content::checks());
     checks.extend(diff::checks());
+    checks.extend(scenarios::checks());
     checks.extend(quota::checks());
     checks.extend(concurrency::checks());
+    checks.extend(processes::checks());
+    checks.extend(restart::checks());
     checks.extend(abi::checks());
     checks
 }
@@ -144,7 +150,75 @@ pub(crate) fn needs_root() -> CheckOutcome {
     }
 }
 
-/// `Check` constructor shorthand.
-pub(crate) fn check(name: &'static str, run: fn(&Suite) -> CheckOutcome) -> Check {
-    Check { name, run }
+/// `Check` constructor shorthand: the name, the one-sentence contract a driver
+/// must keep to pass, and the check.
+pub(crate) fn check(
+    name: &'static str,
+    contract: &'static str,
+    run: fn(&Suite) -> CheckOutcome,
+) -> Check {
+    Check {
+        name,
+        contract,
+        run,
+    }
+}
+
+/// The mount points of this process's mount namespace (the driver kit
+/// reads them from `/proc/self/mountinfo`, escapes undone).
+pub(crate) fn mount_points() -> Result<Vec<PathBuf>, Verdict> {
+    io(
+        "read /proc/self/mountinfo",
+        strata_driver_kit::mounts::mount_points(),
+    )
+}
+
+/// How many mounts sit exactly on `path` (0: it is not a mount point).
+pub(crate) fn mounts_on(path: &Path) -> Result<usize, Verdict> {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok(mount_points()?.iter().filter(|p| **p == path).count())
+}
+
+/// The mount points at or under `dir` (the driver's home), to see that a
+/// refused or released mount left nothing behind.
+pub(crate) fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, Verdict> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut found: Vec<PathBuf> = mount_points()?
+        .into_iter()
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Sets a path's modification and access times (not following symlinks), so
+/// trees built at different moments compare equal.
+pub(crate) fn set_mtime(path: &Path, seconds: i64) -> CheckOutcome {
+    let at = rustix::fs::Timespec {
+        tv_sec: seconds,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: at,
+        last_modification: at,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| Verdict::Fail(format!("set the times of {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_is_a_mount_point_and_a_subdirectory_usually_not() {
+        assert!(mounts_on(Path::new("/")).unwrap() >= 1);
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(mounts_on(dir.path()).unwrap(), 0);
+    }
 }

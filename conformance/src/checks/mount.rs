@@ -1,11 +1,12 @@
-//! Mounting: reference counting, root modes, read-only layers, deep stacks.
+//! Mounting: the mount contract (the host counts, get and put pair up),
+//! mount options, root modes, read-only layers, deep stacks.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use strata_plugin_abi::{Capabilities, CreateOptions, ErrorKind, MountOptions};
 
-use super::{Layers, check, expect_kind, io};
+use super::{Layers, check, expect_kind, io, mounts_on, mounts_under};
 use crate::{Check, CheckOutcome, Suite, Verdict, ensure};
 
 /// How deep the deep-stack check builds.
@@ -13,34 +14,249 @@ pub const DEEP_STACK: usize = 128;
 
 pub fn checks() -> Vec<Check> {
     vec![
-        check("mount/get-put-counts-references", get_put_counts_references),
-        check("mount/unknown-layer-refused", unknown_layer_refused),
-        check("mount/new-layer-root-mode", new_layer_root_mode),
+        check(
+            "mount/get-put-counts-references",
+            "The host counts mounts across processes, drivers do not: a get of a mounted layer returns the same path and tree without mounting again, and one put releases what get made (a path get made a mount point is one no longer).",
+            get_put_counts_references,
+        ),
+        check(
+            "mount/last-put-unmounts",
+            "When get makes a mount point, the put after it leaves the path unmounted, and a later get shows the layer's files again.",
+            last_put_unmounts,
+        ),
+        check(
+            "mount/options-honoured-or-refused",
+            "Get with \"ro\" either gives a tree that refuses writes or is refused with NotSupported or InvalidInput; an unknown option is refused with InvalidInput or NotSupported; after every refusal nothing is mounted.",
+            options_honoured_or_refused,
+        ),
+        check(
+            "mount/unknown-layer-refused",
+            "Get and remove of a layer that does not exist fail with NotFound.",
+            unknown_layer_refused,
+        ),
+        check(
+            "mount/new-layer-root-mode",
+            "The root of a new layer without parent has mode 0755.",
+            new_layer_root_mode,
+        ),
         check(
             "mount/changed-root-mode-reaches-children",
+            "A mode set on a parent's root is the mode of its child's root.",
             changed_root_mode_reaches_children,
         ),
         check(
             "mount/read-only-layer-rejects-writes",
+            "For drivers claiming read-only-layers: a layer created read-only refuses new files and overwrites, and its files keep their content.",
             read_only_layer_rejects_writes,
         ),
-        check("mount/deep-stack-reads-back-every-layer", deep_stack),
+        check(
+            "mount/deep-stack-reads-back-every-layer",
+            "Each layer of a 128-layer stack mounts and reads exactly its own and its ancestors' files, the nearest layer's write winning.",
+            deep_stack,
+        ),
     ]
 }
 
 fn get_put_counts_references(suite: &Suite) -> CheckOutcome {
+    let id = "conformance-mount";
     let mut layers = Layers::new(suite.driver);
-    layers.create("conformance-mount", None)?;
-    let first = layers.mount("conformance-mount")?;
-    io("write", fs::write(first.join("here"), b"x"))?;
-    let second = layers.mount("conformance-mount")?;
-    ensure!(first == second, "two mounts gave {first:?} and {second:?}");
-    layers.unmount("conformance-mount")?;
+    layers.create(id, None)?;
+    let first = layers.mount(id)?;
+    io(
+        "write",
+        fs::write(first.join("here"), b"through the first get"),
+    )?;
+    let mounts_after_first = mounts_on(&first)?;
+    let second = layers.mount(id)?;
+    let mounts_after_second = mounts_on(&first)?;
+    let content = fs::read(second.join("here")).unwrap_or_default();
+    // One put: the host calls it once for all the gets it counted.
+    layers.unmount(id)?;
+    let mounts_after_put = mounts_on(&first)?;
+    ensure!(first == second, "two gets gave {first:?} and {second:?}");
     ensure!(
-        first.join("here").exists(),
-        "one put of two gets took the mount away"
+        content == b"through the first get",
+        "the second get shows {content:?} where the first wrote a file"
     );
-    layers.unmount("conformance-mount")
+    ensure!(
+        mounts_after_second == mounts_after_first,
+        "the second get of a mounted layer mounted again: {mounts_after_first} mount(s) on {} after the first get, {mounts_after_second} after the second",
+        first.display()
+    );
+    ensure!(
+        mounts_after_put == 0,
+        "after put, {} is still a mount point ({mounts_after_put} mount(s)): the driver counts gets itself, but the host counts mounts across processes and calls put once to release",
+        first.display()
+    );
+    // What was written is the layer's, not the mount's.
+    let again = layers.mount(id)?;
+    let kept = fs::read(again.join("here")).unwrap_or_default();
+    layers.unmount(id)?;
+    ensure!(
+        kept == b"through the first get",
+        "after put and a new get the layer's file reads {kept:?}"
+    );
+    Ok(())
+}
+
+fn last_put_unmounts(suite: &Suite) -> CheckOutcome {
+    let id = "conformance-last-put";
+    let mut layers = Layers::new(suite.driver);
+    layers.create(id, None)?;
+    let path = layers.mount(id)?;
+    if !path.is_dir() {
+        layers.unmount(id)?;
+        return Err(Verdict::Fail(format!(
+            "get returned {}, which is not a directory",
+            path.display()
+        )));
+    }
+    if mounts_on(&path)? == 0 {
+        layers.unmount(id)?;
+        return Err(Verdict::Skip(
+            "get returned a plain directory, not a mount point: the driver does not claim to mount, so there is no unmount to check".into(),
+        ));
+    }
+    io("write", fs::write(path.join("kept"), b"across mounts"))?;
+    layers.unmount(id)?;
+    let left = mounts_on(&path)?;
+    ensure!(
+        left == 0,
+        "after the last put {} is still a mount point ({left} mount(s))",
+        path.display()
+    );
+    let again = layers.mount(id)?;
+    let kept = fs::read(again.join("kept")).unwrap_or_default();
+    layers.unmount(id)?;
+    let left = mounts_on(&again)?;
+    ensure!(
+        kept == b"across mounts",
+        "mounted again, the layer's file reads {kept:?}"
+    );
+    ensure!(
+        left == 0,
+        "after the second last put {} is still a mount point",
+        again.display()
+    );
+    Ok(())
+}
+
+/// Nothing mounted on the layer's path nor new under the driver's home.
+fn nothing_mounted(
+    what: &str,
+    path: &std::path::Path,
+    home: Option<&std::path::Path>,
+    home_mounts: &[std::path::PathBuf],
+) -> CheckOutcome {
+    let on_path = mounts_on(path)?;
+    ensure!(
+        on_path == 0,
+        "{what}: {} is left a mount point",
+        path.display()
+    );
+    if let Some(home) = home {
+        let now = mounts_under(home)?;
+        ensure!(
+            now == home_mounts,
+            "{what}: mounts under the driver's home went from {home_mounts:?} to {now:?}"
+        );
+    }
+    Ok(())
+}
+
+fn mount_with(options: &[&str]) -> MountOptions {
+    MountOptions {
+        options: options.iter().map(|o| o.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn options_honoured_or_refused(suite: &Suite) -> CheckOutcome {
+    let driver = suite.driver;
+    let id = "conformance-mount-options";
+    let mut layers = Layers::new(driver);
+    layers.create(id, None)?;
+    let plain = layers.mount(id)?;
+    io("write", fs::write(plain.join("file"), b"original"))?;
+    layers.unmount(id)?;
+    let home = suite.options.home.as_deref();
+    let home_mounts = match home {
+        Some(home) => mounts_under(home)?,
+        None => Vec::new(),
+    };
+
+    match driver.get(id, &mount_with(&["ro"])) {
+        Ok(path) => {
+            let new_file = fs::write(path.join("new"), b"x");
+            let overwrite = fs::write(path.join("file"), b"changed");
+            let content = fs::read(path.join("file")).unwrap_or_default();
+            layers.unmount(id)?;
+            ensure!(
+                new_file.is_err(),
+                "a file could be created through a get with \"ro\""
+            );
+            ensure!(
+                overwrite.is_err(),
+                "a file could be overwritten through a get with \"ro\""
+            );
+            ensure!(
+                content == b"original",
+                "a get with \"ro\" shows the file as {content:?}"
+            );
+            nothing_mounted(
+                "after the put of a get with \"ro\"",
+                &path,
+                home,
+                &home_mounts,
+            )?;
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::NotSupported | ErrorKind::InvalidInput) => {
+            nothing_mounted("after \"ro\" was refused", &plain, home, &home_mounts)?;
+        }
+        Err(e) => {
+            return Err(Verdict::Fail(format!(
+                "get with \"ro\" failed as {} ({e}), expected it honoured or refused as not supported or invalid input",
+                e.kind()
+            )));
+        }
+    }
+
+    let bogus = driver.get(id, &mount_with(&["conformance-bogus"]));
+    if bogus.is_ok() {
+        let _ = driver.put(id);
+    }
+    match bogus {
+        Ok(path) => {
+            return Err(Verdict::Fail(format!(
+                "get with the unknown option \"conformance-bogus\" succeeded ({})",
+                path.display()
+            )));
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::NotSupported | ErrorKind::InvalidInput) => {
+            nothing_mounted(
+                "after an unknown option was refused",
+                &plain,
+                home,
+                &home_mounts,
+            )?;
+        }
+        Err(e) => {
+            return Err(Verdict::Fail(format!(
+                "get with an unknown option failed as {} ({e}), expected invalid input or not supported",
+                e.kind()
+            )));
+        }
+    }
+
+    // The refusals left the layer usable and unchanged.
+    let path = layers.mount(id)?;
+    let content = fs::read(path.join("file")).unwrap_or_default();
+    layers.unmount(id)?;
+    ensure!(
+        content == b"original",
+        "after the mount option checks the layer's file reads {content:?}"
+    );
+    Ok(())
 }
 
 fn unknown_layer_refused(suite: &Suite) -> CheckOutcome {

@@ -12,10 +12,12 @@ pub fn checks() -> Vec<Check> {
     vec![
         check(
             "quota/size-option-refused-without-quota",
+            "A driver not claiming quota refuses the size option with NotSupported or InvalidInput, never accepting a limit it would not enforce.",
             refused_without_quota,
         ),
         check(
             "quota/writes-over-the-limit-fail",
+            "For drivers claiming quota: writes under a layer's size limit succeed and 40 MiB into a 20 MiB layer fail.",
             writes_over_the_limit_fail,
         ),
     ]

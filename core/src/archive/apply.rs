@@ -26,7 +26,9 @@ pub enum ApplyTarget {
     /// whiteout deletes, an opaque directory loses what the lower layers had.
     Tree,
     /// Into an overlay upper directory: a whiteout becomes a 0:0 character
-    /// device, an opaque directory gets `trusted.overlay.opaque=y`.
+    /// device, an opaque directory gets `trusted.overlay.opaque=y`. overlayfs
+    /// ignores that xattr on the upper root, so an opaque root also gets a
+    /// whiteout for each entry of the lower root the layer does not replace.
     OverlayUpper,
 }
 
@@ -391,9 +393,21 @@ struct Applier<'a> {
     /// members mostly share one. Dropped whenever anything is removed or a
     /// symlink made, since either can change what a path resolves to.
     parent_cache: Option<(PathBuf, Rc<ParentDir>)>,
-    /// Paths this layer made (for opaque directories on a full tree: what the
-    /// layer itself holds stays, whatever its order in the stream).
+    /// Paths this layer made, and every directory above one of them: what
+    /// the layer itself holds stays whatever its order in the stream, when a
+    /// whiteout or an opaque marker hides the lower layers' content there.
+    /// An overlay copy-up of a lower directory is not the layer's until it
+    /// puts something in it.
     made: HashSet<PathBuf>,
+    /// Overlay only: directories of the upper whose lower contents are
+    /// hidden (opaque, or made in place of a non-directory of the layer); a
+    /// directory made below one is new, not a copy-up of a lower one.
+    hidden: HashSet<PathBuf>,
+    /// Overlay only: the name of an opaque marker at the layer's root.
+    /// overlayfs ignores the opaque xattr on the upper root, so the lower
+    /// root's entries are whited out one by one at the end, once all that the
+    /// layer holds there is known.
+    root_opaque: Option<String>,
     dirs: Vec<PendingDir>,
     size: u64,
     entries: u64,
@@ -450,6 +464,8 @@ impl<'a> Applier<'a> {
             touched: HashMap::new(),
             parent_cache: None,
             made: HashSet::new(),
+            hidden: HashSet::new(),
+            root_opaque: None,
             dirs: Vec::new(),
             size: 0,
             entries: 0,
@@ -550,30 +566,96 @@ impl<'a> Applier<'a> {
     }
 
     /// Opens directory `rel`, making what is missing of it; in an overlay
-    /// upper, a directory made there takes the lower one's metadata.
+    /// upper, a directory made there takes the lower one's metadata, and one
+    /// in the place of a whiteout of this layer is made new and opaque.
     fn dir_creating(
         &mut self,
         rel: &Path,
         shown: &str,
         operation: &'static str,
     ) -> Result<OwnedFd, ArchiveError> {
-        let mut created = Vec::new();
-        let fd = self
-            .root
-            .dir_creating(rel, |dir| created.push(dir.to_path_buf()))
-            .map_err(|e| ArchiveError::entry_io(shown, operation, e))?;
-        for dir in created {
-            if let Some(lower) = self.lower {
-                let times = copy_dir_meta(lower, self.root, &dir).map_err(|e| {
-                    ArchiveError::entry_io(shown, "copy the lower directory's metadata", e)
-                })?;
-                if let Some(times) = times {
-                    self.touched.insert(dir.clone(), times);
-                }
+        loop {
+            let mut created = Vec::new();
+            let opened = self
+                .root
+                .dir_creating(rel, |dir| created.push(dir.to_path_buf()));
+            for dir in created {
+                self.adopt_created_dir(dir, shown)?;
             }
-            self.made.insert(dir);
+            match opened {
+                Ok(fd) => return Ok(fd),
+                // On a full tree a whited-out directory is simply gone; in an
+                // upper its whiteout is in the way.
+                Err(e)
+                    if self.options.target == ApplyTarget::OverlayUpper
+                        && e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+                {
+                    if !self.dir_over_whiteout(rel, shown)? {
+                        return Err(ArchiveError::entry_io(shown, operation, e));
+                    }
+                }
+                Err(e) => return Err(ArchiveError::entry_io(shown, operation, e)),
+            }
         }
-        Ok(fd)
+    }
+
+    /// Takes note of a directory `dir_creating` made. In an upper, one that
+    /// the lower tree has (and does not hide) is a copy-up of it: it gets
+    /// its metadata and is not yet the layer's own.
+    fn adopt_created_dir(&mut self, dir: PathBuf, shown: &str) -> Result<(), ArchiveError> {
+        let lower = self.lower.filter(|_| !self.is_hidden_below(&dir));
+        let copied_up = match lower {
+            Some(lower) => copy_dir_meta(lower, self.root, &dir).map_err(|e| {
+                ArchiveError::entry_io(shown, "copy the lower directory's metadata", e)
+            })?,
+            None => None,
+        };
+        match copied_up {
+            Some(times) => {
+                self.touched.insert(dir, times);
+            }
+            None => mark_made(&mut self.made, &dir),
+        }
+        Ok(())
+    }
+
+    /// Whether a directory above `rel` hides what the lower tree has below it.
+    fn is_hidden_below(&self, rel: &Path) -> bool {
+        !self.hidden.is_empty() && rel.ancestors().skip(1).any(|a| self.hidden.contains(a))
+    }
+
+    /// Replaces the first whiteout on the way to `rel` with a new, opaque
+    /// directory (the whiteout hid the lower one, and this layer's directory
+    /// must go on hiding it); says whether there was one.
+    fn dir_over_whiteout(&mut self, rel: &Path, shown: &str) -> Result<bool, ArchiveError> {
+        let failed = |e: io::Error| ArchiveError::entry_io(shown, "replace a whiteout", e);
+        let mut so_far = PathBuf::new();
+        for part in rel.components() {
+            let above = so_far.clone();
+            so_far.push(part);
+            match self.root.dir(&so_far) {
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {}
+                Err(_) => return Ok(false),
+            }
+            let parent = self.root.dir(&above).map_err(failed)?;
+            let name = name_cstr(part.as_os_str()).map_err(failed)?;
+            let stat = rustix::fs::statat(&parent, &name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| failed(e.into()))?;
+            if !is_whiteout(&stat) {
+                return Ok(false);
+            }
+            self.forget_parents();
+            rustix::fs::unlinkat(&parent, &name, AtFlags::empty()).map_err(|e| failed(e.into()))?;
+            rustix::fs::mkdirat(&parent, &name, Mode::from_raw_mode(0o755))
+                .map_err(|e| failed(e.into()))?;
+            let dir = open_subdir(&parent, &name).map_err(|e| failed(e.into()))?;
+            set_opaque(&dir).map_err(|e| failed(e.into()))?;
+            self.hidden.insert(so_far.clone());
+            mark_made(&mut self.made, &so_far);
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     fn forget_parents(&mut self) {
@@ -644,6 +726,18 @@ impl<'a> Applier<'a> {
                         rustix::fs::mkdirat(&parent, &cname, Mode::from_raw_mode(0o700)).map_err(
                             |e| ArchiveError::entry_io(&shown, "create directory", e.into()),
                         )?;
+                        if self.options.target == ApplyTarget::OverlayUpper {
+                            // What was there (a whiteout or another member of
+                            // this layer) hid the lower path; a plain upper
+                            // directory would merge with a lower one again.
+                            let dir = open_subdir(&parent, &cname).map_err(|e| {
+                                ArchiveError::entry_io(&shown, "open directory", e.into())
+                            })?;
+                            set_opaque(&dir).map_err(|e| {
+                                ArchiveError::entry_io(&shown, "mark directory opaque", e.into())
+                            })?;
+                            self.hidden.insert(rel.clone());
+                        }
                     }
                 }
                 Err(e) => return Err(ArchiveError::entry_io(&shown, "create directory", e.into())),
@@ -745,7 +839,7 @@ impl<'a> Applier<'a> {
                 format!("unsupported member type {:?}", kind),
             ));
         }
-        self.made.insert(rel);
+        mark_made(&mut self.made, &rel);
         Ok(())
     }
 
@@ -1081,21 +1175,92 @@ impl<'a> Applier<'a> {
         let target_name = OsStr::from_bytes(target);
         let cname = name_cstr(target_name).map_err(|e| ArchiveError::entry_io(shown, "name", e))?;
         let parent = self.parent(dir, shown)?;
+        let rel = dir.join(target_name);
+        // A whiteout hides only the lower layers' content (OCI image spec):
+        // what this layer already made there stays.
+        if self.made.contains(&rel) {
+            match rustix::fs::statat(&parent, &cname, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => return self.hide_lower_at(&parent, &cname, &rel, &stat, shown),
+                // Gone with a directory above it that a later member replaced.
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => {
+                    return Err(ArchiveError::entry_io(
+                        shown,
+                        "stat what the whiteout names",
+                        e.into(),
+                    ));
+                }
+            }
+        }
         match self.options.target {
             ApplyTarget::Tree => remove_all_at(&parent, &cname)
                 .map_err(|e| ArchiveError::entry_io(shown, "delete what the whiteout names", e)),
             ApplyTarget::OverlayUpper => {
+                // Whatever is in the upper there is not the layer's own (a
+                // copy-up holding other whiteouts): the whiteout takes its place.
                 remove_all_at(&parent, &cname)
                     .map_err(|e| ArchiveError::entry_io(shown, "replace", e))?;
-                rustix::fs::mknodat(
-                    &parent,
-                    &cname,
-                    FileType::CharacterDevice,
-                    Mode::empty(),
-                    rustix::fs::makedev(0, 0),
-                )
-                .map_err(|e| ArchiveError::entry_io(shown, "create overlay whiteout", e.into()))?;
-                self.made.insert(dir.join(target_name));
+                // overlayfs lists a whiteout in a directory that nothing
+                // lower merges with as an entry that cannot be opened: one
+                // goes only where it hides something.
+                if !self
+                    .lower_may_have(&rel)
+                    .map_err(|e| ArchiveError::entry_io(shown, "look in the lower tree", e))?
+                {
+                    return Ok(());
+                }
+                make_whiteout(&parent, &cname)
+                    .map_err(|e| ArchiveError::entry_io(shown, "create overlay whiteout", e.into()))
+            }
+        }
+    }
+
+    /// Whether the merged tree could show something of the lower tree at
+    /// `rel`: not below a directory that hides the lower one, and, when the
+    /// lower tree is given, there.
+    fn lower_may_have(&self, rel: &Path) -> io::Result<bool> {
+        if self.is_hidden_below(rel) {
+            return Ok(false);
+        }
+        let (Some(lower), Some((dir, name))) = (self.lower, split(rel)) else {
+            return Ok(true);
+        };
+        let dir = match lower.dir(dir) {
+            Ok(dir) => dir,
+            Err(e) if gone(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::statat(&dir, &name_cstr(name)?, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => Ok(true),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Hides what the lower layers have at `rel` (`name` in `parent`, with
+    /// `stat`) while keeping what this layer made there.
+    fn hide_lower_at(
+        &mut self,
+        parent: &OwnedFd,
+        name: &std::ffi::CStr,
+        rel: &Path,
+        stat: &rustix::fs::Stat,
+        shown: &str,
+    ) -> Result<(), ArchiveError> {
+        if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+            // A non-directory of this layer already replaced (on a full tree)
+            // or hides (in an upper) all the lower layers had at its path.
+            return Ok(());
+        }
+        let dir = open_subdir(parent, name)
+            .map_err(|e| ArchiveError::entry_io(shown, "open what the whiteout names", e.into()))?;
+        match self.options.target {
+            ApplyTarget::Tree => remove_lower_entries(&dir, rel, &self.made)
+                .map_err(|e| ArchiveError::entry_io(shown, "delete what the whiteout names", e)),
+            ApplyTarget::OverlayUpper => {
+                self.make_opaque(&dir, rel)
+                    .map_err(|e| ArchiveError::entry_io(shown, "mark directory opaque", e))?;
+                self.hidden.insert(rel.to_path_buf());
                 Ok(())
             }
         }
@@ -1121,15 +1286,93 @@ impl<'a> Applier<'a> {
             ApplyTarget::Tree => remove_lower_entries(&fd, dir, &self.made)
                 .map_err(|e| ArchiveError::entry_io(shown, "clear opaque directory", e)),
             ApplyTarget::OverlayUpper => {
-                rustix::fs::fsetxattr(&fd, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
-                    .map_err(|e| ArchiveError::entry_io(shown, "mark directory opaque", e.into()))
+                // Compared by inode: a name like `x/..` or a symlink can lead
+                // to the root too.
+                let root = rustix::fs::fstat(self.root.fd()).map_err(|e| {
+                    ArchiveError::entry_io(shown, "stat the layer's root", e.into())
+                })?;
+                if (stat.st_dev, stat.st_ino) == (root.st_dev, root.st_ino) {
+                    // The xattr too, though overlayfs ignores it there: it
+                    // says what the layer meant to whoever reads the upper.
+                    // What is not the layer's own goes now, as on a full
+                    // tree, so that what it makes from here on is new.
+                    self.make_opaque(&fd, dir)
+                        .map_err(|e| ArchiveError::entry_io(shown, "mark directory opaque", e))?;
+                    self.root_opaque.get_or_insert_with(|| shown.to_string());
+                    self.hidden.insert(PathBuf::new());
+                } else {
+                    self.make_opaque(&fd, dir)
+                        .map_err(|e| ArchiveError::entry_io(shown, "mark directory opaque", e))?;
+                    self.hidden.insert(dir.to_path_buf());
+                }
+                Ok(())
             }
         }
+    }
+
+    /// Marks the upper directory `dir` (at `rel`) opaque, and takes out of
+    /// it what is not the layer's own (copy-ups that hold only whiteouts,
+    /// and whiteouts): under an opaque directory nothing lower merges, so
+    /// overlayfs would show them as they are.
+    fn make_opaque(&self, dir: &OwnedFd, rel: &Path) -> io::Result<()> {
+        set_opaque(dir)?;
+        remove_lower_entries(dir, rel, &self.made)
+    }
+
+    /// For an opaque root in an upper: whites out every entry of the lower
+    /// root the layer did not make, and makes each directory it did make
+    /// there opaque, so nothing of the lower tree shows through the mount.
+    /// (Below the marker's root nothing that is not the layer's own is left:
+    /// it was taken out then, and none is made after it.)
+    fn hide_lower_root(&mut self, shown: &str) -> Result<(), ArchiveError> {
+        let Some(lower) = self.lower else {
+            // No lower tree given: nothing to hide.
+            return Ok(());
+        };
+        self.forget_parents();
+        let failed = |e: io::Error| ArchiveError::entry_io(shown, "hide the lower root", e);
+        let lower_root = open_subdir(lower.fd(), c".").map_err(|e| failed(e.into()))?;
+        let upper_root = open_subdir(self.root.fd(), c".").map_err(|e| failed(e.into()))?;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&lower_root).map_err(|e| failed(e.into()))? {
+            let entry = entry.map_err(|e| failed(e.into()))?;
+            let name = entry.file_name();
+            if name != c"." && name != c".." {
+                names.push(name.to_owned());
+            }
+        }
+        for name in names {
+            let rel = Path::new(OsStr::from_bytes(name.to_bytes()));
+            let upper = match rustix::fs::statat(&upper_root, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => Some(stat),
+                Err(rustix::io::Errno::NOENT) => None,
+                Err(e) => return Err(failed(e.into())),
+            };
+            match upper {
+                Some(stat) if self.made.contains(rel) => {
+                    if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                        let dir = open_subdir(&upper_root, &name).map_err(|e| failed(e.into()))?;
+                        set_opaque(&dir).map_err(|e| failed(e.into()))?;
+                    }
+                }
+                Some(stat) if is_whiteout(&stat) => {}
+                // Missing (or, defensively, anything else not the layer's).
+                _ => {
+                    remove_all_at(&upper_root, &name).map_err(failed)?;
+                    make_whiteout(&upper_root, &name).map_err(|e| failed(e.into()))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sets directories' modes and times, deepest first, now that nothing more
     /// is written into them.
     fn finish(&mut self) -> Result<(), ArchiveError> {
+        // Before the times are set: whiteouts change the root's.
+        if let Some(shown) = self.root_opaque.take() {
+            self.hide_lower_root(&shown)?;
+        }
         let mut dirs = std::mem::take(&mut self.dirs);
         let described: HashSet<&Path> = dirs.iter().map(|d| d.rel.as_path()).collect();
         for (rel, times) in &self.touched {
@@ -1161,6 +1404,48 @@ impl<'a> Applier<'a> {
         }
         Ok(())
     }
+}
+
+/// Adds `rel` and every directory above it to `made`.
+fn mark_made(made: &mut HashSet<PathBuf>, rel: &Path) {
+    for path in rel.ancestors() {
+        // Once one is there, so are those above it.
+        if path.as_os_str().is_empty() || made.contains(path) {
+            break;
+        }
+        made.insert(path.to_path_buf());
+    }
+}
+
+/// A real (not O_PATH) handle on the directory `name` in `dir`, not
+/// following a symlink.
+fn open_subdir(dir: &impl std::os::fd::AsFd, name: &std::ffi::CStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Makes the upper directory `dir` hide what the lower layers have below it.
+fn set_opaque(dir: &OwnedFd) -> rustix::io::Result<()> {
+    rustix::fs::fsetxattr(dir, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
+}
+
+/// An overlay whiteout: a 0:0 character device.
+fn make_whiteout(dir: &impl std::os::fd::AsFd, name: &std::ffi::CStr) -> rustix::io::Result<()> {
+    rustix::fs::mknodat(
+        dir,
+        name,
+        FileType::CharacterDevice,
+        Mode::empty(),
+        rustix::fs::makedev(0, 0),
+    )
+}
+
+fn is_whiteout(stat: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(stat.st_mode) == FileType::CharacterDevice && stat.st_rdev == 0
 }
 
 /// An open that failed because what was there is gone or is no longer a
@@ -1234,7 +1519,8 @@ fn copy_dir_meta(lower: &Root, upper: &Root, rel: &Path) -> io::Result<Option<Ti
 /// Removes from the directory `fd` (at `rel`) everything this layer did not
 /// make: what it made stays, and a directory it made (or merged into) keeps
 /// only what it made below, since an opaque directory hides all of the lower
-/// layers' contents at every depth.
+/// layers' contents at every depth. (In an upper directory, what the layer
+/// did not make is its whiteouts and the copy-ups that hold them.)
 fn remove_lower_entries(fd: &OwnedFd, rel: &Path, made: &HashSet<PathBuf>) -> io::Result<()> {
     let mut keep_dirs = Vec::new();
     beneath::remove_children(fd, |child| {

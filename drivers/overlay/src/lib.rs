@@ -6,15 +6,24 @@
 //! directories of the layer's ancestors under it.
 //!
 //! ```text
-//! <home>/<id>/diff/      this layer's changes (the upper directory)
-//! <home>/<id>/work/      overlay's work directory (read-write layers)
-//! <home>/<id>/merged/    where the layer is mounted
-//! <home>/<id>/link       its short link name
-//! <home>/<id>/lower      the short links of its ancestors, nearest first
-//! <home>/<id>/parent     its parent's id
-//! <home>/l/<short>       -> ../<id>/diff, for mount(2) options that fit a page
-//! <home>/empty/          the lower of a layer without ancestors
+//! <home>/layers/<id>/diff/      this layer's changes (the upper directory)
+//! <home>/layers/<id>/work/      overlay's work directory (read-write layers)
+//! <home>/layers/<id>/merged/    where the layer is mounted
+//! <home>/layers/<id>/link       its short link name
+//! <home>/layers/<id>/lower      the short links of its ancestors, nearest first
+//! <home>/layers/<id>/parent     its parent's id
+//! <home>/l/<short>              -> ../layers/<id>/diff, for mount(2) options that fit a page
+//! <home>/empty/                 the lower of a layer without ancestors
 //! ```
+//!
+//! Layers are placed and removed by the driver kit's [`LayerHome`] (whole or
+//! not at all, safe with many processes and kills anywhere). A short link is
+//! made after its layer is in place and removed before it goes, so a link
+//! never points at a layer being built; a link lost to a kill in between is
+//! made again from the layer's `link` file when a mount needs it.
+//!
+//! Mounts are counted by the host, not here (see `GraphDriver::get`): `get`
+//! of a layer already mounted returns the mount as it is, `put` unmounts.
 //!
 //! Mounts use the new mount API (one `lowerdir+` per layer, Linux 6.8+) so a
 //! stack is bounded only by the kernel's 500 lower layers; older kernels get
@@ -24,63 +33,58 @@
 
 mod mount;
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::mount::MountAttrFlags;
+use strata_driver_kit::{DriverOptions, LayerHome, fs_type, home::set_mode, xattr};
 use strata_plugin_abi::{
     Capabilities, CreateOptions, DriverError, DriverPlugin, GraphDriver, InitArgs, KeyValues,
-    MountOptions, NativeDiff, Result, WhiteoutFormat, is_valid_layer_id, validate_layer_id,
+    MountOptions, NativeDiff, Result, WhiteoutFormat,
 };
 
 pub use mount::Method;
 
-const DRIVER_OPTIONS: &[&str] = &["mountopt", "mount_method"];
-
 pub struct OverlayDriver {
     home: PathBuf,
+    layers: LayerHome,
     method: Method,
     /// Mount attributes from the `mountopt` option.
     attrs: MountAttrFlags,
     mountopt: String,
-    /// Mounts made by this driver instance, per layer.
-    mounts: Mutex<HashMap<String, u32>>,
-    /// Held while layers are put into place or taken away.
-    placement: Mutex<()>,
-    sequence: AtomicU64,
 }
 
 fn io_err(context: impl std::fmt::Display) -> impl FnOnce(io::Error) -> DriverError {
     move |e| DriverError::io(context, &e)
 }
 
-/// Parses `mountopt` (comma-separated): the mount attributes overlay layers
-/// get. Anything else is refused by name.
-fn parse_mountopt(text: &str) -> Result<MountAttrFlags> {
-    let mut attrs = MountAttrFlags::empty();
-    for opt in text.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-        attrs |= match opt {
-            "nodev" => MountAttrFlags::MOUNT_ATTR_NODEV,
-            "nosuid" => MountAttrFlags::MOUNT_ATTR_NOSUID,
-            "noexec" => MountAttrFlags::MOUNT_ATTR_NOEXEC,
-            other => {
-                return Err(DriverError::invalid_input(format!(
-                    "overlay driver option 'mountopt': unknown mount option '{other}' (known: nodev, nosuid, noexec)"
-                )));
+/// The mount attributes overlay layers get from `mountopt`.
+fn mount_attrs(names: &[&str]) -> MountAttrFlags {
+    names.iter().fold(MountAttrFlags::empty(), |attrs, name| {
+        attrs
+            | match *name {
+                "nodev" => MountAttrFlags::MOUNT_ATTR_NODEV,
+                "nosuid" => MountAttrFlags::MOUNT_ATTR_NOSUID,
+                "noexec" => MountAttrFlags::MOUNT_ATTR_NOEXEC,
+                _ => MountAttrFlags::empty(),
             }
-        };
-    }
-    Ok(attrs)
+    })
 }
 
-/// Why overlay cannot work on `home`, if it cannot: checked before the driver
-/// is offered, so automatic selection moves on with the reason.
-fn probe(home: &Path) -> std::result::Result<(), String> {
+/// Why overlay cannot work at all here, if it cannot: asked before anything
+/// is written in the home.
+fn kernel_and_home_can_overlay(home: &Path) -> std::result::Result<(), String> {
+    // overlayfs unescapes backslashes in its directory options, and mount(2)
+    // splits them at ',' and ':': such a home would fail at every mount.
+    let text = home.as_os_str().as_encoded_bytes();
+    if let Some(bad) = [b'\\', b',', b':'].iter().find(|c| text.contains(c)) {
+        return Err(format!(
+            "the home {} contains '{}', which overlay's mount options cannot carry",
+            home.display(),
+            *bad as char
+        ));
+    }
     let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
     if !filesystems
         .lines()
@@ -88,61 +92,86 @@ fn probe(home: &Path) -> std::result::Result<(), String> {
     {
         return Err("the kernel has no overlay filesystem (not in /proc/filesystems)".into());
     }
-    let statfs = rustix::fs::statfs(home).map_err(|e| format!("statfs {}: {e}", home.display()))?;
-    if statfs.f_type as u64 == 0x794C_7630 {
+    if fs_type::of(home).map_err(|e| format!("statfs {}: {e}", home.display()))?
+        == fs_type::FsType::Overlay
+    {
         return Err(format!(
             "{} is itself on overlayfs, which cannot hold an upper directory",
             home.display()
         ));
     }
-    let scratch = home.join(format!(".probe-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+/// Why overlay cannot work on `layers`' filesystem, if it cannot: checked
+/// before the driver is offered, so automatic selection moves on with the
+/// reason. The scratch space is the kit's, so a probe killed half way is
+/// collected.
+fn probe(layers: &LayerHome) -> std::result::Result<(), String> {
+    let where_ = layers.layers_dir();
+    let scratch = layers.scratch().map_err(|e| e.to_string())?;
+    let scratch = scratch.path();
     fs::create_dir_all(scratch.join("d"))
         .map_err(|e| format!("create {}: {e}", scratch.display()))?;
-    let result = (|| {
-        fs::write(scratch.join("d/f"), b"").map_err(|e| format!("write: {e}"))?;
-        // d_type: readdir must tell file types.
-        let mut dir = rustix::fs::Dir::read_from(
-            rustix::fs::open(
-                scratch.join("d"),
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-                rustix::fs::Mode::empty(),
-            )
-            .map_err(|e| format!("open: {e}"))?,
-        )
-        .map_err(|e| format!("readdir: {e}"))?;
-        while let Some(Ok(entry)) = dir.read() {
-            if entry.file_name() == c"f" && entry.file_type() == rustix::fs::FileType::Unknown {
-                return Err(format!(
-                    "the filesystem of {} does not report d_type",
-                    home.display()
-                ));
-            }
-        }
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            scratch.join("whiteout").as_path(),
-            rustix::fs::FileType::CharacterDevice,
-            rustix::fs::Mode::empty(),
-            rustix::fs::makedev(0, 0),
-        )
-        .map_err(|e| {
-            format!(
-                "cannot make whiteouts (0:0 character devices) in {}: {e}",
-                home.display()
-            )
-        })?;
-        rustix::fs::setxattr(
+    fs::write(scratch.join("d/f"), b"").map_err(|e| format!("write: {e}"))?;
+    // d_type: readdir must tell file types.
+    let mut dir = rustix::fs::Dir::read_from(
+        rustix::fs::open(
             scratch.join("d"),
-            "trusted.overlay.opaque",
-            b"y",
-            rustix::fs::XattrFlags::empty(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
         )
-        .map_err(|e| format!("cannot set trusted.* xattrs in {}: {e}", home.display()))?;
-        Ok(())
-    })();
-    let _ = fs::remove_dir_all(&scratch);
-    result
+        .map_err(|e| format!("open: {e}"))?,
+    )
+    .map_err(|e| format!("readdir: {e}"))?;
+    while let Some(Ok(entry)) = dir.read() {
+        if entry.file_name() == c"f" && entry.file_type() == rustix::fs::FileType::Unknown {
+            return Err(format!(
+                "the filesystem of {} does not report d_type",
+                where_.display()
+            ));
+        }
+    }
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        scratch.join("whiteout").as_path(),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        rustix::fs::makedev(0, 0),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot make whiteouts (0:0 character devices) in {}: {e}",
+            where_.display()
+        )
+    })?;
+    rustix::fs::setxattr(
+        scratch.join("d"),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(|e| format!("cannot set trusted.* xattrs in {}: {e}", where_.display()))?;
+    Ok(())
+}
+
+/// Refuses a home laid out by strata before the driver kit (layers directly
+/// in the home): starting on it would make them silently invisible.
+fn refuse_old_layout(home: &Path) -> Result<()> {
+    let old = fs::read_dir(home)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.file_name() != "layers" && e.path().join("diff").is_dir());
+    if let Some(old) = old {
+        return Err(DriverError::invalid_input(format!(
+            "init overlay: {} is a layer in the layout of strata 0.1 before the driver kit \
+             (<home>/<id>); this version keeps layers in <home>/layers/<id>. Re-import the \
+             images into a new graph root",
+            old.path().display()
+        )));
+    }
+    Ok(())
 }
 
 impl DriverPlugin for OverlayDriver {
@@ -150,72 +179,71 @@ impl DriverPlugin for OverlayDriver {
     const DESCRIPTION: &'static str = "kernel overlayfs: a layer's diff/ is its native diff; deep stacks through the new mount API";
 
     fn init(args: &InitArgs) -> Result<Self> {
-        args.options
-            .reject_unknown("overlay driver option", DRIVER_OPTIONS)?;
-        let mountopt = args.options.get("mountopt").unwrap_or("nodev").to_string();
-        let attrs = parse_mountopt(&mountopt)?;
-        for dir in [
-            args.home.clone(),
-            args.home.join("l"),
-            args.home.join("empty"),
-        ] {
+        let options = DriverOptions::new(
+            "overlay driver option",
+            &args.options,
+            &["mountopt", "mount_method"],
+        )?;
+        let mountopt = options.list("mountopt", &["nodev", "nosuid", "noexec"], "nodev")?;
+        let attrs = mount_attrs(&mountopt);
+        let mount_method = options.choice("mount_method", &["auto", "new", "legacy"], "auto")?;
+        refuse_old_layout(&args.home)?;
+        fs::create_dir_all(&args.home).map_err(io_err(format!(
+            "init overlay: create {}",
+            args.home.display()
+        )))?;
+        kernel_and_home_can_overlay(&args.home)
+            .map_err(|why| DriverError::not_supported(format!("overlay: {why}")))?;
+        let layers = LayerHome::open(&args.home)?;
+        for dir in [args.home.join("l"), args.home.join("empty")] {
             fs::create_dir_all(&dir)
                 .map_err(io_err(format!("init overlay: create {}", dir.display())))?;
         }
-        probe(&args.home).map_err(|why| DriverError::not_supported(format!("overlay: {why}")))?;
-        let scratch = args.home.join(format!(".probe-api-{}", std::process::id()));
-        let new_api = mount::new_api_works(&scratch);
-        let _ = fs::remove_dir_all(&scratch);
-        let method = match args.options.get("mount_method") {
-            None | Some("auto") if new_api => Method::NewMountApi,
-            None | Some("auto") | Some("legacy") => Method::LegacyShortLinks,
-            Some("new") if new_api => Method::NewMountApi,
-            Some("new") => {
+        if let Err(why) = probe(&layers) {
+            // A home made just now for a driver that cannot work here goes
+            // again, so automatic selection leaves nothing behind.
+            if layers.list().is_ok_and(|ids| ids.is_empty()) {
+                for dir in [
+                    layers.layers_dir(),
+                    &args.home.join("l"),
+                    &args.home.join("empty"),
+                ] {
+                    let _ = fs::remove_dir_all(dir);
+                }
+            }
+            return Err(DriverError::not_supported(format!("overlay: {why}")));
+        }
+        let new_api = {
+            let scratch = layers.scratch()?;
+            mount::new_api_works(scratch.path())
+        };
+        let method = match mount_method {
+            "auto" if new_api => Method::NewMountApi,
+            "auto" | "legacy" => Method::LegacyShortLinks,
+            _ if new_api => Method::NewMountApi,
+            _ => {
                 return Err(DriverError::not_supported(
                     "overlay: mount_method=new, but this kernel's overlay refuses lowerdir+ (Linux 6.8 and later)",
                 ));
             }
-            Some(other) => {
-                return Err(DriverError::invalid_input(format!(
-                    "overlay driver option 'mount_method' must be auto, new or legacy, not '{other}'"
-                )));
-            }
         };
         let driver = OverlayDriver {
             home: args.home.clone(),
+            layers,
             method,
             attrs,
-            mountopt,
-            mounts: Mutex::new(HashMap::new()),
-            placement: Mutex::new(()),
-            sequence: AtomicU64::new(0),
+            mountopt: mountopt.join(","),
         };
-        driver.remove_leftovers();
+        driver.remove_dangling_links();
         tracing::debug!(home = %driver.home.display(), ?method, "overlay driver ready");
         Ok(driver)
     }
 }
 
 impl OverlayDriver {
-    fn dir(&self, id: &str) -> PathBuf {
-        self.home.join(id)
-    }
-
-    fn existing(&self, id: &str, operation: &str) -> Result<PathBuf> {
-        validate_layer_id(id).map_err(|e| e.context(format!("{operation} layer {id}")))?;
-        let dir = self.dir(id);
-        if dir.join("diff").is_dir() {
-            Ok(dir)
-        } else {
-            Err(DriverError::not_found(format!(
-                "{operation} layer {id}: no such layer"
-            )))
-        }
-    }
-
     /// The ancestors' diff directories, nearest first, from the `lower` file.
-    fn lowers(&self, id: &str) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
-        let text = match fs::read_to_string(self.dir(id).join("lower")) {
+    fn lowers(&self, id: &str, dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+        let text = match fs::read_to_string(dir.join("lower")) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => {
@@ -229,8 +257,8 @@ impl OverlayDriver {
         let mut short = Vec::new();
         for link in text.split(':').filter(|l| !l.is_empty()) {
             let short_path = self.home.join(link);
-            // The link is a symlink to ../<ancestor>/diff; resolve it to the
-            // real path for the new mount API, and heal it if it is missing.
+            // The link is a symlink to ../layers/<ancestor>/diff; resolve it to
+            // the real path for the new mount API, and heal it if it is missing.
             let full_path = match fs::read_link(&short_path) {
                 Ok(target) => self.home.join("l").join(target),
                 Err(_) => self.heal_link(id, link)?,
@@ -249,23 +277,20 @@ impl OverlayDriver {
     /// whose `link` file names it.
     fn heal_link(&self, id: &str, link: &str) -> Result<PathBuf> {
         let short = link.trim_start_matches("l/");
-        let owner = fs::read_dir(&self.home)
-            .map_err(io_err(format!(
-                "mount layer {id}: find the layer of link {short}"
-            )))?
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
+        let owner = self
+            .layers
+            .list()?
+            .into_iter()
             .find(|candidate| {
-                is_valid_layer_id(candidate)
-                    && fs::read_to_string(self.dir(candidate).join("link"))
-                        .is_ok_and(|l| l.trim() == short)
+                fs::read_to_string(self.layers.layers_dir().join(candidate).join("link"))
+                    .is_ok_and(|l| l.trim() == short)
             })
             .ok_or_else(|| {
                 DriverError::other(format!(
                     "mount layer {id}: lower link {short} is missing and no layer claims it"
                 ))
             })?;
-        let target = format!("../{owner}/diff");
+        let target = link_target(&owner);
         std::os::unix::fs::symlink(&target, self.home.join("l").join(short))
             .or_else(|e| {
                 if e.kind() == io::ErrorKind::AlreadyExists {
@@ -282,56 +307,16 @@ impl OverlayDriver {
     fn depth_limit(&self) -> usize {
         match self.method {
             Method::NewMountApi => mount::KERNEL_MAX_LOWERS,
-            // Each lower costs "<home>/l/<26 chars>:" in one page.
-            Method::LegacyShortLinks => (mount::PAGE - 200) / (self.home.as_os_str().len() + 30),
+            // Each lower costs "<home>/l/<16 chars>:" in one page.
+            Method::LegacyShortLinks => (mount::PAGE - 200) / (self.home.as_os_str().len() + 20),
         }
         .min(mount::KERNEL_MAX_LOWERS)
     }
 
-    fn new_short_name(&self, id: &str) -> String {
-        // Short, unique, stable for the layer's life.
-        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let seed = format!(
-            "{id}-{}-{n}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        );
-        let mut hash: u64 = 0xcbf29ce484222325;
-        for b in seed.bytes() {
-            hash = (hash ^ b as u64).wrapping_mul(0x100000001b3);
-        }
-        format!("{hash:016x}")
-    }
-
-    fn children_of(&self, id: &str) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.home) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|child| is_valid_layer_id(child))
-            .filter(|child| {
-                fs::read_to_string(self.dir(child).join("parent")).is_ok_and(|p| p == id)
-            })
-            .collect()
-    }
-
-    fn remove_leftovers(&self) {
-        let Ok(entries) = fs::read_dir(&self.home) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".new-") || name.starts_with(".gone-") {
-                let merged = entry.path().join("merged");
-                if mount::is_mount_point(&merged) {
-                    let _ = mount::unmount(&merged);
-                }
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-        // Short links whose layer is gone.
+    /// Short links whose layer is gone (a remove killed after taking the
+    /// layer away). Links are made only after their layer is in place, so a
+    /// dangling one never belongs to a layer being built.
+    fn remove_dangling_links(&self) {
         if let Ok(links) = fs::read_dir(self.home.join("l")) {
             for link in links.flatten() {
                 if fs::metadata(link.path()).is_err() {
@@ -348,7 +333,7 @@ impl OverlayDriver {
             "mount layer {id}: create {}",
             merged.display()
         )))?;
-        let (mut lowers, mut short) = self.lowers(id)?;
+        let (mut lowers, mut short) = self.lowers(id, dir)?;
         let diff = dir.join("diff");
         let work = dir.join("work");
         let upper = if read_only {
@@ -384,6 +369,31 @@ impl OverlayDriver {
             )
         })
     }
+
+    /// Holds the layer's own lock (flock on its directory) while its mount
+    /// is made or taken down, so two callers never stack two mounts.
+    fn layer_lock(
+        &self,
+        id: &str,
+        dir: &Path,
+        operation: &str,
+    ) -> Result<strata_driver_kit::lock::Held> {
+        let fd = rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| DriverError::io(format!("{operation} layer {id}"), &e.into()))?;
+        strata_driver_kit::lock::exclusive_dir(fd)
+            .map_err(io_err(format!("{operation} layer {id}")))
+    }
+}
+
+/// Where a layer's short link points, relative to `<home>/l`.
+fn link_target(id: &str) -> String {
+    format!("../layers/{id}/diff")
 }
 
 impl GraphDriver for OverlayDriver {
@@ -415,7 +425,7 @@ impl GraphDriver for OverlayDriver {
     }
 
     fn metadata(&self, id: &str) -> Result<KeyValues> {
-        let dir = self.existing(id, "metadata of")?;
+        let dir = self.layers.existing(id, "metadata of")?;
         Ok([
             ("diff", dir.join("diff").display().to_string()),
             ("merged", dir.join("merged").display().to_string()),
@@ -426,25 +436,22 @@ impl GraphDriver for OverlayDriver {
 
     fn create(&self, id: &str, parent: Option<&str>, options: &CreateOptions) -> Result<()> {
         let op = format!("create layer {id}");
-        validate_layer_id(id).map_err(|e| e.context(&op))?;
+        self.layers.path_of(id, "create")?;
         if options.storage_opts.get("size").is_some() {
             return Err(DriverError::not_supported(format!(
                 "{op}: the overlay driver cannot limit a layer's size (storage option 'size')"
             )));
         }
-        options
-            .storage_opts
-            .reject_unknown("overlay storage option", &[])
+        DriverOptions::new("overlay storage option", &options.storage_opts, &[])
             .map_err(|e| e.context(&op))?;
-        let target = self.dir(id);
-        if target.exists() {
+        if self.layers.exists(id) {
             return Err(DriverError::already_exists(format!("{op}: layer exists")));
         }
-        let _placing = self.placement.lock().unwrap_or_else(|e| e.into_inner());
-        let lower = match parent {
-            None => String::new(),
+        let (lower, parent_diff) = match parent {
+            None => (String::new(), None),
             Some(parent) => {
                 let parent_dir = self
+                    .layers
                     .existing(parent, "create")
                     .map_err(|e| e.context(format!("{op}: parent {parent}")))?;
                 let parent_link = fs::read_to_string(parent_dir.join("link"))
@@ -463,77 +470,59 @@ impl GraphDriver for OverlayDriver {
                         self.method
                     )));
                 }
-                chain
+                (chain, Some(parent_dir.join("diff")))
             }
         };
-        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let staging = self
-            .home
-            .join(format!(".new-{id}-{}-{n}", std::process::id()));
-        let short = self.new_short_name(id);
-        let made = (|| -> io::Result<()> {
-            fs::create_dir_all(staging.join("diff"))?;
-            fs::set_permissions(staging.join("diff"), fs::Permissions::from_mode(0o755))?;
+        let staging = self.layers.stage(id, "create")?;
+        // Short, unique, stable for the layer's life.
+        let short = strata_driver_kit::home::random_hex();
+        let built = (|| -> io::Result<()> {
+            let dir = staging.path();
+            fs::create_dir(dir.join("diff"))?;
+            set_mode(&dir.join("diff"), 0o755)?;
             // Only a read-write layer gets a work directory; its absence
             // marks a read-only one, mounted without an upper.
             if options.read_write {
-                fs::create_dir_all(staging.join("work"))?;
+                fs::create_dir(dir.join("work"))?;
             }
-            fs::create_dir_all(staging.join("merged"))?;
-            fs::write(staging.join("link"), &short)?;
+            fs::create_dir(dir.join("merged"))?;
+            fs::write(dir.join("link"), &short)?;
             if !lower.is_empty() {
-                fs::write(staging.join("lower"), &lower)?;
-            }
-            if let Some(parent) = parent {
-                fs::write(staging.join("parent"), parent)?;
+                fs::write(dir.join("lower"), &lower)?;
             }
             // A child's root starts as its parent's root: the upper directory's
             // own metadata is what the merged root shows.
-            if let Some(parent) = parent {
-                copy_root_metadata(&self.dir(parent).join("diff"), &staging.join("diff"))?;
+            if let Some(parent_diff) = &parent_diff {
+                xattr::copy_root_metadata(parent_diff, &dir.join("diff"), |name| {
+                    name.starts_with(b"trusted.overlay.")
+                })?;
             }
-            std::os::unix::fs::symlink(format!("../{id}/diff"), self.home.join("l").join(&short))?;
-            fs::rename(&staging, &target)
+            Ok(())
         })();
-        if let Err(e) = made {
-            let _ = fs::remove_dir_all(&staging);
-            let _ = fs::remove_file(self.home.join("l").join(&short));
-            return Err(DriverError::io(&op, &e));
-        }
+        built.map_err(io_err(&op))?;
+        self.layers.place(staging, id, parent, "create")?;
+        // After the layer is in place, so a link never dangles for a live
+        // layer; lost to a kill here, it is made again at the first mount.
+        std::os::unix::fs::symlink(link_target(id), self.home.join("l").join(&short))
+            .map_err(io_err(format!("{op}: make its short link")))?;
         Ok(())
     }
 
     fn remove(&self, id: &str) -> Result<()> {
-        let dir = self.existing(id, "remove")?;
-        let _placing = self.placement.lock().unwrap_or_else(|e| e.into_inner());
-        let children = self.children_of(id);
-        if !children.is_empty() {
-            return Err(DriverError::busy(format!(
-                "remove layer {id}: layers {} are its children",
-                children.join(", ")
-            )));
-        }
-        let merged = dir.join("merged");
-        if mount::is_mount_point(&merged) {
-            mount::unmount(&merged).map_err(io_err(format!("remove layer {id}: unmount")))?;
-        }
-        self.mounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let doomed = self
-            .home
-            .join(format!(".gone-{id}-{}-{n}", std::process::id()));
-        fs::rename(&dir, &doomed).map_err(io_err(format!("remove layer {id}")))?;
-        if let Ok(link) = fs::read_to_string(doomed.join("link")) {
-            let _ = fs::remove_file(self.home.join("l").join(link.trim()));
-        }
-        fs::remove_dir_all(&doomed).map_err(io_err(format!("remove layer {id}: delete")))
+        self.layers.remove(id, "remove", |dir| {
+            let merged = dir.join("merged");
+            if mount::is_mount_point(&merged) {
+                mount::unmount(&merged).map_err(io_err(format!("remove layer {id}: unmount")))?;
+            }
+            if let Ok(link) = fs::read_to_string(dir.join("link")) {
+                let _ = fs::remove_file(self.home.join("l").join(link.trim()));
+            }
+            Ok(())
+        })
     }
 
     fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
-        let dir = self.existing(id, "mount")?;
+        let dir = self.layers.existing(id, "mount")?;
         let mut read_only = false;
         for option in &options.options {
             match option.as_str() {
@@ -546,28 +535,21 @@ impl GraphDriver for OverlayDriver {
                 }
             }
         }
-        // Layers made read-only have no work directory use; mount them so.
+        // Layers made read-only have no work directory; mount them so.
         let created_read_only = !dir.join("work").is_dir();
         let merged = dir.join("merged");
-        let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = mounts.entry(id.to_string()).or_insert(0);
-        if *count == 0 && !mount::is_mount_point(&merged) {
+        let _layer = self.layer_lock(id, &dir, "mount")?;
+        // The host counts mounts: a layer already mounted is returned as it is.
+        if !mount::is_mount_point(&merged) {
             self.mount_layer(id, &dir, read_only || created_read_only)?;
         }
-        *count += 1;
         Ok(merged)
     }
 
     fn put(&self, id: &str) -> Result<()> {
-        let dir = self.existing(id, "unmount")?;
-        let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = mounts.entry(id.to_string()).or_insert(0);
-        if *count > 1 {
-            *count -= 1;
-            return Ok(());
-        }
-        mounts.remove(id);
+        let dir = self.layers.existing(id, "unmount")?;
         let merged = dir.join("merged");
+        let _layer = self.layer_lock(id, &dir, "unmount")?;
         if mount::is_mount_point(&merged) {
             mount::unmount(&merged).map_err(io_err(format!("unmount layer {id}")))?;
         }
@@ -575,75 +557,29 @@ impl GraphDriver for OverlayDriver {
     }
 
     fn exists(&self, id: &str) -> Result<bool> {
-        Ok(is_valid_layer_id(id) && self.dir(id).join("diff").is_dir())
+        Ok(self.layers.exists(id))
     }
 
     fn list(&self) -> Result<Vec<String>> {
-        let entries = fs::read_dir(&self.home).map_err(io_err("list layers"))?;
-        Ok(entries
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|id| {
-                is_valid_layer_id(id)
-                    && id != "l"
-                    && id != "empty"
-                    && self.dir(id).join("diff").is_dir()
-            })
-            .collect())
+        self.layers.list()
     }
 
     fn cleanup(&self) -> Result<()> {
-        let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
-        for id in mounts.keys() {
-            let merged = self.dir(id).join("merged");
-            if mount::is_mount_point(&merged)
-                && let Err(e) = mount::unmount(&merged)
-            {
-                return Err(DriverError::io(format!("cleanup: unmount layer {id}"), &e));
-            }
-        }
-        mounts.clear();
+        // Mounts belong to the host's counts, which other processes share:
+        // shutting down this instance takes none of them away. What is left
+        // is what killed processes left.
+        self.layers.collect_leftovers();
+        self.remove_dangling_links();
         Ok(())
     }
 
     fn native_diff(&self, id: &str) -> Result<Option<NativeDiff>> {
-        let dir = self.existing(id, "native diff of")?;
+        let dir = self.layers.existing(id, "native diff of")?;
         Ok(Some(NativeDiff {
             path: dir.join("diff"),
             whiteouts: WhiteoutFormat::Overlay,
         }))
     }
-}
-
-/// Gives `to` the mode, owner, times and xattrs of `from` (overlay's own
-/// trusted.overlay.* bookkeeping excepted).
-fn copy_root_metadata(from: &Path, to: &Path) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::symlink_metadata(from)?;
-    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))?;
-    fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    let mut names = vec![0u8; 64 * 1024];
-    let n = rustix::fs::listxattr(from, &mut names[..]).unwrap_or(0);
-    for name in names[..n]
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty() && !n.starts_with(b"trusted.overlay."))
-    {
-        let mut value = vec![0u8; 64 * 1024];
-        let len = rustix::fs::getxattr(from, name, &mut value[..])?;
-        rustix::fs::setxattr(to, name, &value[..len], rustix::fs::XattrFlags::empty())?;
-    }
-    let times = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: meta.atime(),
-            tv_nsec: meta.atime_nsec() as _,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: meta.mtime(),
-            tv_nsec: meta.mtime_nsec() as _,
-        },
-    };
-    rustix::fs::utimensat(rustix::fs::CWD, to, &times, rustix::fs::AtFlags::empty())?;
-    Ok(())
 }
 
 strata_plugin_abi::export_driver!(OverlayDriver);

@@ -116,8 +116,8 @@ fn lost_mount_points_and_links_are_made_again() {
     driver.put("base").unwrap();
     driver.create("child", Some("base"), &rw()).unwrap();
     // Lose the child's mount point and the base's short link.
-    fs::remove_dir(home.path().join("child/merged")).unwrap();
-    let link = fs::read_to_string(home.path().join("base/link")).unwrap();
+    fs::remove_dir(home.path().join("layers/child/merged")).unwrap();
+    let link = fs::read_to_string(home.path().join("layers/base/link")).unwrap();
     fs::remove_file(home.path().join("l").join(&link)).unwrap();
     let child = driver.get("child", &MountOptions::default()).unwrap();
     assert_eq!(fs::read(child.join("f")).unwrap(), b"x");
@@ -185,4 +185,31 @@ fn the_mount2_fallback_stacks_as_deep_as_one_page_allows() {
     for i in (0..limit).rev() {
         driver.remove(&id(i)).unwrap();
     }
+}
+
+#[test]
+fn a_home_whose_path_overlay_cannot_carry_is_refused_at_start() {
+    let scratch = tempfile::tempdir().unwrap();
+    for name in ["back\\slash", "com,ma", "co:lon"] {
+        let err = start(&scratch.path().join(name), &[]).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::NotSupported, "{name}: {err}");
+        assert!(err.message().contains("cannot carry"), "{err}");
+    }
+}
+
+#[test]
+fn layers_may_be_called_l_or_empty() {
+    // The kit keeps layers apart from the driver's own l/ and empty/.
+    let home = tempfile::tempdir().unwrap();
+    let driver = start(home.path(), &[]).unwrap();
+    driver.create("l", None, &rw()).unwrap();
+    driver.create("empty", Some("l"), &rw()).unwrap();
+    let path = driver.get("empty", &MountOptions::default()).unwrap();
+    fs::write(path.join("f"), b"x").unwrap();
+    driver.put("empty").unwrap();
+    let mut listed = driver.list().unwrap();
+    listed.sort();
+    assert_eq!(listed, ["empty", "l"]);
+    driver.remove("empty").unwrap();
+    driver.remove("l").unwrap();
 }

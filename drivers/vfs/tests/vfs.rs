@@ -13,11 +13,13 @@ fn start(home: &Path, options: &[(&str, &str)]) -> strata_plugin_abi::Result<Loa
     start_driver("strata-driver-vfs", home, options)
 }
 
-/// Names in the driver's layer directory, staging directories included.
+/// Names in the driver's layer directory, staging directories included
+/// (the home lock aside).
 fn layer_dir_entries(home: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(home.join("dir"))
+    let mut names: Vec<String> = fs::read_dir(home.join("layers"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".lock")
         .collect();
     names.sort();
     names
@@ -149,24 +151,62 @@ fn a_failed_copy_leaves_no_layer_behind() {
 }
 
 #[test]
-fn leftovers_of_a_crash_are_removed_at_start() {
+fn leftovers_of_a_crash_are_removed_at_start_and_live_work_is_not() {
     let home = tempfile::tempdir().unwrap();
     let vfs = start(home.path(), &[]).unwrap();
     vfs.create("kept", None, &CreateOptions::default()).unwrap();
     drop(vfs);
-    // Staging directories of a process that has exited, and one of a live
-    // process (this one) that must be left alone.
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
-    fs::create_dir_all(home.path().join(format!("dir/.new-half-{dead}-0/usr"))).unwrap();
-    fs::create_dir_all(home.path().join(format!("dir/.gone-old-{dead}-0/etc"))).unwrap();
-    let live = format!(".new-busy-{}-7", std::process::id());
-    fs::create_dir_all(home.path().join("dir").join(&live)).unwrap();
-    let vfs = start(home.path(), &[]).unwrap();
-    assert_eq!(layer_dir_entries(home.path()), vec![live.as_str(), "kept"]);
+    // Staging directories nobody holds a lock on: what a killed process left.
+    let layers = home.path().join("layers");
+    fs::create_dir_all(layers.join(".new-half-00112233/root/usr")).unwrap();
+    fs::create_dir_all(layers.join(".gone-old-44556677/root/etc")).unwrap();
+    // One a live process holds (flock(1), as the kit's maker holds its own).
+    let live = layers.join(".new-busy-8899aabb");
+    fs::create_dir_all(live.join("root")).unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .arg("-o")
+        .arg(&live)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::process::Command::new("flock")
+        .args(["-n", "-o"])
+        .arg(&live)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock(1) never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let vfs = start(home.path(), &[]);
+    let entries = layer_dir_entries(home.path());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let vfs = vfs.unwrap();
+    assert_eq!(entries, vec![".new-busy-8899aabb", "kept"]);
     assert_eq!(vfs.list().unwrap(), vec!["kept"]);
-    fs::remove_dir_all(home.path().join("dir").join(&live)).unwrap();
+    // Its holder gone, the next cleanup collects it.
+    vfs.cleanup().unwrap();
+    assert_eq!(layer_dir_entries(home.path()), vec!["kept"]);
+}
+
+#[test]
+fn a_home_in_the_layout_before_the_driver_kit_is_refused_by_name() {
+    let home = tempfile::tempdir().unwrap();
+    fs::create_dir_all(home.path().join("dir/abc/etc")).unwrap();
+    let err = start(home.path(), &[]).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.message().contains("layers/<id>/root"), "{err}");
+    assert!(
+        home.path().join("dir/abc/etc").is_dir(),
+        "nothing of it was touched"
+    );
 }
 
 #[test]

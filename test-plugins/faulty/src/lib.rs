@@ -3,7 +3,20 @@
 //!
 //! * `lose-xattrs`: a child layer loses its files' user.* xattrs;
 //! * `leave-directory`: removing a layer leaves a directory in the home;
-//! * `orphan-children`: a layer with children can be removed.
+//! * `orphan-children`: a layer with children can be removed;
+//! * `forget-parents-on-restart`: a start loses the parent records, so after
+//!   a restart a parent can be removed under its child (restart behaviour);
+//! * `ignore-mount-options`: `get` accepts any option and honours none;
+//! * `cleanup-removes-layers`: `cleanup` deletes every layer;
+//! * `partial-create`: a create refused for a bad storage option leaves the
+//!   layer it had already made;
+//! * `unchecked-ids`: `get`, `put`, `remove` and `metadata` use the id as a
+//!   path without checking it (`../x` reaches outside the home);
+//! * `write-outside-home`: a create writes a file beside the driver's home;
+//! * `umask-root`: a new layer's root gets its mode from the umask;
+//! * `racy-create`: two creates of the same id at once both succeed;
+//! * `wipe-staging-at-start`: a start deletes every staging directory, a live
+//!   process's too (the overlay bug of strata 0.1).
 //!
 //! The conformance suite's own tests run it to show each fault fails the
 //! checks it should. The template's driver module is compiled in here by path
@@ -11,6 +24,7 @@
 //! library can export only one.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use strata_plugin_abi::*;
@@ -25,7 +39,31 @@ enum Fault {
     LoseXattrs,
     LeaveDirectory,
     OrphanChildren,
+    ForgetParentsOnRestart,
+    IgnoreMountOptions,
+    CleanupRemovesLayers,
+    PartialCreate,
+    UncheckedIds,
+    WriteOutsideHome,
+    UmaskRoot,
+    RacyCreate,
+    WipeStagingAtStart,
 }
+
+const FAULTS: [(&str, Fault); 12] = [
+    ("lose-xattrs", Fault::LoseXattrs),
+    ("leave-directory", Fault::LeaveDirectory),
+    ("orphan-children", Fault::OrphanChildren),
+    ("forget-parents-on-restart", Fault::ForgetParentsOnRestart),
+    ("ignore-mount-options", Fault::IgnoreMountOptions),
+    ("cleanup-removes-layers", Fault::CleanupRemovesLayers),
+    ("partial-create", Fault::PartialCreate),
+    ("unchecked-ids", Fault::UncheckedIds),
+    ("write-outside-home", Fault::WriteOutsideHome),
+    ("umask-root", Fault::UmaskRoot),
+    ("racy-create", Fault::RacyCreate),
+    ("wipe-staging-at-start", Fault::WipeStagingAtStart),
+];
 
 pub struct Faulty {
     inner: ExampleDriver,
@@ -39,23 +77,46 @@ impl DriverPlugin for Faulty {
         "the template driver with a planted fault, for testing the conformance suite";
 
     fn init(args: &InitArgs) -> Result<Self> {
-        let fault = match args.options.get("fault") {
-            Some("lose-xattrs") => Fault::LoseXattrs,
-            Some("leave-directory") => Fault::LeaveDirectory,
-            Some("orphan-children") => Fault::OrphanChildren,
-            other => {
-                return Err(DriverError::invalid_input(format!(
-                    "faulty: option fault must be lose-xattrs, leave-directory or orphan-children, not {other:?}"
-                )));
-            }
+        let asked = args.options.get("fault");
+        let Some(fault) = FAULTS
+            .iter()
+            .find(|(name, _)| Some(*name) == asked)
+            .map(|(_, f)| *f)
+        else {
+            let names: Vec<&str> = FAULTS.iter().map(|(n, _)| *n).collect();
+            return Err(DriverError::invalid_input(format!(
+                "faulty: option fault must be one of {}, not {asked:?}",
+                names.join(", ")
+            )));
         };
         let mut inner_args = args.clone();
         inner_args.options = args.options.iter().filter(|(k, _)| *k != "fault").collect();
+        let layers = args.home.join("layers");
+        if fault == Fault::WipeStagingAtStart {
+            for entry in fs::read_dir(&layers).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(".new-") {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let inner = ExampleDriver::init(&inner_args)?;
+        if fault == Fault::ForgetParentsOnRestart {
+            for entry in fs::read_dir(&layers).into_iter().flatten().flatten() {
+                let _ = fs::remove_file(entry.path().join("parent"));
+            }
+        }
         Ok(Faulty {
-            inner: ExampleDriver::init(&inner_args)?,
+            inner,
             fault,
             home: args.home.clone(),
         })
+    }
+}
+
+impl Faulty {
+    /// A layer's tree by its id used as a path, unchecked.
+    fn unchecked_tree(&self, id: &str) -> PathBuf {
+        self.home.join("layers").join(id).join("tree")
     }
 }
 
@@ -78,6 +139,12 @@ fn strip_user_xattrs(dir: &Path) {
     }
 }
 
+fn current_umask() -> u32 {
+    let mask = rustix::process::umask(rustix::fs::Mode::empty());
+    rustix::process::umask(mask);
+    mask.bits()
+}
+
 impl GraphDriver for Faulty {
     fn name(&self) -> String {
         Self::NAME.into()
@@ -89,12 +156,45 @@ impl GraphDriver for Faulty {
         self.inner.capabilities()
     }
     fn metadata(&self, id: &str) -> Result<KeyValues> {
+        if self.fault == Fault::UncheckedIds && !is_valid_layer_id(id) {
+            let tree = self.unchecked_tree(id);
+            return Ok([("path", tree.display().to_string())].into_iter().collect());
+        }
         self.inner.metadata(id)
     }
     fn create(&self, id: &str, parent: Option<&str>, options: &CreateOptions) -> Result<()> {
+        match self.fault {
+            Fault::PartialCreate if !options.storage_opts.is_empty() => {
+                // Makes the layer, then refuses the option, leaving it.
+                self.inner.create(id, parent, &CreateOptions::default())?;
+                return Err(DriverError::invalid_input(format!(
+                    "create layer {id}: unknown storage option"
+                )));
+            }
+            Fault::RacyCreate => {
+                return match self.inner.create(id, parent, options) {
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+                    other => other,
+                };
+            }
+            Fault::WriteOutsideHome => {
+                if let Some(graph_root) = self.home.parent() {
+                    let _ = fs::write(graph_root.join("faulty-was-here"), id);
+                }
+            }
+            _ => {}
+        }
         self.inner.create(id, parent, options)?;
-        if self.fault == Fault::LoseXattrs && parent.is_some() {
-            strip_user_xattrs(&self.inner.get(id, &MountOptions::default())?);
+        match self.fault {
+            Fault::LoseXattrs if parent.is_some() => {
+                strip_user_xattrs(&self.inner.get(id, &MountOptions::default())?);
+            }
+            Fault::UmaskRoot if parent.is_none() => {
+                let root = self.inner.get(id, &MountOptions::default())?;
+                fs::set_permissions(&root, fs::Permissions::from_mode(0o777 & !current_umask()))
+                    .map_err(|e| DriverError::io("set the root's mode", &e))?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -103,7 +203,8 @@ impl GraphDriver for Faulty {
             Fault::OrphanChildren => {
                 // Takes the layer even when it has children.
                 let path = self.inner.get(id, &MountOptions::default())?;
-                fs::remove_dir_all(&path)
+                let layer = path.parent().expect("a tree is inside its layer");
+                fs::remove_dir_all(layer)
                     .map_err(|e| DriverError::io(format!("remove layer {id}"), &e))
             }
             Fault::LeaveDirectory => {
@@ -111,13 +212,33 @@ impl GraphDriver for Faulty {
                 fs::create_dir_all(self.home.join(format!("forgotten-{id}")))
                     .map_err(|e| DriverError::io("leave a directory", &e))
             }
-            Fault::LoseXattrs => self.inner.remove(id),
+            Fault::UncheckedIds if !is_valid_layer_id(id) => {
+                fs::remove_dir_all(self.unchecked_tree(id))
+                    .map_err(|e| DriverError::io(format!("remove layer {id}"), &e))
+            }
+            _ => self.inner.remove(id),
         }
     }
     fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
-        self.inner.get(id, options)
+        match self.fault {
+            Fault::IgnoreMountOptions => self.inner.get(id, &MountOptions::default()),
+            Fault::UncheckedIds if !is_valid_layer_id(id) => {
+                let tree = self.unchecked_tree(id);
+                if tree.exists() {
+                    Ok(tree)
+                } else {
+                    Err(DriverError::not_found(format!(
+                        "mount layer {id}: no such layer"
+                    )))
+                }
+            }
+            _ => self.inner.get(id, options),
+        }
     }
     fn put(&self, id: &str) -> Result<()> {
+        if self.fault == Fault::UncheckedIds && !is_valid_layer_id(id) {
+            return Ok(());
+        }
         self.inner.put(id)
     }
     fn exists(&self, id: &str) -> Result<bool> {
@@ -127,6 +248,11 @@ impl GraphDriver for Faulty {
         self.inner.list()
     }
     fn cleanup(&self) -> Result<()> {
+        if self.fault == Fault::CleanupRemovesLayers {
+            for id in self.inner.list()? {
+                let _ = fs::remove_dir_all(self.home.join("layers").join(id));
+            }
+        }
         self.inner.cleanup()
     }
 }

@@ -14,6 +14,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::xattr::{read_xattr_list, read_xattr_value};
 use rustix::fs::{
     AtFlags, CWD, Dir, FileType, Gid, Mode, OFlags, SeekFrom, Stat, Timespec, Timestamps, Uid,
     XattrFlags,
@@ -408,37 +409,6 @@ fn xattr_error(operation: &'static str, path: &Path, e: rustix::io::Errno) -> Co
         operation,
         path: path.to_path_buf(),
         source: e.into(),
-    }
-}
-
-/// Reads an xattr name list into `buf`, growing it on ERANGE, and returns its
-/// length. A filesystem without xattrs gives an empty list.
-fn read_xattr_list(
-    buf: &mut Vec<u8>,
-    mut read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
-) -> rustix::io::Result<usize> {
-    loop {
-        buf.resize(buf.capacity().max(4096), 0);
-        match read(buf) {
-            Ok(n) => return Ok(n),
-            Err(rustix::io::Errno::OPNOTSUPP) => return Ok(0),
-            Err(rustix::io::Errno::RANGE) => buf.reserve(buf.len() * 2),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn read_xattr_value(
-    buf: &mut Vec<u8>,
-    mut read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
-) -> rustix::io::Result<&[u8]> {
-    loop {
-        buf.resize(buf.capacity().max(4096), 0);
-        match read(buf) {
-            Ok(n) => return Ok(&buf[..n]),
-            Err(rustix::io::Errno::RANGE) => buf.reserve(buf.len() * 2),
-            Err(e) => return Err(e),
-        }
     }
 }
 

@@ -1,0 +1,634 @@
+//! Where a driver's layers live, and how they appear and disappear so that
+//! any number of processes may share the home and any of them may be killed
+//! at any instruction.
+//!
+//! ```text
+//! <home>/layers/<id>/                  a layer: whatever the driver keeps for it
+//! <home>/layers/<id>/parent            its parent's id, for a layer that has one
+//! <home>/layers/.new-<id>-<random>/    a layer being built
+//! <home>/layers/.gone-<id>-<random>/   a layer being deleted
+//! <home>/layers/.scratch-<random>/     a driver's scratch space (probes)
+//! <home>/layers/.lock                  the home lock
+//! ```
+//!
+//! The rules, and why a kill anywhere is safe:
+//!
+//! * **A staging directory is owned by a lock, not a pid.** Its maker holds
+//!   an exclusive flock on the directory itself from the moment it exists
+//!   until it is renamed into place or deleted. The kernel drops the lock
+//!   when the maker dies, in any pid namespace. Whoever finds a staging
+//!   directory it can lock (and that still has the name it opened) owns a dead
+//!   process's leftover and deletes it; one it cannot lock is a live
+//!   process's work and is left alone; a second collector finds the first one
+//!   holding the lock and moves on.
+//! * **A layer appears whole.** It is built under a staging name, its parent
+//!   record written inside it, and renamed into place (never replacing) in
+//!   one step, under the home lock and after checking again that the parent
+//!   is still there. A kill before the rename leaves a leftover, after it a
+//!   whole layer.
+//! * **A layer disappears whole.** Under the home lock, with no children, it
+//!   is renamed to a `.gone-` name that the remover holds locked, then
+//!   deleted outside the lock. A kill after the rename leaves a leftover that
+//!   nobody lists.
+//! * **The home lock** (`.lock`, flock) is held only for those checks and
+//!   renames, so a parent can never be removed between its child's check and
+//!   the child's appearance, whichever processes do the two.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{CWD, Mode, OFlags, RenameFlags};
+use strata_plugin_abi::{DriverError, Result, is_valid_layer_id, validate_layer_id};
+
+use crate::lock::{self, Held};
+use crate::mounts;
+
+/// Prefixes of the staging directories the kit makes; nothing else in the
+/// layers directory starts with them.
+const STAGING_PREFIXES: [&str; 3] = [".new-", ".gone-", ".scratch-"];
+
+/// The file holding a layer's parent id, inside the layer's directory.
+pub const PARENT_RECORD: &str = "parent";
+
+/// Mode of a layer's directory: others may pass through to the tree inside
+/// (a container's processes need to), but not list the driver's bookkeeping.
+const LAYER_DIR_MODE: u32 = 0o711;
+
+/// A driver's layers on disk; see the module documentation for the rules.
+#[derive(Debug)]
+pub struct LayerHome {
+    layers: PathBuf,
+    lock_path: PathBuf,
+}
+
+/// A directory being built (or scratch space), owned by the flock this value
+/// holds. Dropped without being placed, it is deleted.
+#[derive(Debug)]
+pub struct Staging {
+    path: PathBuf,
+    lock: Option<Held>,
+}
+
+impl Staging {
+    /// Where to build.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.lock.is_none() {
+            return; // placed
+        }
+        // Deleted while still locked, so no collector can start on it too.
+        let mut removed = fs::remove_dir_all(&self.path);
+        if matches!(&removed, Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()))
+        {
+            let _ = mounts::unmount_beneath(&self.path);
+            removed = fs::remove_dir_all(&self.path);
+        }
+        if let Err(e) = removed
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not delete a staging directory; the next start collects it");
+        }
+        self.lock = None;
+    }
+}
+
+fn io_error(context: impl std::fmt::Display) -> impl FnOnce(io::Error) -> DriverError {
+    move |e| DriverError::io(context, &e)
+}
+
+fn errno_error(context: impl std::fmt::Display) -> impl FnOnce(rustix::io::Errno) -> DriverError {
+    move |e| DriverError::io(context, &e.into())
+}
+
+/// 16 hex digits of randomness (64 bits): a name no other process will pick.
+pub fn random_hex() -> String {
+    let mut bytes = [0u8; 8];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                // No getrandom: time and pid are unique enough among makers
+                // that also hold a lock on what they name.
+                let seed = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+                    ^ (u64::from(std::process::id()) << 32);
+                bytes = seed.to_le_bytes();
+                break;
+            }
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl LayerHome {
+    /// Opens (creating if needed) the layers directory of `home` and collects
+    /// what killed processes left there.
+    pub fn open(home: &Path) -> Result<LayerHome> {
+        let layers = home.join("layers");
+        fs::create_dir_all(&layers).map_err(io_error(format!("create {}", layers.display())))?;
+        let home = LayerHome {
+            lock_path: layers.join(".lock"),
+            layers,
+        };
+        // Made now, not at the first create: a home's layout is fixed from
+        // its first start.
+        drop(home.lock()?);
+        home.collect_leftovers();
+        Ok(home)
+    }
+
+    /// The directory holding the layers (and the staging directories).
+    pub fn layers_dir(&self) -> &Path {
+        &self.layers
+    }
+
+    /// The directory of layer `id`, whether or not it exists; an invalid id is
+    /// refused (InvalidInput) naming `operation`.
+    pub fn path_of(&self, id: &str, operation: &str) -> Result<PathBuf> {
+        validate_layer_id(id).map_err(|e| e.context(format!("{operation} layer {id:?}")))?;
+        Ok(self.layers.join(id))
+    }
+
+    /// The directory of an existing layer: InvalidInput for a bad id,
+    /// NotFound for a missing layer.
+    pub fn existing(&self, id: &str, operation: &str) -> Result<PathBuf> {
+        let dir = self.path_of(id, operation)?;
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => Ok(dir),
+            Ok(_) => Err(DriverError::other(format!(
+                "{operation} layer {id}: {} is not a directory",
+                dir.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DriverError::not_found(format!(
+                "{operation} layer {id}: no such layer"
+            ))),
+            Err(e) => Err(DriverError::io(format!("{operation} layer {id}"), &e)),
+        }
+    }
+
+    /// Whether layer `id` exists; false for an invalid id.
+    pub fn exists(&self, id: &str) -> bool {
+        is_valid_layer_id(id) && self.layers.join(id).is_dir()
+    }
+
+    /// Every layer, in no particular order.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let entries = fs::read_dir(&self.layers).map_err(io_error(format!(
+            "list layers in {}",
+            self.layers.display()
+        )))?;
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error("list layers"))?;
+            if let Some(name) = entry.file_name().to_str()
+                && is_valid_layer_id(name)
+                && entry.file_type().is_ok_and(|t| t.is_dir())
+            {
+                ids.push(name.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The parent recorded for layer `id` (which must exist).
+    pub fn parent_of(&self, id: &str) -> Result<Option<String>> {
+        let dir = self.existing(id, "read the parent of")?;
+        match fs::read_to_string(dir.join(PARENT_RECORD)) {
+            Ok(parent) => Ok(Some(parent)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DriverError::io(
+                format!("read the parent of layer {id}"),
+                &e,
+            )),
+        }
+    }
+
+    /// The layers whose parent is `id`, sorted.
+    pub fn children_of(&self, id: &str) -> Result<Vec<String>> {
+        let mut children: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|child| {
+                fs::read_to_string(self.layers.join(child).join(PARENT_RECORD))
+                    .is_ok_and(|parent| parent == id)
+            })
+            .collect();
+        children.sort();
+        Ok(children)
+    }
+
+    /// The home lock, for a driver that must serialise something of its own
+    /// across processes. Held briefly: every create and remove waits for it.
+    pub fn lock(&self) -> Result<Held> {
+        lock::exclusive_file(&self.lock_path)
+            .map_err(io_error(format!("lock {}", self.lock_path.display())))
+    }
+
+    /// A new, empty, locked staging directory to build layer `id` in; place
+    /// it with [`LayerHome::place`]. Its mode is the layer directory's.
+    pub fn stage(&self, id: &str, operation: &str) -> Result<Staging> {
+        validate_layer_id(id).map_err(|e| e.context(format!("{operation} layer {id:?}")))?;
+        self.make_staging(&format!(".new-{id}-{}", random_hex()))
+            .map_err(|e| e.context(format!("{operation} layer {id}")))
+    }
+
+    /// Scratch space for a driver's own use (a probe at start, say), deleted
+    /// when dropped, and collected if its process dies first.
+    pub fn scratch(&self) -> Result<Staging> {
+        self.make_staging(&format!(".scratch-{}", random_hex()))
+    }
+
+    fn make_staging(&self, name: &str) -> Result<Staging> {
+        // A collector may find the directory between our mkdir and our lock,
+        // lock it first and delete it (it only deletes what it can lock): then
+        // we start again under another name. Three collectors in a row
+        // winning that instant is not going to happen; a fourth attempt
+        // failing means something else is wrong.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let path = self.layers.join(if attempt == 1 {
+                name.to_string()
+            } else {
+                format!("{name}-{}", random_hex())
+            });
+            let what = || format!("create staging directory {}", path.display());
+            rustix::fs::mkdirat(CWD, &path, Mode::from_raw_mode(0o700))
+                .map_err(errno_error(what()))?;
+            let opened = rustix::fs::openat(
+                CWD,
+                &path,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            );
+            let held = match opened {
+                Ok(fd) => lock::try_exclusive(fd).map_err(io_error(what()))?,
+                Err(rustix::io::Errno::NOENT) => None,
+                Err(e) => return Err(errno_error(what())(e)),
+            };
+            // Locked, but perhaps only after a collector deleted it.
+            let held = held.filter(|held| still_named(held, &path));
+            let Some(held) = held else {
+                if attempt < 4 {
+                    continue;
+                }
+                return Err(DriverError::other(format!(
+                    "{}: taken by another process each time",
+                    what()
+                )));
+            };
+            // umask must not decide the mode.
+            rustix::fs::fchmod(held.fd(), Mode::from_raw_mode(LAYER_DIR_MODE))
+                .map_err(errno_error(what()))?;
+            return Ok(Staging {
+                path,
+                lock: Some(held),
+            });
+        }
+    }
+
+    /// Puts a built layer into place as `id`, with its parent recorded inside
+    /// it. The parent is checked again under the home lock (it may have gone
+    /// while the layer was built). An existing `id` is AlreadyExists; the
+    /// staging directory is deleted on any failure.
+    pub fn place(
+        &self,
+        mut staging: Staging,
+        id: &str,
+        parent: Option<&str>,
+        operation: &str,
+    ) -> Result<PathBuf> {
+        let target = self.path_of(id, operation)?;
+        let op = || format!("{operation} layer {id}");
+        if let Some(parent) = parent {
+            validate_layer_id(parent).map_err(|e| e.context(format!("{}: parent", op())))?;
+            // Inside the staging directory, so it appears with the layer.
+            fs::write(staging.path.join(PARENT_RECORD), parent)
+                .map_err(io_error(format!("{}: record its parent", op())))?;
+        }
+        let _home = self.lock().map_err(|e| e.context(op()))?;
+        if let Some(parent) = parent {
+            self.existing(parent, operation)
+                .map_err(|e| e.context(format!("{}: parent {parent}", op())))?;
+        }
+        rename_noreplace(&staging.path, &target).map_err(|e| match e {
+            rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY => {
+                DriverError::already_exists(format!("{}: layer exists", op()))
+            }
+            e => DriverError::io(format!("{}: move into place", op()), &e.into()),
+        })?;
+        // Placed: the lock goes with the value, nothing is deleted.
+        staging.lock = None;
+        Ok(target)
+    }
+
+    /// Removes layer `id`: NotFound if missing, Busy while it has children.
+    /// `take_down` runs under the home lock just before the layer is renamed
+    /// away (to unmount it, say); if it fails, nothing is removed.
+    pub fn remove(
+        &self,
+        id: &str,
+        operation: &str,
+        take_down: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
+        self.path_of(id, operation)?;
+        let op = || format!("{operation} layer {id}");
+        let doomed = self.layers.join(format!(".gone-{id}-{}", random_hex()));
+        let held = {
+            let _home = self.lock().map_err(|e| e.context(op()))?;
+            let dir = self.existing(id, operation)?;
+            let children = self.children_of(id)?;
+            if !children.is_empty() {
+                return Err(DriverError::busy(format!(
+                    "{}: layers {} are its children",
+                    op(),
+                    children.join(", ")
+                )));
+            }
+            take_down(&dir)?;
+            let fd = rustix::fs::openat(
+                CWD,
+                &dir,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno_error(op()))?;
+            // Held across the rename, so the `.gone-` directory is never
+            // seen unlocked while we delete it.
+            let held = lock::exclusive_dir(fd).map_err(io_error(op()))?;
+            rename_noreplace(&dir, &doomed).map_err(errno_error(op()))?;
+            held
+        };
+        // The layer is gone for everyone; deleting its files may take a while
+        // and needs no lock but its own.
+        let deleting = Staging {
+            path: doomed,
+            lock: Some(held),
+        };
+        drop(deleting);
+        Ok(())
+    }
+
+    /// Deletes what killed processes left: staging directories nobody holds.
+    /// Returns how many it deleted. Never fails: what it cannot delete is
+    /// logged and tried again next time.
+    pub fn collect_leftovers(&self) -> usize {
+        let Ok(entries) = fs::read_dir(&self.layers) else {
+            return 0;
+        };
+        let mut collected = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !STAGING_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                continue;
+            }
+            match self.collect_one(&entry.path()) {
+                Ok(true) => collected += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "could not collect a leftover staging directory");
+                }
+            }
+        }
+        collected
+    }
+
+    /// Deletes one staging directory if its owner is gone.
+    fn collect_one(&self, path: &Path) -> io::Result<bool> {
+        let fd = match rustix::fs::openat(
+            CWD,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            // Placed or deleted by its owner since we listed it.
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(held) = lock::try_exclusive(fd)? else {
+            return Ok(false); // a live process is working in it
+        };
+        // The owner may have renamed it into place and let go between our
+        // open and our lock: then the name is gone, or names something else.
+        if !still_named(&held, path) {
+            return Ok(false);
+        }
+        tracing::info!(path = %path.display(), "collecting what an interrupted create, remove or probe left");
+        // A process killed while it had something mounted there.
+        mounts::unmount_beneath(path)?;
+        // Delete while holding the lock: a second collector skips it.
+        let leftover = Staging {
+            path: path.to_path_buf(),
+            lock: Some(held),
+        };
+        drop(leftover);
+        Ok(!path.exists())
+    }
+}
+
+/// Renames `from` to `to`, failing with EEXIST if `to` exists. Called only
+/// under the home lock: where the filesystem has no RENAME_NOREPLACE (FUSE
+/// filesystems such as zfs-fuse answer EINVAL), the check and the plain
+/// rename that replace it cannot race with another placement, since every
+/// placement holds that lock.
+fn rename_noreplace(from: &Path, to: &Path) -> rustix::io::Result<()> {
+    match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            match rustix::fs::lstat(to) {
+                Ok(_) => return Err(rustix::io::Errno::EXIST),
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(e),
+            }
+            rustix::fs::renameat(CWD, from, CWD, to)
+        }
+        other => other,
+    }
+}
+
+/// Whether `path` still names the directory `held` locks.
+fn still_named(held: &Held, path: &Path) -> bool {
+    match (rustix::fs::fstat(held.fd()), rustix::fs::lstat(path)) {
+        (Ok(locked), Ok(now)) => now.st_dev == locked.st_dev && now.st_ino == locked.st_ino,
+        _ => false,
+    }
+}
+
+/// Sets a directory's mode exactly, whatever the umask was when it was made.
+pub fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+    use strata_plugin_abi::ErrorKind;
+
+    fn home() -> (tempfile::TempDir, LayerHome) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = LayerHome::open(dir.path()).unwrap();
+        (dir, home)
+    }
+
+    fn leftovers(home: &LayerHome) -> Vec<String> {
+        fs::read_dir(home.layers_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock" && !is_valid_layer_id(n))
+            .collect()
+    }
+
+    #[test]
+    fn a_layer_appears_with_its_parent_record_and_goes_whole() {
+        let (_dir, home) = home();
+        let base = home.stage("base", "create").unwrap();
+        home.place(base, "base", None, "create").unwrap();
+        let child = home.stage("child", "create").unwrap();
+        fs::write(child.path().join("data"), b"x").unwrap();
+        let placed = home.place(child, "child", Some("base"), "create").unwrap();
+        assert_eq!(fs::read(placed.join("data")).unwrap(), b"x");
+        assert_eq!(home.parent_of("child").unwrap().as_deref(), Some("base"));
+        assert_eq!(home.children_of("base").unwrap(), ["child"]);
+        let err = home.remove("base", "remove", |_| Ok(())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Busy);
+        home.remove("child", "remove", |_| Ok(())).unwrap();
+        home.remove("base", "remove", |_| Ok(())).unwrap();
+        assert!(home.list().unwrap().is_empty());
+        assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
+    }
+
+    #[test]
+    fn taken_ids_missing_parents_and_bad_ids_are_refused_leaving_nothing() {
+        let (_dir, home) = home();
+        home.place(home.stage("a", "create").unwrap(), "a", None, "create")
+            .unwrap();
+        let again = home.stage("a", "create").unwrap();
+        let err = home.place(again, "a", None, "create").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+        let orphan = home.stage("b", "create").unwrap();
+        let err = home.place(orphan, "b", Some("nope"), "create").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        for bad in ["", "..", "../x", "a/b", ".new-a"] {
+            assert_eq!(
+                home.existing(bad, "mount").unwrap_err().kind(),
+                ErrorKind::InvalidInput
+            );
+            assert_eq!(
+                home.stage(bad, "create").unwrap_err().kind(),
+                ErrorKind::InvalidInput
+            );
+            assert!(!home.exists(bad));
+        }
+        assert_eq!(home.list().unwrap(), ["a"]);
+        assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
+    }
+
+    #[test]
+    fn a_live_makers_staging_survives_collection_and_a_dead_ones_does_not() {
+        let (dir, home) = home();
+        let live = home.stage("live", "create").unwrap();
+        fs::write(live.path().join("f"), b"building").unwrap();
+        // What a killed process leaves: staging directories nobody locks.
+        for dead in [".new-dead-0123", ".gone-old-4567", ".scratch-89ab"] {
+            fs::create_dir_all(home.layers_dir().join(dead).join("sub")).unwrap();
+        }
+        // Another process starting on the same home.
+        let other = LayerHome::open(dir.path()).unwrap();
+        assert_eq!(
+            other.collect_leftovers(),
+            0,
+            "the first open collected them"
+        );
+        assert!(
+            live.path().join("f").exists(),
+            "a live maker's staging was touched"
+        );
+        let names = leftovers(&home);
+        assert_eq!(names.len(), 1, "{names:?}");
+        home.place(live, "live", None, "create").unwrap();
+        assert!(home.layers_dir().join("live/f").exists());
+    }
+
+    #[test]
+    fn a_lock_held_by_another_process_protects_its_staging() {
+        // The lock, not the pid, is what counts: flock(1) in a child process
+        // holds the directory while we collect.
+        let (_dir, home) = home();
+        let staged = home.layers_dir().join(".new-x-feed");
+        fs::create_dir(&staged).unwrap();
+        // -o: the lock stays with flock(1) itself, not with its command.
+        let mut holder = Command::new("flock")
+            .arg("-o")
+            .arg(&staged)
+            .args(["sleep", "30"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("flock(1) from util-linux");
+        // Wait until the child holds it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let fd = rustix::fs::open(&staged, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                .unwrap();
+            if lock::try_exclusive(fd).unwrap().is_none() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flock(1) never took the lock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(home.collect_leftovers(), 0);
+        assert!(staged.exists());
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        assert_eq!(home.collect_leftovers(), 1);
+        assert!(!staged.exists());
+    }
+
+    #[test]
+    fn a_dead_probes_scratch_is_collected_with_the_mount_it_left() {
+        // What overlay's start-up probe leaves when killed inside it: a
+        // scratch directory with a live mount in it.
+        let (_dir, home) = home();
+        let scratch = home.layers_dir().join(".scratch-0badc0de");
+        let target = scratch.join("merged");
+        fs::create_dir_all(&target).unwrap();
+        rustix::mount::mount(
+            "strata-test",
+            &target,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .expect("mount tmpfs (needs root)");
+        fs::write(target.join("inside"), b"x").unwrap();
+        assert_eq!(home.collect_leftovers(), 1);
+        assert!(!scratch.exists());
+        assert!(!mounts::is_mount_point(&target).unwrap());
+    }
+
+    #[test]
+    fn staging_is_made_with_its_mode_whatever_the_umask() {
+        let (_dir, home) = home();
+        let old = rustix::process::umask(Mode::from_raw_mode(0o777));
+        let staging = home.stage("m", "create");
+        rustix::process::umask(old);
+        let staging = staging.unwrap();
+        let mode = fs::metadata(staging.path()).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, LAYER_DIR_MODE);
+    }
+}

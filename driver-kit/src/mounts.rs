@@ -1,0 +1,91 @@
+//! Mount points as the kernel lists them (`/proc/self/mountinfo`), for
+//! telling whether a path is mounted and for taking down what a killed
+//! process left mounted inside a directory that is about to be deleted.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+use rustix::mount::UnmountFlags;
+
+/// Every mount point of this process's mount namespace, in mount order.
+pub fn mount_points() -> io::Result<Vec<PathBuf>> {
+    let text = std::fs::read("/proc/self/mountinfo")?;
+    Ok(text
+        .split(|b| *b == b'\n')
+        .filter_map(|line| line.split(|b| *b == b' ').nth(4))
+        .map(|field| PathBuf::from(OsString::from_vec(unescape(field))))
+        .collect())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(digits) => {
+                let value = digits.iter().fold(0u32, |v, d| v * 8 + u32::from(d - b'0'));
+                out.push(value as u8);
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether `path` is itself a mount point.
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    Ok(mount_points()?.iter().any(|p| p == path))
+}
+
+/// The mount points at or below `dir`, deepest (latest) first.
+pub fn mounted_beneath(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = mount_points()?
+        .into_iter()
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    // Later mounts may sit on earlier ones: take them down in reverse.
+    found.reverse();
+    Ok(found)
+}
+
+/// Detaches every mount at or below `dir` (what a process killed while it
+/// held mounts there left), so the directory can be deleted.
+pub fn unmount_beneath(dir: &Path) -> io::Result<usize> {
+    let mut count = 0;
+    for point in mounted_beneath(dir)? {
+        match rustix::mount::unmount(&point, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
+            Ok(()) => count += 1,
+            // Someone else took it down first.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_decoded() {
+        assert_eq!(unescape(br"/a\040b\011c\134d"), b"/a b\tc\\d");
+        assert_eq!(unescape(br"/trailing\04"), br"/trailing\04");
+    }
+
+    #[test]
+    fn proc_is_a_mount_point_and_its_subdirectory_is_not() {
+        assert!(is_mount_point(Path::new("/proc")).unwrap());
+        assert!(!is_mount_point(Path::new("/proc/self")).unwrap());
+    }
+}
