@@ -36,13 +36,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use strata_plugin_abi::{GraphDriver, KeyValues};
+use strata_plugin_abi::{DriverError, GraphDriver, KeyValues};
 
 /// Starts the driver again on the same home (for the restart checks).
-pub type Reopen = Box<dyn Fn() -> Result<Box<dyn GraphDriver>, String> + Send + Sync>;
+pub type Reopen = Box<dyn Fn() -> Result<Box<dyn GraphDriver>, DriverError> + Send + Sync>;
 
 /// Starts the driver again on the same home with the given driver options.
-pub type ReopenWith = Box<dyn Fn(&KeyValues) -> Result<Box<dyn GraphDriver>, String> + Send + Sync>;
+pub type ReopenWith =
+    Box<dyn Fn(&KeyValues) -> Result<Box<dyn GraphDriver>, DriverError> + Send + Sync>;
 
 /// A command that starts the driver on the same home in another process and
 /// runs one worker task there ([`worker::run_task`]).
@@ -255,6 +256,7 @@ fn run_one(
     umask: Option<u32>,
 ) -> CheckResult {
     let home_before = options.home.as_deref().map(snapshot_home);
+    let layers_before: BTreeSet<String> = driver.list().unwrap_or_default().into_iter().collect();
     let around_before = surroundings(options);
     let start = Instant::now();
     let suite = Suite { driver, options };
@@ -270,7 +272,7 @@ fn run_one(
         Ok(Err(Verdict::Skip(why))) => Outcome::Skipped(why),
         Err(panic) => Outcome::Failed(format!("panicked: {}", panic_text(&*panic))),
     };
-    let mut left = leftovers(driver, options.home.as_deref(), home_before);
+    let mut left = leftovers(driver, &layers_before, options.home.as_deref(), home_before);
     let around_after = surroundings(options);
     let outside: Vec<String> = around_after
         .difference(&around_before)
@@ -382,16 +384,37 @@ fn snapshot_home(home: &Path) -> BTreeSet<PathBuf> {
     out
 }
 
-/// What a check left: layers still listed, or new entries in the home.
+/// What a check left: layers it made still listed (removed now), mounts
+/// under the home (taken down now), or new entries in the home.
 fn leftovers(
     driver: &dyn GraphDriver,
+    layers_before: &BTreeSet<String>,
     home: Option<&Path>,
     before: Option<BTreeSet<PathBuf>>,
 ) -> Option<String> {
     let mut found = Vec::new();
     match driver.list() {
-        Ok(layers) if !layers.is_empty() => found.push(format!("layers {layers:?}")),
-        Ok(_) => {}
+        Ok(layers) => {
+            let mut new: Vec<String> = layers
+                .into_iter()
+                .filter(|id| !layers_before.contains(id))
+                .collect();
+            if !new.is_empty() {
+                new.sort();
+                found.push(format!("layers {new:?}"));
+                // Removed, so one check's mess does not fail the next:
+                // children before parents, by trying again while it helps.
+                while !new.is_empty() {
+                    let before = new.len();
+                    new.retain(|id| {
+                        driver.remove(id).is_err() && driver.exists(id).unwrap_or(false)
+                    });
+                    if new.len() == before {
+                        break;
+                    }
+                }
+            }
+        }
         Err(e) => found.push(format!("(list failed: {e})")),
     }
     if let Some(home) = home

@@ -26,8 +26,9 @@ pub const BASE_MARKER: &str = "conformance-base";
 ///   `won ID` or `lost ID` (someone else made it: AlreadyExists);
 /// * `remove-same ID...`: removes each, printing `removed ID` or `gone ID`
 ///   (NotFound);
-/// * `churn PREFIX BASE ENTRIES`: creates, mounts, unmounts and removes
-///   children of `BASE` until killed (the kill campaign's victim).
+/// * `churn PREFIX BASE ENTRIES`: prints `ready`, then creates, mounts,
+///   unmounts and removes children of `BASE` until killed (the kill
+///   campaign's victim), printing `begin N` and `end N` around each.
 ///
 /// A worker mounts only layers it made itself: mounts are counted by the
 /// host, so two processes sharing a mount go through the host's counts, not
@@ -77,9 +78,14 @@ pub fn run_task(driver: &dyn GraphDriver, task: &[String]) -> Result<(), String>
             let expected = entries
                 .parse()
                 .map_err(|_| format!("bad entries {entries}"))?;
+            // The killer waits for `ready` and reads `begin`/`end` to know
+            // where its kill landed.
+            say("ready".into());
             for round in 0.. {
                 let id = format!("{prefix}-{round}");
+                say(format!("begin {round}"));
                 one_lifecycle(driver, &id, base, expected)?;
+                say(format!("end {round}"));
             }
             Ok(())
         }

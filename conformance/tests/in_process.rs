@@ -25,7 +25,6 @@ fn vfs_passes_in_process() {
                 ..Default::default()
             })
             .map(|d| Box::new(d) as Box<dyn strata_plugin_abi::GraphDriver>)
-            .map_err(|e| e.to_string())
         }
     };
     let reopen = start(home.clone(), run_root.clone());
@@ -157,7 +156,12 @@ fn planted_faults_fail_the_checks_they_should() {
         (
             "wipe-staging-at-start",
             "processes/parallel-lifecycles-while-others-start",
-            "failed",
+            "No such file or directory",
+        ),
+        (
+            "visible-while-building",
+            "processes/killed-processes-leave-a-home-the-next-start-cleans",
+            "a half-made layer",
         ),
     ] {
         let option = format!("fault={fault}");

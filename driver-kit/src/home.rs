@@ -8,6 +8,7 @@
 //! <home>/layers/.new-<id>-<random>/    a layer being built
 //! <home>/layers/.gone-<id>-<random>/   a layer being deleted
 //! <home>/layers/.scratch-<random>/     a driver's scratch space (probes)
+//! <home>/.scratch-<random>/            scratch made before the layers directory
 //! <home>/layers/.lock                  the home lock
 //! ```
 //!
@@ -26,10 +27,12 @@
 //!   one step, under the home lock and after checking again that the parent
 //!   is still there. A kill before the rename leaves a leftover, after it a
 //!   whole layer.
-//! * **A layer disappears whole.** Under the home lock, with no children, it
-//!   is renamed to a `.gone-` name that the remover holds locked, then
-//!   deleted outside the lock. A kill after the rename leaves a leftover that
-//!   nobody lists.
+//! * **A layer disappears whole.** Under the home lock, with no children and
+//!   holding the layer's own lock (which a driver holds while it mounts or
+//!   unmounts it), it is taken down, renamed to a `.gone-` name and deleted
+//!   outside the home lock. A kill after the rename leaves a leftover that
+//!   nobody lists. Nothing is ever deleted through a mount: what is mounted
+//!   below a layer is taken down first, or the removal is refused.
 //! * **The home lock** (`.lock`, flock) is held only for those checks and
 //!   renames, so a parent can never be removed between its child's check and
 //!   the child's appearance, whichever processes do the two.
@@ -39,15 +42,18 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, Mode, OFlags, RenameFlags};
+use rustix::fs::{CWD, Mode, RenameFlags};
 use strata_plugin_abi::{DriverError, Result, is_valid_layer_id, validate_layer_id};
 
 use crate::lock::{self, Held};
-use crate::mounts;
+use crate::{delete, mounts};
 
-/// Prefixes of the staging directories the kit makes; nothing else in the
-/// layers directory starts with them.
+/// Prefixes of the staging directories the kit makes in the layers
+/// directory; nothing else there starts with them.
 const STAGING_PREFIXES: [&str; 3] = [".new-", ".gone-", ".scratch-"];
+
+/// The prefix of scratch directories.
+const SCRATCH_PREFIX: &str = ".scratch-";
 
 /// The file holding a layer's parent id, inside the layer's directory.
 pub const PARENT_RECORD: &str = "parent";
@@ -59,6 +65,7 @@ const LAYER_DIR_MODE: u32 = 0o711;
 /// A driver's layers on disk; see the module documentation for the rules.
 #[derive(Debug)]
 pub struct LayerHome {
+    home: PathBuf,
     layers: PathBuf,
     lock_path: PathBuf,
 }
@@ -84,16 +91,14 @@ impl Drop for Staging {
             return; // placed
         }
         // Deleted while still locked, so no collector can start on it too.
-        let mut removed = fs::remove_dir_all(&self.path);
-        if matches!(&removed, Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()))
-        {
-            let _ = mounts::unmount_beneath(&self.path);
-            removed = fs::remove_dir_all(&self.path);
+        // What a killed process left mounted inside is taken down first, and
+        // the delete never crosses into another filesystem, so a mount that
+        // could not be taken down keeps its data.
+        if let Err(e) = mounts::unmount_beneath(&self.path) {
+            tracing::debug!(path = %self.path.display(), error = %e, "could not take down mounts beneath a staging directory");
         }
-        if let Err(e) = removed
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not delete a staging directory; the next start collects it");
+        if let Err(e) = delete::remove_tree(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not delete a staging directory; the next start tries again");
         }
         self.lock = None;
     }
@@ -101,10 +106,6 @@ impl Drop for Staging {
 
 fn io_error(context: impl std::fmt::Display) -> impl FnOnce(io::Error) -> DriverError {
     move |e| DriverError::io(context, &e)
-}
-
-fn errno_error(context: impl std::fmt::Display) -> impl FnOnce(rustix::io::Errno) -> DriverError {
-    move |e| DriverError::io(context, &e.into())
 }
 
 /// 16 hex digits of randomness (64 bits): a name no other process will pick.
@@ -136,7 +137,11 @@ impl LayerHome {
     pub fn open(home: &Path) -> Result<LayerHome> {
         let layers = home.join("layers");
         fs::create_dir_all(&layers).map_err(io_error(format!("create {}", layers.display())))?;
+        // Resolved once: mount points are listed by their real paths.
+        let layers =
+            fs::canonicalize(&layers).map_err(io_error(format!("resolve {}", layers.display())))?;
         let home = LayerHome {
+            home: layers.parent().unwrap_or(&layers).to_path_buf(),
             lock_path: layers.join(".lock"),
             layers,
         };
@@ -234,67 +239,39 @@ impl LayerHome {
             .map_err(io_error(format!("lock {}", self.lock_path.display())))
     }
 
+    /// Locks layer `id`'s own directory (flock), waiting for other holders:
+    /// what a driver holds while it mounts or unmounts the layer, and what
+    /// removal holds while it takes the layer away, so neither sees the other
+    /// half done. NotFound if the layer is gone, or goes while we wait.
+    pub fn lock_layer(&self, id: &str, operation: &str) -> Result<Held> {
+        let dir = self.existing(id, operation)?;
+        let gone = || DriverError::not_found(format!("{operation} layer {id}: no such layer"));
+        let fd = match lock::open_dir(&dir) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(gone()),
+            Err(e) => return Err(DriverError::io(format!("{operation} layer {id}"), &e)),
+        };
+        let held = lock::exclusive_dir(fd).map_err(io_error(format!("{operation} layer {id}")))?;
+        // Removed (renamed away) while we waited for it.
+        if still_named(&held, &dir) {
+            Ok(held)
+        } else {
+            Err(gone())
+        }
+    }
+
     /// A new, empty, locked staging directory to build layer `id` in; place
     /// it with [`LayerHome::place`]. Its mode is the layer directory's.
     pub fn stage(&self, id: &str, operation: &str) -> Result<Staging> {
         validate_layer_id(id).map_err(|e| e.context(format!("{operation} layer {id:?}")))?;
-        self.make_staging(&format!(".new-{id}-{}", random_hex()))
+        make_staging(&self.layers, &format!(".new-{id}-{}", random_hex()))
             .map_err(|e| e.context(format!("{operation} layer {id}")))
     }
 
-    /// Scratch space for a driver's own use (a probe at start, say), deleted
-    /// when dropped, and collected if its process dies first.
+    /// Scratch space for a driver's own use (a probe), deleted when dropped,
+    /// and collected if its process dies first.
     pub fn scratch(&self) -> Result<Staging> {
-        self.make_staging(&format!(".scratch-{}", random_hex()))
-    }
-
-    fn make_staging(&self, name: &str) -> Result<Staging> {
-        // A collector may find the directory between our mkdir and our lock,
-        // lock it first and delete it (it only deletes what it can lock): then
-        // we start again under another name. Three collectors in a row
-        // winning that instant is not going to happen; a fourth attempt
-        // failing means something else is wrong.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let path = self.layers.join(if attempt == 1 {
-                name.to_string()
-            } else {
-                format!("{name}-{}", random_hex())
-            });
-            let what = || format!("create staging directory {}", path.display());
-            rustix::fs::mkdirat(CWD, &path, Mode::from_raw_mode(0o700))
-                .map_err(errno_error(what()))?;
-            let opened = rustix::fs::openat(
-                CWD,
-                &path,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            );
-            let held = match opened {
-                Ok(fd) => lock::try_exclusive(fd).map_err(io_error(what()))?,
-                Err(rustix::io::Errno::NOENT) => None,
-                Err(e) => return Err(errno_error(what())(e)),
-            };
-            // Locked, but perhaps only after a collector deleted it.
-            let held = held.filter(|held| still_named(held, &path));
-            let Some(held) = held else {
-                if attempt < 4 {
-                    continue;
-                }
-                return Err(DriverError::other(format!(
-                    "{}: taken by another process each time",
-                    what()
-                )));
-            };
-            // umask must not decide the mode.
-            rustix::fs::fchmod(held.fd(), Mode::from_raw_mode(LAYER_DIR_MODE))
-                .map_err(errno_error(what()))?;
-            return Ok(Staging {
-                path,
-                lock: Some(held),
-            });
-        }
+        scratch_in(&self.layers)
     }
 
     /// Puts a built layer into place as `id`, with its parent recorded inside
@@ -332,9 +309,10 @@ impl LayerHome {
         Ok(target)
     }
 
-    /// Removes layer `id`: NotFound if missing, Busy while it has children.
-    /// `take_down` runs under the home lock just before the layer is renamed
-    /// away (to unmount it, say); if it fails, nothing is removed.
+    /// Removes layer `id`: NotFound if missing, Busy while it has children
+    /// or something not taken down is mounted beneath it. `take_down` runs
+    /// under the home lock and the layer's own lock just before the layer is
+    /// renamed away (to unmount it, say); if it fails, nothing is removed.
     pub fn remove(
         &self,
         id: &str,
@@ -355,27 +333,31 @@ impl LayerHome {
                     children.join(", ")
                 )));
             }
+            // Held from before the take-down to the end of the delete: a
+            // mount made in between would be deleted under its user, and the
+            // `.gone-` directory is never seen unlocked while we delete it.
+            let held = self.lock_layer(id, operation)?;
             take_down(&dir)?;
-            let fd = rustix::fs::openat(
-                CWD,
-                &dir,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(errno_error(op()))?;
-            // Held across the rename, so the `.gone-` directory is never
-            // seen unlocked while we delete it.
-            let held = lock::exclusive_dir(fd).map_err(io_error(op()))?;
-            rename_noreplace(&dir, &doomed).map_err(errno_error(op()))?;
+            // Someone else's mount inside (a runtime's bind mount): the layer
+            // stays, rather than lose what is mounted there.
+            let mounted = mounts::mounted_beneath(&dir).map_err(io_error(op()))?;
+            if !mounted.is_empty() {
+                let shown: Vec<String> = mounted.iter().map(|p| p.display().to_string()).collect();
+                return Err(DriverError::busy(format!(
+                    "{}: still mounted beneath it: {}",
+                    op(),
+                    shown.join(", ")
+                )));
+            }
+            rename_noreplace(&dir, &doomed).map_err(|e| DriverError::io(op(), &e.into()))?;
             held
         };
         // The layer is gone for everyone; deleting its files may take a while
         // and needs no lock but its own.
-        let deleting = Staging {
+        drop(Staging {
             path: doomed,
             lock: Some(held),
-        };
-        drop(deleting);
+        });
         Ok(())
     }
 
@@ -383,59 +365,114 @@ impl LayerHome {
     /// Returns how many it deleted. Never fails: what it cannot delete is
     /// logged and tried again next time.
     pub fn collect_leftovers(&self) -> usize {
-        let Ok(entries) = fs::read_dir(&self.layers) else {
-            return 0;
-        };
+        // Probes run before the layers directory existed scratch in the home.
+        let places: [(&Path, &[&str]); 2] = [
+            (&self.layers, &STAGING_PREFIXES),
+            (&self.home, &[SCRATCH_PREFIX]),
+        ];
         let mut collected = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !STAGING_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        for (dir, prefixes) in places {
+            let Ok(entries) = fs::read_dir(dir) else {
                 continue;
-            }
-            match self.collect_one(&entry.path()) {
-                Ok(true) => collected += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "could not collect a leftover staging directory");
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if !prefixes.iter().any(|p| name.starts_with(p)) {
+                    continue;
+                }
+                match collect_one(&entry.path()) {
+                    Ok(true) => collected += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "could not collect a leftover staging directory");
+                    }
                 }
             }
         }
         collected
     }
+}
 
-    /// Deletes one staging directory if its owner is gone.
-    fn collect_one(&self, path: &Path) -> io::Result<bool> {
-        let fd = match rustix::fs::openat(
-            CWD,
+/// Scratch space in `dir` (a probe run before a driver lays out its home),
+/// deleted when dropped; `LayerHome::open` on that home collects it if its
+/// process dies first.
+pub fn scratch_in(dir: &Path) -> Result<Staging> {
+    make_staging(dir, &format!("{SCRATCH_PREFIX}{}", random_hex()))
+}
+
+/// Makes and locks a staging directory `name` in `dir`.
+fn make_staging(dir: &Path, name: &str) -> Result<Staging> {
+    // A collector may find the directory between our mkdir and our lock,
+    // lock it first and delete it (it only deletes what it can lock): then
+    // we start again under another name. Three collectors in a row winning
+    // that instant is not going to happen; a fourth attempt failing means
+    // something else is wrong.
+    for attempt in 1..=4 {
+        let path = dir.join(if attempt == 1 {
+            name.to_string()
+        } else {
+            format!("{name}-{}", random_hex())
+        });
+        let what = || format!("create staging directory {}", path.display());
+        rustix::fs::mkdirat(CWD, &path, Mode::from_raw_mode(0o700))
+            .map_err(|e| DriverError::io(what(), &e.into()))?;
+        let held = match lock::open_dir(&path) {
+            Ok(fd) => lock::try_exclusive(fd).map_err(io_error(what()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                let _ = fs::remove_dir(&path);
+                return Err(DriverError::io(what(), &e));
+            }
+        };
+        // Locked, but perhaps only after a collector deleted it.
+        let Some(held) = held.filter(|held| still_named(held, &path)) else {
+            continue;
+        };
+        // umask must not decide the mode.
+        let mode = rustix::fs::fchmod(held.fd(), Mode::from_raw_mode(LAYER_DIR_MODE))
+            .map_err(|e| DriverError::io(what(), &e.into()));
+        let staging = Staging {
             path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            // Placed or deleted by its owner since we listed it.
-            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
-        let Some(held) = lock::try_exclusive(fd)? else {
-            return Ok(false); // a live process is working in it
-        };
-        // The owner may have renamed it into place and let go between our
-        // open and our lock: then the name is gone, or names something else.
-        if !still_named(&held, path) {
-            return Ok(false);
-        }
-        tracing::info!(path = %path.display(), "collecting what an interrupted create, remove or probe left");
-        // A process killed while it had something mounted there.
-        mounts::unmount_beneath(path)?;
-        // Delete while holding the lock: a second collector skips it.
-        let leftover = Staging {
-            path: path.to_path_buf(),
             lock: Some(held),
         };
-        drop(leftover);
-        Ok(!path.exists())
+        // On failure the staging directory goes with the value.
+        mode?;
+        return Ok(staging);
     }
+    Err(DriverError::other(format!(
+        "create staging directory {name} in {}: taken by another process each time",
+        dir.display()
+    )))
+}
+
+/// Deletes one staging directory if its owner is gone.
+fn collect_one(path: &Path) -> io::Result<bool> {
+    let fd = match lock::open_dir(path) {
+        Ok(fd) => fd,
+        // Placed or deleted by its owner since we listed it.
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(held) = lock::try_exclusive(fd)? else {
+        return Ok(false); // a live process is working in it
+    };
+    // The owner may have renamed it into place and let go between our
+    // open and our lock: then the name is gone, or names something else.
+    if !still_named(&held, path) {
+        return Ok(false);
+    }
+    tracing::info!(path = %path.display(), "collecting what an interrupted create, remove or probe left");
+    // Deleted while holding the lock: a second collector skips it.
+    drop(Staging {
+        path: path.to_path_buf(),
+        lock: Some(held),
+    });
+    Ok(!path.exists())
 }
 
 /// Renames `from` to `to`, failing with EEXIST if `to` exists. Called only
@@ -580,8 +617,7 @@ mod tests {
         // Wait until the child holds it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let fd = rustix::fs::open(&staged, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                .unwrap();
+            let fd = lock::open_dir(&staged).unwrap();
             if lock::try_exclusive(fd).unwrap().is_none() {
                 break;
             }
@@ -603,6 +639,10 @@ mod tests {
     fn a_dead_probes_scratch_is_collected_with_the_mount_it_left() {
         // What overlay's start-up probe leaves when killed inside it: a
         // scratch directory with a live mount in it.
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: mounting the tmpfs this test needs takes root");
+            return;
+        }
         let (_dir, home) = home();
         let scratch = home.layers_dir().join(".scratch-0badc0de");
         let target = scratch.join("merged");

@@ -14,6 +14,7 @@
 //!   xattr, hard link and hole (reflinked where the filesystem can).
 //! * [`xattr`]: reading xattr names and values with buffers that grow, and
 //!   copying a directory's own metadata ([`xattr::copy_root_metadata`]).
+//! * [`delete`]: deleting a tree without crossing into what is mounted in it.
 //! * [`fs_type`]: what filesystem a path is on.
 //! * [`mounts`]: mount points from `/proc/self/mountinfo`, and taking down
 //!   what a killed process left mounted under a directory.
@@ -22,6 +23,7 @@
 //! The template driver (`conformance/template`) shows all of it in use.
 
 pub mod copy;
+pub mod delete;
 pub mod fs_type;
 pub mod home;
 pub mod lock;

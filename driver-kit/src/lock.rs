@@ -38,16 +38,15 @@ pub fn exclusive_file(path: &Path) -> io::Result<Held> {
     Ok(Held { fd })
 }
 
-/// Takes a shared lock on the file at `path`, creating it if needed.
-pub fn shared_file(path: &Path) -> io::Result<Held> {
-    let fd = rustix::fs::openat(
+/// Opens a directory to lock it: without following a final symlink, so a
+/// lock is always on the directory itself.
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
         CWD,
         path,
-        OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::from_raw_mode(0o600),
-    )?;
-    lock_waiting(&fd, FlockOperation::LockShared)?;
-    Ok(Held { fd })
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Locks an open directory exclusively, waiting for other holders.

@@ -19,11 +19,6 @@ impl<'a> DriverOptions<'a> {
         Ok(DriverOptions { what, values })
     }
 
-    /// A free-form string value.
-    pub fn string(&self, key: &str) -> Option<&'a str> {
-        self.values.get(key)
-    }
-
     /// A value that must be one of `choices`; `default` when absent.
     pub fn choice(
         &self,

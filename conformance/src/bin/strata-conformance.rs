@@ -173,7 +173,7 @@ fn main() -> ExitCode {
             reopen_library
                 .init(&reopen_args)
                 .map(|d| Box::new(d) as Box<dyn GraphDriver>)
-                .map_err(|e| e.to_string())
+                .map_err(driver_error)
         })),
         reopen_with: Some(Box::new(move |options: &KeyValues| {
             let mut args = reopen_with_args.clone();
@@ -181,7 +181,7 @@ fn main() -> ExitCode {
             reopen_with_library
                 .init(&args)
                 .map(|d| Box::new(d) as Box<dyn GraphDriver>)
-                .map_err(|e| e.to_string())
+                .map_err(driver_error)
         })),
         driver_options: args.options.clone(),
         restart_options: cli.restart_options.clone(),
@@ -227,6 +227,14 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The driver's own error when it refused to start, else the load error as
+/// one.
+fn driver_error(e: strata_plugin_abi::LoadError) -> strata_plugin_abi::DriverError {
+    e.driver_error()
+        .cloned()
+        .unwrap_or_else(|| strata_plugin_abi::DriverError::other(e.to_string()))
 }
 
 /// Worker mode: the driver started on the same home as the suite's, one

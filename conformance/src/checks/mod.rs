@@ -38,6 +38,8 @@ pub fn all() -> Vec<Check> {
 pub(crate) struct Layers<'d> {
     pub driver: &'d dyn GraphDriver,
     ids: Vec<String>,
+    /// Ids made by others (worker processes) that are the check's too.
+    prefixes: Vec<String>,
 }
 
 impl<'d> Layers<'d> {
@@ -45,7 +47,14 @@ impl<'d> Layers<'d> {
         Layers {
             driver,
             ids: Vec::new(),
+            prefixes: Vec::new(),
         }
+    }
+
+    /// Takes charge of every layer whose id starts with `prefix` (made by
+    /// worker processes): removed on drop, before the layers made here.
+    pub fn claim_prefix(&mut self, prefix: &str) {
+        self.prefixes.push(prefix.to_string());
     }
 
     pub fn create_with(
@@ -104,6 +113,20 @@ impl<'d> Layers<'d> {
 
 impl Drop for Layers<'_> {
     fn drop(&mut self) {
+        if !self.prefixes.is_empty() {
+            let claimed: Vec<String> = self
+                .driver
+                .list()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|id| {
+                    self.prefixes.iter().any(|p| id.starts_with(p.as_str()))
+                        && !self.ids.contains(id)
+                })
+                .collect();
+            // Made by workers on layers made here: removed before those.
+            self.ids.extend(claimed);
+        }
         for id in self.ids.iter().rev() {
             if let Err(e) = self.driver.remove(id)
                 && e.kind() != ErrorKind::NotFound
@@ -183,10 +206,10 @@ pub(crate) fn mounts_on(path: &Path) -> Result<usize, Verdict> {
 /// refused or released mount left nothing behind.
 pub(crate) fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, Verdict> {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut found: Vec<PathBuf> = mount_points()?
-        .into_iter()
-        .filter(|p| p.starts_with(&dir))
-        .collect();
+    let mut found = io(
+        "read /proc/self/mountinfo",
+        strata_driver_kit::mounts::mounted_beneath(&dir),
+    )?;
     found.sort();
     Ok(found)
 }

@@ -51,25 +51,55 @@ fn worker(suite: &Suite, task: &[&str]) -> Result<Command, Verdict> {
     Ok(command)
 }
 
-fn spawn(suite: &Suite, task: &[&str]) -> Result<Child, Verdict> {
-    let mut command = worker(suite, task)?;
-    command
-        .spawn()
-        .map_err(|e| Verdict::Fail(format!("start a worker process for {task:?}: {e}")))
+/// A worker process, killed and reaped if the check ends before it does
+/// (a check that fails early leaves no worker behind to disturb the next).
+struct Worker {
+    child: Option<Child>,
+    what: String,
 }
 
-/// Waits for a worker and fails unless it succeeded.
-fn finished(child: Child, what: &str) -> Result<Output, Verdict> {
-    let output = child
-        .wait_with_output()
-        .map_err(|e| Verdict::Fail(format!("wait for {what}: {e}")))?;
-    ensure!(
-        output.status.success(),
-        "{what} failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(output)
+impl Worker {
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits for it and fails unless it succeeded; its output.
+    fn finished(mut self) -> Result<Output, Verdict> {
+        let child = self.child.take().expect("a worker is waited for once");
+        let output = child
+            .wait_with_output()
+            .map_err(|e| Verdict::Fail(format!("wait for {}: {e}", self.what)))?;
+        ensure!(
+            output.status.success(),
+            "{} failed ({}): {}",
+            self.what,
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(output)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn(suite: &Suite, task: &[&str], what: impl Into<String>) -> Result<Worker, Verdict> {
+    let mut command = worker(suite, task)?;
+    let child = command
+        .spawn()
+        .map_err(|e| Verdict::Fail(format!("start a worker process for {task:?}: {e}")))?;
+    Ok(Worker {
+        child: Some(child),
+        what: what.into(),
+    })
 }
 
 /// A base layer holding `BASE_FILES` files in a few directories.
@@ -90,25 +120,6 @@ fn make_base(layers: &mut Layers, id: &str) -> Result<usize, Verdict> {
     Ok(count)
 }
 
-/// Removes, when dropped, every layer whose id starts with the prefix
-/// except the base (which the check's `Layers` removes after): what worker
-/// processes made, so a failing check leaves nothing to the next one.
-struct Sweep<'d> {
-    driver: &'d dyn strata_plugin_abi::GraphDriver,
-    prefix: &'static str,
-    base: &'static str,
-}
-
-impl Drop for Sweep<'_> {
-    fn drop(&mut self) {
-        for id in self.driver.list().unwrap_or_default() {
-            if id.starts_with(self.prefix) && id != self.base {
-                let _ = self.driver.remove(&id);
-            }
-        }
-    }
-}
-
 /// The suite's layers other than `keep`.
 fn others(suite: &Suite, keep: &str) -> Result<Vec<String>, Verdict> {
     let mut listed = suite
@@ -123,37 +134,36 @@ fn others(suite: &Suite, keep: &str) -> Result<Vec<String>, Verdict> {
 fn parallel_lifecycles(suite: &Suite) -> CheckOutcome {
     worker(suite, &["start"])?;
     let mut layers = Layers::new(suite.driver);
+    layers.claim_prefix("conformance-proc-");
     let base = "conformance-proc-base";
-    let _sweep = Sweep {
-        driver: suite.driver,
-        prefix: "conformance-proc-",
-        base,
-    };
     let entries = make_base(&mut layers, base)?.to_string();
-    let prefixes: Vec<String> = (0..4).map(|i| format!("conformance-proc-{i}")).collect();
     let mut running = Vec::new();
-    for prefix in &prefixes {
-        running.push(spawn(suite, &["lifecycle", prefix, "6", base, &entries])?);
+    for i in 0..4 {
+        let prefix = format!("conformance-proc-{i}");
+        let task = ["lifecycle", &prefix, "6", base, &entries];
+        running.push(spawn(suite, &task, format!("worker {prefix}"))?);
     }
     // Drivers starting on the home while the others are mid-create.
     let mut starts = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while running.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
+    while running.iter_mut().any(Worker::running) {
         ensure!(
             Instant::now() < deadline,
             "the workers did not finish in 120 s"
         );
-        finished(
-            spawn(suite, &["start"])?,
-            "a driver starting beside the workers",
-        )?;
+        spawn(suite, &["start"], "a driver starting beside the workers")?.finished()?;
         starts += 1;
     }
-    for (child, prefix) in running.into_iter().zip(&prefixes) {
-        let output = finished(child, &format!("worker {prefix}"))?;
+    ensure!(
+        starts > 0,
+        "no driver started while the workers ran: nothing was checked"
+    );
+    for worker in running {
+        let what = worker.what.clone();
+        let output = worker.finished()?;
         ensure!(
             String::from_utf8_lossy(&output.stdout).contains("done 6"),
-            "worker {prefix} did not finish its rounds"
+            "{what} did not finish its rounds"
         );
     }
     tracing::debug!(starts, "driver starts beside the lifecycle workers");
@@ -165,42 +175,32 @@ fn parallel_lifecycles(suite: &Suite) -> CheckOutcome {
 fn same_ids(suite: &Suite) -> CheckOutcome {
     worker(suite, &["start"])?;
     let mut layers = Layers::new(suite.driver);
+    layers.claim_prefix("conformance-same-");
     let base = "conformance-same-base";
-    let _sweep = Sweep {
-        driver: suite.driver,
-        prefix: "conformance-same-",
-        base,
-    };
     let base_count = make_base(&mut layers, base)?;
     let ids: Vec<String> = (0..8).map(|i| format!("conformance-same-{i}")).collect();
-    for id in &ids {
-        // Removed on drop whatever happens (NotFound if already gone).
-        layers.adopt(id);
-    }
     let tally = |task: &str, yes: &str, no: &str| -> Result<(), Verdict> {
         let mut args = vec![task];
         if task == "create-same" {
             args.push(base);
         }
         args.extend(ids.iter().map(String::as_str));
-        let children: Vec<Child> = (0..4)
-            .map(|_| spawn(suite, &args))
+        let workers: Vec<Worker> = (0..4)
+            .map(|i| spawn(suite, &args, format!("{task} worker {i}")))
             .collect::<Result<_, _>>()?;
         let mut outputs = Vec::new();
-        for child in children {
-            outputs.push(String::from_utf8_lossy(&finished(child, task)?.stdout).into_owned());
+        for worker in workers {
+            outputs.push(String::from_utf8_lossy(&worker.finished()?.stdout).into_owned());
         }
         for id in &ids {
-            let wins = outputs
-                .iter()
-                .flat_map(|o| o.lines())
-                .filter(|l| *l == format!("{yes} {id}"))
-                .count();
-            let losses = outputs
-                .iter()
-                .flat_map(|o| o.lines())
-                .filter(|l| *l == format!("{no} {id}"))
-                .count();
+            let said = |word: &str| {
+                outputs
+                    .iter()
+                    .flat_map(|o| o.lines())
+                    .filter(|l| *l == format!("{word} {id}"))
+                    .count()
+            };
+            let (wins, losses) = (said(yes), said(no));
             ensure!(
                 wins == 1 && losses == 3,
                 "{task} of {id} from four processes: {wins} succeeded and {losses} were refused, expected 1 and 3"
@@ -212,11 +212,12 @@ fn same_ids(suite: &Suite) -> CheckOutcome {
     for id in &ids {
         let path = layers.mount(id)?;
         let found = io("count", count_entries(&path));
+        let marker = fs::read(path.join(crate::worker::BASE_MARKER)).unwrap_or_default();
         layers.unmount(id)?;
         let found = found?;
         ensure!(
-            found == base_count,
-            "{id}, made while three other processes tried the same id, holds {found} entries, its parent {base_count}"
+            found == base_count && marker == b"base",
+            "{id}, made while three other processes tried the same id, holds {found} entries (its parent {base_count}) and reads {marker:?} from the parent's marker"
         );
     }
     tally("remove-same", "removed", "gone")?;
@@ -246,52 +247,96 @@ impl Jitter {
 
 const KILLS: usize = 12;
 
+/// Starts a churning victim, waits until its driver is up, lets it work a
+/// random while and kills it; says whether the kill landed inside a round
+/// (between a `begin` and its `end`).
+fn kill_one(
+    suite: &Suite,
+    prefix: &str,
+    base: &str,
+    entries: &str,
+    jitter: &mut Jitter,
+) -> Result<bool, Verdict> {
+    let task = ["churn", prefix, base, entries];
+    let mut victim = spawn(suite, &task, format!("victim {prefix}"))?;
+    let stdout = victim
+        .child
+        .as_mut()
+        .and_then(|c| c.stdout.take())
+        .expect("worker stdout is piped");
+    let (lines, heard) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut said = Vec::new();
+    loop {
+        match heard.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line == "ready" => break,
+            Ok(line) => said.push(line),
+            Err(_) => {
+                let running = victim.running();
+                drop(victim);
+                return Err(Verdict::Fail(format!(
+                    "{prefix} never said it was ready (still running: {running})"
+                )));
+            }
+        }
+    }
+    std::thread::sleep(jitter.millis(5, 120));
+    ensure!(
+        victim.running(),
+        "the churning worker {prefix} stopped by itself before it was killed"
+    );
+    drop(victim); // SIGKILL, reaped
+    let _ = reader.join();
+    said.extend(heard.try_iter());
+    let begins = said.iter().filter(|l| l.starts_with("begin ")).count();
+    let ends = said.iter().filter(|l| l.starts_with("end ")).count();
+    Ok(begins > ends)
+}
+
 fn killed_processes(suite: &Suite) -> CheckOutcome {
     worker(suite, &["start"])?;
     let mut layers = Layers::new(suite.driver);
+    layers.claim_prefix("conformance-kill-");
     let base = "conformance-kill-base";
-    let _sweep = Sweep {
-        driver: suite.driver,
-        prefix: "conformance-kill-",
-        base,
-    };
     let base_count = make_base(&mut layers, base)?;
-    // A live process doing its own work all along.
     let entries = base_count.to_string();
+    // A live process doing its own work all along.
     let steady = spawn(
         suite,
         &["lifecycle", "conformance-kill-steady", "10", base, &entries],
+        "the live worker beside the killed ones",
     )?;
     let mut jitter = Jitter::new();
+    let mut inside = 0;
     for k in 0..KILLS {
         let prefix = format!("conformance-kill-victim{k}");
-        let mut victim = spawn(suite, &["churn", &prefix, base, &entries])?;
-        std::thread::sleep(jitter.millis(20, 250));
-        if let Ok(Some(status)) = victim.try_wait() {
-            let output = victim.wait_with_output().ok();
-            let stderr = output
-                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                .unwrap_or_default();
-            return Err(Verdict::Fail(format!(
-                "the churning worker stopped by itself before it was killed ({status}): {}",
-                stderr.trim()
-            )));
+        if kill_one(suite, &prefix, base, &entries, &mut jitter)? {
+            inside += 1;
         }
-        io("kill the worker", victim.kill())?;
-        io("reap the worker", victim.wait())?;
     }
-    finished(steady, "the live worker beside the killed ones")?;
+    // Kills that all landed between rounds would prove nothing.
+    ensure!(
+        inside * 2 >= KILLS,
+        "only {inside} of {KILLS} kills landed inside a create, mount or remove"
+    );
+    steady.finished()?;
     // The next start finds what the killed ones left.
-    finished(
-        spawn(suite, &["start"])?,
-        "a driver started after the kills",
-    )?;
+    spawn(suite, &["start"], "a driver started after the kills")?.finished()?;
     for id in others(suite, base)? {
         ensure!(
             id.starts_with("conformance-kill-victim"),
             "after the kills the driver lists {id}, which nobody made"
         );
-        layers.adopt(&id);
         // Whole: the parent's tree, plus the file the worker may have written.
         let path = layers.mount(&id)?;
         let found = io("count", count_entries(&path));
@@ -301,6 +346,7 @@ fn killed_processes(suite: &Suite) -> CheckOutcome {
             found == base_count || found == base_count + 1,
             "{id}, listed after its maker was killed, holds {found} entries where its parent has {base_count}: a half-made layer"
         );
+        layers.adopt(&id);
         layers.remove(&id)?;
     }
     Ok(())

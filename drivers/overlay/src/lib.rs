@@ -103,13 +103,13 @@ fn kernel_and_home_can_overlay(home: &Path) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Why overlay cannot work on `layers`' filesystem, if it cannot: checked
+/// Why overlay cannot work on the home's filesystem, if it cannot: checked
 /// before the driver is offered, so automatic selection moves on with the
 /// reason. The scratch space is the kit's, so a probe killed half way is
 /// collected.
-fn probe(layers: &LayerHome) -> std::result::Result<(), String> {
-    let where_ = layers.layers_dir();
-    let scratch = layers.scratch().map_err(|e| e.to_string())?;
+fn probe(home: &Path) -> std::result::Result<(), String> {
+    let where_ = home;
+    let scratch = strata_driver_kit::home::scratch_in(home).map_err(|e| e.to_string())?;
     let scratch = scratch.path();
     fs::create_dir_all(scratch.join("d"))
         .map_err(|e| format!("create {}: {e}", scratch.display()))?;
@@ -194,24 +194,14 @@ impl DriverPlugin for OverlayDriver {
         )))?;
         kernel_and_home_can_overlay(&args.home)
             .map_err(|why| DriverError::not_supported(format!("overlay: {why}")))?;
+        // Probed in a scratch directory of the home before anything else is
+        // laid out there, so a refusal leaves the home as it was; a probe
+        // killed half way is collected by the next start.
+        probe(&args.home).map_err(|why| DriverError::not_supported(format!("overlay: {why}")))?;
         let layers = LayerHome::open(&args.home)?;
         for dir in [args.home.join("l"), args.home.join("empty")] {
             fs::create_dir_all(&dir)
                 .map_err(io_err(format!("init overlay: create {}", dir.display())))?;
-        }
-        if let Err(why) = probe(&layers) {
-            // A home made just now for a driver that cannot work here goes
-            // again, so automatic selection leaves nothing behind.
-            if layers.list().is_ok_and(|ids| ids.is_empty()) {
-                for dir in [
-                    layers.layers_dir(),
-                    &args.home.join("l"),
-                    &args.home.join("empty"),
-                ] {
-                    let _ = fs::remove_dir_all(dir);
-                }
-            }
-            return Err(DriverError::not_supported(format!("overlay: {why}")));
         }
         let new_api = {
             let scratch = layers.scratch()?;
@@ -328,11 +318,18 @@ impl OverlayDriver {
 
     fn mount_layer(&self, id: &str, dir: &Path, read_only: bool) -> Result<()> {
         let merged = dir.join("merged");
-        // Self-healing: a lost mount point is made again.
-        fs::create_dir_all(&merged).map_err(io_err(format!(
-            "mount layer {id}: create {}",
-            merged.display()
-        )))?;
+        // Self-healing: a lost mount point is made again (only inside a layer
+        // directory that is there: the caller holds its lock).
+        match fs::create_dir(&merged) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(DriverError::io(
+                    format!("mount layer {id}: create {}", merged.display()),
+                    &e,
+                ));
+            }
+        }
         let (mut lowers, mut short) = self.lowers(id, dir)?;
         let diff = dir.join("diff");
         let work = dir.join("work");
@@ -369,26 +366,12 @@ impl OverlayDriver {
             )
         })
     }
+}
 
-    /// Holds the layer's own lock (flock on its directory) while its mount
-    /// is made or taken down, so two callers never stack two mounts.
-    fn layer_lock(
-        &self,
-        id: &str,
-        dir: &Path,
-        operation: &str,
-    ) -> Result<strata_driver_kit::lock::Held> {
-        let fd = rustix::fs::open(
-            dir,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| DriverError::io(format!("{operation} layer {id}"), &e.into()))?;
-        strata_driver_kit::lock::exclusive_dir(fd)
-            .map_err(io_err(format!("{operation} layer {id}")))
-    }
+/// Whether a layer's mount point has a mount on it.
+fn is_mounted(merged: &Path) -> Result<bool> {
+    strata_driver_kit::mounts::is_mount_point(merged)
+        .map_err(|e| DriverError::io("read /proc/self/mountinfo", &e))
 }
 
 /// Where a layer's short link points, relative to `<home>/l`.
@@ -503,15 +486,20 @@ impl GraphDriver for OverlayDriver {
         self.layers.place(staging, id, parent, "create")?;
         // After the layer is in place, so a link never dangles for a live
         // layer; lost to a kill here, it is made again at the first mount.
-        std::os::unix::fs::symlink(link_target(id), self.home.join("l").join(&short))
-            .map_err(io_err(format!("{op}: make its short link")))?;
+        if let Err(e) =
+            std::os::unix::fs::symlink(link_target(id), self.home.join("l").join(&short))
+        {
+            // The layer is whole without it; the first mount that needs the
+            // link makes it again from the layer's `link` file.
+            tracing::warn!(layer = id, error = %e, "could not make a layer's short link; it is made again when needed");
+        }
         Ok(())
     }
 
     fn remove(&self, id: &str) -> Result<()> {
         self.layers.remove(id, "remove", |dir| {
             let merged = dir.join("merged");
-            if mount::is_mount_point(&merged) {
+            if is_mounted(&merged)? {
                 mount::unmount(&merged).map_err(io_err(format!("remove layer {id}: unmount")))?;
             }
             if let Ok(link) = fs::read_to_string(dir.join("link")) {
@@ -536,21 +524,33 @@ impl GraphDriver for OverlayDriver {
             }
         }
         // Layers made read-only have no work directory; mount them so.
-        let created_read_only = !dir.join("work").is_dir();
+        let read_only = read_only || !dir.join("work").is_dir();
         let merged = dir.join("merged");
-        let _layer = self.layer_lock(id, &dir, "mount")?;
-        // The host counts mounts: a layer already mounted is returned as it is.
-        if !mount::is_mount_point(&merged) {
-            self.mount_layer(id, &dir, read_only || created_read_only)?;
+        let _layer = self.layers.lock_layer(id, "mount")?;
+        // The host counts mounts and calls this only for a layer's first
+        // user: a mount already there was left by a process that died. It
+        // is kept if it is what is asked for, and made again if not (a
+        // read-only request never gets a writable tree, nor the reverse).
+        if is_mounted(&merged)? {
+            let mounted_read_only = rustix::fs::statvfs(&merged)
+                .map_err(|e| DriverError::io(format!("mount layer {id}: statvfs"), &e.into()))?
+                .f_flag
+                .contains(rustix::fs::StatVfsMountFlags::RDONLY);
+            if mounted_read_only == read_only {
+                return Ok(merged);
+            }
+            mount::unmount(&merged)
+                .map_err(io_err(format!("mount layer {id}: take down the old mount")))?;
         }
+        self.mount_layer(id, &dir, read_only)?;
         Ok(merged)
     }
 
     fn put(&self, id: &str) -> Result<()> {
         let dir = self.layers.existing(id, "unmount")?;
         let merged = dir.join("merged");
-        let _layer = self.layer_lock(id, &dir, "unmount")?;
-        if mount::is_mount_point(&merged) {
+        let _layer = self.layers.lock_layer(id, "unmount")?;
+        if is_mounted(&merged)? {
             mount::unmount(&merged).map_err(io_err(format!("unmount layer {id}")))?;
         }
         Ok(())

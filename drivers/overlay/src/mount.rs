@@ -158,13 +158,3 @@ pub fn new_api_works(scratch: &Path) -> bool {
     }
     mounted
 }
-
-/// Whether `path` is a mount point (its device differs from its parent's).
-pub fn is_mount_point(path: &Path) -> bool {
-    let (Ok(here), Some(Ok(parent))) =
-        (rustix::fs::stat(path), path.parent().map(rustix::fs::stat))
-    else {
-        return false;
-    };
-    here.st_dev != parent.st_dev
-}

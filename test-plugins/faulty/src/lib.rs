@@ -16,7 +16,9 @@
 //! * `umask-root`: a new layer's root gets its mode from the umask;
 //! * `racy-create`: two creates of the same id at once both succeed;
 //! * `wipe-staging-at-start`: a start deletes every staging directory, a live
-//!   process's too (the overlay bug of strata 0.1).
+//!   process's too (the overlay bug of strata 0.1);
+//! * `visible-while-building`: a child appears at once, empty, and is filled
+//!   with its parent's tree afterwards (a kill leaves it half made).
 //!
 //! The conformance suite's own tests run it to show each fault fails the
 //! checks it should. The template's driver module is compiled in here by path
@@ -48,9 +50,10 @@ enum Fault {
     UmaskRoot,
     RacyCreate,
     WipeStagingAtStart,
+    VisibleWhileBuilding,
 }
 
-const FAULTS: [(&str, Fault); 12] = [
+const FAULTS: [(&str, Fault); 13] = [
     ("lose-xattrs", Fault::LoseXattrs),
     ("leave-directory", Fault::LeaveDirectory),
     ("orphan-children", Fault::OrphanChildren),
@@ -63,6 +66,7 @@ const FAULTS: [(&str, Fault); 12] = [
     ("umask-root", Fault::UmaskRoot),
     ("racy-create", Fault::RacyCreate),
     ("wipe-staging-at-start", Fault::WipeStagingAtStart),
+    ("visible-while-building", Fault::VisibleWhileBuilding),
 ];
 
 pub struct Faulty {
@@ -139,6 +143,22 @@ fn strip_user_xattrs(dir: &Path) {
     }
 }
 
+/// Copies the tree at `from` into the existing directory `to`, in this
+/// process (so a kill stops it half way).
+fn copy_into(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            fs::create_dir(&target)?;
+            copy_into(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
 fn current_umask() -> u32 {
     let mask = rustix::process::umask(rustix::fs::Mode::empty());
     rustix::process::umask(mask);
@@ -176,6 +196,16 @@ impl GraphDriver for Faulty {
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
                     other => other,
                 };
+            }
+            Fault::VisibleWhileBuilding if parent.is_some() => {
+                let source = self
+                    .inner
+                    .get(parent.unwrap_or_default(), &MountOptions::default())?;
+                self.inner.create(id, None, options)?;
+                let target = self.inner.get(id, &MountOptions::default())?;
+                // Filled in place, file by file, while it is already listed.
+                return copy_into(&source, &target)
+                    .map_err(|e| DriverError::io(format!("create layer {id}: fill"), &e));
             }
             Fault::WriteOutsideHome => {
                 if let Some(graph_root) = self.home.parent() {
