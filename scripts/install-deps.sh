@@ -5,8 +5,9 @@
 #   debootstrap: real Debian root filesystems for benches and the demo
 #   zfs-fuse: userspace ZFS, the conformance runner's zfs-fuse backend
 #   umoci, skopeo: real OCI clients the image tests and benches check strata against
+#   time: GNU time, the peak RSS of commands the tests and benches run
 set -euo pipefail
-packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap zfs-fuse umoci skopeo)
+packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap zfs-fuse umoci skopeo time)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

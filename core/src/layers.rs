@@ -439,6 +439,14 @@ impl LayerStore {
             ))
             .into());
         }
+        // A read-only layer is an image's: writing it would change every
+        // image on it (`Store::apply_to_layer` names them).
+        if self.get(id)?.is_some_and(|r| r.read_only) {
+            return Err(strata_plugin_abi::DriverError::invalid_input(format!(
+                "apply to layer {id}: the layer is read-only"
+            ))
+            .into());
+        }
         let applied = self.apply_into(driver, id, diff, false)?;
         let _lock = self.lock()?;
         let mut records = self.load()?;

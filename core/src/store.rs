@@ -11,6 +11,7 @@
 //! failed import) holds it exclusively.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use strata_plugin_abi::{CreateOptions, GraphDriver, MountOptions};
@@ -20,7 +21,7 @@ use crate::containers::{ContainerRecord, ContainerStore};
 use crate::error::{CoreError, Result};
 use crate::fsutil::FileLock;
 use crate::images::{ImageFamily, ImageRecord, ImageStore};
-use crate::layers::{LayerRecord, LayerStore, NewLayer};
+use crate::layers::{DiffRecord, LayerRecord, LayerStore, NewLayer};
 use crate::records::{now, random_id};
 
 pub struct Store {
@@ -335,10 +336,9 @@ impl Store {
         Ok((image, deleted))
     }
 
-    /// Deletes layer `id`, refused while an image or container stands on it
-    /// (delete those instead) or another layer has it as parent.
-    pub fn delete_layer(&self, id: &str) -> Result<()> {
-        let _exclusive = self.hold_layers_exclusively()?;
+    /// The images and containers that stand on layer `id` (it is their top
+    /// layer or below it), as "image NAME" / "container NAME".
+    pub fn layer_users(&self, id: &str) -> Result<Vec<String>> {
         let parents = self.layer_parents()?;
         let stands_on = |top: &str| {
             let mut cursor = Some(top.to_string());
@@ -367,6 +367,14 @@ impl Store {
                 ));
             }
         }
+        Ok(users)
+    }
+
+    /// Deletes layer `id`, refused while an image or container stands on it
+    /// (delete those instead) or another layer has it as parent.
+    pub fn delete_layer(&self, id: &str) -> Result<()> {
+        let _exclusive = self.hold_layers_exclusively()?;
+        let users = self.layer_users(id)?;
         if !users.is_empty() {
             return Err(strata_plugin_abi::DriverError::busy(format!(
                 "delete layer {id}: used by {}",
@@ -375,6 +383,28 @@ impl Store {
             .into());
         }
         self.layers.delete(self.driver(), id)
+    }
+
+    /// Applies a layer tar to the existing layer `id`. A read-only layer
+    /// (an image's) is refused, naming the images and containers that stand
+    /// on it: writing it would change all of them at once, while their mounts
+    /// still show it read-only.
+    pub fn apply_to_layer(&self, id: &str, diff: &mut dyn Read) -> Result<DiffRecord> {
+        match self.layers.apply(self.driver(), id, diff) {
+            // The layer store refuses a read-only layer; say who stands on it.
+            Err(refused) if self.layers.get(id)?.is_some_and(|r| r.read_only) => {
+                let users = self.layer_users(id)?;
+                if users.is_empty() {
+                    return Err(refused);
+                }
+                Err(strata_plugin_abi::DriverError::invalid_input(format!(
+                    "apply to layer {id}: the layer is read-only; used by {}",
+                    users.join(", ")
+                ))
+                .into())
+            }
+            other => other,
+        }
     }
 
     /// Makes a container on image `image_ref`: a read-write layer on the

@@ -505,3 +505,40 @@ fn a_create_refused_by_the_driver_does_not_remove_the_layer_already_there() {
         "the refused create removed the layer that was there"
     );
 }
+
+mod support;
+
+#[test]
+fn a_read_only_layer_refuses_apply_naming_the_images_on_it() {
+    let setup = Setup::new();
+    let layout = setup.scratch.path().join("layout");
+    let base = support::RawTar::new()
+        .file("etc/os-release", b"base\n")
+        .finish();
+    support::layout::write_image(&layout, "v1", &[support::layout::Layer::plain(&base)], "ro");
+    let location = format!("{}:v1", layout.display());
+    ok(setup.strata(&["image", "import", &location, "--name", "shared"]));
+    let layers: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["--json", "layer", "list"]))).unwrap();
+    let id = layers[0].as_str().unwrap().to_string();
+    let change = setup.scratch.path().join("change.tar");
+    fs::write(
+        &change,
+        support::RawTar::new()
+            .file("etc/os-release", b"changed\n")
+            .finish(),
+    )
+    .unwrap();
+    let err = fails(setup.strata(&["layer", "apply", &id, change.to_str().unwrap()]));
+    assert!(err.contains("read-only"), "{err}");
+    assert!(err.contains("used by image shared"), "{err}");
+    // Unchanged: a container on the image still sees the original.
+    let container = ok(setup.strata(&["container", "create", "shared"]));
+    let root = PathBuf::from(ok(setup.strata(&["container", "mount", container.trim()])).trim());
+    let seen = fs::read(root.join("etc/os-release")).unwrap();
+    ok(setup.strata(&["container", "unmount", container.trim()]));
+    assert_eq!(seen, b"base\n");
+    // A layer made writable (a container's) still takes a diff.
+    ok(setup.strata(&["layer", "create", "scratch"]));
+    ok(setup.strata(&["layer", "apply", "scratch", change.to_str().unwrap()]));
+}

@@ -1,7 +1,7 @@
 //! Applying a layer tar stream to a directory, safely, recording tar-split
 //! and computing both digests in the same pass.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -16,6 +16,7 @@ use super::ArchiveError;
 use super::beneath::{self, Root, name_cstr, normalize, proc_path, remove_all_at, split};
 use super::compression::{Compression, decompress};
 use super::digest::Sha256Digest;
+use super::members::{Data, MAX_SPARSE_REGIONS, MAX_TRAILING, Member, Members, lossy};
 use super::record;
 use super::whiteout::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
 
@@ -154,7 +155,9 @@ fn apply_stream(
             applier.join().expect("the applying thread does not panic")
         })?
     };
-    compressed.drain().map_err(ArchiveError::input)?;
+    compressed
+        .drain(MAX_TRAILING)
+        .map_err(ArchiveError::input)?;
     Ok((compression, size, entries))
 }
 
@@ -247,24 +250,43 @@ fn apply_tar(
         tap = tap.complete_at_eof();
     }
     let mut state = Applier::new(root, lower, options);
+    let applied = apply_members(&mut state, &tap);
+    // Whatever became of the layer, say what of it was left out.
+    state.dropped.warn();
+    applied?;
+    state.finish()?;
+    Ok((state.size, state.entries))
+}
+
+/// Applies every member, then reads what follows the archive.
+fn apply_members<R: Read>(
+    state: &mut Applier<'_>,
+    tap: &record::TarTap<R>,
+) -> Result<(), ArchiveError> {
+    let mut members = Members::new(tap);
     // Where the last member's data ends, and its name.
     let mut last_member: Option<(u64, String)> = None;
-    {
-        let mut archive = tar::Archive::new(&tap);
-        let entries = archive.entries().map_err(ArchiveError::input)?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| ArchiveError::input(not_a_tar(e, state.entries)))?;
-            tap.member_start().map_err(ArchiveError::record)?;
-            let name = entry.path_bytes().into_owned();
-            let data_end = entry.raw_file_position() + entry.header().entry_size().unwrap_or(0);
-            last_member = Some((data_end, String::from_utf8_lossy(&name).into_owned()));
-            state.apply_entry(&mut entry, &tap, &name)?;
-            tap.member_end(&name).map_err(ArchiveError::record)?;
-        }
+    loop {
+        let member = match members.next_member() {
+            Ok(Some(member)) => member,
+            Ok(None) => break,
+            Err(e) if !members.saw_header() => {
+                return Err(ArchiveError::input(io::Error::new(
+                    e.kind(),
+                    format!("not a tar stream: {e}"),
+                )));
+            }
+            Err(e) => return Err(ArchiveError::input(e)),
+        };
+        tap.member_start().map_err(ArchiveError::record)?;
+        last_member = Some((member.data_start + member.size, lossy(&member.name)));
+        let mut data = members.data(&member);
+        state.apply_entry(&member, &mut data, tap)?;
+        tap.member_end(&member.name).map_err(ArchiveError::record)?;
     }
     // A tar ends with zero blocks; a stream that simply stops was cut short
     // (at a member boundary, where the tar reader alone cannot tell).
-    if !tap.saw_end_of_archive() && options.require_end_of_archive {
+    if !members.saw_end_marker() && state.options.require_end_of_archive {
         return Err(ArchiveError::input(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!(
@@ -284,18 +306,8 @@ fn apply_tar(
         )));
     }
     // What follows the end-of-archive blocks (record padding) is part of the
-    // stream: read it so it is recorded and digested.
-    io::copy(&mut &tap, &mut io::sink()).map_err(ArchiveError::input)?;
-    state.finish()?;
-    Ok((state.size, state.entries))
-}
-
-fn not_a_tar(e: io::Error, entries_so_far: u64) -> io::Error {
-    if entries_so_far == 0 {
-        io::Error::new(e.kind(), format!("not a tar stream: {e}"))
-    } else {
-        e
-    }
+    // stream: read it so it is recorded and digested, within a limit.
+    members.finish().map_err(ArchiveError::input)
 }
 
 /// Metadata of a member, taken from its header and PAX records.
@@ -325,15 +337,112 @@ fn parse_u64(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
-fn parse_sparse_map(value: &[u8]) -> Option<Vec<(u64, u64)>> {
-    let numbers: Option<Vec<u64>> = std::str::from_utf8(value)
-        .ok()?
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().ok())
-        .collect();
-    let numbers = numbers?;
-    (numbers.len() % 2 == 0).then(|| numbers.chunks(2).map(|p| (p[0], p[1])).collect())
+/// A PAX 0.1 sparse map, `offset,length,offset,length...`.
+fn parse_sparse_map(value: &[u8]) -> Result<Vec<(u64, u64)>, String> {
+    let bad = || "bad GNU.sparse.map".to_string();
+    let text = std::str::from_utf8(value).map_err(|_| bad())?;
+    let mut numbers = text.split(',').filter(|s| !s.is_empty());
+    let mut map = Vec::new();
+    while let Some(offset) = numbers.next() {
+        let length = numbers.next().ok_or_else(bad)?;
+        if map.len() >= MAX_SPARSE_REGIONS {
+            return Err(format!(
+                "more than {MAX_SPARSE_REGIONS} regions in GNU.sparse.map"
+            ));
+        }
+        map.push((
+            offset.parse().map_err(|_| bad())?,
+            length.parse().map_err(|_| bad())?,
+        ));
+    }
+    Ok(map)
+}
+
+/// Whether a layer may set the xattr `name` (the part after
+/// `SCHILY.xattr.`).
+///
+/// What a layer means comes from its members and its whiteout entries,
+/// never from xattr records, so only xattrs that are part of a file's
+/// content are kept: `user.*`, file capabilities (`security.capability`)
+/// and POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`).
+/// The rest is dropped, because
+///
+/// * `trusted.overlay.*` (and any `trusted.*`) in a tar is overlay
+///   bookkeeping leaked from an upper directory, or an attack. On overlay a
+///   smuggled `redirect` makes a directory show another part of the lower
+///   tree (the kernel follows redirects even with `redirect_dir=off`),
+///   `opaque` hides lower content, `metacopy` makes reads fail with EIO,
+///   `origin` points file handles elsewhere. Opaque directories come only
+///   from `.wh..wh..opq`: the applier sets that xattr itself;
+/// * `security.selinux`, `security.ima`, `security.evm` and the other
+///   `security.*` labels are assigned by the host's policy, not by an image;
+/// * an unknown namespace has no meaning a layer could rely on.
+///
+/// Dropping (not refusing) keeps real images that carry such records
+/// (tars of overlay uppers, of SELinux hosts) importable, while the attack
+/// does nothing.
+fn layer_may_set_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || matches!(
+            name,
+            b"security.capability" | b"system.posix_acl_access" | b"system.posix_acl_default"
+        )
+}
+
+/// Distinct keys reported one by one; more are only counted.
+const MAX_DROPPED_KEYS: usize = 64;
+
+/// The xattr records a layer carried that were dropped, for one warning per
+/// key (not per file: a tar of an overlay upper can carry one per directory).
+#[derive(Default)]
+struct DroppedXattrs {
+    /// Key, the first member that carried it, and how many did.
+    keys: BTreeMap<String, (String, u64)>,
+    /// Records of keys beyond the first `MAX_DROPPED_KEYS`.
+    others: u64,
+}
+
+impl DroppedXattrs {
+    fn note(&mut self, key: &[u8], member: &str) {
+        let key = lossy(key);
+        if let Some((_, count)) = self.keys.get_mut(&key) {
+            *count += 1;
+        } else if self.keys.len() < MAX_DROPPED_KEYS {
+            self.keys.insert(key, (member.to_string(), 1));
+        } else {
+            self.others += 1;
+        }
+    }
+
+    /// Logs what was dropped (names and keys escaped: they are the stream's).
+    fn warn(&mut self) {
+        for (key, (member, count)) in std::mem::take(&mut self.keys) {
+            tracing::warn!(
+                "layer xattr {key:?} dropped from {count} member(s), first {member:?}: a layer \
+                 may set only user.*, security.capability and POSIX ACL xattrs"
+            );
+        }
+        if self.others > 0 {
+            tracing::warn!(
+                "{} more layer xattr record(s) of other keys dropped",
+                std::mem::take(&mut self.others)
+            );
+        }
+    }
+}
+
+/// Whether `component` is AUFS bookkeeping: `.wh..wh.plnk` (hard link
+/// targets), `.wh..wh.aufs`, `.wh..wh.orph` and any other `.wh..wh.` name.
+/// They and everything below them are left out of every target: they are
+/// AUFS's private state, meaningless elsewhere, and a directory of them
+/// applied would later be exported as a whiteout.
+fn is_aufs_meta(component: &OsStr) -> bool {
+    component.as_bytes().starts_with(b".wh..wh.")
+}
+
+/// Whether `rel` lies below AUFS bookkeeping.
+fn below_aufs_meta(rel: &Path) -> bool {
+    rel.parent().is_some_and(|dir| dir.iter().any(is_aufs_meta))
 }
 
 /// An open parent directory, and the group a file made in it gets.
@@ -409,6 +518,8 @@ struct Applier<'a> {
     /// layer holds there is known.
     root_opaque: Option<String>,
     dirs: Vec<PendingDir>,
+    /// Xattr records the layer carried that were not applied.
+    dropped: DroppedXattrs,
     size: u64,
     entries: u64,
     buf: Vec<u8>,
@@ -467,6 +578,7 @@ impl<'a> Applier<'a> {
             hidden: HashSet::new(),
             root_opaque: None,
             dirs: Vec::new(),
+            dropped: DroppedXattrs::default(),
             size: 0,
             entries: 0,
             buf: vec![0u8; 256 * 1024],
@@ -476,17 +588,22 @@ impl<'a> Applier<'a> {
         }
     }
 
-    fn meta<R: Read>(
-        &self,
-        entry: &mut tar::Entry<'_, R>,
-        shown: &str,
-    ) -> Result<Meta, ArchiveError> {
-        let header = entry.header();
+    fn meta(&mut self, member: &Member, shown: &str) -> Result<Meta, ArchiveError> {
+        let header = &member.header;
         let bad = |why: String| ArchiveError::entry(shown, why);
-        let mode = header.mode().map_err(|e| bad(format!("mode: {e}")))? & 0o7777;
-        let uid = header.uid().map_err(|e| bad(format!("uid: {e}")))?;
-        let gid = header.gid().map_err(|e| bad(format!("gid: {e}")))?;
-        let mtime_secs = header.mtime().map_err(|e| bad(format!("mtime: {e}")))?;
+        // The tar crate's messages for a bad field quote the field's bytes
+        // (and the raw name): only which field it was is said.
+        let field = |name: &'static str| move |_| bad(format!("its {name} field is not a number"));
+        let mode = header.mode().map_err(field("mode"))? & 0o7777;
+        let uid = match member.pax_uid {
+            Some(uid) => uid,
+            None => header.uid().map_err(field("uid"))?,
+        };
+        let gid = match member.pax_gid {
+            Some(gid) => gid,
+            None => header.gid().map_err(field("gid"))?,
+        };
+        let mtime_secs = header.mtime().map_err(field("mtime"))?;
         let mut mtime = Timespec {
             tv_sec: mtime_secs as i64,
             tv_nsec: 0,
@@ -494,35 +611,25 @@ impl<'a> Applier<'a> {
         let mut atime = None;
         let mut xattrs = Vec::new();
         let mut sparse: Option<PaxSparse> = None;
-        if let Some(pax) = entry
-            .pax_extensions()
-            .map_err(|e| bad(format!("PAX records: {e}")))?
-        {
-            for ext in pax {
-                let ext = ext.map_err(|e| bad(format!("PAX record: {e}")))?;
-                let key = ext.key_bytes();
-                if key == b"mtime" {
-                    mtime = parse_pax_time(ext.value_bytes())
-                        .ok_or_else(|| bad("bad PAX mtime".into()))?;
-                } else if key == b"atime" {
-                    atime = parse_pax_time(ext.value_bytes());
-                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
-                } else if let Some(field) = key.strip_prefix(b"GNU.sparse.") {
-                    let info = sparse.get_or_insert_with(PaxSparse::default);
-                    let value = ext.value_bytes();
-                    match field {
-                        b"name" => info.name = Some(value.to_vec()),
-                        b"realsize" | b"size" => info.real_size = parse_u64(value),
-                        b"major" => info.major = parse_u64(value),
-                        b"map" => {
-                            info.map = Some(
-                                parse_sparse_map(value)
-                                    .ok_or_else(|| bad("bad GNU.sparse.map".into()))?,
-                            )
-                        }
-                        _ => {}
-                    }
+        for (key, value) in member.pax_records() {
+            if key == b"mtime" {
+                mtime = parse_pax_time(value).ok_or_else(|| bad("bad PAX mtime".into()))?;
+            } else if key == b"atime" {
+                atime = parse_pax_time(value);
+            } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                if layer_may_set_xattr(name) {
+                    xattrs.push((name.to_vec(), value.to_vec()));
+                } else {
+                    self.dropped.note(name, shown);
+                }
+            } else if let Some(field) = key.strip_prefix(b"GNU.sparse.") {
+                let info = sparse.get_or_insert_with(PaxSparse::default);
+                match field {
+                    b"name" => info.name = Some(value.to_vec()),
+                    b"realsize" | b"size" => info.real_size = parse_u64(value),
+                    b"major" => info.major = parse_u64(value),
+                    b"map" => info.map = Some(parse_sparse_map(value).map_err(bad)?),
+                    _ => {}
                 }
             }
         }
@@ -665,23 +772,30 @@ impl<'a> Applier<'a> {
     /// Applies one member.
     fn apply_entry<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, &record::TarTap<R>>,
+        member: &Member,
+        data: &mut Data<'_, R>,
         tap: &record::TarTap<R>,
-        name: &[u8],
     ) -> Result<(), ArchiveError> {
         self.entries += 1;
-        let shown = String::from_utf8_lossy(name).into_owned();
-        let kind = entry.header().entry_type();
+        let shown = lossy(&member.name);
+        let kind = member.kind();
         if kind.is_pax_global_extensions() {
             return Ok(()); // no effect on the tree
         }
-        let meta = self.meta(entry, &shown)?;
+        let meta = self.meta(member, &shown)?;
         // A PAX sparse member is stored under a made-up name; its real one is
         // in the records.
         let real_name = meta.sparse.as_ref().and_then(|s| s.name.clone());
-        let name = real_name.as_deref().unwrap_or(name);
-        let shown = String::from_utf8_lossy(name).into_owned();
+        let name = real_name.as_deref().unwrap_or(&member.name);
+        let shown = lossy(name);
         let rel = normalize(name).map_err(|why| ArchiveError::unsafe_entry(&shown, why))?;
+
+        // AUFS bookkeeping is never applied, nor anything below it (the
+        // entries themselves are whiteout-named and skipped below).
+        if below_aufs_meta(&rel) {
+            tracing::debug!("skipped {shown:?}: below AUFS bookkeeping");
+            return Ok(());
+        }
 
         // Whiteouts first: their names are instructions, not files.
         if let Some((dir, base)) = split(&rel)
@@ -751,32 +865,46 @@ impl<'a> Applier<'a> {
                     last_modification: meta.mtime,
                 },
             });
+        } else if let Some(map) = member.gnu_sparse.as_ref() {
+            // GNU's old sparse format: the map was in the headers. Data
+            // regions only; the map and the data stay in the record.
+            let (file, fresh) = self.create_file(&parent, &cname, meta.mode, &shown)?;
+            let mut file = std::fs::File::from(file);
+            let written =
+                self.write_regions(data, &mut file, &map.regions, map.real_size, &shown)?;
+            if written != member.size {
+                return Err(ArchiveError::entry(
+                    &shown,
+                    "sparse member: the map does not account for the member's data".into(),
+                ));
+            }
+            set_sparse_len(&file, map.real_size, &shown)?;
+            self.size += map.real_size;
+            let fd = std::os::fd::OwnedFd::from(file);
+            self.set_meta_fd(&fd, &meta, &fresh, &shown)?;
         } else if let Some(info) = meta.sparse.as_ref().filter(|_| kind.is_file()) {
             // Data regions only; the map and the data stay in the record.
             let (file, fresh) = self.create_file(&parent, &cname, meta.mode, &shown)?;
             let mut file = std::fs::File::from(file);
-            let real_size = self.copy_pax_sparse(entry, &mut file, info, &shown)?;
+            let real_size = self.copy_pax_sparse(data, member.size, &mut file, info, &shown)?;
             self.size += real_size;
             let fd = std::os::fd::OwnedFd::from(file);
             self.set_meta_fd(&fd, &meta, &fresh, &shown)?;
-        } else if kind.is_file() || kind.is_gnu_sparse() || kind == tar::EntryType::Continuous {
-            let sparse = kind.is_gnu_sparse();
+        } else if kind.is_file() || kind == tar::EntryType::Continuous {
             let (file, fresh) = self.create_file(&parent, &cname, meta.mode, &shown)?;
             let mut file = std::fs::File::from(file);
-            // A sparse member's data stays in the record (its map is there too);
-            // a plain file's data is read as payload and left out.
-            if !sparse {
-                tap.begin_payload();
-            }
-            let written = self.copy_data(entry, &mut file, &shown);
+            // A plain file's data is read as payload and left out of the
+            // record.
+            tap.begin_payload();
+            let written = self.copy_data(data, &mut file, &shown);
             tap.end_payload();
             let written = written?;
-            if written != entry.size() {
+            if written != member.size {
                 return Err(ArchiveError::input(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
-                        "{shown}: the stream ends inside the member's data ({written} of {} bytes)",
-                        entry.size()
+                        "{shown:?}: the stream ends inside the member's data ({written} of {} bytes)",
+                        member.size
                     ),
                 )));
             }
@@ -784,10 +912,10 @@ impl<'a> Applier<'a> {
             let fd = std::os::fd::OwnedFd::from(file);
             self.set_meta_fd(&fd, &meta, &fresh, &shown)?;
         } else if kind.is_symlink() {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| ArchiveError::entry(&shown, "a symlink without a target".into()))?
-                .into_owned();
+            let target = member
+                .link
+                .clone()
+                .ok_or_else(|| ArchiveError::entry(&shown, "a symlink without a target".into()))?;
             let target = std::ffi::CString::new(target)
                 .map_err(|_| ArchiveError::entry(&shown, "NUL in symlink target".into()))?;
             self.create_with(&parent, &cname, &shown, |p, n| {
@@ -796,12 +924,18 @@ impl<'a> Applier<'a> {
             self.forget_parents();
             self.set_meta_at(&parent, &base, &meta, &shown, false)?;
         } else if kind.is_hard_link() {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| ArchiveError::entry(&shown, "a hard link without a target".into()))?
-                .into_owned();
+            let target = member.link.as_deref().ok_or_else(|| {
+                ArchiveError::entry(&shown, "a hard link without a target".into())
+            })?;
             let target_rel =
-                normalize(&target).map_err(|why| ArchiveError::unsafe_entry(&shown, why))?;
+                normalize(target).map_err(|why| ArchiveError::unsafe_entry(&shown, why))?;
+            if target_rel.iter().any(is_aufs_meta) {
+                // AUFS kept hard-linked files there; nothing of it is applied.
+                return Err(ArchiveError::entry(
+                    &shown,
+                    "a hard link into AUFS bookkeeping (.wh..wh.*), which is never applied".into(),
+                ));
+            }
             let Some((target_dir, target_base)) = split(&target_rel) else {
                 return Err(ArchiveError::unsafe_entry(
                     &shown,
@@ -825,7 +959,7 @@ impl<'a> Applier<'a> {
             } else {
                 FileType::Fifo
             };
-            let header = entry.header();
+            let header = &member.header;
             let major = header.device_major().ok().flatten().unwrap_or(0);
             let minor = header.device_minor().ok().flatten().unwrap_or(0);
             let dev = rustix::fs::makedev(major, minor);
@@ -909,9 +1043,9 @@ impl<'a> Applier<'a> {
     /// Writes a member's data, leaving every all-zero 4 KiB block as a hole:
     /// a sparse member's holes stay holes, and so do the holes of a sparse file
     /// exported densely (as export writes every file). Contents are unchanged.
-    fn copy_data<R: Read>(
+    fn copy_data(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &mut impl Read,
         file: &mut std::fs::File,
         shown: &str,
     ) -> Result<u64, ArchiveError> {
@@ -956,39 +1090,47 @@ impl<'a> Applier<'a> {
     }
 
     /// Writes a PAX sparse member's data regions at their offsets and sets the
-    /// real size; returns it.
-    fn copy_pax_sparse<R: Read>(
+    /// real size; returns it. `size` is the member's data in the stream.
+    fn copy_pax_sparse(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &mut impl Read,
+        size: u64,
         file: &mut std::fs::File,
         info: &PaxSparse,
         shown: &str,
     ) -> Result<u64, ArchiveError> {
-        use std::os::unix::fs::FileExt;
         let bad = |why: &str| ArchiveError::entry(shown, format!("sparse member: {why}"));
+        // The 1.0 map is read a byte at a time: from a buffer, not from the
+        // stream (the reader stops at the member's end all the same).
+        let entry = &mut io::BufReader::with_capacity(64 * 1024, entry);
         let mut consumed = 0u64;
         let map = match (&info.map, info.major) {
             (Some(map), _) => map.clone(),
             (None, Some(1)) => {
                 // Format 1.0: decimal lines (count, then offset/size pairs)
                 // at the front of the data, padded to a 512-byte block.
-                let mut numbers = Vec::new();
+                let mut map = Vec::new();
+                let mut pending_offset = None;
                 let mut line = Vec::new();
                 let mut byte = [0u8; 1];
                 let mut wanted = None;
-                while wanted.is_none_or(|w| numbers.len() < w) {
+                while wanted.is_none_or(|w| map.len() < w) {
                     entry.read_exact(&mut byte).map_err(ArchiveError::input)?;
                     consumed += 1;
                     if byte[0] == b'\n' {
                         let n = parse_u64(&line).ok_or_else(|| bad("bad number in the map"))?;
                         line.clear();
                         if wanted.is_none() {
-                            if n > 1 << 20 {
-                                return Err(bad("an implausibly long map"));
+                            if n > MAX_SPARSE_REGIONS as u64 {
+                                return Err(bad(&format!(
+                                    "more than {MAX_SPARSE_REGIONS} regions in its map"
+                                )));
                             }
-                            wanted = Some(n as usize * 2);
+                            wanted = Some(n as usize);
+                        } else if let Some(offset) = pending_offset.take() {
+                            map.push((offset, n));
                         } else {
-                            numbers.push(n);
+                            pending_offset = Some(n);
                         }
                     } else if line.len() > 20 {
                         return Err(bad("bad number in the map"));
@@ -1000,15 +1142,43 @@ impl<'a> Applier<'a> {
                 io::copy(&mut entry.by_ref().take(padding), &mut io::sink())
                     .map_err(ArchiveError::input)?;
                 consumed += padding;
-                numbers.chunks(2).map(|p| (p[0], p[1])).collect()
+                map
             }
             _ => return Err(bad("an unknown GNU sparse format")),
         };
         let real_size = info.real_size.ok_or_else(|| bad("no real size recorded"))?;
-        for (offset, length) in map {
-            if offset.checked_add(length).is_none_or(|end| end > real_size) {
-                return Err(bad("a region beyond the file's size"));
-            }
+        let written = self.write_regions(entry, file, &map, real_size, shown)?;
+        if consumed + written != size {
+            return Err(bad("the map does not account for the member's data"));
+        }
+        set_sparse_len(file, real_size, shown)?;
+        Ok(real_size)
+    }
+
+    /// Writes a sparse member's data regions, stored one after the other
+    /// in `entry`, at their offsets in `file`; returns the bytes written. A
+    /// region past `real_size` is refused before anything is written.
+    fn write_regions(
+        &mut self,
+        entry: &mut impl Read,
+        file: &mut std::fs::File,
+        map: &[(u64, u64)],
+        real_size: u64,
+        shown: &str,
+    ) -> Result<u64, ArchiveError> {
+        use std::os::unix::fs::FileExt;
+        if map.iter().any(|(offset, length)| {
+            offset
+                .checked_add(*length)
+                .is_none_or(|end| end > real_size)
+        }) {
+            return Err(ArchiveError::entry(
+                shown,
+                "sparse member: a region beyond the file's size".into(),
+            ));
+        }
+        let mut written = 0u64;
+        for &(offset, length) in map {
             let mut left = length;
             let mut at = offset;
             while left > 0 {
@@ -1019,22 +1189,17 @@ impl<'a> Applier<'a> {
                 if n == 0 {
                     return Err(ArchiveError::input(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!("{shown}: the stream ends inside a sparse region"),
+                        format!("{shown:?}: the stream ends inside a sparse region"),
                     )));
                 }
                 file.write_all_at(&self.buf[..n], at)
                     .map_err(|e| ArchiveError::entry_io(shown, "write", e))?;
                 at += n as u64;
                 left -= n as u64;
-                consumed += n as u64;
+                written += n as u64;
             }
         }
-        if consumed != entry.size() {
-            return Err(bad("the map does not account for the member's data"));
-        }
-        file.set_len(real_size)
-            .map_err(|e| ArchiveError::entry_io(shown, "set length", e))?;
-        Ok(real_size)
+        Ok(written)
     }
 
     fn set_meta_fd(
@@ -1163,7 +1328,8 @@ impl<'a> Applier<'a> {
             return self.opaque(dir, shown);
         }
         if target.starts_with(WHITEOUT_PREFIX) {
-            // Other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): no meaning here.
+            // AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs, .wh..wh.orph):
+            // never applied, nor what is below it (see `is_aufs_meta`).
             return Ok(());
         }
         if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
@@ -1406,6 +1572,12 @@ impl<'a> Applier<'a> {
     }
 }
 
+/// Gives a sparse member's file its real size (the holes at its end).
+fn set_sparse_len(file: &std::fs::File, real_size: u64, shown: &str) -> Result<(), ArchiveError> {
+    file.set_len(real_size)
+        .map_err(|e| ArchiveError::entry_io(shown, "set length", e))
+}
+
 /// Adds `rel` and every directory above it to `made`.
 fn mark_made(made: &mut HashSet<PathBuf>, rel: &Path) {
     for path in rel.ancestors() {
@@ -1469,9 +1641,9 @@ fn times_of(stat: &rustix::fs::Stat) -> Timestamps {
 }
 
 /// Gives the directory `rel` just made in `upper` the owner, mode and xattrs
-/// of the same directory in `lower` (overlay's own bookkeeping xattrs left
-/// out); returns the lower one's times, or `None` if `lower` has no
-/// directory there.
+/// of the same directory in `lower` (only those a layer may set: overlay's
+/// bookkeeping and the host's labels left out); returns the lower one's
+/// times, or `None` if `lower` has no directory there.
 fn copy_dir_meta(lower: &Root, upper: &Root, rel: &Path) -> io::Result<Option<Timestamps>> {
     let lower_dir = match lower.dir(rel) {
         Ok(fd) => fd,
@@ -1507,7 +1679,9 @@ fn copy_dir_meta(lower: &Root, upper: &Root, rel: &Path) -> io::Result<Option<Ti
     };
     let mut value = vec![0u8; 65536];
     for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if name.starts_with(b"trusted.overlay.") {
+        // What a layer could not set itself is not copied up either: the
+        // lower tree's overlay bookkeeping and the host's labels stay there.
+        if !layer_may_set_xattr(name) {
             continue;
         }
         let n = rustix::fs::fgetxattr(&from, name, &mut value)?;

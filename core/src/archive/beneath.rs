@@ -103,8 +103,8 @@ impl Root {
                             return Err(io::Error::new(
                                 io::ErrorKind::NotFound,
                                 format!(
-                                    "{} is a symlink to a directory that does not exist",
-                                    so_far.display()
+                                    // Debug: the path is the stream's, escaped.
+                                    "{so_far:?} is a symlink to a directory that does not exist"
                                 ),
                             ));
                         }

@@ -8,6 +8,7 @@ pub mod changes;
 pub mod compression;
 pub mod digest;
 mod export;
+mod members;
 mod record;
 pub mod tarsplit;
 pub mod whiteout;

@@ -20,6 +20,12 @@ const CHANNEL_DEPTH: usize = 16;
 /// would otherwise cost a thread wake-up each.
 const BATCH_BYTES: usize = 512 * 1024;
 const BATCH_MESSAGES: usize = 1024;
+/// The most stream bytes one tar-split segment holds. Everything between
+/// two regular files' data (headers, padding, other members' data, what
+/// follows the archive) is recorded, and a stream can put any amount there:
+/// it goes out in segments of this size instead of being gathered whole.
+/// Consecutive segments are simply written back one after the other.
+const MAX_SEGMENT: usize = 256 * 1024;
 
 pub enum Message {
     /// Bytes of the tar stream; `payload` when they are a regular file's data.
@@ -121,7 +127,17 @@ pub fn record(rx: Receiver<Batch>, tar_split: Option<&mut (dyn Write + Send)>) -
                     crc.update(&bytes);
                     payload_len += bytes.len() as u64;
                 } else if split.is_some() {
-                    pending.extend_from_slice(&bytes);
+                    let mut rest = &bytes[..];
+                    while !rest.is_empty() {
+                        let room = MAX_SEGMENT - pending.len();
+                        let (now, later) = rest.split_at(room.min(rest.len()));
+                        pending.extend_from_slice(now);
+                        rest = later;
+                        if pending.len() == MAX_SEGMENT {
+                            write(&mut split, &mut |w| w.segment(&pending));
+                            pending.clear();
+                        }
+                    }
                 }
             }
             Message::MemberStart => {
@@ -173,6 +189,9 @@ pub struct TarTap<R> {
     trailing_zeros: Cell<u64>,
     /// Bytes of the real stream read so far.
     position: Cell<u64>,
+    /// Bytes given to the tar reader so far, completion zeros included:
+    /// where in the tar it is.
+    consumed: Cell<u64>,
     /// When set, a stream that ends without its end-of-archive marker (or
     /// without the padding of its last member) is completed with zeros for
     /// the tar reader; the zeros are neither recorded nor digested.
@@ -194,6 +213,7 @@ impl<R: Read> TarTap<R> {
             payload: Cell::new(false),
             trailing_zeros: Cell::new(0),
             position: Cell::new(0),
+            consumed: Cell::new(0),
             complete_at_eof: false,
             completed_at: Cell::new(None),
             filler: Cell::new(0),
@@ -236,6 +256,12 @@ impl<R: Read> TarTap<R> {
         self.payload.set(false);
     }
 
+    /// Bytes given to the tar reader so far (zeros completing a stream
+    /// included).
+    pub fn consumed(&self) -> u64 {
+        self.consumed.get()
+    }
+
     pub fn saw_end_of_archive(&self) -> bool {
         self.trailing_zeros.get() >= 512
     }
@@ -256,9 +282,11 @@ impl<R: Read> Read for &TarTap<R> {
             let fill = (self.filler.get() as usize).min(buf.len());
             buf[..fill].fill(0);
             self.filler.set(self.filler.get() - fill as u64);
+            self.consumed.set(self.consumed.get() + fill as u64);
             return Ok(fill);
         }
         self.position.set(self.position.get() + n as u64);
+        self.consumed.set(self.consumed.get() + n as u64);
         let bytes = &buf[..n];
         let payload = self.payload.get();
         if !payload {
@@ -314,9 +342,21 @@ impl<R: Read> CompressedTap<R> {
     }
 
     /// Reads the rest of the stream (bytes after the compressed data still
-    /// belong to the blob's digest).
-    pub fn drain(&mut self) -> io::Result<()> {
-        io::copy(self, &mut io::sink()).map(|_| ())
+    /// belong to the blob's digest), refusing more than `limit` of them: a
+    /// blob that goes on after its compressed stream is not a layer, and
+    /// reading it to its end would let any blob cost any time.
+    pub fn drain(&mut self, limit: u64) -> io::Result<()> {
+        let read = io::copy(&mut self.by_ref().take(limit + 1), &mut io::sink())?;
+        if read > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "more than {} of data after the end of the compressed stream",
+                    super::members::human(limit)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

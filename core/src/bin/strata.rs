@@ -367,7 +367,7 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
         LayerCommand::Apply { id, file } => {
             let id = &store.resolve(driver, id)?;
             let mut input = open_input(file)?;
-            let applied = store.apply(driver, id, &mut input)?;
+            let applied = full.apply_to_layer(id, &mut input)?;
             if cli.json {
                 print_json(json!({ "id": id, "diff": diff_json(applied) }));
             } else {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::layout::{
     Descriptor, ImageLocation, Index, LAYOUT_VERSION, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX,
-    MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST, REF_NAME, oci_arch,
+    MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST, REF_NAME, existing_index, oci_arch,
 };
 use crate::error::{CoreError, Result};
 use crate::fsutil::write_atomic;
@@ -139,18 +139,12 @@ pub fn export_image(
         write_atomic(&marker, &bytes, true).map_err(|e| CoreError::io("write", &marker, e))?;
     }
     let index_path = dir.join("index.json");
-    let mut index = match fs::read(&index_path) {
-        Ok(bytes) => serde_json::from_slice::<Index>(&bytes).map_err(|e| {
-            CoreError::Image(format!("{}: not an OCI index: {e}", index_path.display()))
-        })?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Index {
-            schema_version: 2,
-            media_type: Some(MEDIA_TYPE_INDEX.to_string()),
-            manifests: Vec::new(),
-            annotations: None,
-        },
-        Err(e) => return Err(CoreError::io("read", index_path, e)),
-    };
+    let mut index = existing_index(dir)?.unwrap_or_else(|| Index {
+        schema_version: 2,
+        media_type: Some(MEDIA_TYPE_INDEX.to_string()),
+        manifests: Vec::new(),
+        annotations: None,
+    });
     // The tag moves to this image; an untagged export replaces the same
     // manifest's untagged entry.
     index.manifests.retain(|d| match &tag {

@@ -8,9 +8,10 @@ use std::io::Read;
 use strata_plugin_abi::{CreateOptions, ErrorKind};
 
 use super::layout::{
-    ConfigRootfs, DOCKER_MANIFEST, ImageLocation, Layout, MEDIA_TYPE_MANIFEST, Manifest, chain_ids,
-    digest_hex,
+    BlobReader, ConfigRootfs, DOCKER_MANIFEST, Descriptor, ImageLocation, Layout, MAX_CONFIG_SIZE,
+    MAX_MANIFEST_SIZE, MEDIA_TYPE_MANIFEST, Manifest, chain_ids, digest_hex,
 };
+use super::shown::{layer_error, shown};
 use crate::error::{CoreError, Result};
 use crate::images::{CONFIG_KEY, ImageRecord, MANIFEST_KEY, NewImage};
 use crate::layers::{ExpectedDiff, LayerRecord, NewLayer};
@@ -55,20 +56,30 @@ pub fn import_image(
     let descriptor = layout.find_manifest(location.tag.as_deref())?;
     if descriptor.media_type != MEDIA_TYPE_MANIFEST && descriptor.media_type != DOCKER_MANIFEST {
         return Err(CoreError::Image(format!(
-            "{} ({}) is not an image manifest but {}",
+            "{} ({}) is not an image manifest but '{}'",
             descriptor.digest,
-            location.tag.as_deref().unwrap_or("the layout's image"),
-            descriptor.media_type
+            location
+                .tag
+                .as_deref()
+                .map_or("the layout's image".to_string(), |t| format!(
+                    "tag '{}'",
+                    shown(t)
+                )),
+            shown(&descriptor.media_type)
         )));
     }
     let (manifest_bytes, manifest): (_, Manifest) =
-        layout.read_json(&descriptor, "image manifest")?;
-    let (config_bytes, config): (_, ConfigRootfs) =
-        layout.read_json(&manifest.config, "image config (with rootfs.diff_ids)")?;
+        layout.read_json(&descriptor, "image manifest", MAX_MANIFEST_SIZE)?;
+    let (config_bytes, config): (_, ConfigRootfs) = layout.read_json(
+        &manifest.config,
+        "image config (with rootfs.diff_ids)",
+        MAX_CONFIG_SIZE,
+    )?;
     if config.rootfs.kind != "layers" {
+        // What it says instead is the config's content: not shown.
         return Err(CoreError::Image(format!(
-            "config {}: rootfs type '{}', expected 'layers'",
-            manifest.config.digest, config.rootfs.kind
+            "config {}: rootfs.type is not 'layers'",
+            manifest.config.digest
         )));
     }
     let diff_ids = &config.rootfs.diff_ids;
@@ -95,6 +106,15 @@ pub fn import_image(
             .clone()
             .or_else(|| descriptor.ref_name().map(str::to_string))
     {
+        // A tag read from the layout becomes an image name, shown by every
+        // listing after: one with control characters is refused, not stored.
+        if tag.chars().any(char::is_control) {
+            return Err(CoreError::Image(format!(
+                "the tag '{}' of {} holds control characters: refused as an image name",
+                shown(&tag),
+                descriptor.digest
+            )));
+        }
         names.push(tag);
     }
 
@@ -138,7 +158,7 @@ pub fn import_image(
             ..Default::default()
         };
         progress.layer_started(index, count, &blob.digest, blob.size);
-        let made = ensure_layer(store, &new, diff_id, || {
+        let made = ensure_layer(store, &new, diff_id, (blob, &what), || {
             let file = layout.open_blob(blob, &what)?;
             Ok(ProgressReader {
                 inner: file,
@@ -149,9 +169,11 @@ pub fn import_image(
         .map_err(|e| match e {
             // These already name the blob.
             CoreError::Verify { .. } | CoreError::Image(_) => e,
+            // What the applier says of the stream was read before the
+            // blob's digest could be checked: no content of it is shown.
             other => CoreError::Blob {
                 blob: format!("blob {} ({what})", blob.digest),
-                source: Box::new(other),
+                source: Box::new(layer_error(other)),
             },
         });
         match made {
@@ -206,12 +228,14 @@ pub fn import_image(
 
 /// The layer `new` describes: the one already in the store (waiting if
 /// another process is making it), or made now from the blob `open` gives.
-/// Returns whether this call made it.
-fn ensure_layer<R: Read>(
+/// Returns whether this call made it. `(blob, what)` name the blob for a
+/// size fault.
+fn ensure_layer<'p>(
     store: &Store,
     new: &NewLayer,
     diff_id: &str,
-    open: impl FnOnce() -> Result<R>,
+    (blob_descriptor, what): (&Descriptor, &str),
+    open: impl FnOnce() -> Result<ProgressReader<'p>>,
 ) -> Result<(LayerRecord, bool)> {
     let driver = store.driver();
     let mut open = Some(open);
@@ -234,7 +258,7 @@ fn ensure_layer<R: Read>(
             blob = Some((open.take().expect("opened once"))()?);
         }
         let reader = blob.as_mut().expect("opened above");
-        match store.layers.create_layer(driver, new, Some(reader)) {
+        match store.layers.create_layer(driver, new, Some(&mut *reader)) {
             Ok(record) => return Ok((record, true)),
             // Another process started it first: wait for it and use it.
             Err(CoreError::Driver(e))
@@ -243,18 +267,25 @@ fn ensure_layer<R: Read>(
             {
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // A blob that is not the size it declares: that, not what
+                // the layer applier made of the bytes it got, is the cause.
+                return Err(match reader.inner.fault() {
+                    Some(fault) => Layout::size_fault(blob_descriptor, what, fault),
+                    None => e,
+                });
+            }
         }
     }
 }
 
-struct ProgressReader<'p, R> {
-    inner: R,
+struct ProgressReader<'p> {
+    inner: BlobReader,
     index: usize,
     progress: &'p dyn ImportProgress,
 }
 
-impl<R: Read> Read for ProgressReader<'_, R> {
+impl Read for ProgressReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.progress.layer_advanced(self.index, n as u64);

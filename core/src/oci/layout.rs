@@ -2,13 +2,16 @@
 //! every blob checked against its digest and size.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use super::files::{BlobReader, SizeFault};
+use super::files::{LayoutDir, Refusal};
+use super::parse::{self, Picked};
+use super::shown::{self, json_error, shown};
 use crate::archive::Sha256Digest;
 use crate::error::{CoreError, Result};
 
@@ -59,14 +62,18 @@ pub struct Index {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
+/// An image manifest as import reads it: the descriptors' annotations are
+/// skipped, and more than `MAX_LAYERS` layers are refused while parsing
+/// (see `parse`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     pub schema_version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    #[serde(deserialize_with = "parse::blob_descriptor")]
     pub config: Descriptor,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "parse::layer_descriptors")]
     pub layers: Vec<Descriptor>,
 }
 
@@ -80,6 +87,8 @@ pub struct ConfigRootfs {
 pub struct Rootfs {
     #[serde(rename = "type")]
     pub kind: String,
+    /// At most `MAX_LAYERS`, refused while parsing beyond that.
+    #[serde(deserialize_with = "parse::diff_ids")]
     pub diff_ids: Vec<String>,
 }
 
@@ -144,98 +153,245 @@ pub fn digest_hex(digest: &str) -> Result<&str> {
             Ok(hex)
         }
         _ => Err(CoreError::Image(format!(
-            "digest '{digest}' is not sha256:<64 lowercase hex digits> (only sha256 is supported)"
+            "digest '{}' is not sha256:<64 lowercase hex digits> (only sha256 is supported)",
+            shown(digest)
         ))),
     }
 }
 
-/// An OCI image layout on disk.
+/// The most bytes of `index.json` read: an index names images, a few
+/// hundred bytes each; 4 MiB is over ten thousand of them.
+pub const MAX_INDEX_SIZE: u64 = 4 << 20;
+/// The most bytes of an image manifest (or a nested index) read: a manifest
+/// is a few hundred bytes per layer.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// The most bytes of an image config read: configs carry the image's
+/// history and can be large, but not this large.
+pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
+/// The most bytes of the `oci-layout` marker read: it is one short field.
+pub const MAX_MARKER_SIZE: u64 = 4 << 10;
+/// The most layers an image may have. More than any driver stacks (overlay
+/// mounts 500), and it bounds what import holds per layer, and the layer
+/// records it adds, whatever the manifest and config say.
+pub const MAX_LAYERS: usize = 1024;
+
+/// Why a file of the layout (`index.json`, `oci-layout`) was not read,
+/// said of the file.
+enum FileError {
+    Refused(Refusal),
+    TooLarge { size: u64, limit: u64 },
+    Read(std::io::Error),
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileError::Refused(refusal) => write!(f, "{refusal}"),
+            FileError::TooLarge { size, limit } => write!(
+                f,
+                "is {size} bytes; strata reads at most {} of it: refused",
+                shown::size(*limit)
+            ),
+            FileError::Read(e) => write!(f, "cannot be read: {e}"),
+        }
+    }
+}
+
+/// Reads `name` (a path inside the layout) whole, refusing it unless it is
+/// a regular file of at most `limit` bytes; the size is checked before
+/// anything is read, and the read stops after `limit + 1` bytes should the
+/// file grow meanwhile.
+fn read_file(root: &LayoutDir, name: &str, limit: u64) -> Result<Vec<u8>, FileError> {
+    let (file, size) = root.open_regular(name).map_err(FileError::Refused)?;
+    if size > limit {
+        return Err(FileError::TooLarge { size, limit });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(FileError::Read)?;
+    if bytes.len() as u64 > limit {
+        return Err(FileError::TooLarge {
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// The index of the layout `root` (opened from `dir`), or None if it has no
+/// `index.json`.
+fn read_index(root: &LayoutDir, dir: &Path) -> Result<Option<Index>> {
+    let bytes = match read_file(root, "index.json", MAX_INDEX_SIZE) {
+        Ok(bytes) => bytes,
+        Err(FileError::Refused(Refusal::Missing)) => return Ok(None),
+        Err(e) => {
+            return Err(CoreError::Image(format!(
+                "the index (index.json) of {} {e}",
+                dir.display()
+            )));
+        }
+    };
+    let index = serde_json::from_slice(&bytes).map_err(|e| {
+        CoreError::Image(format!(
+            "the index (index.json) of {} is not a valid OCI index: {}",
+            dir.display(),
+            json_error(&e)
+        ))
+    })?;
+    Ok(Some(index))
+}
+
+/// The index of the existing layout in `dir` that an export adds to, read
+/// as import reads it (a hostile one cannot hang the export or fill its
+/// memory); None if it has none yet.
+pub(super) fn existing_index(dir: &Path) -> Result<Option<Index>> {
+    let root = LayoutDir::open(dir).map_err(|e| CoreError::io("open", dir, e))?;
+    read_index(&root, dir)
+}
+
+/// An OCI image layout on disk. Its files are opened beneath its directory
+/// only, and only if they are regular files (see `files`).
 pub struct Layout {
     pub dir: PathBuf,
+    root: LayoutDir,
 }
 
 impl Layout {
     /// Opens the layout in `dir`, checking its `oci-layout` marker.
     pub fn open(dir: &Path) -> Result<Layout> {
-        let marker = dir.join("oci-layout");
-        let bytes = fs::read(&marker).map_err(|e| {
+        let not_a_layout = |why: String| {
             CoreError::Image(format!(
-                "{} is not an OCI image layout: cannot read {}: {e}",
-                dir.display(),
-                marker.display()
+                "{} is not an OCI image layout: {why}",
+                dir.display()
+            ))
+        };
+        let root =
+            LayoutDir::open(dir).map_err(|e| not_a_layout(format!("cannot open it: {e}")))?;
+        let layout = Layout {
+            dir: dir.to_path_buf(),
+            root,
+        };
+        let bytes = match read_file(&layout.root, "oci-layout", MAX_MARKER_SIZE) {
+            Ok(bytes) => bytes,
+            Err(FileError::Refused(Refusal::Missing)) => {
+                return Err(not_a_layout("it has no oci-layout file".to_string()));
+            }
+            Err(e) => return Err(not_a_layout(format!("its oci-layout file {e}"))),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            not_a_layout(format!(
+                "its oci-layout file is not JSON: {}",
+                json_error(&e)
             ))
         })?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| CoreError::Image(format!("{}: not JSON: {e}", marker.display())))?;
-        match value.get("imageLayoutVersion").and_then(|v| v.as_str()) {
-            Some(LAYOUT_VERSION) => {}
+        match value.get("imageLayoutVersion") {
+            Some(serde_json::Value::String(v)) if v == LAYOUT_VERSION => {}
             other => {
+                // A version number is shown; anything else there is not.
+                let found = match other {
+                    None => "no imageLayoutVersion".to_string(),
+                    Some(serde_json::Value::String(v))
+                        if v.len() <= 32
+                            && v.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b)) =>
+                    {
+                        format!("imageLayoutVersion \"{v}\"")
+                    }
+                    Some(_) => "an imageLayoutVersion that is not a version".to_string(),
+                };
                 return Err(CoreError::Image(format!(
-                    "{}: imageLayoutVersion {other:?}, only {LAYOUT_VERSION} is understood",
-                    marker.display()
+                    "{}: its oci-layout file has {found}; only {LAYOUT_VERSION} is understood",
+                    dir.display()
                 )));
             }
         }
-        Ok(Layout {
-            dir: dir.to_path_buf(),
-        })
+        Ok(layout)
     }
 
-    pub fn index(&self) -> Result<Index> {
-        let path = self.dir.join("index.json");
-        let bytes = fs::read(&path).map_err(|e| CoreError::io("read", &path, e))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| CoreError::Image(format!("{}: not an OCI index: {e}", path.display())))
+    /// Reads `index.json` whole (at most `MAX_INDEX_SIZE` bytes).
+    fn index_bytes(&self) -> Result<Vec<u8>> {
+        read_file(&self.root, "index.json", MAX_INDEX_SIZE).map_err(|e| {
+            CoreError::Image(format!(
+                "the index (index.json) of {} {e}",
+                self.dir.display()
+            ))
+        })
     }
 
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
         Ok(self.dir.join("blobs/sha256").join(digest_hex(digest)?))
     }
 
-    /// Opens the blob `descriptor` names, checking it is there and of the
-    /// declared size; `what` says what it is in errors ("layer 2 of 5").
-    pub fn open_blob(&self, descriptor: &Descriptor, what: &str) -> Result<fs::File> {
-        let path = self.blob_path(&descriptor.digest)?;
-        let file = fs::File::open(&path).map_err(|e| {
-            CoreError::Image(format!(
-                "blob {} ({what}) cannot be opened in {}: {e}",
+    /// Opens the blob `descriptor` names, checking it is a regular file in
+    /// the layout of the declared size; `what` says what it is in errors
+    /// ("layer 2 of 5"). What is read from it stops at the declared size.
+    pub fn open_blob(&self, descriptor: &Descriptor, what: &str) -> Result<BlobReader> {
+        let hex = digest_hex(&descriptor.digest)?;
+        let named = || {
+            format!(
+                "blob {} ({what}) in {}",
                 descriptor.digest,
                 self.dir.display()
-            ))
-        })?;
-        let size = file
-            .metadata()
-            .map_err(|e| CoreError::io("stat", &path, e))?
-            .len();
+            )
+        };
+        let (file, size) = self
+            .root
+            .open_regular(&format!("blobs/sha256/{hex}"))
+            .map_err(|refusal| CoreError::Image(format!("{} {refusal}", named())))?;
         if size != descriptor.size {
             return Err(CoreError::Image(format!(
-                "blob {} ({what}) is {size} bytes; its descriptor says {}",
-                descriptor.digest, descriptor.size
+                "blob {} ({what}) is {size} bytes, {} than the {} bytes its descriptor declares: refused",
+                descriptor.digest,
+                if size > descriptor.size {
+                    "longer"
+                } else {
+                    "shorter"
+                },
+                descriptor.size
             )));
         }
-        Ok(file)
+        Ok(BlobReader::new(file, descriptor.size))
     }
 
-    /// Reads a small blob (manifest, config, index) whole, checking its
-    /// digest.
-    pub fn read_blob(&self, descriptor: &Descriptor, what: &str) -> Result<Vec<u8>> {
-        const LIMIT: u64 = 16 << 20;
-        if descriptor.size > LIMIT {
-            return Err(CoreError::Image(format!(
-                "blob {} ({what}) declares {} bytes; a {what} over {LIMIT} bytes is refused",
+    /// The error for a blob whose read stopped at a size fault.
+    pub fn size_fault(descriptor: &Descriptor, what: &str, fault: SizeFault) -> CoreError {
+        CoreError::Image(match fault {
+            SizeFault::Longer => format!(
+                "blob {} ({what}) is longer than the {} bytes its descriptor declares (it grew while being read): refused",
                 descriptor.digest, descriptor.size
+            ),
+            SizeFault::Shorter(read) => format!(
+                "blob {} ({what}) ends after {read} bytes, shorter than the {} bytes its descriptor declares (it shrank while being read): refused",
+                descriptor.digest, descriptor.size
+            ),
+        })
+    }
+
+    /// Reads a small blob (manifest, config, index) whole, of at most
+    /// `limit` bytes (refused from its descriptor, before it is opened),
+    /// checking its digest.
+    pub fn read_blob(&self, descriptor: &Descriptor, what: &str, limit: u64) -> Result<Vec<u8>> {
+        digest_hex(&descriptor.digest)?;
+        if descriptor.size > limit {
+            return Err(CoreError::Image(format!(
+                "blob {} ({what}) declares {} bytes; strata reads at most {} of it: refused",
+                descriptor.digest,
+                descriptor.size,
+                shown::size(limit)
             )));
         }
+        let mut reader = self.open_blob(descriptor, what)?;
         let mut bytes = Vec::with_capacity(descriptor.size as usize);
-        self.open_blob(descriptor, what)?
-            .read_to_end(&mut bytes)
-            .map_err(|e| {
-                CoreError::io(
-                    "read",
-                    self.blob_path(&descriptor.digest).unwrap_or_default(),
-                    e,
-                )
-            })?;
+        if let Err(e) = reader.read_to_end(&mut bytes) {
+            return Err(match reader.fault() {
+                Some(fault) => Layout::size_fault(descriptor, what, fault),
+                None => CoreError::Image(format!(
+                    "blob {} ({what}) cannot be read: {e}",
+                    descriptor.digest
+                )),
+            });
+        }
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if actual != descriptor.digest {
             return Err(CoreError::Image(format!(
@@ -247,17 +403,20 @@ impl Layout {
     }
 
     /// Reads a small blob and parses it as JSON of type `T`; returns the bytes
-    /// too (they are what the digest is of).
+    /// too (they are what the digest is of). Parsed only once its digest
+    /// matched, and a parse error says where, never what it found.
     pub fn read_json<T: serde::de::DeserializeOwned>(
         &self,
         descriptor: &Descriptor,
         what: &str,
+        limit: u64,
     ) -> Result<(Vec<u8>, T)> {
-        let bytes = self.read_blob(descriptor, what)?;
+        let bytes = self.read_blob(descriptor, what, limit)?;
         let value = serde_json::from_slice(&bytes).map_err(|e| {
             CoreError::Image(format!(
-                "blob {} is not a valid {what}: {e}",
-                descriptor.digest
+                "blob {} is not a valid {what}: {}",
+                descriptor.digest,
+                json_error(&e)
             ))
         })?;
         Ok((bytes, value))
@@ -265,54 +424,52 @@ impl Layout {
 
     /// Finds the image manifest `tag` names (or the only one, without a
     /// tag), following nested indexes to the one for this machine's
-    /// platform.
+    /// platform. Its digest is checked to be a sha256 before it is returned.
     pub fn find_manifest(&self, tag: Option<&str>) -> Result<Descriptor> {
-        let index = self.index()?;
-        let chosen = match tag {
-            Some(tag) => index
-                .manifests
-                .iter()
-                .find(|d| d.ref_name() == Some(tag))
-                .cloned()
-                .ok_or_else(|| {
-                    let tags: Vec<&str> = index
-                        .manifests
-                        .iter()
-                        .filter_map(|d| d.ref_name())
-                        .collect();
-                    CoreError::Image(format!(
-                        "{} has no image tagged '{tag}' (tags: {})",
-                        self.dir.display(),
-                        if tags.is_empty() {
-                            "none".to_string()
-                        } else {
-                            tags.join(", ")
-                        }
-                    ))
-                })?,
-            None => match index.manifests.as_slice() {
-                [one] => one.clone(),
-                [] => {
-                    return Err(CoreError::Image(format!(
-                        "{} holds no images (index.json lists no manifests)",
-                        self.dir.display()
-                    )));
-                }
-                many => {
-                    let tags: Vec<&str> = many.iter().filter_map(|d| d.ref_name()).collect();
-                    return Err(CoreError::Image(format!(
-                        "{} holds {} images; name one as DIR:TAG (tags: {})",
-                        self.dir.display(),
-                        many.len(),
-                        tags.join(", ")
-                    )));
-                }
-            },
+        let bytes = self.index_bytes()?;
+        let choose: &dyn Fn(&Descriptor) -> bool = match tag {
+            Some(tag) => &move |d: &Descriptor| d.ref_name() == Some(tag),
+            None => &|_: &Descriptor| true,
+        };
+        let picked = parse::pick(&bytes, choose).map_err(|e| {
+            CoreError::Image(format!(
+                "the index (index.json) of {} is not a valid OCI index: {}",
+                self.dir.display(),
+                json_error(&e)
+            ))
+        })?;
+        drop(bytes);
+        let chosen = match (tag, picked.count) {
+            (Some(tag), _) => picked.chosen.clone().ok_or_else(|| {
+                CoreError::Image(format!(
+                    "{} has no image tagged '{}' (tags: {})",
+                    self.dir.display(),
+                    shown(tag),
+                    tag_list(&picked)
+                ))
+            })?,
+            (None, 1) => picked.chosen.clone().expect("the only entry is chosen"),
+            (None, 0) => {
+                return Err(CoreError::Image(format!(
+                    "{} holds no images (index.json lists no manifests)",
+                    self.dir.display()
+                )));
+            }
+            (None, many) => {
+                return Err(CoreError::Image(format!(
+                    "{} holds {many} images; name one as DIR:TAG (tags: {})",
+                    self.dir.display(),
+                    tag_list(&picked)
+                )));
+            }
         };
         self.platform_manifest(chosen, 0)
     }
 
     fn platform_manifest(&self, descriptor: Descriptor, depth: usize) -> Result<Descriptor> {
+        // Checked here, so that every message after shows a digest that is
+        // one (64 hex digits), not whatever the index held.
+        digest_hex(&descriptor.digest)?;
         if descriptor.media_type != MEDIA_TYPE_INDEX
             && descriptor.media_type != DOCKER_MANIFEST_LIST
         {
@@ -324,30 +481,50 @@ impl Layout {
                 descriptor.digest
             )));
         }
-        let (_, index): (_, Index) = self.read_json(&descriptor, "image index")?;
+        let what = "image index";
+        let bytes = self.read_blob(&descriptor, what, MAX_MANIFEST_SIZE)?;
         let arch = oci_arch();
-        let found = index
-            .manifests
-            .iter()
-            .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-            })
-            .cloned()
-            .ok_or_else(|| {
-                CoreError::Image(format!(
-                    "index {} has no image for linux/{arch}",
-                    descriptor.digest
-                ))
-            })?;
+        let picked = parse::pick(&bytes, &|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        })
+        .map_err(|e| {
+            CoreError::Image(format!(
+                "blob {} is not a valid {what}: {}",
+                descriptor.digest,
+                json_error(&e)
+            ))
+        })?;
+        let found = picked.chosen.ok_or_else(|| {
+            CoreError::Image(format!(
+                "index {} has no image for linux/{arch}",
+                descriptor.digest
+            ))
+        })?;
         self.platform_manifest(found, depth + 1)
+    }
+}
+
+/// The tags an index pass kept, for a message: each escaped, with how many
+/// more there are.
+fn tag_list(picked: &Picked) -> String {
+    let tags: Vec<String> = picked
+        .tags
+        .iter()
+        .map(|t| format!("'{}'", shown(t)))
+        .collect();
+    match picked.tag_count {
+        0 => "none".to_string(),
+        n if n > tags.len() => format!("{} and {} more", tags.join(", "), n - tags.len()),
+        _ => tags.join(", "),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn chain_ids_follow_the_oci_rule() {

@@ -2,8 +2,11 @@
 //! `blobs/sha256/...`) in and out of the store.
 
 mod export;
+mod files;
 mod import;
 pub mod layout;
+mod parse;
+mod shown;
 
 pub use export::{ExportReport, export_image};
 pub use import::{ImportProgress, ImportReport, NoProgress, import_image};

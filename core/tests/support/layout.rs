@@ -127,3 +127,67 @@ pub fn blob_path(dir: &Path, digest: &str) -> std::path::PathBuf {
     dir.join("blobs/sha256")
         .join(digest.trim_start_matches("sha256:"))
 }
+
+/// Puts `bytes` into the layout's blobs as they are and returns their digest.
+pub fn put_raw_blob(dir: &Path, bytes: &[u8]) -> String {
+    put_blob(dir, bytes)
+}
+
+/// A descriptor as JSON, for manifests and indexes written by hand.
+pub fn descriptor(media_type: &str, digest: &str, size: u64) -> serde_json::Value {
+    serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size })
+}
+
+/// Adds `descriptor` to the layout's index (made, with the `oci-layout`
+/// marker, if missing), tagged `tag`.
+pub fn add_to_index(dir: &Path, tag: &str, mut descriptor: serde_json::Value) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index_path = dir.join("index.json");
+    let mut index: serde_json::Value = fs::read(&index_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({ "schemaVersion": 2, "manifests": [] }));
+    descriptor["annotations"] = serde_json::json!({ "org.opencontainers.image.ref.name": tag });
+    index["manifests"].as_array_mut().unwrap().push(descriptor);
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// Adds an image tagged `tag` whose manifest is `manifest`, byte for byte
+/// (valid or not), under its true digest and size.
+pub fn write_raw_manifest(dir: &Path, tag: &str, manifest: &[u8]) -> String {
+    let digest = put_blob(dir, manifest);
+    add_to_index(
+        dir,
+        tag,
+        descriptor(
+            "application/vnd.oci.image.manifest.v1+json",
+            &digest,
+            manifest.len() as u64,
+        ),
+    );
+    digest
+}
+
+/// Adds an image of `layers` tagged `tag` whose config is `config`, byte for
+/// byte (valid or not), under its true digest and size.
+pub fn write_image_with_config(dir: &Path, tag: &str, layers: &[Layer], config: &[u8]) -> Written {
+    let config_digest = put_blob(dir, config);
+    let layer_digests: Vec<String> = layers.iter().map(|l| put_blob(dir, &l.blob)).collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config_digest, config.len() as u64),
+        "layers": layers
+            .iter()
+            .zip(&layer_digests)
+            .map(|(l, d)| descriptor(l.media_type, d, l.blob.len() as u64))
+            .collect::<Vec<_>>(),
+    });
+    let manifest = write_raw_manifest(dir, tag, &serde_json::to_vec(&manifest).unwrap());
+    Written {
+        manifest,
+        config: config_digest,
+        layers: layer_digests,
+    }
+}

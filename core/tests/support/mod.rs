@@ -17,6 +17,8 @@ pub const DIRECTORY: u8 = b'5';
 pub const FIFO: u8 = b'6';
 pub const PAX: u8 = b'x';
 pub const GNU_LONGNAME: u8 = b'L';
+pub const GNU_LONGLINK: u8 = b'K';
+pub const GNU_SPARSE: u8 = b'S';
 
 fn octal(field: &mut [u8], value: u64) {
     let width = field.len() - 1;
@@ -114,6 +116,21 @@ impl RawTar {
         .data(&body)
     }
 
+    /// A PAX extended header setting these xattrs (`SCHILY.xattr.` records),
+    /// for the next member.
+    pub fn xattrs(&mut self, xattrs: &[(&str, &[u8])]) -> &mut Self {
+        let keys: Vec<String> = xattrs
+            .iter()
+            .map(|(key, _)| format!("SCHILY.xattr.{key}"))
+            .collect();
+        let records: Vec<(&str, &[u8])> = keys
+            .iter()
+            .zip(xattrs)
+            .map(|(key, (_, value))| (key.as_str(), *value))
+            .collect();
+        self.pax(&records)
+    }
+
     /// Ends the archive with two zero blocks.
     pub fn finish(&mut self) -> Vec<u8> {
         self.bytes.extend(std::iter::repeat_n(0u8, 1024));
@@ -121,3 +138,122 @@ impl RawTar {
     }
 }
 pub mod layout;
+
+/// Whether applying a layer keeps the xattr `name`: only `user.*`,
+/// `security.capability` and the POSIX ACLs.
+pub fn layer_keeps_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || matches!(
+            name,
+            b"security.capability" | b"system.posix_acl_access" | b"system.posix_acl_default"
+        )
+}
+
+/// Removes, from `root` and everything below it, the xattrs applying a layer
+/// drops (`trusted.*`, `security.*` labels...), so that a tree made into a
+/// layer and applied again is expected to come back whole.
+pub fn remove_xattrs_layers_drop(root: &std::path::Path) {
+    let mut names = vec![0u8; 64 * 1024];
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let n = rustix::fs::llistxattr(&path, &mut names[..]).unwrap_or(0);
+        for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            if !layer_keeps_xattr(name) {
+                rustix::fs::lremovexattr(&path, name).unwrap_or_else(|e| {
+                    panic!(
+                        "remove {} from {}: {e}",
+                        String::from_utf8_lossy(name),
+                        path.display()
+                    )
+                });
+            }
+        }
+        if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        }
+    }
+}
+
+/// A stream produced as it is read, for inputs too large to hold: pieces of
+/// literal bytes and long runs of a repeated pattern, one after another.
+/// Never holds more than its literal pieces and one pattern.
+pub struct Generated {
+    pieces: std::collections::VecDeque<Piece>,
+}
+
+enum Piece {
+    Bytes(Vec<u8>, usize),
+    Repeat {
+        pattern: Vec<u8>,
+        at: usize,
+        left: u64,
+    },
+}
+
+impl Generated {
+    pub fn new() -> Self {
+        Generated {
+            pieces: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// These bytes, as they are.
+    pub fn bytes(mut self, bytes: Vec<u8>) -> Self {
+        self.pieces.push_back(Piece::Bytes(bytes, 0));
+        self
+    }
+
+    /// `len` bytes of `pattern` over and over (cut wherever `len` ends).
+    pub fn repeat(mut self, pattern: &[u8], len: u64) -> Self {
+        assert!(!pattern.is_empty());
+        self.pieces.push_back(Piece::Repeat {
+            pattern: pattern.to_vec(),
+            at: 0,
+            left: len,
+        });
+        self
+    }
+}
+
+impl Default for Generated {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::io::Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(piece) = self.pieces.front_mut() else {
+                return Ok(0);
+            };
+            let n = match piece {
+                Piece::Bytes(bytes, at) => {
+                    let n = buf.len().min(bytes.len() - *at);
+                    buf[..n].copy_from_slice(&bytes[*at..*at + n]);
+                    *at += n;
+                    n
+                }
+                Piece::Repeat { pattern, at, left } => {
+                    let mut n = 0;
+                    while n < buf.len() && *left > 0 {
+                        let run = (pattern.len() - *at)
+                            .min(buf.len() - n)
+                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        buf[n..n + run].copy_from_slice(&pattern[*at..*at + run]);
+                        n += run;
+                        *at = (*at + run) % pattern.len();
+                        *left -= run as u64;
+                    }
+                    n
+                }
+            };
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            self.pieces.pop_front();
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Opening the files of an OCI layout as a hostile one may hold them.
+//!
+//! A layout is someone else's directory. Its blobs, `index.json` and
+//! `oci-layout` are opened only if they are regular files inside it: paths
+//! resolve beneath the layout's directory (openat2 `RESOLVE_BENEATH`, no
+//! magic links), so a symlink may lead elsewhere in the layout but never
+//! out of it; and only a regular file is opened for reading, never a FIFO
+//! (the open or the read would wait for a writer forever), a device
+//! (`/dev/zero` reads without end; some devices act on open) or a socket.
+//! A blob is then read no further than its descriptor declares, plus the
+//! one byte that tells a longer blob.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
+
+use super::shown::shown;
+
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+
+/// Why a file of the layout was not opened, said of the file ("is a FIFO").
+#[derive(Debug)]
+pub enum Refusal {
+    Missing,
+    /// Not a regular file: what it is instead.
+    NotRegular(&'static str),
+    /// A symlink whose target leaves the layout (or cannot be resolved
+    /// beneath it); the target as shown.
+    LinkOut(String),
+    /// A symlink to something inside the layout that is not a regular file.
+    LinkTo {
+        target: String,
+        kind: &'static str,
+    },
+    /// A symlink whose target does not exist.
+    Dangling(String),
+    /// A directory on its path is a symlink leading out of the layout.
+    PathOut,
+    /// It was replaced between being checked and being opened.
+    Changed,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Missing => write!(f, "is missing"),
+            Refusal::NotRegular(kind) => write!(f, "is {kind}, not a regular file: refused"),
+            Refusal::LinkOut(target) => write!(
+                f,
+                "is a symbolic link to \"{target}\", which leaves the layout: refused"
+            ),
+            Refusal::LinkTo { target, kind } => write!(
+                f,
+                "is a symbolic link to \"{target}\", which is {kind}, not a regular file: refused"
+            ),
+            Refusal::Dangling(target) => write!(
+                f,
+                "is a symbolic link to \"{target}\", which does not exist"
+            ),
+            Refusal::PathOut => write!(
+                f,
+                "is reached through a symbolic link that leaves the layout: refused"
+            ),
+            Refusal::Changed => write!(f, "was replaced while it was being opened: refused"),
+            Refusal::Io(e) => write!(f, "cannot be opened: {e}"),
+        }
+    }
+}
+
+/// What a file is, as an error message says it ("is a FIFO").
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO (named pipe)",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Unknown => "a file of unknown type",
+    }
+}
+
+/// The layout's directory, held open: every file is found beneath it.
+pub struct LayoutDir {
+    fd: OwnedFd,
+}
+
+impl LayoutDir {
+    /// Opens `dir`, the layout as the user named it (a symlink there is the
+    /// user's own choice and is followed).
+    pub fn open(dir: &Path) -> io::Result<LayoutDir> {
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(LayoutDir { fd })
+    }
+
+    /// Resolves `rel` beneath the layout. A rename elsewhere in the layout
+    /// while `..` is resolved makes the kernel answer EAGAIN rather than
+    /// risk a wrong answer; it is asked again.
+    fn resolve(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(
+                &self.fd,
+                rel,
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+                BENEATH,
+            ) {
+                Err(Errno::AGAIN) if tries < 16 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// Opens the regular file `rel` (a path inside the layout) for reading
+    /// and returns it with its size.
+    pub fn open_regular(&self, rel: &str) -> Result<(fs::File, u64), Refusal> {
+        // First a handle that opens nothing (O_PATH): a device's driver
+        // never sees an open, a FIFO never blocks, and a symlink is the
+        // link itself (O_NOFOLLOW).
+        let handle = self
+            .resolve(rel, OFlags::PATH | OFlags::NOFOLLOW)
+            .map_err(path_refusal)?;
+        let mut stat = fstat(&handle)?;
+        let mut follow = false;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink {
+            let target = rustix::fs::readlinkat(&handle, "", Vec::new())
+                .map(|t| shown(&t.to_string_lossy()))
+                .unwrap_or_else(|_| "?".to_string());
+            // Followed beneath the layout: a target outside it (absolute, or
+            // climbing out with ..) is EXDEV; a loop, or a magic link of
+            // /proc, ELOOP.
+            let target_handle = match self.resolve(rel, OFlags::PATH) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => return Err(Refusal::Dangling(target)),
+                Err(Errno::XDEV | Errno::LOOP) => return Err(Refusal::LinkOut(target)),
+                Err(e) => return Err(Refusal::Io(e.into())),
+            };
+            stat = fstat(&target_handle)?;
+            let kind = FileType::from_raw_mode(stat.st_mode);
+            if kind != FileType::RegularFile {
+                return Err(Refusal::LinkTo {
+                    target,
+                    kind: kind_name(kind),
+                });
+            }
+            follow = true;
+        }
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(Refusal::NotRegular(kind_name(kind)));
+        }
+        // Now opened for reading, by path again (an O_PATH handle cannot be
+        // reopened without /proc). O_NONBLOCK: should it have become a FIFO
+        // meanwhile, the open does not wait for a writer; the check below
+        // then refuses it.
+        let mut flags = OFlags::RDONLY | OFlags::NONBLOCK;
+        if !follow {
+            flags |= OFlags::NOFOLLOW;
+        }
+        let fd = self.resolve(rel, flags).map_err(|e| match e {
+            Errno::LOOP | Errno::XDEV | Errno::NOENT | Errno::NXIO => Refusal::Changed,
+            e => Refusal::Io(e.into()),
+        })?;
+        let opened = fstat(&fd)?;
+        if FileType::from_raw_mode(opened.st_mode) != FileType::RegularFile
+            || (opened.st_dev, opened.st_ino) != (stat.st_dev, stat.st_ino)
+        {
+            return Err(Refusal::Changed);
+        }
+        Ok((fs::File::from(fd), opened.st_size.max(0) as u64))
+    }
+}
+
+fn fstat(fd: &OwnedFd) -> Result<Stat, Refusal> {
+    rustix::fs::fstat(fd).map_err(|e| Refusal::Io(e.into()))
+}
+
+/// Why resolving a path in the layout failed, for its last component taken
+/// as it is (O_NOFOLLOW).
+fn path_refusal(e: Errno) -> Refusal {
+    match e {
+        Errno::NOENT => Refusal::Missing,
+        // A directory on the way (blobs/, blobs/sha256/) is a symlink out
+        // of the layout, or loops.
+        Errno::XDEV | Errno::LOOP => Refusal::PathOut,
+        e => Refusal::Io(e.into()),
+    }
+}
+
+/// Why a blob read stopped short of what its descriptor declares.
+#[derive(Clone, Copy, Debug)]
+pub enum SizeFault {
+    /// More bytes followed the declared size.
+    Longer,
+    /// The blob ended after this many bytes.
+    Shorter(u64),
+}
+
+/// A blob read as its descriptor declares it: at most `declared` bytes are
+/// given out, and at most one more is read, to tell a longer blob. A blob
+/// that is longer or shorter makes `read` fail and is remembered in
+/// `fault`, so that whoever reads it (the layer applier, which words read
+/// errors its own way) can be overruled by the real cause.
+pub struct BlobReader {
+    file: fs::File,
+    declared: u64,
+    delivered: u64,
+    fault: Option<SizeFault>,
+}
+
+impl BlobReader {
+    pub fn new(file: fs::File, declared: u64) -> BlobReader {
+        BlobReader {
+            file,
+            declared,
+            delivered: 0,
+            fault: None,
+        }
+    }
+
+    /// Why reading failed, if it was the blob's size.
+    pub fn fault(&self) -> Option<SizeFault> {
+        self.fault
+    }
+
+    fn failed(&mut self, fault: SizeFault) -> io::Error {
+        self.fault = Some(fault);
+        let text = match fault {
+            SizeFault::Longer => format!(
+                "the blob is longer than its declared {} bytes",
+                self.declared
+            ),
+            SizeFault::Shorter(n) => format!(
+                "the blob ends after {n} bytes; its descriptor declares {}",
+                self.declared
+            ),
+        };
+        io::Error::new(io::ErrorKind::InvalidData, text)
+    }
+
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.file.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(fault) = self.fault {
+            return Err(self.failed(fault));
+        }
+        let left = self.declared - self.delivered;
+        if left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.read_some(&mut buf[..want])?;
+        if n == 0 {
+            return Err(self.failed(SizeFault::Shorter(self.delivered)));
+        }
+        self.delivered += n as u64;
+        if self.delivered == self.declared {
+            // The last declared byte is given out only once the blob is
+            // known to end there: a reader that stops at the declared size
+            // (it need not read to the end) cannot miss a longer blob.
+            let mut probe = [0u8; 1];
+            if self.read_some(&mut probe)? != 0 {
+                return Err(self.failed(SizeFault::Longer));
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn layout() -> (tempfile::TempDir, LayoutDir) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        let opened = LayoutDir::open(dir.path()).unwrap();
+        (dir, opened)
+    }
+
+    #[test]
+    fn regular_files_and_links_inside_the_layout_open() {
+        let (dir, layout) = layout();
+        fs::write(dir.path().join("blobs/sha256/a"), b"abc").unwrap();
+        symlink("a", dir.path().join("blobs/sha256/b")).unwrap();
+        symlink("../../blobs/sha256/a", dir.path().join("blobs/sha256/c")).unwrap();
+        for name in ["a", "b", "c"] {
+            let (mut file, size) = layout
+                .open_regular(&format!("blobs/sha256/{name}"))
+                .unwrap();
+            let mut text = String::new();
+            file.read_to_string(&mut text).unwrap();
+            assert_eq!((text.as_str(), size), ("abc", 3));
+        }
+    }
+
+    #[test]
+    fn everything_else_is_refused_and_named() {
+        let (dir, layout) = layout();
+        let blobs = dir.path().join("blobs/sha256");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            blobs.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        fs::create_dir(blobs.join("dir")).unwrap();
+        symlink("/dev/zero", blobs.join("zero")).unwrap();
+        symlink("../../../outside", blobs.join("out")).unwrap();
+        symlink("fifo", blobs.join("to-fifo")).unwrap();
+        symlink("nothing", blobs.join("dangling")).unwrap();
+        let refusal = |name: &str| {
+            layout
+                .open_regular(&format!("blobs/sha256/{name}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refusal("fifo").contains("FIFO"));
+        assert!(refusal("dir").contains("a directory"));
+        assert!(refusal("zero").contains("\"/dev/zero\", which leaves the layout"));
+        assert!(refusal("out").contains("leaves the layout"));
+        assert!(refusal("to-fifo").contains("which is a FIFO"));
+        assert!(refusal("dangling").contains("does not exist"));
+        assert_eq!(refusal("none"), "is missing");
+        // A directory on the path that leads out.
+        fs::remove_dir_all(dir.path().join("blobs")).unwrap();
+        symlink("/", dir.path().join("blobs")).unwrap();
+        assert!(refusal("x").contains("leaves the layout"));
+    }
+
+    #[test]
+    fn blobs_are_read_to_their_declared_size_and_no_further() {
+        let (dir, layout) = layout();
+        let path = dir.path().join("blobs/sha256/a");
+        fs::write(&path, b"0123456789").unwrap();
+        let reader =
+            |declared| BlobReader::new(layout.open_regular("blobs/sha256/a").unwrap().0, declared);
+        let mut exact = Vec::new();
+        reader(10).read_to_end(&mut exact).unwrap();
+        assert_eq!(exact, b"0123456789");
+        let mut long = reader(4);
+        let mut buf = [0u8; 64];
+        assert!(long.read(&mut buf).is_err());
+        assert!(matches!(long.fault(), Some(SizeFault::Longer)));
+        let mut short = reader(20);
+        assert!(short.read_to_end(&mut Vec::new()).is_err());
+        assert!(matches!(short.fault(), Some(SizeFault::Shorter(10))));
+    }
+}
