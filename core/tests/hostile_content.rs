@@ -9,7 +9,7 @@ mod support;
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +17,7 @@ use strata_conformance::tree::NET_BIND_CAPABILITY;
 use strata_core::archive::{ApplyOptions, ApplyTarget, ArchiveError, Sha256Digest, apply_layer};
 use support::{
     DIRECTORY, GNU_LONGLINK, GNU_LONGNAME, GNU_SPARSE, Generated, PAX, REGULAR, RawTar, SYMLINK,
+    mount_overlay,
 };
 
 const GIB: u64 = 1 << 30;
@@ -159,46 +160,6 @@ fn hostile_xattr_records_are_dropped_and_content_ones_kept_on_both_targets() {
         }
         assert_eq!(fs::read(root.join("d/f")).unwrap(), b"content");
     }
-}
-
-/// An overlay mount, unmounted when dropped whatever the test did.
-struct Mounted {
-    merged: PathBuf,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::empty()).is_err() {
-            // Busy (a failing assertion may hold something open): detach,
-            // so no mount outlives the test.
-            let _ = rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::DETACH);
-        }
-    }
-}
-
-/// overlayfs over `lower` and `upper`, with the options the overlay driver
-/// uses (redirects, metacopy and the index off).
-fn mount_overlay(scratch: &Path, lower: &Path, upper: &Path) -> Mounted {
-    let work = scratch.join("work");
-    let merged = scratch.join("merged");
-    fs::create_dir(&work).unwrap();
-    fs::create_dir(&merged).unwrap();
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
-    let data = std::ffi::CString::new(data).unwrap();
-    rustix::mount::mount(
-        "overlay",
-        &merged,
-        "overlay",
-        rustix::mount::MountFlags::empty(),
-        data.as_c_str(),
-    )
-    .unwrap();
-    Mounted { merged }
 }
 
 fn names(dir: &Path) -> Vec<String> {

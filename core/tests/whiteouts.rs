@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use strata_core::archive::{ApplyOptions, ApplyTarget, apply_layer};
-use support::RawTar;
+use support::{RawTar, mount_overlay};
 
 /// A lower layer's tree.
 fn lower(root: &Path) {
@@ -210,46 +210,6 @@ fn snapshot(root: &Path) -> Vec<String> {
     walk(root, root, &mut out);
     out.sort();
     out
-}
-
-/// An overlay mount that is unmounted when dropped, whatever the test did.
-struct Mounted {
-    merged: std::path::PathBuf,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::empty()).is_err() {
-            // Busy (a failing assertion may still hold something open):
-            // detach it, so no mount outlives the test either way.
-            let _ = rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::DETACH);
-        }
-    }
-}
-
-/// Mounts overlayfs over `lower` and `upper` at `scratch/merged`, with the
-/// options the overlay driver uses.
-fn mount_overlay(scratch: &Path, lower: &Path, upper: &Path) -> Mounted {
-    let work = scratch.join("work");
-    let merged = scratch.join("merged");
-    fs::create_dir(&work).unwrap();
-    fs::create_dir(&merged).unwrap();
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
-    let data = std::ffi::CString::new(data).unwrap();
-    rustix::mount::mount(
-        "overlay",
-        &merged,
-        "overlay",
-        rustix::mount::MountFlags::empty(),
-        data.as_c_str(),
-    )
-    .unwrap();
-    Mounted { merged }
 }
 
 /// What `tar` gives over the `lower()` tree, seen through an overlay mount

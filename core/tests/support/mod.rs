@@ -257,3 +257,47 @@ impl std::io::Read for Generated {
         }
     }
 }
+
+/// An overlay mount that is unmounted when dropped, whatever the test did.
+pub struct Mounted {
+    pub merged: std::path::PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::empty()).is_err() {
+            // Busy (a failing assertion may still hold something open):
+            // detach it, so no mount outlives the test either way.
+            let _ = rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+/// Mounts overlayfs over `lower` and `upper` at `scratch/merged`, with the
+/// options the overlay driver uses (redirects, metacopy and the index off).
+pub fn mount_overlay(
+    scratch: &std::path::Path,
+    lower: &std::path::Path,
+    upper: &std::path::Path,
+) -> Mounted {
+    let work = scratch.join("work");
+    let merged = scratch.join("merged");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::create_dir(&merged).unwrap();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let data = std::ffi::CString::new(data).unwrap();
+    rustix::mount::mount(
+        "overlay",
+        &merged,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .unwrap();
+    Mounted { merged }
+}
