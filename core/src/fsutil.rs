@@ -72,6 +72,22 @@ impl FileLock {
         Ok(FileLock(fd))
     }
 
+    /// Waits for the lock on `path` if the file is there; `None` (at once)
+    /// if it is not.
+    pub fn exclusive_existing(path: &Path) -> io::Result<Option<FileLock>> {
+        let fd = match rustix::fs::open(
+            path,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(Some(FileLock(fd)))
+    }
+
     /// Takes the lock on `path` if nobody holds it; `None` if somebody does.
     pub fn try_exclusive(path: &Path) -> io::Result<Option<FileLock>> {
         let fd = Self::open(path)?;

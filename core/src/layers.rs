@@ -217,6 +217,11 @@ impl LayerStore {
         self.dir.join(format!("{id}.tar-split.gz"))
     }
 
+    /// Where a layer's tar-split record is written until it is whole.
+    fn partial_tar_split_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!(".{id}.tar-split.gz.partial"))
+    }
+
     fn load(&self) -> Result<Records> {
         self.records.load()
     }
@@ -355,7 +360,20 @@ impl LayerStore {
         drop(making);
         match made {
             Ok(diff) => {
-                let record = records.layers.get_mut(id).expect("recorded above");
+                // `delete` refuses a layer being made, but a store opened by
+                // an older strata may not have: say so rather than panic.
+                let Some(record) = records.layers.get_mut(id) else {
+                    if let Err(e) = driver.remove(id)
+                        && e.kind() != ErrorKind::NotFound
+                    {
+                        tracing::warn!(layer = id, error = %e, "could not remove a layer whose record went while it was made");
+                    }
+                    let _ = fs::remove_file(self.tar_split_path(id));
+                    return Err(strata_plugin_abi::DriverError::not_found(format!(
+                        "create layer {id}: its record was deleted while it was being made"
+                    ))
+                    .into());
+                };
                 record.incomplete = false;
                 record.diff = diff;
                 let record = record.clone();
@@ -390,7 +408,12 @@ impl LayerStore {
                 Some(record) if record.incomplete => {
                     let path = self.making_path(id);
                     // The maker holds this lock until its record is final.
-                    drop(FileLock::exclusive(&path).map_err(|e| CoreError::io("lock", path, e))?);
+                    // Opened without creating it: a maker that finished has
+                    // removed it, and making it again would leave it behind.
+                    drop(
+                        FileLock::exclusive_existing(&path)
+                            .map_err(|e| CoreError::io("lock", path, e))?,
+                    );
                     let _lock = self.lock()?;
                     let mut records = self.load()?;
                     if records.layers.get(id).is_some_and(|r| r.incomplete)
@@ -420,6 +443,7 @@ impl LayerStore {
             Err(e) => return Err(e.into()),
         }
         let _ = fs::remove_file(self.tar_split_path(id));
+        let _ = fs::remove_file(self.partial_tar_split_path(id));
         let _ = fs::remove_file(self.making_path(id));
         records.layers.remove(id);
         Ok(())
@@ -504,7 +528,7 @@ impl LayerStore {
         diff: &mut dyn Read,
     ) -> Result<DiffRecord> {
         let split_path = self.tar_split_path(id);
-        let partial = self.dir.join(format!(".{id}.tar-split.gz.partial"));
+        let partial = self.partial_tar_split_path(id);
         let file = fs::File::create(&partial).map_err(|e| CoreError::io("create", &partial, e))?;
         let mut gz =
             flate2::write::GzEncoder::new(io::BufWriter::new(file), flate2::Compression::fast());
@@ -663,6 +687,20 @@ impl LayerStore {
     pub fn delete(&self, driver: &dyn GraphDriver, id: &str) -> Result<()> {
         let _lock = self.lock()?;
         let mut records = self.load()?;
+        if records.layers.get(id).is_some_and(|r| r.incomplete) {
+            // Being made: by a live process (refused), or by a dead one
+            // (its leftover goes, as the next open would take it).
+            return match self.try_making_lock(id)? {
+                None => Err(strata_plugin_abi::DriverError::busy(format!(
+                    "delete layer {id}: another process is making it"
+                ))
+                .into()),
+                Some(_making) => {
+                    self.remove_interrupted(driver, &mut records, id)?;
+                    self.save(&records)
+                }
+            };
+        }
         let children: Vec<&str> = records
             .layers
             .values()

@@ -60,8 +60,23 @@ impl Setup {
             .arg("--run-root")
             .arg(self.scratch.path().join("run"))
             .args(args);
-        cmd.output().unwrap()
+        retry_busy(|| cmd.output())
     }
+}
+
+/// Runs `start` again while it fails with ETXTBSY: each test copies the
+/// binary, and another test's fork can hold the copy's write descriptor for
+/// the instant before its exec.
+fn retry_busy<T>(mut start: impl FnMut() -> std::io::Result<T>) -> T {
+    for _ in 0..100 {
+        match start() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("the copied strata binary stayed busy (ETXTBSY) for a second")
 }
 
 fn stdout(out: &Output) -> String {
@@ -541,4 +556,70 @@ fn a_read_only_layer_refuses_apply_naming_the_images_on_it() {
     // A layer made writable (a container's) still takes a diff.
     ok(setup.strata(&["layer", "create", "scratch"]));
     ok(setup.strata(&["layer", "apply", "scratch", change.to_str().unwrap()]));
+}
+
+#[test]
+fn a_layer_being_made_by_another_process_is_not_deleted_under_it() {
+    use std::io::Write;
+    let setup = Setup::new();
+    ok(setup.strata(&["layer", "create", "first"]));
+    let mut tar = support::RawTar::new();
+    tar.file("a", b"first half");
+    let first_half = tar.bytes.clone();
+    tar.file("b", b"second half");
+    let whole = tar.finish();
+    // The maker reads its diff from a pipe we hold open half written.
+    let mut cmd = Command::new(&setup.binary);
+    cmd.env("STRATA_DRIVER_PATH", &setup.drivers)
+        .env_remove("STRATA_CONFIG")
+        .arg("--root")
+        .arg(setup.graphroot())
+        .arg("--run-root")
+        .arg(setup.scratch.path().join("run"))
+        .args(["layer", "create", "slow", "--diff", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut maker = retry_busy(|| cmd.spawn());
+    let mut stdin = maker.stdin.take().unwrap();
+    stdin.write_all(&first_half).unwrap();
+    stdin.flush().unwrap();
+    // Wait until the maker has recorded the layer as being made.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        let out = setup.strata(&["layer", "delete", "slow"]);
+        let err = stderr(&out);
+        if err.contains("making") {
+            assert!(!out.status.success());
+            break err;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the maker never showed up: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        refused.contains("another process is making it"),
+        "{refused}"
+    );
+    stdin.write_all(&whole[first_half.len()..]).unwrap();
+    drop(stdin);
+    let made = maker.wait_with_output().unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let root = PathBuf::from(ok(setup.strata(&["layer", "mount", "slow"])).trim());
+    assert_eq!(fs::read(root.join("b")).unwrap(), b"second half");
+    ok(setup.strata(&["layer", "unmount", "slow"]));
+    ok(setup.strata(&["layer", "delete", "slow"]));
+    let leftovers: Vec<String> = fs::read_dir(setup.graphroot().join("vfs-layers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".making") || n.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
