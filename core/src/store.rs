@@ -92,18 +92,31 @@ impl Store {
     pub(crate) fn import_ticket(&self) -> Result<ImportTicket> {
         let dir = self.tickets_dir();
         std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("create", &dir, e))?;
-        let name = random_id()?;
         // Locked under a temporary name and renamed into place, so nobody
-        // ever sees the ticket unlocked while its import lives.
-        let temp = dir.join(format!(".{name}"));
-        let lock = FileLock::exclusive(&temp).map_err(|e| CoreError::io("lock", &temp, e))?;
-        let path = dir.join(&name);
-        std::fs::rename(&temp, &path).map_err(|e| CoreError::io("create", &path, e))?;
-        Ok(ImportTicket {
-            name,
-            path,
-            _lock: lock,
-        })
+        // ever sees the ticket unlocked while its import lives. Another
+        // process's collection may find the temporary file in the instant
+        // between its creation and its lock, take it for a dead maker's and
+        // delete it: the rename then finds nothing, and we start again under
+        // a new name (three such instants in a row do not happen).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let name = random_id()?;
+            let temp = dir.join(format!(".{name}"));
+            let lock = FileLock::exclusive(&temp).map_err(|e| CoreError::io("lock", &temp, e))?;
+            let path = dir.join(&name);
+            match std::fs::rename(&temp, &path) {
+                Ok(()) => {
+                    return Ok(ImportTicket {
+                        name,
+                        path,
+                        _lock: lock,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 4 => continue,
+                Err(e) => return Err(CoreError::io("create", &path, e)),
+            }
+        }
     }
 
     /// Removes the layers of imports whose process died before recording
