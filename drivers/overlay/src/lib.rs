@@ -108,7 +108,6 @@ fn kernel_and_home_can_overlay(home: &Path) -> std::result::Result<(), String> {
 /// reason. The scratch space is the kit's, so a probe killed half way is
 /// collected.
 fn probe(home: &Path) -> std::result::Result<(), String> {
-    let where_ = home;
     let scratch = strata_driver_kit::home::scratch_in(home).map_err(|e| e.to_string())?;
     let scratch = scratch.path();
     fs::create_dir_all(scratch.join("d"))
@@ -128,7 +127,7 @@ fn probe(home: &Path) -> std::result::Result<(), String> {
         if entry.file_name() == c"f" && entry.file_type() == rustix::fs::FileType::Unknown {
             return Err(format!(
                 "the filesystem of {} does not report d_type",
-                where_.display()
+                home.display()
             ));
         }
     }
@@ -142,7 +141,7 @@ fn probe(home: &Path) -> std::result::Result<(), String> {
     .map_err(|e| {
         format!(
             "cannot make whiteouts (0:0 character devices) in {}: {e}",
-            where_.display()
+            home.display()
         )
     })?;
     rustix::fs::setxattr(
@@ -151,7 +150,7 @@ fn probe(home: &Path) -> std::result::Result<(), String> {
         b"y",
         rustix::fs::XattrFlags::empty(),
     )
-    .map_err(|e| format!("cannot set trusted.* xattrs in {}: {e}", where_.display()))?;
+    .map_err(|e| format!("cannot set trusted.* xattrs in {}: {e}", home.display()))?;
     Ok(())
 }
 
