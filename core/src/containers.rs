@@ -1,15 +1,18 @@
 //! Container records: a read-write layer on top of an image's top layer.
 //!
-//! On disk, `<graphroot>/<driver>-containers/containers.json`. A container's
-//! layer has the container's id.
+//! Containers and their names are rows of the store's database (see `db`).
+//! A container's layer has the container's id; the container's row is
+//! written in the transaction that marks its layer made, and deleted in the
+//! one that deletes its layer's row, so neither is ever without the other.
 
-use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use crate::db::{Database, Kind, all_names, found, give_names, lookup, name_owner, names_of};
 use crate::error::{CoreError, Result};
-use crate::records::{RecordFile, found, lookup, take_names};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -26,76 +29,138 @@ pub struct ContainerRecord {
     pub metadata: Option<String>,
 }
 
-#[derive(Default, Serialize, Deserialize)]
-struct Records {
-    containers: BTreeMap<String, ContainerRecord>,
+const COLUMNS: &str = "id, image, layer, created, metadata";
+
+fn from_row(row: &rusqlite::Row) -> rusqlite::Result<ContainerRecord> {
+    Ok(ContainerRecord {
+        id: row.get(0)?,
+        image: row.get(1)?,
+        layer: row.get(2)?,
+        created: row.get::<_, i64>(3)? as u64,
+        metadata: row.get(4)?,
+        names: Vec::new(),
+    })
 }
 
-pub struct ContainerStore {
-    records: RecordFile,
+/// The record of container `id`, read in the caller's transaction.
+pub(crate) fn read_container(tx: &Connection, id: &str) -> Result<Option<ContainerRecord>> {
+    let sql = format!("SELECT {COLUMNS} FROM containers WHERE id = ?1");
+    let Some(mut record) = tx
+        .prepare_cached(&sql)?
+        .query_row(params![id], from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    record.names = names_of(tx, Kind::Container, id)?;
+    Ok(Some(record))
 }
 
-impl ContainerStore {
-    pub fn open(graphroot: &Path, driver_name: &str) -> Result<ContainerStore> {
-        Ok(ContainerStore {
-            records: RecordFile::open(
-                graphroot.join(format!("{driver_name}-containers")),
-                "containers.json",
-            )?,
-        })
+/// Every container, read in the caller's transaction.
+pub(crate) fn read_containers(tx: &Connection) -> Result<Vec<ContainerRecord>> {
+    let sql = format!("SELECT {COLUMNS} FROM containers ORDER BY id");
+    let mut records = tx
+        .prepare_cached(&sql)?
+        .query_map([], from_row)?
+        .collect::<rusqlite::Result<Vec<ContainerRecord>>>()?;
+    let mut names = all_names(tx, Kind::Container)?;
+    for record in &mut records {
+        record.names = names.remove(&record.id).unwrap_or_default();
     }
+    Ok(records)
+}
 
-    /// Records a container; its names move here from any container that had
-    /// them.
-    pub fn create(&self, record: &ContainerRecord) -> Result<()> {
-        let _lock = self.records.lock()?;
-        let mut records: Records = self.records.load()?;
-        if records.containers.contains_key(&record.id) {
+/// The containers made from image `image`, named by their first name (or id).
+pub(crate) fn containers_of_image(tx: &Connection, image: &str) -> Result<Vec<String>> {
+    let ids: Vec<String> = tx
+        .prepare_cached("SELECT id FROM containers WHERE image = ?1 ORDER BY id")?
+        .query_map(params![image], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut shown = Vec::new();
+    for id in ids {
+        shown.push(
+            names_of(tx, Kind::Container, &id)?
+                .into_iter()
+                .next()
+                .unwrap_or(id),
+        );
+    }
+    Ok(shown)
+}
+
+/// Records `record` in the caller's transaction. A name another container
+/// has is refused rather than moved: taking a live container's name would
+/// surprise whoever uses it.
+pub(crate) fn insert_container(tx: &Connection, record: &ContainerRecord) -> Result<()> {
+    for name in &record.names {
+        if let Some(other) = name_owner(tx, Kind::Container, name)? {
             return Err(strata_plugin_abi::DriverError::already_exists(format!(
-                "create container {}: container exists",
-                record.id
+                "container name '{name}' is taken by container {other}"
             ))
             .into());
         }
-        take_names(
-            records.containers.values_mut().map(|r| &mut r.names),
-            &record.names,
-        );
-        records.containers.insert(record.id.clone(), record.clone());
-        self.records.save(&records)
+    }
+    if read_container(tx, &record.id)?.is_some() {
+        return Err(strata_plugin_abi::DriverError::already_exists(format!(
+            "create container {}: container exists",
+            record.id
+        ))
+        .into());
+    }
+    tx.prepare_cached(
+        "INSERT INTO containers (id, image, layer, created, metadata) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        record.id,
+        record.image,
+        record.layer,
+        record.created as i64,
+        record.metadata
+    ])?;
+    give_names(tx, Kind::Container, &record.id, &record.names, true)
+}
+
+pub struct ContainerStore {
+    db: Arc<Database>,
+}
+
+impl ContainerStore {
+    /// The container records of `driver_name` under `graphroot` (a database
+    /// of their own; a [`Store`](crate::store::Store) shares one).
+    pub fn open(graphroot: &Path, driver_name: &str) -> Result<ContainerStore> {
+        Ok(ContainerStore {
+            db: Arc::new(Database::open(graphroot, driver_name)?),
+        })
+    }
+
+    pub(crate) fn with_records(db: Arc<Database>) -> ContainerStore {
+        ContainerStore { db }
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ContainerRecord>> {
-        Ok(self.records.read::<Records>()?.containers.get(id).cloned())
+        self.db
+            .read(&format!("read container {id}"), |tx| read_container(tx, id))
     }
 
     pub fn list(&self) -> Result<Vec<ContainerRecord>> {
-        Ok(self
-            .records
-            .read::<Records>()?
-            .containers
-            .into_values()
-            .collect())
+        self.db.read("list containers", |tx| read_containers(tx))
     }
 
     /// The id of the container `reference` names: id, name or unique prefix.
     pub fn resolve(&self, reference: &str) -> Result<String> {
-        let containers = self.list()?;
-        let entries = containers
-            .iter()
-            .map(|r| (r.id.as_str(), r.names.as_slice()));
-        found("container", reference, lookup(entries, reference))
+        self.db.read("look up a container", |tx| {
+            let lookup = lookup(tx, Kind::Container, "containers", "1", reference)?;
+            found(Kind::Container, reference, lookup)
+        })
     }
 
-    pub fn delete(&self, id: &str) -> Result<ContainerRecord> {
-        let _lock = self.records.lock()?;
-        let mut records: Records = self.records.load()?;
-        let record = records.containers.remove(id).ok_or_else(|| {
+    /// The container `reference` names.
+    pub fn find(&self, reference: &str) -> Result<ContainerRecord> {
+        let id = self.resolve(reference)?;
+        self.get(&id)?.ok_or_else(|| {
             CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
-                "delete container {id}: no such container"
+                "container {id}: no such container"
             )))
-        })?;
-        self.records.save(&records)?;
-        Ok(record)
+        })
     }
 }

@@ -69,6 +69,20 @@ pub enum CoreError {
     #[error("{0}")]
     Image(String),
 
+    /// The records database refused or failed an operation.
+    #[error("{operation}: records {}: {source}", path.display())]
+    Records {
+        operation: String,
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// A database error not yet given its operation (inside a transaction;
+    /// the store turns it into [`CoreError::Records`]).
+    #[error("records: {0}")]
+    Sql(#[from] rusqlite::Error),
+
     #[error("{operation} {}: {source}", path.display())]
     Io {
         operation: &'static str,

@@ -57,6 +57,11 @@ impl FileLock {
         )?)
     }
 
+    /// A lock already taken on `fd`.
+    pub(crate) fn from_fd(fd: std::os::fd::OwnedFd) -> FileLock {
+        FileLock(fd)
+    }
+
     /// Waits for the lock on `path` (made if missing).
     pub fn exclusive(path: &Path) -> io::Result<FileLock> {
         let fd = Self::open(path)?;

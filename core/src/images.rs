@@ -2,20 +2,23 @@
 //! layers), names, and "big data" items such as its manifest and config.
 //!
 //! An image's id is the sha256 of its config, in hex: the same image
-//! imported twice is the same record. On disk, in
-//! `<graphroot>/<driver>-images/`: `images.json` and a directory per image
-//! holding its big data items, each in a file named by its key.
+//! imported twice is the same record. Images, their names and their big
+//! data items (bytes included: manifests and configs are small, and kept in
+//! the same transaction as the image they belong to) are rows of the
+//! store's database (see `db`).
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
-use base64::Engine;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::Sha256Digest;
+use crate::db::{
+    Database, Kind, Lookup, all_names, drop_names, found, give_names, lookup, names_of, now,
+};
 use crate::error::{CoreError, Result};
-use crate::records::{Lookup, RecordFile, found, lookup, now, take_names};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -61,13 +64,8 @@ pub struct NewImage {
     pub big_data: Vec<(String, Vec<u8>)>,
 }
 
-#[derive(Default, Serialize, Deserialize)]
-struct Records {
-    images: BTreeMap<String, ImageRecord>,
-}
-
 pub struct ImageStore {
-    records: RecordFile,
+    db: Arc<Database>,
 }
 
 fn not_found(message: String) -> CoreError {
@@ -80,209 +78,259 @@ fn strip_algorithm(reference: &str) -> &str {
     reference.strip_prefix("sha256:").unwrap_or(reference)
 }
 
+const IMAGE_COLUMNS: &str = "id, digest, top_layer, created, metadata";
+
+fn image_from_row(row: &rusqlite::Row) -> rusqlite::Result<ImageRecord> {
+    Ok(ImageRecord {
+        id: row.get(0)?,
+        digest: row.get(1)?,
+        top_layer: row.get(2)?,
+        created: row.get::<_, i64>(3)? as u64,
+        metadata: row.get(4)?,
+        names: Vec::new(),
+        big_data: BTreeMap::new(),
+    })
+}
+
+/// The record of image `id`, with its names and big data items.
+pub(crate) fn read_image(tx: &Connection, id: &str) -> Result<Option<ImageRecord>> {
+    let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE id = ?1");
+    let Some(mut record) = tx
+        .prepare_cached(&sql)?
+        .query_row(params![id], image_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    record.names = names_of(tx, Kind::Image, id)?;
+    let mut statement =
+        tx.prepare_cached("SELECT key, digest, size FROM big_data WHERE image = ?1")?;
+    let mut rows = statement.query(params![id])?;
+    while let Some(row) = rows.next()? {
+        record.big_data.insert(
+            row.get(0)?,
+            BigDataInfo {
+                digest: row.get(1)?,
+                size: row.get::<_, i64>(2)? as u64,
+            },
+        );
+    }
+    Ok(Some(record))
+}
+
+/// Every image, with names and big data items, in three reads.
+pub(crate) fn read_images(tx: &Connection) -> Result<Vec<ImageRecord>> {
+    let sql = format!("SELECT {IMAGE_COLUMNS} FROM images ORDER BY id");
+    let mut records = tx
+        .prepare_cached(&sql)?
+        .query_map([], image_from_row)?
+        .collect::<rusqlite::Result<Vec<ImageRecord>>>()?;
+    let mut names = all_names(tx, Kind::Image)?;
+    let mut items: std::collections::HashMap<String, BTreeMap<String, BigDataInfo>> =
+        Default::default();
+    let mut statement = tx.prepare_cached("SELECT image, key, digest, size FROM big_data")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        items.entry(row.get(0)?).or_default().insert(
+            row.get(1)?,
+            BigDataInfo {
+                digest: row.get(2)?,
+                size: row.get::<_, i64>(3)? as u64,
+            },
+        );
+    }
+    for record in &mut records {
+        record.names = names.remove(&record.id).unwrap_or_default();
+        record.big_data = items.remove(&record.id).unwrap_or_default();
+    }
+    Ok(records)
+}
+
+/// Removes image `id`'s row, names and big data in the caller's transaction.
+pub(crate) fn delete_image_rows(tx: &Connection, id: &str) -> Result<()> {
+    tx.prepare_cached("DELETE FROM images WHERE id = ?1")?
+        .execute(params![id])?;
+    tx.prepare_cached("DELETE FROM big_data WHERE image = ?1")?
+        .execute(params![id])?;
+    drop_names(tx, Kind::Image, id)
+}
+
+fn put_big_data(tx: &Connection, id: &str, key: &str, bytes: &[u8]) -> Result<()> {
+    // Written through incremental blob I/O into a zero-filled blob of its
+    // size: binding the bytes would have SQLite copy them whole first (a
+    // config may be 16 MiB).
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO big_data (image, key, digest, size, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        id,
+        key,
+        Sha256Digest::of(bytes).to_string(),
+        bytes.len() as i64,
+        rusqlite::blob::ZeroBlob(i32::try_from(bytes.len()).map_err(|_| {
+            CoreError::Image(format!("image {id}: item '{key}' is over 2 GiB"))
+        })?)
+    ])?;
+    let row = tx.last_insert_rowid();
+    let mut blob = tx.blob_open(rusqlite::MAIN_DB, "big_data", "bytes", row, false)?;
+    for chunk in bytes.chunks(1 << 20) {
+        std::io::Write::write_all(&mut blob, chunk)
+            .map_err(|e| CoreError::io("write big data of image", id, e))?;
+    }
+    Ok(())
+}
+
 impl ImageStore {
+    /// The image records of `driver_name` under `graphroot` (a database of
+    /// their own; a [`Store`](crate::store::Store) shares one).
     pub fn open(graphroot: &Path, driver_name: &str) -> Result<ImageStore> {
         Ok(ImageStore {
-            records: RecordFile::open(
-                graphroot.join(format!("{driver_name}-images")),
-                "images.json",
-            )?,
+            db: Arc::new(Database::open(graphroot, driver_name)?),
         })
     }
 
-    fn data_dir(&self, id: &str) -> PathBuf {
-        self.records.dir().join(id)
+    pub(crate) fn with_records(db: Arc<Database>) -> ImageStore {
+        ImageStore { db }
     }
 
-    fn data_path(&self, id: &str, key: &str) -> PathBuf {
-        // Keys are free text; the file name must not be.
-        let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
-        self.data_dir(id).join(format!("={name}"))
-    }
-
-    /// Records a new image, its big data written before the record so a
-    /// crash never leaves a record without its items. The names move here
-    /// from any image that had them. An image with this id already recorded
-    /// is refused as AlreadyExists.
+    /// Records a new image with its names and big data, in one transaction.
+    /// The names move here from any image that had them. An image with this
+    /// id already recorded is refused as AlreadyExists.
     pub fn create(&self, new: &NewImage) -> Result<ImageRecord> {
+        self.create_then(new, |_| Ok(()))
+    }
+
+    /// [`create`](Self::create), with `then` run in the same transaction.
+    pub(crate) fn create_then(
+        &self,
+        new: &NewImage,
+        then: impl FnOnce(&Transaction) -> Result<()>,
+    ) -> Result<ImageRecord> {
         if new.id.len() != 64 || !new.id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(CoreError::Image(format!(
                 "image id '{}' is not 64 hex digits (a sha256)",
                 new.id
             )));
         }
-        let _lock = self.records.lock()?;
-        let mut records: Records = self.records.load()?;
-        if records.images.contains_key(&new.id) {
-            return Err(strata_plugin_abi::DriverError::already_exists(format!(
-                "create image {}: image exists",
-                new.id
-            ))
-            .into());
-        }
-        let dir = self.data_dir(&new.id);
-        // Leftovers of a create that died before its record was written.
-        let _ = fs::remove_dir_all(&dir);
-        let mut big_data = BTreeMap::new();
-        let written = fs::create_dir(&dir)
-            .map_err(|e| CoreError::io("create", &dir, e))
-            .and_then(|()| {
-                for (key, bytes) in &new.big_data {
-                    let path = self.data_path(&new.id, key);
-                    crate::fsutil::write_atomic(&path, bytes, true)
-                        .map_err(|e| CoreError::io("write", &path, e))?;
-                    big_data.insert(
-                        key.clone(),
-                        BigDataInfo {
-                            digest: Sha256Digest::of(bytes).to_string(),
-                            size: bytes.len() as u64,
-                        },
-                    );
-                }
-                Ok(())
-            });
-        if let Err(e) = written {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-        take_names(
-            records.images.values_mut().map(|r| &mut r.names),
-            &new.names,
-        );
-        let record = ImageRecord {
-            id: new.id.clone(),
-            digest: new.digest.clone(),
-            names: new.names.clone(),
-            top_layer: new.top_layer.clone(),
-            created: now(),
-            metadata: new.metadata.clone(),
-            big_data,
-        };
-        records.images.insert(new.id.clone(), record.clone());
-        if let Err(e) = self.records.save(&records) {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-        Ok(record)
+        self.db.write(&format!("create image {}", new.id), |tx| {
+            if read_image(tx, &new.id)?.is_some() {
+                return Err(strata_plugin_abi::DriverError::already_exists(format!(
+                    "create image {}: image exists",
+                    new.id
+                ))
+                .into());
+            }
+            tx.prepare_cached(
+                "INSERT INTO images (id, digest, top_layer, created, metadata) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                new.id,
+                new.digest,
+                new.top_layer,
+                now() as i64,
+                new.metadata
+            ])?;
+            give_names(tx, Kind::Image, &new.id, &new.names, true)?;
+            for (key, bytes) in &new.big_data {
+                put_big_data(tx, &new.id, key, bytes)?;
+            }
+            then(tx)?;
+            Ok(read_image(tx, &new.id)?.expect("inserted above"))
+        })
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ImageRecord>> {
-        Ok(self.records.read::<Records>()?.images.get(id).cloned())
+        self.db
+            .read(&format!("read image {id}"), |tx| read_image(tx, id))
     }
 
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
-        Ok(self
-            .records
-            .read::<Records>()?
-            .images
-            .into_values()
-            .collect())
+        self.db.read("list images", |tx| read_images(tx))
     }
 
     /// The id of the image `reference` names: its id (or `sha256:` id), a
     /// name, or a unique id prefix.
     pub fn resolve(&self, reference: &str) -> Result<String> {
-        let images = self.list()?;
-        let entries = images.iter().map(|r| (r.id.as_str(), r.names.as_slice()));
-        let by_id = match lookup(entries.clone(), reference) {
-            Lookup::Missing => lookup(entries, strip_algorithm(reference)),
-            other => other,
-        };
-        found("image", reference, by_id)
+        self.db
+            .read("look up an image", |tx| resolve_image(tx, reference))
     }
 
     /// Adds `names` to image `id`, taking them from any image that had them.
     pub fn add_names(&self, id: &str, names: &[String]) -> Result<ImageRecord> {
-        self.update(id, |records| {
-            take_names(records.images.values_mut().map(|r| &mut r.names), names);
-            let record = records.images.get_mut(id).expect("checked by update");
-            for name in names {
-                if !record.names.contains(name) {
-                    record.names.push(name.clone());
-                }
-            }
-        })
+        self.update(id, |tx| give_names(tx, Kind::Image, id, names, false))
     }
 
     /// Removes `name` from image `id`.
     pub fn remove_name(&self, id: &str, name: &str) -> Result<ImageRecord> {
-        self.update(id, |records| {
-            let record = records.images.get_mut(id).expect("checked by update");
-            record.names.retain(|n| n != name);
+        self.update(id, |tx| {
+            tx.prepare_cached(
+                "DELETE FROM names WHERE kind = 'image' AND owner = ?1 AND name = ?2",
+            )?
+            .execute(params![id, name])?;
+            Ok(())
         })
     }
 
     pub fn set_metadata(&self, id: &str, metadata: Option<String>) -> Result<ImageRecord> {
-        self.update(id, |records| {
-            records
-                .images
-                .get_mut(id)
-                .expect("checked by update")
-                .metadata = metadata;
+        self.update(id, |tx| {
+            tx.prepare_cached("UPDATE images SET metadata = ?1 WHERE id = ?2")?
+                .execute(params![metadata, id])?;
+            Ok(())
         })
     }
 
-    fn update(&self, id: &str, change: impl FnOnce(&mut Records)) -> Result<ImageRecord> {
-        let _lock = self.records.lock()?;
-        let mut records: Records = self.records.load()?;
-        if !records.images.contains_key(id) {
-            return Err(not_found(format!("image {id}: no such image")));
-        }
-        change(&mut records);
-        self.records.save(&records)?;
-        Ok(records.images[id].clone())
+    fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&Transaction) -> Result<()>,
+    ) -> Result<ImageRecord> {
+        self.db.write(&format!("change image {id}"), |tx| {
+            if read_image(tx, id)?.is_none() {
+                return Err(not_found(format!("image {id}: no such image")));
+            }
+            change(tx)?;
+            Ok(read_image(tx, id)?.expect("checked above"))
+        })
     }
 
     /// Stores big data item `key` of image `id`.
     pub fn set_big_data(&self, id: &str, key: &str, bytes: &[u8]) -> Result<ImageRecord> {
-        let path = self.data_path(id, key);
-        let _lock = self.records.lock()?;
-        let mut records: Records = self.records.load()?;
-        let Some(record) = records.images.get_mut(id) else {
-            return Err(not_found(format!("image {id}: no such image")));
-        };
-        crate::fsutil::write_atomic(&path, bytes, true)
-            .map_err(|e| CoreError::io("write", &path, e))?;
-        record.big_data.insert(
-            key.to_string(),
-            BigDataInfo {
-                digest: Sha256Digest::of(bytes).to_string(),
-                size: bytes.len() as u64,
-            },
-        );
-        let record = record.clone();
-        self.records.save(&records)?;
-        Ok(record)
+        self.update(id, |tx| put_big_data(tx, id, key, bytes))
     }
 
     /// Big data item `key` of image `id`.
     pub fn big_data(&self, id: &str, key: &str) -> Result<Vec<u8>> {
-        let record = self
-            .get(id)?
-            .ok_or_else(|| not_found(format!("image {id}: no such image")))?;
-        if !record.big_data.contains_key(key) {
-            return Err(not_found(format!("image {id} has no item '{key}'")));
-        }
-        let path = self.data_path(id, key);
-        fs::read(&path).map_err(|e| CoreError::io("read", path, e))
+        self.db.read(&format!("read image {id}"), |tx| {
+            if read_image(tx, id)?.is_none() {
+                return Err(not_found(format!("image {id}: no such image")));
+            }
+            tx.prepare_cached("SELECT bytes FROM big_data WHERE image = ?1 AND key = ?2")?
+                .query_row(params![id, key], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| not_found(format!("image {id} has no item '{key}'")))
+        })
     }
 
-    /// Removes the record of image `id` and its big data.
+    /// Removes the record of image `id` and its big data (its layers stay;
+    /// [`Store::delete_image`](crate::store::Store::delete_image) removes
+    /// those nothing else uses).
     pub fn delete(&self, id: &str) -> Result<ImageRecord> {
-        let _lock = self.records.lock()?;
-        let mut records: Records = self.records.load()?;
-        let Some(record) = records.images.remove(id) else {
-            return Err(not_found(format!("delete image {id}: no such image")));
-        };
-        self.records.save(&records)?;
-        let dir = self.data_dir(id);
-        if let Err(e) = fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(image = id, error = %e, "could not remove the image's data directory");
-        }
-        Ok(record)
+        self.db.write(&format!("delete image {id}"), |tx| {
+            let record = read_image(tx, id)?
+                .ok_or_else(|| not_found(format!("delete image {id}: no such image")))?;
+            delete_image_rows(tx, id)?;
+            Ok(record)
+        })
     }
+}
+
+/// The id of the image `reference` names, read in the caller's transaction.
+pub(crate) fn resolve_image(tx: &Connection, reference: &str) -> Result<String> {
+    let by_id = match lookup(tx, Kind::Image, "images", "1", reference)? {
+        Lookup::Missing => lookup(tx, Kind::Image, "images", "1", strip_algorithm(reference))?,
+        other => other,
+    };
+    found(Kind::Image, reference, by_id)
 }
 
 /// Parent and child relations between images: image P is the parent of image
@@ -290,6 +338,7 @@ impl ImageStore {
 /// image's top layer.
 pub struct ImageFamily {
     parents: BTreeMap<String, String>,
+    children: BTreeMap<String, Vec<String>>,
 }
 
 impl ImageFamily {
@@ -312,7 +361,14 @@ impl ImageFamily {
                 cursor = layer_parent(&layer);
             }
         }
-        ImageFamily { parents }
+        let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (child, parent) in &parents {
+            children
+                .entry(parent.clone())
+                .or_default()
+                .push(child.clone());
+        }
+        ImageFamily { parents, children }
     }
 
     pub fn parent(&self, id: &str) -> Option<&str> {
@@ -320,10 +376,11 @@ impl ImageFamily {
     }
 
     pub fn children<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.parents
-            .iter()
-            .filter(move |(_, p)| p.as_str() == id)
-            .map(|(c, _)| c.as_str())
+        self.children
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 
     /// Images that are nobody's parent.
@@ -376,7 +433,7 @@ mod tests {
         assert_eq!(info.digest, Sha256Digest::of(b"{\"m\":1}").to_string());
         store.delete(&id(1)).unwrap();
         assert!(store.get(&id(1)).unwrap().is_none());
-        assert!(!store.data_dir(&id(1)).exists());
+        assert!(store.big_data(&id(1), MANIFEST_KEY).is_err());
         assert!(store.create(&new_image(3, "x", &[])).is_ok());
         let bad = NewImage {
             id: "not-hex".into(),

@@ -2,30 +2,58 @@
 //! from a diff, what the diff was (digests, sizes, compression) and its
 //! tar-split record, so the original stream can be given back bit for bit.
 //!
-//! On disk, in `<graphroot>/<driver>-layers/`: `layers.json` (written
-//! atomically), `<id>.tar-split.gz`, and `lock` (flock, held for every change
-//! and for reading, so processes see each other's complete writes).
+//! Records are rows of the store's database (see `db`); tar-split records are
+//! files in `<graphroot>/<driver>-layers/<id>.tar-split.gz`.
 //!
-//! A layer being made is recorded as incomplete before the driver creates it
-//! and completed after its contents are in; an incomplete layer found when the
-//! store is opened (its maker died) is removed.
+//! ## Making and deleting a layer, and why a kill at any point is safe
+//!
+//! A layer's row has a state: made, being made, or being deleted; the last
+//! two name the session (see `sessions`) of the process at work.
+//!
+//! Making: (1) one transaction inserts the row as being made; (2) the driver
+//! creates the layer and the diff is applied (the tar-split record is
+//! written under a temporary name and renamed when whole); (3) one
+//! transaction marks it made, with its diff, and records what the caller
+//! builds on it (a container's row) in the same transaction. Killed before
+//! (1) commits: nothing happened. Between (1) and (3): the row names a dead
+//! session, and whoever finds it (the next open, a process waiting for the
+//! layer, `check --repair`) takes it over, removes what the driver has of the
+//! layer, and deletes the row. After (3): made.
+//!
+//! Deleting: (1) one transaction checks that nothing stands on the layer and
+//! marks it being deleted (from then on it is not found by id or name); (2)
+//! the driver removes the layer, its mount count and tar-split record go;
+//! (3) one transaction deletes the row (and a container row on it). Killed
+//! between (1) and (3): whoever finds the row takes it over and does (2) and
+//! (3) again; a layer the driver no longer has counts as removed.
+//!
+//! Taking over a dead session's row is itself one transaction (the row gets
+//! the taker's session), so two processes never both work on it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 use strata_plugin_abi::{
-    Capabilities, CreateOptions, ErrorKind, GraphDriver, MountOptions, WhiteoutFormat,
+    Capabilities, CreateOptions, DriverError, ErrorKind, GraphDriver, MountOptions, WhiteoutFormat,
     validate_layer_id,
 };
 
 use crate::archive::{self, ApplyOptions, ApplyTarget, Change};
+use crate::db::{Database, Kind, all_names, found, give_names, lookup, names_of, now};
 use crate::error::{CoreError, Result};
-use crate::fsutil::FileLock;
 use crate::mounts::MountCounts;
-use crate::records::{Lookup, RecordFile, found, lookup, now, take_names};
+use crate::sessions::Sessions;
+
+/// A row's state.
+pub(crate) const MADE: i64 = 0;
+pub(crate) const MAKING: i64 = 1;
+pub(crate) const DELETING: i64 = 2;
 
 /// What strata knows of a layer beyond the driver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +63,7 @@ pub struct LayerRecord {
     pub parent: Option<String>,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Being made by a process (or left so by one that died).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,23 +85,6 @@ pub struct LayerRecord {
     pub flags: BTreeMap<String, serde_json::Value>,
 }
 
-impl LayerRecord {
-    fn new(id: &str, parent: Option<&str>) -> LayerRecord {
-        LayerRecord {
-            id: id.to_string(),
-            parent: parent.map(str::to_string),
-            created: now(),
-            incomplete: false,
-            diff: None,
-            names: Vec::new(),
-            read_only: false,
-            mount_label: None,
-            metadata: None,
-            flags: BTreeMap::new(),
-        }
-    }
-}
-
 /// A layer to make: where it goes, what it is called, and what its diff must
 /// be (an OCI blob's digest and diff id), checked before the layer counts as
 /// made.
@@ -85,6 +97,10 @@ pub struct NewLayer {
     pub metadata: Option<String>,
     pub flags: BTreeMap<String, serde_json::Value>,
     pub expect: Option<ExpectedDiff>,
+    /// Made for an import that records its image afterwards: if this
+    /// process dies first, the layer is removed (unless something else has
+    /// come to use it).
+    pub for_import: bool,
 }
 
 /// What a diff stream must turn out to be; any field left `None` is not
@@ -148,99 +164,270 @@ pub struct DiffRecord {
     pub size: u64,
 }
 
-#[derive(Default, Serialize, Deserialize)]
-struct Records {
-    layers: BTreeMap<String, LayerRecord>,
+/// A layer row's state and the session at work on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RowState {
+    pub(crate) state: i64,
+    pub(crate) owner: Option<String>,
+}
+
+pub(crate) fn row_state(tx: &Connection, id: &str) -> Result<Option<RowState>> {
+    Ok(tx
+        .prepare_cached("SELECT state, owner FROM layers WHERE id = ?1")?
+        .query_row(params![id], |r| {
+            Ok(RowState {
+                state: r.get(0)?,
+                owner: r.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+const RECORD_COLUMNS: &str =
+    "id, parent, created, state, read_only, mount_label, metadata, flags, diff";
+
+fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<LayerRecord> {
+    let flags: Option<String> = row.get(7)?;
+    let diff: Option<String> = row.get(8)?;
+    Ok(LayerRecord {
+        id: row.get(0)?,
+        parent: row.get(1)?,
+        created: row.get::<_, i64>(2)? as u64,
+        incomplete: row.get::<_, i64>(3)? == MAKING,
+        read_only: row.get(4)?,
+        mount_label: row.get(5)?,
+        metadata: row.get(6)?,
+        flags: flags
+            .and_then(|f| serde_json::from_str(&f).ok())
+            .unwrap_or_default(),
+        diff: diff.and_then(|d| serde_json::from_str(&d).ok()),
+        names: Vec::new(),
+    })
+}
+
+/// The record of layer `id`, unless it is being deleted.
+pub(crate) fn read_record(tx: &Connection, id: &str) -> Result<Option<LayerRecord>> {
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM layers WHERE id = ?1 AND state != {DELETING}");
+    let Some(mut record) = tx
+        .prepare_cached(&sql)?
+        .query_row(params![id], record_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    record.names = names_of(tx, Kind::Layer, id)?;
+    Ok(Some(record))
+}
+
+/// Every layer's parent (layers being deleted included: they still stand on
+/// their parents until they are gone).
+pub(crate) fn all_parents(tx: &Connection) -> Result<HashMap<String, Option<String>>> {
+    let mut statement = tx.prepare_cached("SELECT id, parent FROM layers")?;
+    let parents = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<HashMap<String, Option<String>>>>()?;
+    Ok(parents)
+}
+
+/// The layers that have `id` as parent, in any state.
+pub(crate) fn children_of(tx: &Connection, id: &str) -> Result<Vec<String>> {
+    let mut statement = tx.prepare_cached("SELECT id FROM layers WHERE parent = ?1 ORDER BY id")?;
+    let children = statement
+        .query_map(params![id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(children)
+}
+
+fn busy(message: String) -> CoreError {
+    DriverError::busy(message).into()
+}
+
+fn not_found(message: String) -> CoreError {
+    DriverError::not_found(message).into()
+}
+
+/// How a layer is deleted when [`LayerStore::delete`] is asked.
+enum Marked {
+    /// Marked as being deleted by this process: finish it.
+    Row,
+    /// Known to the driver only (made before records were kept).
+    DriverOnly,
 }
 
 /// The layer records of one graph root and driver.
 pub struct LayerStore {
     dir: PathBuf,
-    records: RecordFile,
+    db: Arc<Database>,
+    sessions: Arc<Sessions>,
     counts: MountCounts,
 }
 
 impl LayerStore {
     /// Opens the records of `driver` under `graphroot` (mount counts under
-    /// `runroot`), removing layers whose making was interrupted.
+    /// `runroot`), finishing or undoing what dead processes left part done.
     pub fn open(graphroot: &Path, runroot: &Path, driver: &dyn GraphDriver) -> Result<LayerStore> {
-        let records = RecordFile::open(
-            graphroot.join(format!("{}-layers", driver.name())),
-            "layers.json",
+        let name = driver.name();
+        let store = LayerStore::with_records(
+            graphroot,
+            runroot,
+            &name,
+            Arc::new(Database::open(graphroot, &name)?),
+            Arc::new(Sessions::open(graphroot, &name)),
         )?;
-        let store = LayerStore {
-            dir: records.dir().to_path_buf(),
-            records,
-            counts: MountCounts::open(runroot, &driver.name())?,
-        };
-        let _lock = store.lock()?;
-        let mut records = store.load()?;
-        let interrupted: Vec<String> = records
-            .layers
-            .values()
-            .filter(|r| r.incomplete)
-            .map(|r| r.id.clone())
-            .collect();
-        let mut removed = false;
-        for id in interrupted {
-            // A maker still at work holds the layer's making lock.
-            let Some(_making) = store.try_making_lock(&id)? else {
-                continue;
-            };
-            store.remove_interrupted(driver, &mut records, &id)?;
-            removed = true;
-        }
-        // Written only when something changed: an open is on every command's
-        // path, and an atomic write costs an fsync.
-        if removed {
-            store.save(&records)?;
-        }
+        store.recover(driver)?;
         Ok(store)
     }
 
-    fn lock(&self) -> Result<FileLock> {
-        self.records.lock()
+    pub(crate) fn with_records(
+        graphroot: &Path,
+        runroot: &Path,
+        driver_name: &str,
+        db: Arc<Database>,
+        sessions: Arc<Sessions>,
+    ) -> Result<LayerStore> {
+        let dir = graphroot.join(format!("{driver_name}-layers"));
+        fs::create_dir_all(&dir).map_err(|e| CoreError::io("create", &dir, e))?;
+        Ok(LayerStore {
+            dir,
+            db,
+            sessions,
+            counts: MountCounts::open(runroot, driver_name)?,
+        })
     }
 
-    fn making_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.making"))
+    pub(crate) fn counts(&self) -> &MountCounts {
+        &self.counts
     }
 
-    /// The lock a process holds while it makes layer `id`; `None` if another
-    /// process holds it.
-    fn try_making_lock(&self, id: &str) -> Result<Option<FileLock>> {
-        let path = self.making_path(id);
-        FileLock::try_exclusive(&path).map_err(|e| CoreError::io("lock", path, e))
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    fn tar_split_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn tar_split_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.tar-split.gz"))
     }
 
     /// Where a layer's tar-split record is written until it is whole.
-    fn partial_tar_split_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn partial_tar_split_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!(".{id}.tar-split.gz.partial"))
     }
 
-    fn load(&self) -> Result<Records> {
-        self.records.load()
+    /// Finishes or undoes every layer a dead process left being made or
+    /// being deleted: children before parents, since the driver removes no
+    /// layer another stands on. Returns the layers removed.
+    pub fn recover(&self, driver: &dyn GraphDriver) -> Result<Vec<String>> {
+        let unsettled: Vec<(String, RowState)> = self.db.read("list unsettled layers", |tx| {
+            let mut statement =
+                tx.prepare_cached("SELECT id, state, owner FROM layers WHERE state != 0")?;
+            let rows = statement
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        RowState {
+                            state: r.get(1)?,
+                            owner: r.get(2)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        let mut abandoned = Vec::new();
+        for (id, row) in unsettled {
+            if !self.is_alive(row.owner.as_deref())? {
+                abandoned.push(id);
+            }
+        }
+        let mut removed = Vec::new();
+        // Children first: a pass removes those nothing stands on, until a
+        // pass removes none.
+        while !abandoned.is_empty() {
+            let mut left = Vec::new();
+            let before = abandoned.len();
+            for id in abandoned {
+                let has_children = self.db.read("read layer children", |tx| {
+                    Ok(!children_of(tx, &id)?.is_empty())
+                })?;
+                if has_children {
+                    left.push(id);
+                    continue;
+                }
+                if self.take_over_dead(driver, &id)? {
+                    removed.push(id);
+                }
+            }
+            if left.len() == before {
+                for id in &left {
+                    tracing::warn!(layer = %id, "a layer left part made or part deleted still has layers on it; it stays until they go");
+                }
+                break;
+            }
+            abandoned = left;
+        }
+        Ok(removed)
     }
 
-    fn save(&self, records: &Records) -> Result<()> {
-        self.records.save(records)
+    fn is_alive(&self, owner: Option<&str>) -> Result<bool> {
+        match owner {
+            Some(owner) => self.sessions.is_alive(owner),
+            None => Ok(false),
+        }
+    }
+
+    /// Takes over layer `id` if a dead process left it being made or being
+    /// deleted, and removes it. Returns whether it was removed here.
+    fn take_over_dead(&self, driver: &dyn GraphDriver, id: &str) -> Result<bool> {
+        let me = self.sessions.own()?;
+        let Some(row) = self.db.read("read layer", |tx| row_state(tx, id))? else {
+            return Ok(false);
+        };
+        if row.state == MADE || self.is_alive(row.owner.as_deref())? {
+            return Ok(false);
+        }
+        // One transaction gives the row to this process, if it is still as
+        // read: another collector that took it first has changed its owner.
+        let taken = self.db.write(&format!("take over layer {id}"), |tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE layers SET state = ?1, owner = ?2 WHERE id = ?3 AND state = ?4 AND owner IS ?5",
+                )?
+                .execute(params![DELETING, me, id, row.state, row.owner])?;
+            Ok(changed == 1)
+        })?;
+        if !taken {
+            return Ok(false);
+        }
+        tracing::warn!(layer = %id, was = if row.state == MAKING { "being made" } else { "being deleted" }, "removing a layer a process that died left part done");
+        self.finish_delete(driver, id, false)?;
+        Ok(true)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<LayerRecord>> {
-        Ok(self.records.read::<Records>()?.layers.get(id).cloned())
+        self.db
+            .read(&format!("read layer {id}"), |tx| read_record(tx, id))
     }
 
+    /// Every layer's record (layers being deleted are not listed).
     pub fn list(&self) -> Result<Vec<LayerRecord>> {
-        Ok(self
-            .records
-            .read::<Records>()?
-            .layers
-            .into_values()
-            .collect())
+        self.db.read("list layers", |tx| {
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM layers WHERE state != {DELETING} ORDER BY id"
+            );
+            let mut statement = tx.prepare_cached(&sql)?;
+            let mut records = statement
+                .query_map([], record_from_row)?
+                .collect::<rusqlite::Result<Vec<LayerRecord>>>()?;
+            let mut names = all_names(tx, Kind::Layer)?;
+            for record in &mut records {
+                record.names = names.remove(&record.id).unwrap_or_default();
+            }
+            Ok(records)
+        })
+    }
+
+    /// Every layer's parent, in one read.
+    pub fn parents(&self) -> Result<HashMap<String, Option<String>>> {
+        self.db.read("list layer parents", |tx| all_parents(tx))
     }
 
     /// Creates layer `id` (a child of `parent`), and applies `diff` to it if
@@ -275,63 +462,94 @@ impl LayerStore {
         new: &NewLayer,
         diff: Option<&mut dyn Read>,
     ) -> Result<LayerRecord> {
+        self.create_layer_then(driver, new, diff, |_, _| Ok(()))
+    }
+
+    /// [`create_layer`](Self::create_layer), with `then` run in the
+    /// transaction that marks the layer made: what the caller records on the
+    /// layer (a container's row) exists exactly when the layer does.
+    pub(crate) fn create_layer_then(
+        &self,
+        driver: &dyn GraphDriver,
+        new: &NewLayer,
+        diff: Option<&mut dyn Read>,
+        then: impl FnOnce(&Transaction, &LayerRecord) -> Result<()>,
+    ) -> Result<LayerRecord> {
         let id = new.id.as_str();
         let parent = new.parent.as_deref();
         validate_layer_id(id).map_err(|e| e.context(format!("create layer {id}")))?;
-        let making = {
-            let _lock = self.lock()?;
-            let mut records = self.load()?;
-            if let Some(existing) = records.layers.get(id) {
-                let message = if existing.incomplete {
-                    format!("create layer {id}: another process is making it")
-                } else {
-                    format!("create layer {id}: layer exists")
-                };
-                return Err(if existing.incomplete {
-                    strata_plugin_abi::DriverError::busy(message)
-                } else {
-                    strata_plugin_abi::DriverError::already_exists(message)
-                }
-                .into());
-            }
-            let parent_made = |parent: &str| match records.layers.get(parent) {
-                Some(record) => Ok::<bool, CoreError>(!record.incomplete),
-                // Made before records were kept.
-                None => Ok(driver.exists(parent)?),
-            };
-            if let Some(parent) = parent
-                && !parent_made(parent)?
+        let me = self.sessions.own()?;
+        // A dead process's leftover under this id goes first.
+        self.take_over_dead(driver, id)?;
+        // A parent the driver has without a record was made before records
+        // were kept: asked of the driver outside the transaction.
+        let parent_in_driver_only = match parent {
+            Some(parent)
+                if self
+                    .db
+                    .read("read layer", |tx| row_state(tx, parent))?
+                    .is_none() =>
             {
-                return Err(strata_plugin_abi::DriverError::not_found(format!(
-                    "create layer {id}: parent {parent} does not exist"
-                ))
-                .into());
+                driver.exists(parent)?
             }
-            // Held until the layer is complete, so that no other process takes
-            // it for the leftover of a dead maker.
-            let making = self.try_making_lock(id)?.ok_or_else(|| {
-                CoreError::from(strata_plugin_abi::DriverError::busy(format!(
-                    "create layer {id}: another process is making it"
-                )))
-            })?;
-            take_names(
-                records.layers.values_mut().map(|r| &mut r.names),
-                &new.names,
-            );
-            let mut record = LayerRecord::new(id, parent);
-            record.incomplete = true;
-            record.names = new.names.clone();
-            record.read_only = !new.options.read_write;
-            record.mount_label = new.options.mount_label.clone();
-            record.metadata = new.metadata.clone();
-            record.flags = new.flags.clone();
-            records.layers.insert(id.to_string(), record);
-            self.save(&records)?;
-            making
+            _ => false,
         };
-        // Only a layer this call made is taken away on failure: a create the
-        // driver refused (the id taken outside the records) must not remove
-        // the layer that was already there.
+        let operation = format!("create layer {id}");
+        // Step 1: the row, being made by this session.
+        self.db.write(&operation, |tx| {
+            match row_state(tx, id)? {
+                None => {}
+                Some(RowState { state: MADE, .. }) => {
+                    return Err(DriverError::already_exists(format!(
+                        "create layer {id}: layer exists"
+                    ))
+                    .into());
+                }
+                Some(RowState { state: MAKING, .. }) => {
+                    return Err(busy(format!(
+                        "create layer {id}: another process is making it"
+                    )));
+                }
+                Some(_) => {
+                    return Err(busy(format!(
+                        "create layer {id}: another process is deleting a layer by this id"
+                    )));
+                }
+            }
+            if let Some(parent) = parent {
+                let made = match row_state(tx, parent)? {
+                    Some(row) => row.state == MADE,
+                    None => parent_in_driver_only,
+                };
+                if !made {
+                    return Err(not_found(format!(
+                        "create layer {id}: parent {parent} does not exist"
+                    )));
+                }
+            }
+            tx.prepare_cached(
+                "INSERT INTO layers (id, parent, created, state, owner, import_session, read_only, mount_label, metadata, flags)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                id,
+                parent,
+                now() as i64,
+                MAKING,
+                me,
+                new.for_import.then_some(me.as_str()),
+                !new.options.read_write,
+                new.options.mount_label,
+                new.metadata,
+                (!new.flags.is_empty())
+                    .then(|| serde_json::to_string(&new.flags).expect("flags serialise")),
+            ])?;
+            give_names(tx, Kind::Layer, id, &new.names, true)
+        })?;
+        // Step 2: the driver's layer and its contents. Only a layer this call
+        // made is taken away on failure: a create the driver refused (the id
+        // taken outside the records) must not remove the layer that was
+        // already there.
         let mut driver_made = false;
         let made = driver
             .create(id, parent, &new.options)
@@ -345,7 +563,7 @@ impl LayerStore {
                             .expect
                             .as_ref()
                             .is_some_and(|e| e.uncompressed_digest.is_some());
-                        let applied = self.apply_into(driver, id, diff, verified)?;
+                        let applied = self.apply_into(driver, id, parent, diff, verified)?;
                         if let Some(expect) = &new.expect {
                             expect.check(id, &applied)?;
                         }
@@ -354,99 +572,93 @@ impl LayerStore {
                     None => Ok(None),
                 }
             });
-        let _lock = self.lock()?;
-        let mut records = self.load()?;
-        let _ = fs::remove_file(self.making_path(id));
-        drop(making);
-        match made {
-            Ok(diff) => {
-                // `delete` refuses a layer being made, but a store opened by
-                // an older strata may not have: say so rather than panic.
-                let Some(record) = records.layers.get_mut(id) else {
-                    if let Err(e) = driver.remove(id)
-                        && e.kind() != ErrorKind::NotFound
-                    {
-                        tracing::warn!(layer = id, error = %e, "could not remove a layer whose record went while it was made");
-                    }
-                    let _ = fs::remove_file(self.tar_split_path(id));
-                    return Err(strata_plugin_abi::DriverError::not_found(format!(
-                        "create layer {id}: its record was deleted while it was being made"
-                    ))
-                    .into());
-                };
-                record.incomplete = false;
-                record.diff = diff;
-                let record = record.clone();
-                self.save(&records)?;
-                Ok(record)
-            }
-            Err(err) => {
-                if driver_made
-                    && let Err(e) = driver.remove(id)
-                    && e.kind() != ErrorKind::NotFound
-                {
-                    tracing::warn!(layer = id, error = %e, "could not remove a layer whose making failed");
+        // Step 3: made, with what the caller records on it.
+        let finished = made.and_then(|diff| {
+            self.db.write(&operation, |tx| {
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE layers SET state = ?1, owner = NULL, diff = ?2 WHERE id = ?3 AND state = ?4 AND owner = ?5",
+                    )?
+                    .execute(params![
+                        MADE,
+                        diff.as_ref()
+                            .map(|d| serde_json::to_string(d).expect("diff serialises")),
+                        id,
+                        MAKING,
+                        me
+                    ])?;
+                if changed != 1 {
+                    return Err(not_found(format!(
+                        "create layer {id}: its record was taken away while it was being made"
+                    )));
                 }
-                let _ = fs::remove_file(self.tar_split_path(id));
-                records.layers.remove(id);
-                self.save(&records)?;
+                let record = read_record(tx, id)?.expect("updated above");
+                then(tx, &record)?;
+                Ok(record)
+            })
+        });
+        match finished {
+            Ok(record) => Ok(record),
+            Err(err) => {
+                self.undo_making(driver, id, driver_made);
                 Err(err)
             }
         }
     }
 
+    /// Takes away what a failed make left: the driver's layer (if this call
+    /// made it), the tar-split record, the row. If the driver cannot remove
+    /// it, the row stays (being made by this session) and is collected once
+    /// this process is gone.
+    fn undo_making(&self, driver: &dyn GraphDriver, id: &str, driver_made: bool) {
+        if driver_made
+            && let Err(e) = driver.remove(id)
+            && e.kind() != ErrorKind::NotFound
+        {
+            tracing::warn!(layer = id, error = %e, "could not remove a layer whose making failed");
+            return;
+        }
+        let _ = fs::remove_file(self.tar_split_path(id));
+        let _ = fs::remove_file(self.partial_tar_split_path(id));
+        let Ok(me) = self.sessions.own() else { return };
+        let removed = self.db.write(&format!("undo layer {id}"), |tx| {
+            let changed = tx
+                .prepare_cached("DELETE FROM layers WHERE id = ?1 AND state = ?2 AND owner = ?3")?
+                .execute(params![id, MAKING, me])?;
+            if changed == 1 {
+                crate::db::drop_names(tx, Kind::Layer, id)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = removed {
+            tracing::warn!(layer = id, error = %e, "could not remove the record of a layer whose making failed");
+        }
+    }
+
     /// Waits while another process is making layer `id`; returns its record
     /// once made, or `None` if there is none (never made, or its making
-    /// failed or was interrupted).
+    /// failed, or its maker died and what it left was removed).
     pub fn wait_until_made(
         &self,
         driver: &dyn GraphDriver,
         id: &str,
     ) -> Result<Option<LayerRecord>> {
+        let mut pause = Duration::from_millis(2);
         loop {
-            match self.get(id)? {
-                Some(record) if record.incomplete => {
-                    let path = self.making_path(id);
-                    // The maker holds this lock until its record is final.
-                    // Opened without creating it: a maker that finished has
-                    // removed it, and making it again would leave it behind.
-                    drop(
-                        FileLock::exclusive_existing(&path)
-                            .map_err(|e| CoreError::io("lock", path, e))?,
-                    );
-                    let _lock = self.lock()?;
-                    let mut records = self.load()?;
-                    if records.layers.get(id).is_some_and(|r| r.incomplete)
-                        && let Some(_making) = self.try_making_lock(id)?
-                    {
-                        // Its maker died: take the leftover away as open does.
-                        self.remove_interrupted(driver, &mut records, id)?;
-                        self.save(&records)?;
-                        return Ok(None);
-                    }
+            let Some(row) = self.db.read("read layer", |tx| row_state(tx, id))? else {
+                return Ok(None);
+            };
+            match row.state {
+                MADE => return self.get(id),
+                _ if !self.is_alive(row.owner.as_deref())? => {
+                    self.take_over_dead(driver, id)?;
                 }
-                other => return Ok(other),
+                _ => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
             }
         }
-    }
-
-    fn remove_interrupted(
-        &self,
-        driver: &dyn GraphDriver,
-        records: &mut Records,
-        id: &str,
-    ) -> Result<()> {
-        tracing::warn!(layer = %id, "removing a layer whose making was interrupted");
-        match driver.remove(id) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        let _ = fs::remove_file(self.tar_split_path(id));
-        let _ = fs::remove_file(self.partial_tar_split_path(id));
-        let _ = fs::remove_file(self.making_path(id));
-        records.layers.remove(id);
-        Ok(())
     }
 
     /// Applies `diff` to the existing layer `id` and records it as the layer's
@@ -458,28 +670,30 @@ impl LayerStore {
         diff: &mut dyn Read,
     ) -> Result<DiffRecord> {
         if !driver.exists(id)? {
-            return Err(strata_plugin_abi::DriverError::not_found(format!(
-                "apply to layer {id}: no such layer"
-            ))
-            .into());
+            return Err(not_found(format!("apply to layer {id}: no such layer")));
         }
+        let record = self.get(id)?;
         // A read-only layer is an image's: writing it would change every
         // image on it (`Store::apply_to_layer` names them).
-        if self.get(id)?.is_some_and(|r| r.read_only) {
-            return Err(strata_plugin_abi::DriverError::invalid_input(format!(
+        if record.as_ref().is_some_and(|r| r.read_only) {
+            return Err(DriverError::invalid_input(format!(
                 "apply to layer {id}: the layer is read-only"
             ))
             .into());
         }
-        let applied = self.apply_into(driver, id, diff, false)?;
-        let _lock = self.lock()?;
-        let mut records = self.load()?;
-        let record = records
-            .layers
-            .entry(id.to_string())
-            .or_insert_with(|| LayerRecord::new(id, None));
-        record.diff = Some(applied.clone());
-        self.save(&records)?;
+        let parent = record.and_then(|r| r.parent);
+        let applied = self.apply_into(driver, id, parent.as_deref(), diff, false)?;
+        let diff = serde_json::to_string(&applied).expect("diff serialises");
+        self.db.write(&format!("apply to layer {id}"), |tx| {
+            // A layer made before records were kept gets one now.
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO layers (id, created, state, read_only) VALUES (?1, ?2, 0, 0)",
+            )?
+            .execute(params![id, now() as i64])?;
+            tx.prepare_cached("UPDATE layers SET diff = ?1 WHERE id = ?2")?
+                .execute(params![diff, id])?;
+            Ok(())
+        })?;
         Ok(applied)
     }
 
@@ -487,15 +701,16 @@ impl LayerStore {
         &self,
         driver: &dyn GraphDriver,
         id: &str,
+        parent: Option<&str>,
         diff: &mut dyn Read,
         verified: bool,
     ) -> Result<DiffRecord> {
         let files = LayerFiles::open(driver, &self.counts, id)?;
         // Into a native diff, directories written into take their metadata
         // from the tree below: the parent, mounted for the length of the apply.
-        let parent = match (&files, self.get(id)?.and_then(|r| r.parent)) {
+        let parent = match (&files, parent) {
             (LayerFiles::Native(_), Some(parent)) => {
-                match mount_counted(driver, &self.counts, &parent) {
+                match mount_counted(driver, &self.counts, parent) {
                     Ok(path) => Some((parent, path)),
                     Err(e) => {
                         let _ = files.close();
@@ -574,41 +789,40 @@ impl LayerStore {
     /// A layer the driver has but the records do not (made before records
     /// were kept) is found by its full id.
     pub fn resolve(&self, driver: &dyn GraphDriver, reference: &str) -> Result<String> {
-        let records: Records = self.records.read()?;
-        let entries = records
-            .layers
-            .values()
-            .map(|r| (r.id.as_str(), r.names.as_slice()));
-        match lookup(entries, reference) {
-            Lookup::Missing if !reference.is_empty() && driver.exists(reference)? => {
+        let visible = format!("state != {DELETING}");
+        let found_here = self.db.read("look up a layer", |tx| {
+            lookup(tx, Kind::Layer, "layers", &visible, reference)
+        })?;
+        match found_here {
+            crate::db::Lookup::Missing
+                if !reference.is_empty()
+                    && self
+                        .db
+                        .read("read layer", |tx| row_state(tx, reference))?
+                        .is_none()
+                    && driver.exists(reference)? =>
+            {
                 Ok(reference.to_string())
             }
-            other => found("layer", reference, other),
+            other => found(Kind::Layer, reference, other),
         }
     }
 
     /// Gives layer `id` these names, taking any of them from the layer that
     /// had it (names are unique).
     pub fn set_names(&self, id: &str, names: &[String]) -> Result<LayerRecord> {
-        let _lock = self.lock()?;
-        let mut records = self.load()?;
-        if !records.layers.contains_key(id) {
-            return Err(strata_plugin_abi::DriverError::not_found(format!(
-                "set names of layer {id}: no such layer"
-            ))
-            .into());
-        }
-        take_names(records.layers.values_mut().map(|r| &mut r.names), names);
-        let record = records.layers.get_mut(id).expect("checked above");
-        record.names = names.to_vec();
-        let record = record.clone();
-        self.save(&records)?;
-        Ok(record)
+        self.update(id, "set names of", |tx| {
+            give_names(tx, Kind::Layer, id, names, true)
+        })
     }
 
     /// Replaces the layer's free-form metadata.
     pub fn set_metadata(&self, id: &str, metadata: Option<String>) -> Result<LayerRecord> {
-        self.update(id, "set metadata of", |r| r.metadata = metadata)
+        self.update(id, "set metadata of", |tx| {
+            tx.prepare_cached("UPDATE layers SET metadata = ?1 WHERE id = ?2")?
+                .execute(params![metadata, id])?;
+            Ok(())
+        })
     }
 
     /// Sets flag `key` (or clears it with `None`).
@@ -618,13 +832,21 @@ impl LayerStore {
         key: &str,
         value: Option<serde_json::Value>,
     ) -> Result<LayerRecord> {
-        self.update(id, "set a flag of", |r| match value {
-            Some(value) => {
-                r.flags.insert(key.to_string(), value);
+        self.update(id, "set a flag of", |tx| {
+            let mut flags = read_record(tx, id)?.expect("checked").flags;
+            match value {
+                Some(value) => {
+                    flags.insert(key.to_string(), value);
+                }
+                None => {
+                    flags.remove(key);
+                }
             }
-            None => {
-                r.flags.remove(key);
-            }
+            let flags =
+                (!flags.is_empty()).then(|| serde_json::to_string(&flags).expect("serialise"));
+            tx.prepare_cached("UPDATE layers SET flags = ?1 WHERE id = ?2")?
+                .execute(params![flags, id])?;
+            Ok(())
         })
     }
 
@@ -632,19 +854,15 @@ impl LayerStore {
         &self,
         id: &str,
         operation: &str,
-        change: impl FnOnce(&mut LayerRecord),
+        change: impl FnOnce(&Transaction) -> Result<()>,
     ) -> Result<LayerRecord> {
-        let _lock = self.lock()?;
-        let mut records = self.load()?;
-        let record = records.layers.get_mut(id).ok_or_else(|| {
-            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
-                "{operation} layer {id}: no such layer"
-            )))
-        })?;
-        change(record);
-        let record = record.clone();
-        self.save(&records)?;
-        Ok(record)
+        self.db.write(&format!("{operation} layer {id}"), |tx| {
+            if read_record(tx, id)?.is_none() {
+                return Err(not_found(format!("{operation} layer {id}: no such layer")));
+            }
+            change(tx)?;
+            Ok(read_record(tx, id)?.expect("checked above"))
+        })
     }
 
     /// Mounts layer `id`, counted across processes: a second mount returns
@@ -655,10 +873,8 @@ impl LayerStore {
         id: &str,
         options: &MountOptions,
     ) -> Result<PathBuf> {
-        // The layer's own label is read before the counts are locked: the
-        // store's lock order is records, then mount counts (a delete holds
-        // the records while it forgets a layer's count), so reading records
-        // under the counts' lock could deadlock against it.
+        // The layer's own label is read before the counts are locked (the
+        // store's lock order: records, then mount counts).
         let mut options = options.clone();
         if options.mount_label.is_none() {
             options.mount_label = self.get(id)?.and_then(|r| r.mount_label);
@@ -671,10 +887,9 @@ impl LayerStore {
     pub fn unmount(&self, driver: &dyn GraphDriver, id_or_path: &str) -> Result<String> {
         match self.counts.release(id_or_path, |id| Ok(driver.put(id)?))? {
             Some(id) => Ok(id),
-            None => Err(strata_plugin_abi::DriverError::not_found(format!(
+            None => Err(not_found(format!(
                 "unmount {id_or_path}: not a mounted layer or mount path"
-            ))
-            .into()),
+            ))),
         }
     }
 
@@ -685,41 +900,131 @@ impl LayerStore {
 
     /// Removes layer `id`; refused while another layer has it as parent.
     pub fn delete(&self, driver: &dyn GraphDriver, id: &str) -> Result<()> {
-        let _lock = self.lock()?;
-        let mut records = self.load()?;
-        if records.layers.get(id).is_some_and(|r| r.incomplete) {
-            // Being made: by a live process (refused), or by a dead one
-            // (its leftover goes, as the next open would take it).
-            return match self.try_making_lock(id)? {
-                None => Err(strata_plugin_abi::DriverError::busy(format!(
-                    "delete layer {id}: another process is making it"
-                ))
-                .into()),
-                Some(_making) => {
-                    self.remove_interrupted(driver, &mut records, id)?;
-                    self.save(&records)
-                }
+        self.delete_checked(driver, id, |_| Ok(()))
+    }
+
+    /// Removes layer `id` if `check`, run in the transaction that marks it,
+    /// lets it; refused while another layer has it as parent.
+    pub(crate) fn delete_checked(
+        &self,
+        driver: &dyn GraphDriver,
+        id: &str,
+        check: impl FnOnce(&Transaction) -> Result<()>,
+    ) -> Result<()> {
+        match self.mark_for_deletion(driver, id, check)? {
+            Marked::Row => self.finish_delete(driver, id, true),
+            Marked::DriverOnly => Ok(driver.remove(id)?),
+        }
+    }
+
+    /// Step 1 of a delete: marks layer `id` as being deleted by this
+    /// process, after `check` (run in the same transaction) and the check
+    /// that no layer stands on it. A dead process's leftover is taken over.
+    fn mark_for_deletion(
+        &self,
+        driver: &dyn GraphDriver,
+        id: &str,
+        check: impl FnOnce(&Transaction) -> Result<()>,
+    ) -> Result<Marked> {
+        let me = self.sessions.own()?;
+        if self.take_over_dead(driver, id)? {
+            // It was a leftover: gone now.
+            return Err(not_found(format!("delete layer {id}: no such layer")));
+        }
+        let operation = format!("delete layer {id}");
+        let in_records = self.db.write(&operation, |tx| {
+            let Some(row) = row_state(tx, id)? else {
+                return Ok(false);
             };
+            match row.state {
+                MADE => {}
+                MAKING => return Err(busy(format!("{operation}: another process is making it"))),
+                _ => return Err(busy(format!("{operation}: another process is deleting it"))),
+            }
+            check(tx)?;
+            let children = children_of(tx, id)?;
+            if !children.is_empty() {
+                return Err(busy(format!(
+                    "{operation}: layers {} are its children",
+                    children.join(", ")
+                )));
+            }
+            tx.prepare_cached("UPDATE layers SET state = ?1, owner = ?2 WHERE id = ?3")?
+                .execute(params![DELETING, me, id])?;
+            Ok(true)
+        })?;
+        if in_records {
+            return Ok(Marked::Row);
         }
-        let children: Vec<&str> = records
-            .layers
-            .values()
-            .filter(|r| r.parent.as_deref() == Some(id))
-            .map(|r| r.id.as_str())
-            .collect();
-        if !children.is_empty() {
-            return Err(strata_plugin_abi::DriverError::busy(format!(
-                "delete layer {id}: layers {} are its children",
-                children.join(", ")
-            ))
-            .into());
+        if driver.exists(id)? {
+            return Ok(Marked::DriverOnly);
         }
-        // The driver unmounts what is mounted as it removes the layer.
-        driver.remove(id)?;
+        Err(not_found(format!("{operation}: no such layer")))
+    }
+
+    /// Marks layer `id` as being deleted in the caller's transaction (the
+    /// caller has checked that nothing stands on it).
+    pub(crate) fn mark_in(&self, tx: &Transaction, id: &str) -> Result<()> {
+        let me = self.sessions.own()?;
+        tx.prepare_cached("UPDATE layers SET state = ?1, owner = ?2 WHERE id = ?3 AND state = ?4")?
+            .execute(params![DELETING, me, id, MADE])?;
+        Ok(())
+    }
+
+    /// Steps 2 and 3 of a delete (the layer is marked as being deleted by
+    /// this process): the driver's layer, its mount count and tar-split
+    /// record go, then the row (and a container's row on the layer). If the
+    /// driver refuses, the layer is made again, as it still is whole.
+    ///
+    /// `was_made`: the delete started from a made layer, so a refusal by the
+    /// driver leaves it made. A leftover's refusal (`false`) leaves it being
+    /// deleted by this process, for the next to try once this one is gone.
+    pub(crate) fn finish_delete(
+        &self,
+        driver: &dyn GraphDriver,
+        id: &str,
+        was_made: bool,
+    ) -> Result<()> {
+        let me = self.sessions.own()?;
+        let operation = format!("delete layer {id}");
+        match driver.remove(id) {
+            Ok(()) => {}
+            // Removed already (by a process that died before its record went).
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if !was_made => return Err(CoreError::from(e)),
+            Err(e) => {
+                let restored = self.db.write(&operation, |tx| {
+                    tx.prepare_cached(
+                        "UPDATE layers SET state = ?1, owner = NULL WHERE id = ?2 AND owner = ?3",
+                    )?
+                    .execute(params![MADE, id, me])?;
+                    Ok(())
+                });
+                if let Err(restore) = restored {
+                    tracing::warn!(layer = id, error = %restore, "could not mark a layer the driver kept as made again");
+                }
+                return Err(CoreError::from(e));
+            }
+        }
         self.counts.forget(id)?;
         let _ = fs::remove_file(self.tar_split_path(id));
-        records.layers.remove(id);
-        self.save(&records)
+        let _ = fs::remove_file(self.partial_tar_split_path(id));
+        self.db.write(&operation, |tx| {
+            tx.prepare_cached("DELETE FROM layers WHERE id = ?1 AND state = ?2 AND owner = ?3")?
+                .execute(params![id, DELETING, me])?;
+            crate::db::drop_names(tx, Kind::Layer, id)?;
+            // A container is its layer: without it, it is gone too.
+            let containers: Vec<String> = tx
+                .prepare_cached("SELECT id FROM containers WHERE layer = ?1")?
+                .query_map(params![id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for container in containers {
+                tx.prepare_cached("DELETE FROM containers WHERE id = ?1")?
+                    .execute(params![container])?;
+                crate::db::drop_names(tx, Kind::Container, &container)?;
+            }
+            Ok(())
+        })
     }
 
     /// The layer's changes against its parent.

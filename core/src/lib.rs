@@ -17,18 +17,21 @@
 //! ```
 
 pub mod archive;
+pub mod check;
 pub mod config;
 pub mod containers;
+mod db;
 pub mod discovery;
 pub mod error;
 pub mod fsutil;
 pub mod graphroot;
 pub mod images;
 pub mod layers;
+mod migrate;
 pub mod mounts;
 pub mod oci;
-mod records;
 pub mod selection;
+mod sessions;
 pub mod store;
 
 pub use config::{Config, Overrides};

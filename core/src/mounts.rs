@@ -126,6 +126,17 @@ impl MountCounts {
         Ok(self.load()?.mounts.get(id).map_or(0, |r| r.count))
     }
 
+    /// Every layer counted, with its count.
+    pub fn all(&self) -> Result<Vec<(String, u32)>> {
+        let _lock = self.lock()?;
+        Ok(self
+            .load()?
+            .mounts
+            .into_iter()
+            .map(|(id, r)| (id, r.count))
+            .collect())
+    }
+
     /// Forgets a layer (it was removed).
     pub fn forget(&self, id: &str) -> Result<()> {
         let _lock = self.lock()?;

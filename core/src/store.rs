@@ -7,46 +7,42 @@
 //! deleted while some process is about to build on it, anything that builds
 //! on existing layers (an import, a container create) holds the graph root's
 //! `layers-in-use` lock shared for as long as it works, and anything that
-//! deletes layers another record might want (image delete, the clean-up of a
-//! failed import) holds it exclusively.
+//! deletes layers another record might want (image delete, layer delete, the
+//! clean-up of a failed or abandoned import) holds it exclusively.
+//!
+//! Every change spanning records and driver is ordered so that a process
+//! killed at any instruction leaves a state the next open finishes or undoes
+//! (see `layers` for layers; each operation here says its steps).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use strata_plugin_abi::{CreateOptions, GraphDriver, MountOptions};
+use rusqlite::{Connection, OptionalExtension, params};
+use strata_plugin_abi::{CreateOptions, DriverError, GraphDriver, MountOptions};
 
 use crate::config::Config;
-use crate::containers::{ContainerRecord, ContainerStore};
+use crate::containers::{ContainerRecord, ContainerStore, containers_of_image, insert_container};
+use crate::db::{Database, Kind, names_of, now, random_id};
 use crate::error::{CoreError, Result};
 use crate::fsutil::FileLock;
-use crate::images::{ImageFamily, ImageRecord, ImageStore};
-use crate::layers::{DiffRecord, LayerRecord, LayerStore, NewLayer};
-use crate::records::{now, random_id};
+use crate::images::{
+    ImageFamily, ImageRecord, ImageStore, NewImage, delete_image_rows, read_image, resolve_image,
+};
+use crate::layers::{
+    DiffRecord, LayerRecord, LayerStore, MADE, NewLayer, all_parents, children_of, row_state,
+};
+use crate::sessions::Sessions;
 
 pub struct Store {
     driver: Box<dyn GraphDriver>,
     graphroot: PathBuf,
+    db: Arc<Database>,
+    sessions: Arc<Sessions>,
     pub layers: LayerStore,
     pub images: ImageStore,
     pub containers: ContainerStore,
-}
-
-/// The flag an import puts on the layers it makes: its ticket's name.
-pub const IMPORT_FLAG: &str = "strata.import";
-
-/// An import in progress (see [`Store::import_ticket`]); the ticket file is
-/// removed when it is dropped, however the import ended.
-pub(crate) struct ImportTicket {
-    pub(crate) name: String,
-    path: PathBuf,
-    _lock: FileLock,
-}
-
-impl Drop for ImportTicket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// A hold on the graph root's `layers-in-use` lock.
@@ -63,126 +59,130 @@ impl Store {
         )
     }
 
-    /// Opens the records of a driver already started on `graphroot`.
+    /// Opens the records of a driver already started on `graphroot`,
+    /// migrating records an older strata kept as JSON files, and finishing
+    /// or undoing what dead processes left part done.
     pub fn with_driver(
         graphroot: &Path,
         runroot: &Path,
         driver: Box<dyn GraphDriver>,
     ) -> Result<Store> {
         let name = driver.name();
+        let db = Arc::new(Database::open(graphroot, &name)?);
+        crate::migrate::migrate_json_records(graphroot, &name, &db)?;
+        let sessions = Arc::new(Sessions::open(graphroot, &name));
         let store = Store {
-            layers: LayerStore::open(graphroot, runroot, driver.as_ref())?,
-            images: ImageStore::open(graphroot, &name)?,
-            containers: ContainerStore::open(graphroot, &name)?,
+            layers: LayerStore::with_records(
+                graphroot,
+                runroot,
+                &name,
+                db.clone(),
+                sessions.clone(),
+            )?,
+            images: ImageStore::with_records(db.clone()),
+            containers: ContainerStore::with_records(db.clone()),
             graphroot: graphroot.to_path_buf(),
+            db,
+            sessions,
             driver,
         };
+        store.layers.recover(store.driver())?;
         store.collect_abandoned_imports()?;
         Ok(store)
     }
 
-    fn tickets_dir(&self) -> PathBuf {
-        self.graphroot
-            .join(format!("{}-imports", self.driver.name()))
+    pub fn driver(&self) -> &dyn GraphDriver {
+        self.driver.as_ref()
     }
 
-    /// Starts an import: a ticket (a locked file) its layers are flagged
-    /// with, so that if the importing process dies, the layers it made for an
-    /// image it never recorded are found and removed.
-    pub(crate) fn import_ticket(&self) -> Result<ImportTicket> {
-        let dir = self.tickets_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("create", &dir, e))?;
-        // Locked under a temporary name and renamed into place, so nobody
-        // ever sees the ticket unlocked while its import lives. Another
-        // process's collection may find the temporary file in the instant
-        // between its creation and its lock, take it for a dead maker's and
-        // delete it: the rename then finds nothing, and we start again under
-        // a new name (three such instants in a row do not happen).
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let name = random_id()?;
-            let temp = dir.join(format!(".{name}"));
-            let lock = FileLock::exclusive(&temp).map_err(|e| CoreError::io("lock", &temp, e))?;
-            let path = dir.join(&name);
-            match std::fs::rename(&temp, &path) {
-                Ok(()) => {
-                    return Ok(ImportTicket {
-                        name,
-                        path,
-                        _lock: lock,
-                    });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 4 => continue,
-                Err(e) => return Err(CoreError::io("create", &path, e)),
-            }
-        }
+    pub fn graphroot(&self) -> &Path {
+        &self.graphroot
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// Removes the layers of imports whose process died before recording
-    /// their image (unless something has come to use them). Skipped, to be
-    /// done at a later open, while another process builds on layers.
-    fn collect_abandoned_imports(&self) -> Result<()> {
-        let dir = self.tickets_dir();
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(());
-        };
-        let mut dead = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                // A ticket being made, or one whose maker died before the
-                // rename: it flags no layer.
-                if FileLock::try_exclusive(&path).ok().flatten().is_some() {
-                    let _ = std::fs::remove_file(&path);
-                }
-                continue;
-            }
-            if let Ok(Some(lock)) = FileLock::try_exclusive(&path) {
-                dead.push((name, path, lock));
+    /// their image (unless something has come to use them), and retires
+    /// dead sessions. Skipped, to be done at a later open, while another
+    /// process builds on layers.
+    pub(crate) fn collect_abandoned_imports(&self) -> Result<Vec<String>> {
+        let dead_files = self.sessions.dead()?;
+        let marks: Vec<String> = self.db.read("list imports in progress", |tx| {
+            let sessions = tx
+                .prepare_cached(
+                    "SELECT DISTINCT import_session FROM layers WHERE import_session IS NOT NULL",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(sessions)
+        })?;
+        let mut dead_marks = Vec::new();
+        for session in marks {
+            // A dead session found above is locked by this process, so it
+            // would look alive: asked by name first.
+            if dead_files.iter().any(|d| d.name == session) || !self.sessions.is_alive(&session)? {
+                dead_marks.push(session);
             }
         }
-        if dead.is_empty() {
-            return Ok(());
-        }
-        let path = self.in_use_path();
-        let Some(_exclusive) =
-            FileLock::try_exclusive(&path).map_err(|e| CoreError::io("lock", &path, e))?
-        else {
-            return Ok(());
-        };
-        for (name, path, _lock) in dead {
-            let parents = self.layer_parents()?;
-            let depth = |id: &str| {
-                let mut depth = 0;
-                let mut cursor = parents.get(id).cloned().flatten();
-                while let Some(parent) = cursor {
-                    depth += 1;
-                    cursor = parents.get(&parent).cloned().flatten();
-                }
-                depth
+        let mut removed = Vec::new();
+        if !dead_marks.is_empty() {
+            let Some(_exclusive) = self.try_hold_layers_exclusively()? else {
+                return Ok(removed);
             };
-            let mut ids: Vec<String> = self
-                .layers
-                .list()?
-                .into_iter()
-                .filter(|l| {
-                    l.flags.get(IMPORT_FLAG).and_then(|v| v.as_str()) == Some(name.as_str())
-                })
-                .map(|l| l.id)
-                .collect();
-            // Children before parents.
-            ids.sort_by_key(|id| std::cmp::Reverse(depth(id)));
-            let deleted = self.release_layers(&ids)?;
-            tracing::warn!(ticket = %name, layers = ?deleted, "removed the layers of an import whose process died");
-            let _ = std::fs::remove_file(&path);
+            for session in dead_marks {
+                removed.extend(self.release_import(&session)?);
+            }
         }
-        Ok(())
+        for session in dead_files {
+            session.retire();
+        }
+        Ok(removed)
     }
 
-    pub fn driver(&self) -> &dyn GraphDriver {
-        self.driver.as_ref()
+    /// Removes the layers dead import `session` made that nothing uses,
+    /// and ends the tie of the rest to it. Call with the layers-in-use lock
+    /// held exclusively.
+    pub(crate) fn release_import(&self, session: &str) -> Result<Vec<String>> {
+        let marked: Vec<String> = self.db.read("list an import's layers", |tx| {
+            let ids = tx
+                .prepare_cached("SELECT id FROM layers WHERE import_session = ?1")?
+                .query_map(params![session], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(ids)
+        })?;
+        let ordered = self.children_first(&marked)?;
+        let deleted = self.release_layers(&ordered)?;
+        tracing::warn!(session = %session, layers = ?deleted, "removed the layers of an import whose process died");
+        // What stays is used by something now: no longer the import's.
+        self.db.write("settle an import's layers", |tx| {
+            tx.prepare_cached("UPDATE layers SET import_session = NULL WHERE import_session = ?1")?
+                .execute(params![session])?;
+            Ok(())
+        })?;
+        Ok(deleted)
+    }
+
+    /// `ids` ordered so that a layer comes before its parent.
+    pub(crate) fn children_first(&self, ids: &[String]) -> Result<Vec<String>> {
+        let parents = self.layers.parents()?;
+        let depth = |id: &str| {
+            let mut depth = 0usize;
+            let mut cursor = parents.get(id).cloned().flatten();
+            while let Some(parent) = cursor {
+                depth += 1;
+                cursor = parents.get(&parent).cloned().flatten();
+            }
+            depth
+        };
+        let mut ordered = ids.to_vec();
+        ordered.sort_by_key(|id| std::cmp::Reverse(depth(id)));
+        Ok(ordered)
     }
 
     fn in_use_path(&self) -> PathBuf {
@@ -201,43 +201,25 @@ impl Store {
     }
 
     /// Held while deleting layers: waits until nobody builds on any.
-    fn hold_layers_exclusively(&self) -> Result<LayersInUse> {
+    pub(crate) fn hold_layers_exclusively(&self) -> Result<LayersInUse> {
         let path = self.in_use_path();
         FileLock::exclusive(&path)
             .map(LayersInUse)
             .map_err(|e| CoreError::io("lock", path, e))
     }
 
+    pub(crate) fn try_hold_layers_exclusively(&self) -> Result<Option<LayersInUse>> {
+        let path = self.in_use_path();
+        FileLock::try_exclusive(&path)
+            .map(|lock| lock.map(LayersInUse))
+            .map_err(|e| CoreError::io("lock", path, e))
+    }
+
     /// Every layer an image or a container stands on (top layers, container
     /// layers and all their ancestors).
     pub fn layers_in_use(&self) -> Result<BTreeSet<String>> {
-        let layers = self.layer_parents()?;
-        let mut used = BTreeSet::new();
-        let tops = self
-            .images
-            .list()?
-            .into_iter()
-            .filter_map(|i| i.top_layer)
-            .chain(self.containers.list()?.into_iter().map(|c| c.layer));
-        for top in tops {
-            let mut cursor = Some(top);
-            while let Some(layer) = cursor {
-                if !used.insert(layer.clone()) {
-                    break;
-                }
-                cursor = layers.get(&layer).cloned().flatten();
-            }
-        }
-        Ok(used)
-    }
-
-    fn layer_parents(&self) -> Result<std::collections::BTreeMap<String, Option<String>>> {
-        Ok(self
-            .layers
-            .list()?
-            .into_iter()
-            .map(|r| (r.id, r.parent))
-            .collect())
+        self.db
+            .read("list the layers in use", |tx| layers_in_use(tx))
     }
 
     /// The image's layers, bottom first.
@@ -258,40 +240,64 @@ impl Store {
         Ok(chain)
     }
 
-    /// Parent, child and head relations between the images.
+    /// Parent, child and head relations between the images, and how many
+    /// layers each image has, from one read of the records.
     pub fn image_family(&self) -> Result<(Vec<ImageRecord>, ImageFamily)> {
-        let images = self.images.list()?;
-        let parents = self.layer_parents()?;
+        let (images, parents) = self.db.read("list images", |tx| {
+            Ok((crate::images::read_images(tx)?, all_parents(tx)?))
+        })?;
         let family = ImageFamily::new(&images, |l| parents.get(l).cloned().flatten());
         Ok((images, family))
     }
 
-    /// Deletes layers of `candidates` (top first) that no image or container
-    /// uses and no other layer stands on; returns the ones deleted. Call with
-    /// the layers-in-use lock held exclusively.
+    /// How many layers each image has, by image id, from one read.
+    pub fn image_layer_counts(&self) -> Result<HashMap<String, usize>> {
+        self.db.read("count image layers", |tx| {
+            let parents = all_parents(tx)?;
+            let mut counts = HashMap::new();
+            let mut statement = tx.prepare_cached("SELECT id, top_layer FROM images")?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                let mut cursor: Option<String> = row.get(1)?;
+                let mut count = 0;
+                while let Some(layer) = cursor {
+                    count += 1;
+                    cursor = parents.get(&layer).cloned().flatten();
+                }
+                counts.insert(id, count);
+            }
+            Ok(counts)
+        })
+    }
+
+    /// Deletes layers of `candidates` (a child before its parent) that no
+    /// image or container uses and no other layer stands on; returns the
+    /// ones deleted. Call with the layers-in-use lock held exclusively.
     fn release_layers(&self, candidates: &[String]) -> Result<Vec<String>> {
-        let used = self.layers_in_use()?;
-        // How many layers stand on each layer, kept as deletions go on (a
-        // parent is freed once its last child is deleted).
-        let parents = self.layer_parents()?;
-        let mut children: std::collections::BTreeMap<&str, usize> = Default::default();
-        for parent in parents.values().flatten() {
-            *children.entry(parent).or_default() += 1;
-        }
         let mut deleted = Vec::new();
         for id in candidates {
-            if used.contains(id) || children.get(id.as_str()).is_some_and(|n| *n > 0) {
-                continue;
+            if self.delete_if_unused(id)? {
+                deleted.push(id.clone());
             }
-            self.layers.delete(self.driver(), id)?;
-            if let Some(Some(parent)) = parents.get(id)
-                && let Some(n) = children.get_mut(parent.as_str())
-            {
-                *n -= 1;
-            }
-            deleted.push(id.clone());
         }
         Ok(deleted)
+    }
+
+    /// Deletes layer `id` if it is made and nothing stands on it. Call with
+    /// the layers-in-use lock held exclusively.
+    pub(crate) fn delete_if_unused(&self, id: &str) -> Result<bool> {
+        let marked = self.db.write(&format!("delete layer {id}"), |tx| {
+            if !unused(tx, id)? {
+                return Ok(false);
+            }
+            self.layers.mark_in(tx, id)?;
+            Ok(true)
+        })?;
+        if marked {
+            self.layers.finish_delete(self.driver(), id, true)?;
+        }
+        Ok(marked)
     }
 
     /// Takes back layers an import made before it failed, unless another
@@ -312,90 +318,124 @@ impl Store {
         }
     }
 
+    /// Records an imported image, and in the same transaction ends its
+    /// layers' tie to the import (they no longer go if this process dies).
+    pub(crate) fn record_imported_image(&self, new: &NewImage) -> Result<ImageRecord> {
+        self.images
+            .create_then(new, |tx| settle_import(tx, new.top_layer.as_deref()))
+    }
+
+    /// Adds names to an image another import recorded first, settling this
+    /// import's layers as [`record_imported_image`](Self::record_imported_image) does.
+    pub(crate) fn name_imported_image(
+        &self,
+        id: &str,
+        names: &[String],
+        top_layer: Option<&str>,
+    ) -> Result<ImageRecord> {
+        let image = self.images.add_names(id, names)?;
+        self.db.write("settle an import's layers", |tx| {
+            settle_import(tx, top_layer)
+        })?;
+        Ok(image)
+    }
+
     /// Deletes image `reference` and then the layers no other image or
     /// container uses; refused while a container uses the image. Returns the
     /// image and the layers deleted.
+    ///
+    /// Steps: (1) one transaction deletes the image's rows and marks its
+    /// layers that nothing else stands on as being deleted; (2) each marked
+    /// layer, top first, is removed from the driver and its row deleted. A
+    /// kill after (1) leaves layers being deleted by a dead session: the
+    /// next open finishes them.
     pub fn delete_image(&self, reference: &str) -> Result<(ImageRecord, Vec<String>)> {
         let _exclusive = self.hold_layers_exclusively()?;
-        let id = self.images.resolve(reference)?;
-        let users: Vec<String> = self
-            .containers
-            .list()?
-            .into_iter()
-            .filter(|c| c.image == id)
-            .map(|c| c.names.first().cloned().unwrap_or(c.id))
-            .collect();
-        if !users.is_empty() {
-            return Err(strata_plugin_abi::DriverError::busy(format!(
-                "delete image {id}: containers {} use it",
-                users.join(", ")
-            ))
-            .into());
-        }
-        let image = self.images.get(&id)?.ok_or_else(|| {
-            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
-                "delete image {id}: no such image"
-            )))
+        let (image, marked) = self.db.write(&format!("delete image {reference}"), |tx| {
+            let id = resolve_image(tx, reference)?;
+            let users = containers_of_image(tx, &id)?;
+            if !users.is_empty() {
+                return Err(DriverError::busy(format!(
+                    "delete image {id}: containers {} use it",
+                    users.join(", ")
+                ))
+                .into());
+            }
+            let image = read_image(tx, &id)?.ok_or_else(|| {
+                CoreError::from(DriverError::not_found(format!(
+                    "delete image {id}: no such image"
+                )))
+            })?;
+            delete_image_rows(tx, &id)?;
+            let mut marked: Vec<String> = Vec::new();
+            let mut cursor = image.top_layer.clone();
+            while let Some(layer) = cursor {
+                // Its only child, if any, is the layer marked just before.
+                let children = children_of(tx, &layer)?;
+                let only_marked = children.iter().all(|c| marked.last() == Some(c));
+                if !only_marked || !unused_but_for_children(tx, &layer)? {
+                    break;
+                }
+                self.layers.mark_in(tx, &layer)?;
+                cursor = row_parent(tx, &layer)?;
+                marked.push(layer);
+            }
+            Ok((image, marked))
         })?;
-        let chain: Vec<String> = self
-            .image_layers(&image)
-            .unwrap_or_default()
-            .into_iter()
-            .rev()
-            .map(|r| r.id)
-            .collect();
-        self.images.delete(&id)?;
-        let deleted = self.release_layers(&chain)?;
+        let mut deleted = Vec::new();
+        for (index, layer) in marked.iter().enumerate() {
+            if let Err(e) = self.layers.finish_delete(self.driver(), layer, true) {
+                // The image is gone; this layer and those below it stay, made
+                // again, for `strata prune` once the driver lets them go.
+                self.unmark(&marked[index + 1..]);
+                tracing::warn!(image = %image.id, layer = %layer, error = %e, "the image is deleted, but its layers stay: the driver refused to remove one");
+                break;
+            }
+            deleted.push(layer.clone());
+        }
         Ok((image, deleted))
+    }
+
+    /// Marks layers this process marked for deletion as made again.
+    fn unmark(&self, layers: &[String]) {
+        let Ok(me) = self.sessions.own() else { return };
+        let result = self.db.write("keep layers", |tx| {
+            for layer in layers {
+                tx.prepare_cached(
+                    "UPDATE layers SET state = ?1, owner = NULL WHERE id = ?2 AND owner = ?3",
+                )?
+                .execute(params![MADE, layer, me])?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not mark layers as kept");
+        }
     }
 
     /// The images and containers that stand on layer `id` (it is their top
     /// layer or below it), as "image NAME" / "container NAME".
     pub fn layer_users(&self, id: &str) -> Result<Vec<String>> {
-        let parents = self.layer_parents()?;
-        let stands_on = |top: &str| {
-            let mut cursor = Some(top.to_string());
-            while let Some(layer) = cursor {
-                if layer == id {
-                    return true;
-                }
-                cursor = parents.get(&layer).cloned().flatten();
-            }
-            false
-        };
-        let mut users: Vec<String> = Vec::new();
-        for image in self.images.list()? {
-            if image.top_layer.as_deref().is_some_and(stands_on) {
-                users.push(format!(
-                    "image {}",
-                    image.names.first().unwrap_or(&image.id)
-                ));
-            }
-        }
-        for container in self.containers.list()? {
-            if stands_on(&container.layer) {
-                users.push(format!(
-                    "container {}",
-                    container.names.first().unwrap_or(&container.id)
-                ));
-            }
-        }
-        Ok(users)
+        self.db
+            .read(&format!("list the users of layer {id}"), |tx| {
+                layer_users(tx, id)
+            })
     }
 
     /// Deletes layer `id`, refused while an image or container stands on it
     /// (delete those instead) or another layer has it as parent.
     pub fn delete_layer(&self, id: &str) -> Result<()> {
         let _exclusive = self.hold_layers_exclusively()?;
-        let users = self.layer_users(id)?;
-        if !users.is_empty() {
-            return Err(strata_plugin_abi::DriverError::busy(format!(
-                "delete layer {id}: used by {}",
-                users.join(", ")
-            ))
-            .into());
-        }
-        self.layers.delete(self.driver(), id)
+        self.layers.delete_checked(self.driver(), id, |tx| {
+            let users = layer_users(tx, id)?;
+            if users.is_empty() {
+                return Ok(());
+            }
+            Err(
+                DriverError::busy(format!("delete layer {id}: used by {}", users.join(", ")))
+                    .into(),
+            )
+        })
     }
 
     /// Applies a layer tar to the existing layer `id`. A read-only layer
@@ -410,7 +450,7 @@ impl Store {
                 if users.is_empty() {
                     return Err(refused);
                 }
-                Err(strata_plugin_abi::DriverError::invalid_input(format!(
+                Err(DriverError::invalid_input(format!(
                     "apply to layer {id}: the layer is read-only; used by {}",
                     users.join(", ")
                 ))
@@ -421,7 +461,9 @@ impl Store {
     }
 
     /// Makes a container on image `image_ref`: a read-write layer on the
-    /// image's top layer.
+    /// image's top layer. The container's row is written in the transaction
+    /// that marks its layer made (see `layers`): a kill leaves both or
+    /// neither.
     pub fn create_container(
         &self,
         image_ref: &str,
@@ -429,33 +471,34 @@ impl Store {
         options: &CreateOptions,
     ) -> Result<ContainerRecord> {
         let _hold = self.hold_layers()?;
-        let image_id = self.images.resolve(image_ref)?;
-        let image = self.images.get(&image_id)?.ok_or_else(|| {
-            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
-                "image {image_id}: no such image"
-            )))
-        })?;
-        // A name another container has is refused rather than moved: taking
-        // a live container's name would surprise whoever uses it.
-        for name in names {
-            if let Ok(other) = self.containers.resolve(name)
-                && self
-                    .containers
-                    .get(&other)?
-                    .is_some_and(|c| c.names.contains(name))
-            {
-                return Err(strata_plugin_abi::DriverError::already_exists(format!(
-                    "container name '{name}' is taken by container {other}"
-                ))
-                .into());
+        let image = self.image(image_ref)?;
+        // Checked again in the transaction; here so that a taken name costs
+        // no layer.
+        self.db.read("check container names", |tx| {
+            for name in names {
+                if let Some(other) = crate::db::name_owner(tx, Kind::Container, name)? {
+                    return Err(DriverError::already_exists(format!(
+                        "container name '{name}' is taken by container {other}"
+                    ))
+                    .into());
+                }
             }
-        }
+            Ok(())
+        })?;
         let id = random_id()?;
+        let record = ContainerRecord {
+            id: id.clone(),
+            names: names.to_vec(),
+            image: image.id,
+            layer: id.clone(),
+            created: now(),
+            metadata: None,
+        };
         let options = CreateOptions {
             read_write: true,
             ..options.clone()
         };
-        let layer = self.layers.create_layer(
+        self.layers.create_layer_then(
             self.driver(),
             &NewLayer {
                 id: id.clone(),
@@ -464,19 +507,8 @@ impl Store {
                 ..Default::default()
             },
             None,
+            |tx, _| insert_container(tx, &record),
         )?;
-        let record = ContainerRecord {
-            id: id.clone(),
-            names: names.to_vec(),
-            image: image.id,
-            layer: layer.id,
-            created: now(),
-            metadata: None,
-        };
-        if let Err(e) = self.containers.create(&record) {
-            let _ = self.layers.delete(self.driver(), &id);
-            return Err(e);
-        }
         Ok(record)
     }
 
@@ -498,28 +530,137 @@ impl Store {
         Ok(container.id)
     }
 
-    /// Deletes the container and its layer (unmounted first).
+    /// Deletes the container and its layer (unmounted first). Its layer is
+    /// marked as being deleted, removed from the driver, and then one
+    /// transaction deletes the layer's row and the container's: a kill
+    /// between leaves a layer being deleted that the next open finishes,
+    /// with the container's row. A container whose layer is already gone is
+    /// deleted all the same.
     pub fn delete_container(&self, reference: &str) -> Result<ContainerRecord> {
         let container = self.container(reference)?;
-        self.layers.delete(self.driver(), &container.layer)?;
-        self.containers.delete(&container.id)
+        match self.layers.delete(self.driver(), &container.layer) {
+            Ok(()) => Ok(container),
+            Err(CoreError::Driver(e)) if e.kind() == strata_plugin_abi::ErrorKind::NotFound => {
+                self.db
+                    .write(&format!("delete container {}", container.id), |tx| {
+                        tx.prepare_cached("DELETE FROM containers WHERE id = ?1")?
+                            .execute(params![container.id])?;
+                        crate::db::drop_names(tx, Kind::Container, &container.id)
+                    })?;
+                Ok(container)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub fn container(&self, reference: &str) -> Result<ContainerRecord> {
-        let id = self.containers.resolve(reference)?;
-        self.containers.get(&id)?.ok_or_else(|| {
-            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
-                "container {id}: no such container"
-            )))
-        })
+        self.containers.find(reference)
     }
 
     pub fn image(&self, reference: &str) -> Result<ImageRecord> {
         let id = self.images.resolve(reference)?;
         self.images.get(&id)?.ok_or_else(|| {
-            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
-                "image {id}: no such image"
-            )))
+            CoreError::from(DriverError::not_found(format!("image {id}: no such image")))
         })
     }
+}
+
+/// The layer's parent, as its row says.
+fn row_parent(tx: &Connection, id: &str) -> Result<Option<String>> {
+    Ok(tx
+        .prepare_cached("SELECT parent FROM layers WHERE id = ?1")?
+        .query_row(params![id], |r| r.get::<_, Option<String>>(0))
+        .optional()?
+        .flatten())
+}
+
+/// Layer `id` is made and no image has it as top layer and no container as
+/// its layer (children are the caller's to check).
+fn unused_but_for_children(tx: &Connection, id: &str) -> Result<bool> {
+    if row_state(tx, id)?.is_none_or(|r| r.state != MADE) {
+        return Ok(false);
+    }
+    let top = tx
+        .prepare_cached("SELECT 1 FROM images WHERE top_layer = ?1 LIMIT 1")?
+        .query_row(params![id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    let container = tx
+        .prepare_cached("SELECT 1 FROM containers WHERE layer = ?1 LIMIT 1")?
+        .query_row(params![id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    Ok(!top && !container)
+}
+
+/// Layer `id` is made and nothing stands on it.
+fn unused(tx: &Connection, id: &str) -> Result<bool> {
+    Ok(unused_but_for_children(tx, id)? && children_of(tx, id)?.is_empty())
+}
+
+/// Ends the tie of an image's layers to the import that made them.
+fn settle_import(tx: &Connection, top_layer: Option<&str>) -> Result<()> {
+    let mut cursor = top_layer.map(str::to_string);
+    while let Some(layer) = cursor {
+        tx.prepare_cached("UPDATE layers SET import_session = NULL WHERE id = ?1")?
+            .execute(params![layer])?;
+        cursor = row_parent(tx, &layer)?;
+    }
+    Ok(())
+}
+
+/// Every layer an image or a container stands on.
+pub(crate) fn layers_in_use(tx: &Connection) -> Result<BTreeSet<String>> {
+    let parents = all_parents(tx)?;
+    let mut tops: Vec<String> = tx
+        .prepare_cached("SELECT top_layer FROM images WHERE top_layer IS NOT NULL")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    tops.extend(
+        tx.prepare_cached("SELECT layer FROM containers")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+    );
+    let mut used = BTreeSet::new();
+    for top in tops {
+        let mut cursor = Some(top);
+        while let Some(layer) = cursor {
+            if !used.insert(layer.clone()) {
+                break;
+            }
+            cursor = parents.get(&layer).cloned().flatten();
+        }
+    }
+    Ok(used)
+}
+
+/// The images and containers standing on layer `id`, as "image NAME" and
+/// "container NAME".
+fn layer_users(tx: &Connection, id: &str) -> Result<Vec<String>> {
+    let mut statement = tx.prepare_cached(
+        "WITH RECURSIVE below(id) AS (
+             SELECT ?1 UNION SELECT layers.id FROM layers JOIN below ON layers.parent = below.id
+         )
+         SELECT 'image', images.id FROM images JOIN below ON images.top_layer = below.id
+         UNION ALL
+         SELECT 'container', containers.id FROM containers JOIN below ON containers.layer = below.id",
+    )?;
+    let found: Vec<(String, String)> = statement
+        .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut users = Vec::new();
+    for (kind, owner) in found {
+        let kind_of = if kind == "image" {
+            Kind::Image
+        } else {
+            Kind::Container
+        };
+        let shown = names_of(tx, kind_of, &owner)?
+            .into_iter()
+            .next()
+            .unwrap_or(owner);
+        users.push(format!("{kind} {shown}"));
+    }
+    users.sort();
+    Ok(users)
 }

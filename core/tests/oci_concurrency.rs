@@ -157,19 +157,19 @@ fn an_import_killed_part_way_leaves_nothing() {
         .spawn()
         .unwrap();
     // Wait until at least one layer is complete, then kill the import.
-    let records = scratch.join("graph/vfs-layers/layers.json");
+    let records = scratch.join("graph/vfs.db");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let complete = std::fs::read(&records)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .map(|v| {
-                v["layers"]
-                    .as_object()
-                    .map(|m| m.values().filter(|l| l.get("incomplete").is_none()).count())
-                    .unwrap_or(0)
+        let complete: i64 = rusqlite::Connection::open_with_flags(
+            &records,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|db| {
+            db.query_row("SELECT count(*) FROM layers WHERE state = 0", [], |r| {
+                r.get(0)
             })
-            .unwrap_or(0);
+        })
+        .unwrap_or(0);
         if complete >= 1 {
             break;
         }
@@ -191,10 +191,10 @@ fn an_import_killed_part_way_leaves_nothing() {
     );
     let images = succeed(&mut strata(scratch, "vfs", &["image", "list"]));
     assert_eq!(images, serde_json::json!([]));
-    let leftovers: Vec<_> = std::fs::read_dir(scratch.join("graph/vfs-imports"))
+    let leftovers: Vec<_> = std::fs::read_dir(scratch.join("graph/vfs-sessions"))
         .unwrap()
         .collect();
-    assert!(leftovers.is_empty(), "tickets left: {leftovers:?}");
+    assert!(leftovers.is_empty(), "sessions left: {leftovers:?}");
     // The same image imports whole afterwards.
     succeed(&mut strata(scratch, "vfs", &["image", "import", &location]));
 }

@@ -56,6 +56,27 @@ enum Command {
     /// Containers: a read-write layer on an image
     #[command(subcommand)]
     Container(ContainerCommand),
+    /// Find every inconsistency between records, driver and files (exit 1 if any)
+    Check {
+        /// Fix what is found, keeping every image that is still whole
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Delete the layers no image or container uses, and what dead processes left
+    Prune {
+        /// Only list what would be deleted
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The store as a whole
+    #[command(subcommand)]
+    System(SystemCommand),
+}
+
+#[derive(Subcommand)]
+enum SystemCommand {
+    /// Space used by images, containers and layers, and what is reclaimable
+    Df,
 }
 
 #[derive(Subcommand)]
@@ -229,6 +250,109 @@ fn run(cli: &Cli) -> Result<ExitCode, CoreError> {
         Command::Layer(command) => layer(cli, &config, command),
         Command::Image(command) => image(cli, &config, command),
         Command::Container(command) => container(cli, &config, command),
+        Command::Check { repair } => check(cli, &config, *repair),
+        Command::Prune { dry_run } => prune(cli, &config, *dry_run),
+        Command::System(SystemCommand::Df) => disk_usage(cli, &config),
+    }
+}
+
+fn check(cli: &Cli, config: &Config, repair: bool) -> Result<ExitCode, CoreError> {
+    let store = Store::open(config)?;
+    let report = if repair {
+        store.repair()?
+    } else {
+        store.check()?
+    };
+    // After a repair, what is left is what it could not fix.
+    let left = if repair && !report.is_clean() {
+        store.check()?
+    } else {
+        report.clone()
+    };
+    if cli.json {
+        print_json(json!({
+            "findings": report.findings,
+            "repaired": repair,
+            "left": left.findings,
+        }));
+    } else if report.is_clean() {
+        println!("no inconsistencies found");
+    } else {
+        for f in &report.findings {
+            let verb = if repair { "repaired" } else { "repair would" };
+            println!(
+                "{} {}: {} ({verb}: {})",
+                f.kind, f.subject, f.problem, f.repair
+            );
+        }
+        if repair {
+            println!(
+                "{} found, {} left",
+                report.findings.len(),
+                left.findings.len()
+            );
+        }
+    }
+    Ok(if left.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn prune(cli: &Cli, config: &Config, dry_run: bool) -> Result<ExitCode, CoreError> {
+    let store = Store::open(config)?;
+    let layers = store.prune(dry_run)?;
+    if cli.json {
+        print_json(json!({ "dry_run": dry_run, "layers": layers }));
+    } else {
+        for layer in &layers {
+            println!("{layer}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn disk_usage(cli: &Cli, config: &Config) -> Result<ExitCode, CoreError> {
+    let store = Store::open(config)?;
+    let usage = store.disk_usage()?;
+    if cli.json {
+        print_json(json!(usage));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<12}{:>8}{:>8}{:>14}{:>14}",
+        "TYPE", "TOTAL", "UNUSED", "SIZE", "RECLAIMABLE"
+    );
+    for (name, line) in [
+        ("Images", &usage.images),
+        ("Containers", &usage.containers),
+        ("Layers", &usage.layers),
+    ] {
+        println!(
+            "{:<12}{:>8}{:>8}{:>14}{:>14}",
+            name,
+            line.count,
+            line.unused,
+            human_size(line.size),
+            human_size(line.reclaimable)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -566,9 +690,10 @@ fn image(cli: &Cli, config: &Config, command: &ImageCommand) -> Result<ExitCode,
                         .collect::<Vec<_>>()
                 ));
             } else {
+                let counts = store.image_layer_counts()?;
                 println!("{:<12}  {:<6}  NAMES", "ID", "LAYERS");
                 for i in &images {
-                    let layers = store.image_layers(i).map(|l| l.len()).unwrap_or(0);
+                    let layers = counts.get(&i.id).copied().unwrap_or(0);
                     println!(
                         "{:<12}  {:<6}  {}",
                         short(&i.id),

@@ -129,7 +129,6 @@ pub fn import_image(
         });
     }
 
-    let ticket = store.import_ticket()?;
     let chain = chain_ids(diff_ids);
     let count = manifest.layers.len();
     let mut created = Vec::new();
@@ -150,11 +149,7 @@ pub fn import_image(
                 compressed_size: Some(blob.size),
                 uncompressed_digest: Some(diff_id.clone()),
             }),
-            flags: [(
-                crate::store::IMPORT_FLAG.to_string(),
-                serde_json::Value::String(ticket.name.clone()),
-            )]
-            .into(),
+            for_import: true,
             ..Default::default()
         };
         progress.layer_started(index, count, &blob.digest, blob.size);
@@ -204,18 +199,17 @@ pub fn import_image(
             (CONFIG_KEY.to_string(), config_bytes),
         ],
     };
-    let image = match store.images.create(&new_image) {
+    let image = match store.record_imported_image(&new_image) {
         Ok(image) => image,
         // The same image, imported by another process meanwhile.
         Err(CoreError::Driver(e)) if e.kind() == ErrorKind::AlreadyExists => {
-            store.images.add_names(&image_id, &names)?
+            store.name_imported_image(&image_id, &names, new_image.top_layer.as_deref())?
         }
         Err(e) => {
             store.discard_made_layers(hold, &created);
             return Err(e);
         }
     };
-    drop(ticket);
     drop(hold);
     tracing::info!(image = %image.id, created = created.len(), reused = reused.len(), "image imported");
     Ok(ImportReport {
