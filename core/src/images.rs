@@ -339,6 +339,7 @@ pub(crate) fn resolve_image(tx: &Connection, reference: &str) -> Result<String> 
 pub struct ImageFamily {
     parents: BTreeMap<String, String>,
     children: BTreeMap<String, Vec<String>>,
+    layer_counts: BTreeMap<String, usize>,
 }
 
 impl ImageFamily {
@@ -351,7 +352,15 @@ impl ImageFamily {
             }
         }
         let mut parents = BTreeMap::new();
+        let mut layer_counts = BTreeMap::new();
         for image in images {
+            let mut count = 0;
+            let mut cursor = image.top_layer.clone();
+            while let Some(layer) = cursor {
+                count += 1;
+                cursor = layer_parent(&layer);
+            }
+            layer_counts.insert(image.id.clone(), count);
             let mut cursor = image.top_layer.as_deref().and_then(&layer_parent);
             while let Some(layer) = cursor {
                 if let Some(owners) = by_top.get(layer.as_str()) {
@@ -368,7 +377,16 @@ impl ImageFamily {
                 .or_default()
                 .push(child.clone());
         }
-        ImageFamily { parents, children }
+        ImageFamily {
+            parents,
+            children,
+            layer_counts,
+        }
+    }
+
+    /// How many layers image `id` has.
+    pub fn layer_count(&self, id: &str) -> usize {
+        self.layer_counts.get(id).copied().unwrap_or(0)
     }
 
     pub fn parent(&self, id: &str) -> Option<&str> {

@@ -14,7 +14,7 @@
 //! killed at any instruction leaves a state the next open finishes or undoes
 //! (see `layers` for layers; each operation here says its steps).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -248,27 +248,6 @@ impl Store {
         })?;
         let family = ImageFamily::new(&images, |l| parents.get(l).cloned().flatten());
         Ok((images, family))
-    }
-
-    /// How many layers each image has, by image id, from one read.
-    pub fn image_layer_counts(&self) -> Result<HashMap<String, usize>> {
-        self.db.read("count image layers", |tx| {
-            let parents = all_parents(tx)?;
-            let mut counts = HashMap::new();
-            let mut statement = tx.prepare_cached("SELECT id, top_layer FROM images")?;
-            let mut rows = statement.query([])?;
-            while let Some(row) = rows.next()? {
-                let id: String = row.get(0)?;
-                let mut cursor: Option<String> = row.get(1)?;
-                let mut count = 0;
-                while let Some(layer) = cursor {
-                    count += 1;
-                    cursor = parents.get(&layer).cloned().flatten();
-                }
-                counts.insert(id, count);
-            }
-            Ok(counts)
-        })
     }
 
     /// Deletes layers of `candidates` (a child before its parent) that no

@@ -690,10 +690,9 @@ fn image(cli: &Cli, config: &Config, command: &ImageCommand) -> Result<ExitCode,
                         .collect::<Vec<_>>()
                 ));
             } else {
-                let counts = store.image_layer_counts()?;
                 println!("{:<12}  {:<6}  NAMES", "ID", "LAYERS");
                 for i in &images {
-                    let layers = counts.get(&i.id).copied().unwrap_or(0);
+                    let layers = family.layer_count(&i.id);
                     println!(
                         "{:<12}  {:<6}  {}",
                         short(&i.id),
