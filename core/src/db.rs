@@ -43,6 +43,9 @@ CREATE TABLE layers (
     -- that import records its image.
     owner TEXT,
     import_session TEXT,
+    -- How many layers the chain ending here has (1 for a layer without a
+    -- parent): an image's layer count without walking its chain.
+    depth INTEGER NOT NULL DEFAULT 1,
     read_only INTEGER NOT NULL,
     mount_label TEXT,
     metadata TEXT,
@@ -172,6 +175,14 @@ impl Database {
             path: path.clone(),
             connection: Mutex::new(connection),
         };
+        // Read first: the common case (an existing database) needs no write
+        // transaction, whose commit would cost an fsync on every command.
+        let current: i64 = database.read("read the schema version of", |tx| {
+            Ok(tx.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        })?;
+        if current == SCHEMA_VERSION {
+            return Ok(database);
+        }
         database.write("set up the schema of", |tx| {
             let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
             match version {

@@ -528,8 +528,9 @@ impl LayerStore {
                 }
             }
             tx.prepare_cached(
-                "INSERT INTO layers (id, parent, created, state, owner, import_session, read_only, mount_label, metadata, flags)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO layers (id, parent, created, state, owner, import_session, read_only, mount_label, metadata, flags, depth)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                         COALESCE((SELECT depth + 1 FROM layers WHERE id = ?2), 1))",
             )?
             .execute(params![
                 id,

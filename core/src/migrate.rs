@@ -234,6 +234,17 @@ pub(crate) fn migrate_json_records(graphroot: &Path, driver: &str, db: &Database
             )?;
             give_names(tx, Kind::Container, &container.id, &container.names, true)?;
         }
+        // Depths, from the layers without a (recorded) parent up.
+        tx.execute_batch(
+            "WITH RECURSIVE chain(id, depth) AS (
+                 SELECT id, 1 FROM layers
+                  WHERE parent IS NULL OR parent NOT IN (SELECT id FROM layers)
+                 UNION ALL
+                 SELECT layers.id, chain.depth + 1 FROM layers JOIN chain ON layers.parent = chain.id
+             )
+             UPDATE layers SET depth = (SELECT depth FROM chain WHERE chain.id = layers.id)
+              WHERE id IN (SELECT id FROM chain);",
+        )?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)",
             params![MARKER, crate::db::now().to_string()],

@@ -44,6 +44,7 @@ pub fn open_driver(config: &Config) -> Result<SelectedDriver> {
     let dirs = discovery::search_dirs(config);
     let owner = graphroot::recorded_driver(&config.graphroot)?;
 
+    let recorded = owner.is_some();
     let selected = match (&config.driver, owner) {
         (Some(wanted), Some(owner)) if *wanted != owner => {
             return Err(CoreError::GraphrootOwned {
@@ -56,7 +57,11 @@ pub fn open_driver(config: &Config) -> Result<SelectedDriver> {
         (None, Some(owner)) => start_named(config, &dirs, &owner, "the graph root was made by it")?,
         (None, None) => choose(config, &dirs)?,
     };
-    graphroot::record_driver(&config.graphroot, &selected.name)?;
+    // Recorded once, by the first open: the record never changes after, and
+    // writing it (durably) on every command would cost an fsync each.
+    if !recorded {
+        graphroot::record_driver(&config.graphroot, &selected.name)?;
+    }
     tracing::info!(
         driver = %selected.name,
         library = %selected.library.display(),

@@ -250,6 +250,39 @@ impl Store {
         Ok((images, family))
     }
 
+    /// Every image with how many layers it has, from one read that touches
+    /// only the images, their names and their top layers' rows (what
+    /// `strata image list` shows).
+    pub fn image_summaries(&self) -> Result<Vec<(ImageRecord, usize)>> {
+        self.db.read("list images", |tx| {
+            let mut statement = tx.prepare_cached(
+                "SELECT images.id, images.digest, images.top_layer, images.created, images.metadata,
+                        COALESCE(layers.depth, 0)
+                   FROM images LEFT JOIN layers ON layers.id = images.top_layer
+                  ORDER BY images.id",
+            )?;
+            let mut rows = statement.query([])?;
+            let mut names = crate::db::all_names(tx, Kind::Image)?;
+            let mut summaries = Vec::new();
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                summaries.push((
+                    ImageRecord {
+                        names: names.remove(&id).unwrap_or_default(),
+                        id,
+                        digest: row.get(1)?,
+                        top_layer: row.get(2)?,
+                        created: row.get::<_, i64>(3)? as u64,
+                        metadata: row.get(4)?,
+                        big_data: Default::default(),
+                    },
+                    row.get::<_, i64>(5)? as usize,
+                ));
+            }
+            Ok(summaries)
+        })
+    }
+
     /// Deletes layers of `candidates` (a child before its parent) that no
     /// image or container uses and no other layer stands on; returns the
     /// ones deleted. Call with the layers-in-use lock held exclusively.

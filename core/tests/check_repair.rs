@@ -32,6 +32,12 @@ impl Store {
     }
 
     fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut with_json = vec!["--json"];
+        with_json.extend_from_slice(args);
+        self.run_plain(&with_json)
+    }
+
+    fn run_plain(&self, args: &[&str]) -> (bool, String, String) {
         let drivers = build_plugin("strata-driver-vfs");
         let out = Command::new(env!("CARGO_BIN_EXE_strata"))
             .env("STRATA_DRIVER_PATH", drivers.parent().unwrap())
@@ -40,7 +46,7 @@ impl Store {
             .arg(self.graph())
             .arg("--run-root")
             .arg(self.scratch.path().join("run"))
-            .args(["--driver", "vfs", "--json"])
+            .args(["--driver", "vfs"])
             .args(args)
             .output()
             .unwrap();
@@ -236,6 +242,13 @@ fn a_graph_root_of_the_json_version_is_migrated_once() {
         store.json(&["layer", "exists", "top-name"])["exists"]
             .as_bool()
             .unwrap()
+    );
+    // The text listing counts an image's layers from the migrated depths.
+    let (ok, listed, err) = store.run_plain(&["image", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        listed.lines().any(|l| l.starts_with("abababababab  2 ")),
+        "{listed}"
     );
     assert!(graph.join("vfs-layers/layers.json.migrated").exists());
     assert!(!graph.join("vfs-layers/layers.json").exists());

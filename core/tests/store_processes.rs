@@ -171,12 +171,18 @@ fn many_processes(driver: &'static str, processes: usize, rounds: usize) {
     store.ok(&["layer", "delete", "base"]);
     // Nothing half-made or half-deleted stays in the driver's home.
     let layers_dir = store.graph().join(driver).join("layers");
-    let left: Vec<String> = fs::read_dir(&layers_dir)
+    let mut left: Vec<String> = fs::read_dir(&layers_dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != ".lock")
+        .filter(|n| n != ".lock" && n != ".staging")
         .collect();
+    left.extend(
+        fs::read_dir(layers_dir.join(".staging"))
+            .unwrap()
+            .flatten()
+            .map(|e| format!(".staging/{}", e.file_name().to_string_lossy())),
+    );
     assert!(
         left.is_empty(),
         "left in {}: {left:?}",

@@ -5,12 +5,19 @@
 //! ```text
 //! <home>/layers/<id>/                  a layer: whatever the driver keeps for it
 //! <home>/layers/<id>/parent            its parent's id, for a layer that has one
-//! <home>/layers/.new-<id>-<random>/    a layer being built
-//! <home>/layers/.gone-<id>-<random>/   a layer being deleted
-//! <home>/layers/.scratch-<random>/     a driver's scratch space (probes)
+//! <home>/layers/.staging/.new-<id>-<random>/    a layer being built
+//! <home>/layers/.staging/.gone-<id>-<random>/   a layer being deleted
+//! <home>/layers/.staging/.scratch-<random>/     a driver's scratch space (probes)
 //! <home>/.scratch-<random>/            scratch made before the layers directory
 //! <home>/layers/.lock                  the home lock
 //! ```
+//!
+//! Staging has a directory of its own, inside the layers directory (so on
+//! its filesystem: placing is a rename): every open looks there for what
+//! killed processes left, and a home of ten thousand layers would make that
+//! a read of ten thousand entries on every start. Homes made before kept
+//! staging directories among the layers; the open that makes `.staging/`
+//! looks there once.
 //!
 //! The rules, and why a kill anywhere is safe:
 //!
@@ -67,8 +74,12 @@ const LAYER_DIR_MODE: u32 = 0o711;
 pub struct LayerHome {
     home: PathBuf,
     layers: PathBuf,
+    staging: PathBuf,
     lock_path: PathBuf,
 }
+
+/// The staging directory's name, inside the layers directory.
+const STAGING_DIR: &str = ".staging";
 
 /// A directory being built (or scratch space), owned by the flock this value
 /// holds. Dropped without being placed, it is deleted.
@@ -140,14 +151,30 @@ impl LayerHome {
         // Resolved once: mount points are listed by their real paths.
         let layers =
             fs::canonicalize(&layers).map_err(io_error(format!("resolve {}", layers.display())))?;
+        let staging = layers.join(STAGING_DIR);
         let home = LayerHome {
             home: layers.parent().unwrap_or(&layers).to_path_buf(),
             lock_path: layers.join(".lock"),
+            staging,
             layers,
         };
         // Made now, not at the first create: a home's layout is fixed from
         // its first start.
         drop(home.lock()?);
+        let first = match fs::create_dir(&home.staging) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => {
+                return Err(DriverError::io(
+                    format!("create {}", home.staging.display()),
+                    &e,
+                ));
+            }
+        };
+        if first {
+            // Staging an earlier kit left among the layers, looked for once.
+            home.collect_in(&home.layers, &STAGING_PREFIXES);
+        }
         home.collect_leftovers();
         Ok(home)
     }
@@ -264,14 +291,19 @@ impl LayerHome {
     /// it with [`LayerHome::place`]. Its mode is the layer directory's.
     pub fn stage(&self, id: &str, operation: &str) -> Result<Staging> {
         validate_layer_id(id).map_err(|e| e.context(format!("{operation} layer {id:?}")))?;
-        make_staging(&self.layers, &format!(".new-{id}-{}", random_hex()))
+        make_staging(&self.staging, &format!(".new-{id}-{}", random_hex()))
             .map_err(|e| e.context(format!("{operation} layer {id}")))
     }
 
     /// Scratch space for a driver's own use (a probe), deleted when dropped,
     /// and collected if its process dies first.
     pub fn scratch(&self) -> Result<Staging> {
-        scratch_in(&self.layers)
+        scratch_in(&self.staging)
+    }
+
+    /// Where staging directories are made.
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
     }
 
     /// Puts a built layer into place as `id`, with its parent recorded inside
@@ -321,7 +353,7 @@ impl LayerHome {
     ) -> Result<()> {
         self.path_of(id, operation)?;
         let op = || format!("{operation} layer {id}");
-        let doomed = self.layers.join(format!(".gone-{id}-{}", random_hex()));
+        let doomed = self.staging.join(format!(".gone-{id}-{}", random_hex()));
         let held = {
             let _home = self.lock().map_err(|e| e.context(op()))?;
             let dir = self.existing(id, operation)?;
@@ -366,27 +398,27 @@ impl LayerHome {
     /// logged and tried again next time.
     pub fn collect_leftovers(&self) -> usize {
         // Probes run before the layers directory existed scratch in the home.
-        let places: [(&Path, &[&str]); 2] = [
-            (&self.layers, &STAGING_PREFIXES),
-            (&self.home, &[SCRATCH_PREFIX]),
-        ];
+        self.collect_in(&self.staging, &STAGING_PREFIXES)
+            + self.collect_in(&self.home, &[SCRATCH_PREFIX])
+    }
+
+    /// Collects the staging directories with one of `prefixes` in `dir`.
+    fn collect_in(&self, dir: &Path, prefixes: &[&str]) -> usize {
         let mut collected = 0;
-        for (dir, prefixes) in places {
-            let Ok(entries) = fs::read_dir(dir) else {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return 0;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !prefixes.iter().any(|p| name.starts_with(p)) {
                 continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if !prefixes.iter().any(|p| name.starts_with(p)) {
-                    continue;
-                }
-                match collect_one(&entry.path()) {
-                    Ok(true) => collected += 1,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(path = %entry.path().display(), error = %e, "could not collect a leftover staging directory");
-                    }
+            }
+            match collect_one(&entry.path()) {
+                Ok(true) => collected += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "could not collect a leftover staging directory");
                 }
             }
         }
@@ -520,12 +552,19 @@ mod tests {
     }
 
     fn leftovers(home: &LayerHome) -> Vec<String> {
-        fs::read_dir(home.layers_dir())
+        let mut names: Vec<String> = fs::read_dir(home.layers_dir())
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".lock" && !is_valid_layer_id(n))
-            .collect()
+            .filter(|n| n != ".lock" && n != STAGING_DIR && !is_valid_layer_id(n))
+            .collect();
+        names.extend(
+            fs::read_dir(home.staging_dir())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+        names
     }
 
     #[test]
@@ -580,7 +619,7 @@ mod tests {
         fs::write(live.path().join("f"), b"building").unwrap();
         // What a killed process leaves: staging directories nobody locks.
         for dead in [".new-dead-0123", ".gone-old-4567", ".scratch-89ab"] {
-            fs::create_dir_all(home.layers_dir().join(dead).join("sub")).unwrap();
+            fs::create_dir_all(home.staging_dir().join(dead).join("sub")).unwrap();
         }
         // Another process starting on the same home.
         let other = LayerHome::open(dir.path()).unwrap();
@@ -600,11 +639,26 @@ mod tests {
     }
 
     #[test]
+    fn staging_an_earlier_kit_left_among_the_layers_is_collected_once() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("layers/.new-old-0123/sub")).unwrap();
+        fs::create_dir_all(dir.path().join("layers/kept")).unwrap();
+        let home = LayerHome::open(dir.path()).unwrap();
+        assert!(!dir.path().join("layers/.new-old-0123").exists());
+        assert!(home.staging_dir().is_dir());
+        assert_eq!(home.list().unwrap(), ["kept"]);
+        // Only the open that made `.staging/` looks among the layers.
+        fs::create_dir_all(dir.path().join("layers/.gone-late-4567")).unwrap();
+        drop(LayerHome::open(dir.path()).unwrap());
+        assert!(dir.path().join("layers/.gone-late-4567").exists());
+    }
+
+    #[test]
     fn a_lock_held_by_another_process_protects_its_staging() {
         // The lock, not the pid, is what counts: flock(1) in a child process
         // holds the directory while we collect.
         let (_dir, home) = home();
-        let staged = home.layers_dir().join(".new-x-feed");
+        let staged = home.staging_dir().join(".new-x-feed");
         fs::create_dir(&staged).unwrap();
         // -o: the lock stays with flock(1) itself, not with its command.
         let mut holder = Command::new("flock")
@@ -644,7 +698,7 @@ mod tests {
             return;
         }
         let (_dir, home) = home();
-        let scratch = home.layers_dir().join(".scratch-0badc0de");
+        let scratch = home.staging_dir().join(".scratch-0badc0de");
         let target = scratch.join("merged");
         fs::create_dir_all(&target).unwrap();
         rustix::mount::mount(

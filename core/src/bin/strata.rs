@@ -356,6 +356,18 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// Prints `lines` through one buffer: a listing of thousands of lines in
+/// one write, not one each.
+fn print_lines(lines: impl IntoIterator<Item = String>) -> Result<(), CoreError> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in lines {
+        writeln!(out, "{line}").map_err(|e| CoreError::io("write", "standard output", e))?;
+    }
+    out.flush()
+        .map_err(|e| CoreError::io("write", "standard output", e))
+}
+
 fn print_json(value: serde_json::Value) {
     println!(
         "{}",
@@ -590,9 +602,7 @@ fn layer(cli: &Cli, config: &Config, command: &LayerCommand) -> Result<ExitCode,
             if cli.json {
                 print_json(json!(ids));
             } else {
-                for id in ids {
-                    println!("{id}");
-                }
+                print_lines(ids)?;
             }
         }
         LayerCommand::Exists { id } => {
@@ -672,35 +682,37 @@ fn image(cli: &Cli, config: &Config, command: &ImageCommand) -> Result<ExitCode,
                 println!("{}", report.manifest.digest);
             }
         }
-        ImageCommand::List => {
-            let (images, family) = store.image_family()?;
-            if cli.json {
-                print_json(json!(
-                    images
-                        .iter()
-                        .map(|i| json!({
-                            "id": i.id,
-                            "digest": i.digest,
-                            "names": i.names,
-                            "top_layer": i.top_layer,
-                            "created": i.created,
-                            "parent": family.parent(&i.id),
-                            "head": family.children(&i.id).next().is_none(),
-                        }))
-                        .collect::<Vec<_>>()
-                ));
-            } else {
-                println!("{:<12}  {:<6}  NAMES", "ID", "LAYERS");
-                for i in &images {
-                    let layers = family.layer_count(&i.id);
-                    println!(
+        ImageCommand::List if !cli.json => {
+            let images = store.image_summaries()?;
+            let header = format!("{:<12}  {:<6}  NAMES", "ID", "LAYERS");
+            print_lines(
+                std::iter::once(header).chain(images.iter().map(|(i, layers)| {
+                    format!(
                         "{:<12}  {:<6}  {}",
                         short(&i.id),
                         layers,
                         i.names.join(", ")
-                    );
-                }
-            }
+                    )
+                })),
+            )?;
+        }
+        ImageCommand::List => {
+            let (images, family) = store.image_family()?;
+            print_json(json!(
+                images
+                    .iter()
+                    .map(|i| json!({
+                        "id": i.id,
+                        "digest": i.digest,
+                        "names": i.names,
+                        "top_layer": i.top_layer,
+                        "created": i.created,
+                        "layers": family.layer_count(&i.id),
+                        "parent": family.parent(&i.id),
+                        "head": family.children(&i.id).next().is_none(),
+                    }))
+                    .collect::<Vec<_>>()
+            ));
         }
         ImageCommand::Inspect { image } => {
             let record = store.image(image)?;
@@ -813,15 +825,15 @@ fn container(
             if cli.json {
                 print_json(json!(containers));
             } else {
-                println!("{:<12}  {:<12}  NAMES", "ID", "IMAGE");
-                for c in &containers {
-                    println!(
+                let header = format!("{:<12}  {:<12}  NAMES", "ID", "IMAGE");
+                print_lines(std::iter::once(header).chain(containers.iter().map(|c| {
+                    format!(
                         "{:<12}  {:<12}  {}",
                         short(&c.id),
                         short(&c.image),
                         c.names.join(", ")
-                    );
-                }
+                    )
+                })))?;
             }
         }
     }

@@ -19,8 +19,13 @@ fn layer_dir_entries(home: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(home.join("layers"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != ".lock")
+        .filter(|n| n != ".lock" && n != ".staging")
         .collect();
+    if let Ok(staging) = fs::read_dir(home.join("layers/.staging")) {
+        names.extend(
+            staging.map(|e| format!(".staging/{}", e.unwrap().file_name().to_string_lossy())),
+        );
+    }
     names.sort();
     names
 }
@@ -157,7 +162,7 @@ fn leftovers_of_a_crash_are_removed_at_start_and_live_work_is_not() {
     vfs.create("kept", None, &CreateOptions::default()).unwrap();
     drop(vfs);
     // Staging directories nobody holds a lock on: what a killed process left.
-    let layers = home.path().join("layers");
+    let layers = home.path().join("layers/.staging");
     fs::create_dir_all(layers.join(".new-half-00112233/root/usr")).unwrap();
     fs::create_dir_all(layers.join(".gone-old-44556677/root/etc")).unwrap();
     // One a live process holds (flock(1), as the kit's maker holds its own).
@@ -189,7 +194,7 @@ fn leftovers_of_a_crash_are_removed_at_start_and_live_work_is_not() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     let vfs = vfs.unwrap();
-    assert_eq!(entries, vec![".new-busy-8899aabb", "kept"]);
+    assert_eq!(entries, vec![".staging/.new-busy-8899aabb", "kept"]);
     assert_eq!(vfs.list().unwrap(), vec!["kept"]);
     // Its holder gone, the next cleanup collects it.
     vfs.cleanup().unwrap();

@@ -97,7 +97,12 @@ impl DriverPlugin for Faulty {
         inner_args.options = args.options.iter().filter(|(k, _)| *k != "fault").collect();
         let layers = args.home.join("layers");
         if fault == Fault::WipeStagingAtStart {
-            for entry in fs::read_dir(&layers).into_iter().flatten().flatten() {
+            // The kit's staging, live makers' work included.
+            for entry in fs::read_dir(layers.join(".staging"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if entry.file_name().to_string_lossy().starts_with(".new-") {
                     let _ = fs::remove_dir_all(entry.path());
                 }
