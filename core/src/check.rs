@@ -387,9 +387,10 @@ impl Store {
             .filter(|(id, (state, _))| *state == MADE && !whole.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
+        let me = self.layers.session()?;
         for id in self.children_first(&broken)? {
             let marked = self.db().write(&format!("repair layer {id}"), |tx| {
-                self.layers.mark_in(tx, &id)?;
+                self.layers.mark_in(tx, &id, &me)?;
                 Ok(())
             });
             match marked.and_then(|()| self.layers.finish_delete(self.driver(), &id, true)) {

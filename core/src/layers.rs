@@ -963,10 +963,15 @@ impl LayerStore {
         Err(not_found(format!("{operation}: no such layer")))
     }
 
-    /// Marks layer `id` as being deleted in the caller's transaction (the
-    /// caller has checked that nothing stands on it).
-    pub(crate) fn mark_in(&self, tx: &Transaction, id: &str) -> Result<()> {
-        let me = self.sessions.own()?;
+    /// This process's session, taken before a transaction that needs it
+    /// (taking it may wait for a lock, which a transaction must not).
+    pub(crate) fn session(&self) -> Result<String> {
+        self.sessions.own()
+    }
+
+    /// Marks layer `id` as being deleted by session `me` in the caller's
+    /// transaction (the caller has checked that nothing stands on it).
+    pub(crate) fn mark_in(&self, tx: &Transaction, id: &str, me: &str) -> Result<()> {
         tx.prepare_cached("UPDATE layers SET state = ?1, owner = ?2 WHERE id = ?3 AND state = ?4")?
             .execute(params![DELETING, me, id, MADE])?;
         Ok(())

@@ -299,11 +299,12 @@ impl Store {
     /// Deletes layer `id` if it is made and nothing stands on it. Call with
     /// the layers-in-use lock held exclusively.
     pub(crate) fn delete_if_unused(&self, id: &str) -> Result<bool> {
+        let me = self.layers.session()?;
         let marked = self.db.write(&format!("delete layer {id}"), |tx| {
             if !unused(tx, id)? {
                 return Ok(false);
             }
-            self.layers.mark_in(tx, id)?;
+            self.layers.mark_in(tx, id, &me)?;
             Ok(true)
         })?;
         if marked {
@@ -363,6 +364,7 @@ impl Store {
     /// next open finishes them.
     pub fn delete_image(&self, reference: &str) -> Result<(ImageRecord, Vec<String>)> {
         let _exclusive = self.hold_layers_exclusively()?;
+        let me = self.layers.session()?;
         let (image, marked) = self.db.write(&format!("delete image {reference}"), |tx| {
             let id = resolve_image(tx, reference)?;
             let users = containers_of_image(tx, &id)?;
@@ -388,7 +390,7 @@ impl Store {
                 if !only_marked || !unused_but_for_children(tx, &layer)? {
                     break;
                 }
-                self.layers.mark_in(tx, &layer)?;
+                self.layers.mark_in(tx, &layer, &me)?;
                 cursor = row_parent(tx, &layer)?;
                 marked.push(layer);
             }
