@@ -619,7 +619,19 @@ fn case_stream(case: &str) -> Box<dyn Read> {
             .bytes(gnu_sparse_header(b"sparse"))
             .repeat(&gnu_sparse_extension(), GIB)
             .bytes(end_blocks()),
-        other => panic!("no case {other}"),
+        other => match other.split_once('-') {
+            // N empty files, or N directories, all at the root.
+            Some(("files" | "dirs", count)) => {
+                return Box::new(ManyMembers {
+                    directories: other.starts_with("dirs"),
+                    count: count.parse().unwrap(),
+                    next: 0,
+                    pending: Vec::new(),
+                    at: 0,
+                });
+            }
+            _ => panic!("no case {other}"),
+        },
     };
     if case.ends_with("-gzip") {
         Box::new(flate2::read::GzEncoder::new(
@@ -628,6 +640,42 @@ fn case_stream(case: &str) -> Box<dyn Read> {
         ))
     } else {
         Box::new(stream)
+    }
+}
+
+/// A tar of `count` distinct members, made as it is read.
+struct ManyMembers {
+    directories: bool,
+    count: u64,
+    next: u64,
+    pending: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ManyMembers {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.pending.len() {
+            self.at = 0;
+            self.pending = if self.next < self.count {
+                let name = if self.directories {
+                    format!("directory-{:010}/", self.next)
+                } else {
+                    format!("file-{:010}", self.next)
+                };
+                self.next += 1;
+                let kind = if self.directories { b'5' } else { b'0' };
+                header(name.as_bytes(), kind, b"", 0)
+            } else if self.next == self.count {
+                self.next += 1;
+                end_blocks()
+            } else {
+                Vec::new()
+            };
+        }
+        let n = buf.len().min(self.pending.len() - self.at);
+        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
@@ -651,12 +699,18 @@ fn ran_as_child() -> bool {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut record = io::sink();
-    let outcome = apply_layer(
-        dir.path(),
-        case_stream(&case),
-        &ApplyOptions::default(),
-        Some(&mut record),
-    );
+    // "CASE-cap-N": CASE applied with at most N tracked paths.
+    let (case, options) = match case.split_once("-cap-") {
+        Some((case, cap)) => (
+            case.to_string(),
+            ApplyOptions {
+                max_tracked_paths: cap.parse().unwrap(),
+                ..Default::default()
+            },
+        ),
+        None => (case, ApplyOptions::default()),
+    };
+    let outcome = apply_layer(dir.path(), case_stream(&case), &options, Some(&mut record));
     match outcome {
         Ok(report) => println!("outcome: ok {}", report.uncompressed_size),
         Err(e) => println!("outcome: error {:?}", e.to_string()),
@@ -775,4 +829,26 @@ fn a_gib_sparse_map_is_refused_in_bounded_memory() {
         "sparse-map-1g",
         &["\\\"sparse\\\"", "at byte 0", "regions"],
     );
+}
+
+#[test]
+fn many_members_are_applied_in_bounded_memory() {
+    const TEST: &str = "many_members_are_applied_in_bounded_memory";
+    if ran_as_child() {
+        return;
+    }
+    // Memory grows by a hash a path (9 bytes), not a path: 1.5 million
+    // paths (the most an apply tracks) stay near 30 MiB.
+    for case in ["files-200000", "dirs-100000"] {
+        let (outcome, peak) = in_child(TEST, case);
+        outcome.unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert!(peak < 16 * 1024, "{case}: {peak} KiB");
+    }
+    // Past the most paths tracked: refused, naming the member.
+    for (case, member) in [
+        ("files-3000-cap-1000", "file-0000000999"),
+        ("dirs-3000-cap-1000", "directory-0000000999"),
+    ] {
+        refused(TEST, case, &[member, "more than 1000 paths"]);
+    }
 }

@@ -1,7 +1,7 @@
 //! Applying a layer tar stream to a directory, safely, recording tar-split
 //! and computing both digests in the same pass.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -14,6 +14,8 @@ use strata_plugin_abi::IdMap;
 
 use super::ArchiveError;
 use super::beneath::{self, Root, name_cstr, normalize, proc_path, remove_all_at, split};
+pub use super::bounded::MAX_TRACKED_PATHS;
+use super::bounded::{DirLog, DirRecord, OverBudget, PathBudget, PathSet};
 use super::compression::{Compression, decompress};
 use super::digest::Sha256Digest;
 use super::members::{Data, MAX_SPARSE_REGIONS, MAX_TRAILING, Member, Members, lossy};
@@ -49,6 +51,11 @@ pub struct ApplyOptions {
     /// them (umoci's `insert` does), so a caller that checks the stream's
     /// digest afterwards, which catches any cut, can accept such streams.
     pub require_end_of_archive: bool,
+    /// The most paths the apply tracks (members made, directories hidden or
+    /// written into, and the directories above them); a layer needing more
+    /// is refused, which keeps an apply's memory bounded whatever the
+    /// layer. Default [`MAX_TRACKED_PATHS`].
+    pub max_tracked_paths: usize,
 }
 
 impl Default for ApplyOptions {
@@ -59,6 +66,7 @@ impl Default for ApplyOptions {
             gid_maps: Vec::new(),
             lower: None,
             require_end_of_archive: true,
+            max_tracked_paths: MAX_TRACKED_PATHS,
         }
     }
 }
@@ -483,12 +491,6 @@ fn current_umask() -> Option<u32> {
 }
 
 /// A directory whose mode and times are set at the end, once its contents are in.
-struct PendingDir {
-    rel: PathBuf,
-    mode: u32,
-    times: Timestamps,
-}
-
 struct Applier<'a> {
     root: &'a Root,
     lower: Option<&'a Root>,
@@ -497,7 +499,9 @@ struct Applier<'a> {
     /// one without a member of its own keeps those times (the layer did not
     /// say to change them), so the result does not depend on when it was
     /// applied.
-    touched: HashMap<PathBuf, Timestamps>,
+    touched: DirLog,
+    /// The directories in `touched` (the first record of each counts).
+    touched_seen: PathSet,
     /// The parent directory of the last member and its handle: consecutive
     /// members mostly share one. Dropped whenever anything is removed or a
     /// symlink made, since either can change what a path resolves to.
@@ -507,17 +511,19 @@ struct Applier<'a> {
     /// whiteout or an opaque marker hides the lower layers' content there.
     /// An overlay copy-up of a lower directory is not the layer's until it
     /// puts something in it.
-    made: HashSet<PathBuf>,
+    made: PathSet,
     /// Overlay only: directories of the upper whose lower contents are
     /// hidden (opaque, or made in place of a non-directory of the layer); a
     /// directory made below one is new, not a copy-up of a lower one.
-    hidden: HashSet<PathBuf>,
+    hidden: PathSet,
     /// Overlay only: the name of an opaque marker at the layer's root.
     /// overlayfs ignores the opaque xattr on the upper root, so the lower
     /// root's entries are whited out one by one at the end, once all that the
     /// layer holds there is known.
     root_opaque: Option<String>,
-    dirs: Vec<PendingDir>,
+    /// Directories the layer describes: their modes and times are set at
+    /// the end, once nothing more is written into them.
+    dirs: DirLog,
     /// Xattr records the layer carried that were not applied.
     dropped: DroppedXattrs,
     size: u64,
@@ -568,16 +574,18 @@ fn map_id(id: u32, maps: &[IdMap]) -> Option<u32> {
 
 impl<'a> Applier<'a> {
     fn new(root: &'a Root, lower: Option<&'a Root>, options: &'a ApplyOptions) -> Self {
+        let budget = PathBudget::new(options.max_tracked_paths);
         Applier {
             root,
             lower,
             options,
-            touched: HashMap::new(),
+            touched: DirLog::default(),
+            touched_seen: PathSet::new(&budget),
             parent_cache: None,
-            made: HashSet::new(),
-            hidden: HashSet::new(),
+            made: PathSet::new(&budget),
+            hidden: PathSet::new(&budget),
             root_opaque: None,
-            dirs: Vec::new(),
+            dirs: DirLog::default(),
             dropped: DroppedXattrs::default(),
             size: 0,
             entries: 0,
@@ -663,9 +671,7 @@ impl<'a> Applier<'a> {
         let fd = self.dir_creating(parent, shown, "open parent directory")?;
         let stat = rustix::fs::fstat(&fd)
             .map_err(|e| ArchiveError::entry_io(shown, "stat parent directory", e.into()))?;
-        self.touched
-            .entry(parent.to_path_buf())
-            .or_insert_with(|| times_of(&stat));
+        self.note_touched(parent, &stat, shown)?;
         let inherited_gid = (stat.st_mode & 0o2000 != 0).then_some(stat.st_gid);
         let dir = Rc::new(ParentDir { fd, inherited_gid });
         self.parent_cache = Some((parent.to_path_buf(), dir.clone()));
@@ -719,9 +725,36 @@ impl<'a> Applier<'a> {
         };
         match copied_up {
             Some(times) => {
-                self.touched.insert(dir, times);
+                self.touched_seen.insert(&dir).map_err(over_budget(shown))?;
+                self.touched
+                    .push(DirRecord {
+                        rel: dir,
+                        mode: None,
+                        times,
+                    })
+                    .map_err(|e| ArchiveError::entry_io(shown, "remember a directory", e))?;
             }
-            None => mark_made(&mut self.made, &dir),
+            None => mark_made(&mut self.made, &dir).map_err(over_budget(shown))?,
+        }
+        Ok(())
+    }
+
+    /// Remembers the times of the existing directory `rel` before this
+    /// layer writes into it (the first time only).
+    fn note_touched(
+        &mut self,
+        rel: &Path,
+        stat: &rustix::fs::Stat,
+        shown: &str,
+    ) -> Result<(), ArchiveError> {
+        if self.touched_seen.insert(rel).map_err(over_budget(shown))? {
+            self.touched
+                .push(DirRecord {
+                    rel: rel.to_path_buf(),
+                    mode: None,
+                    times: times_of(stat),
+                })
+                .map_err(|e| ArchiveError::entry_io(shown, "remember a directory", e))?;
         }
         Ok(())
     }
@@ -758,8 +791,8 @@ impl<'a> Applier<'a> {
                 .map_err(|e| failed(e.into()))?;
             let dir = open_subdir(&parent, &name).map_err(|e| failed(e.into()))?;
             set_opaque(&dir).map_err(|e| failed(e.into()))?;
-            self.hidden.insert(so_far.clone());
-            mark_made(&mut self.made, &so_far);
+            self.hidden.insert(&so_far).map_err(over_budget(shown))?;
+            mark_made(&mut self.made, &so_far).map_err(over_budget(shown))?;
             return Ok(true);
         }
         Ok(false)
@@ -814,14 +847,16 @@ impl<'a> Applier<'a> {
                 ));
             }
             self.chown_chattrs_dir(Path::new(""), &meta, &shown)?;
-            self.dirs.push(PendingDir {
-                rel,
-                mode: meta.mode,
-                times: Timestamps {
-                    last_access: meta.atime,
-                    last_modification: meta.mtime,
-                },
-            });
+            self.dirs
+                .push(DirRecord {
+                    rel,
+                    mode: Some(meta.mode),
+                    times: Timestamps {
+                        last_access: meta.atime,
+                        last_modification: meta.mtime,
+                    },
+                })
+                .map_err(|e| ArchiveError::entry_io(&shown, "remember a directory", e))?;
             return Ok(());
         };
         let parent_rel = parent_rel.to_path_buf();
@@ -850,21 +885,23 @@ impl<'a> Applier<'a> {
                             set_opaque(&dir).map_err(|e| {
                                 ArchiveError::entry_io(&shown, "mark directory opaque", e.into())
                             })?;
-                            self.hidden.insert(rel.clone());
+                            self.hidden.insert(&rel).map_err(over_budget(&shown))?;
                         }
                     }
                 }
                 Err(e) => return Err(ArchiveError::entry_io(&shown, "create directory", e.into())),
             }
             self.chown_chattrs_dir(&rel, &meta, &shown)?;
-            self.dirs.push(PendingDir {
-                rel: rel.clone(),
-                mode: meta.mode,
-                times: Timestamps {
-                    last_access: meta.atime,
-                    last_modification: meta.mtime,
-                },
-            });
+            self.dirs
+                .push(DirRecord {
+                    rel: rel.clone(),
+                    mode: Some(meta.mode),
+                    times: Timestamps {
+                        last_access: meta.atime,
+                        last_modification: meta.mtime,
+                    },
+                })
+                .map_err(|e| ArchiveError::entry_io(&shown, "remember a directory", e))?;
         } else if let Some(map) = member.gnu_sparse.as_ref() {
             // GNU's old sparse format: the map was in the headers. Data
             // regions only; the map and the data stay in the record.
@@ -973,7 +1010,7 @@ impl<'a> Applier<'a> {
                 format!("unsupported member type {:?}", kind),
             ));
         }
-        mark_made(&mut self.made, &rel);
+        mark_made(&mut self.made, &rel).map_err(over_budget(&shown))?;
         Ok(())
     }
 
@@ -1426,7 +1463,7 @@ impl<'a> Applier<'a> {
             ApplyTarget::OverlayUpper => {
                 self.make_opaque(&dir, rel)
                     .map_err(|e| ArchiveError::entry_io(shown, "mark directory opaque", e))?;
-                self.hidden.insert(rel.to_path_buf());
+                self.hidden.insert(rel).map_err(over_budget(shown))?;
                 Ok(())
             }
         }
@@ -1436,9 +1473,7 @@ impl<'a> Applier<'a> {
         let path_fd = self.dir_creating(dir, shown, "open opaque directory")?;
         let stat = rustix::fs::fstat(&path_fd)
             .map_err(|e| ArchiveError::entry_io(shown, "stat opaque directory", e.into()))?;
-        self.touched
-            .entry(dir.to_path_buf())
-            .or_insert_with(|| times_of(&stat));
+        self.note_touched(dir, &stat, shown)?;
         // The directory as resolved in the root (through in-root symlinks),
         // opened for reading and xattrs.
         let fd = rustix::fs::openat(
@@ -1465,11 +1500,13 @@ impl<'a> Applier<'a> {
                     self.make_opaque(&fd, dir)
                         .map_err(|e| ArchiveError::entry_io(shown, "mark directory opaque", e))?;
                     self.root_opaque.get_or_insert_with(|| shown.to_string());
-                    self.hidden.insert(PathBuf::new());
+                    self.hidden
+                        .insert(Path::new(""))
+                        .map_err(over_budget(shown))?;
                 } else {
                     self.make_opaque(&fd, dir)
                         .map_err(|e| ArchiveError::entry_io(shown, "mark directory opaque", e))?;
-                    self.hidden.insert(dir.to_path_buf());
+                    self.hidden.insert(dir).map_err(over_budget(shown))?;
                 }
                 Ok(())
             }
@@ -1539,37 +1576,54 @@ impl<'a> Applier<'a> {
         if let Some(shown) = self.root_opaque.take() {
             self.hide_lower_root(&shown)?;
         }
-        let mut dirs = std::mem::take(&mut self.dirs);
-        let described: HashSet<&Path> = dirs.iter().map(|d| d.rel.as_path()).collect();
-        for (rel, times) in &self.touched {
-            if described.contains(rel.as_path()) {
-                continue;
-            }
-            let shown = rel.display().to_string();
-            match self.open_dir_rw(rel) {
-                Ok(fd) => rustix::fs::futimens(&fd, times)
-                    .map_err(|e| ArchiveError::entry_io(&shown, "restore times", e.into()))?,
-                // Deleted or replaced by a later member.
-                Err(e) if gone(&e) => {}
-                Err(e) => return Err(ArchiveError::entry_io(&shown, "open directory", e)),
-            }
-        }
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.rel.components().count()));
-        for dir in dirs {
-            let shown = dir.rel.display().to_string();
+        // The times of existing directories written into, then what the
+        // layer says of its own directories (which wins where both speak of
+        // one, being set after).
+        let touched = std::mem::take(&mut self.touched);
+        touched
+            .replay(false, |dir| {
+                match self.open_dir_rw(&dir.rel) {
+                    Ok(fd) => rustix::fs::futimens(&fd, &dir.times)
+                        .map_err(|e| with_path(&dir.rel, "restore times", e.into())),
+                    // Deleted or replaced by a later member.
+                    Err(e) if gone(&e) => Ok(()),
+                    Err(e) => Err(with_path(&dir.rel, "open directory", e)),
+                }
+            })
+            .map_err(|e| ArchiveError::entry_io("", "finish directories", e))?;
+        // Unprivileged, a directory's mode could keep us from those below
+        // it: deepest first. Root passes whatever the modes.
+        let dirs = std::mem::take(&mut self.dirs);
+        dirs.replay(self.euid != 0, |dir| {
             let fd = match self.open_dir_rw(&dir.rel) {
                 Ok(fd) => fd,
                 // Replaced or deleted by a later member: nothing to finish.
-                Err(e) if gone(&e) => continue,
-                Err(e) => return Err(ArchiveError::entry_io(&shown, "open directory", e)),
+                Err(e) if gone(&e) => return Ok(()),
+                Err(e) => return Err(with_path(&dir.rel, "open directory", e)),
             };
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir.mode))
-                .map_err(|e| ArchiveError::entry_io(&shown, "set mode", e.into()))?;
+            if let Some(mode) = dir.mode {
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+                    .map_err(|e| with_path(&dir.rel, "set mode", e.into()))?;
+            }
             rustix::fs::futimens(&fd, &dir.times)
-                .map_err(|e| ArchiveError::entry_io(&shown, "set times", e.into()))?;
-        }
+                .map_err(|e| with_path(&dir.rel, "set times", e.into()))
+        })
+        .map_err(|e| ArchiveError::entry_io("", "finish directories", e))?;
         Ok(())
     }
+}
+
+/// An error of directory `rel`, saying which and what failed.
+fn with_path(rel: &Path, operation: &str, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("{operation} {:?}: {e}", rel.display().to_string()),
+    )
+}
+
+/// The error for a layer tracking more paths than an apply may.
+fn over_budget(shown: &str) -> impl Fn(OverBudget) -> ArchiveError + '_ {
+    move |e| ArchiveError::unsafe_entry(shown, &e.to_string())
 }
 
 /// Gives a sparse member's file its real size (the holes at its end).
@@ -1579,14 +1633,14 @@ fn set_sparse_len(file: &std::fs::File, real_size: u64, shown: &str) -> Result<(
 }
 
 /// Adds `rel` and every directory above it to `made`.
-fn mark_made(made: &mut HashSet<PathBuf>, rel: &Path) {
+fn mark_made(made: &mut PathSet, rel: &Path) -> Result<(), OverBudget> {
     for path in rel.ancestors() {
         // Once one is there, so are those above it.
-        if path.as_os_str().is_empty() || made.contains(path) {
+        if path.as_os_str().is_empty() || !made.insert(path)? {
             break;
         }
-        made.insert(path.to_path_buf());
     }
+    Ok(())
 }
 
 /// A real (not O_PATH) handle on the directory `name` in `dir`, not
@@ -1695,7 +1749,7 @@ fn copy_dir_meta(lower: &Root, upper: &Root, rel: &Path) -> io::Result<Option<Ti
 /// only what it made below, since an opaque directory hides all of the lower
 /// layers' contents at every depth. (In an upper directory, what the layer
 /// did not make is its whiteouts and the copy-ups that hold them.)
-fn remove_lower_entries(fd: &OwnedFd, rel: &Path, made: &HashSet<PathBuf>) -> io::Result<()> {
+fn remove_lower_entries(fd: &OwnedFd, rel: &Path, made: &PathSet) -> io::Result<()> {
     let mut keep_dirs = Vec::new();
     beneath::remove_children(fd, |child| {
         let child_rel = rel.join(OsStr::from_bytes(child.to_bytes()));

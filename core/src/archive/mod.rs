@@ -4,6 +4,7 @@
 
 mod apply;
 pub mod beneath;
+mod bounded;
 pub mod changes;
 pub mod compression;
 pub mod digest;
