@@ -246,6 +246,28 @@ impl Database {
         Ok(value)
     }
 
+    /// [`write`](Self::write) without waiting for the disk: for the last
+    /// step of a change whose intent is already durable (the row deleted at
+    /// the end of a layer delete). A power cut may lose the commit; the
+    /// intent it finished is then found again and finished again. Process
+    /// kills lose nothing either way (the commit is in the log).
+    pub(crate) fn write_relaxed<T>(
+        &self,
+        operation: &str,
+        f: impl FnOnce(&Transaction) -> Result<T>,
+    ) -> Result<T> {
+        let relax = |mode: &str| {
+            let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+            connection
+                .pragma_update(None, "synchronous", mode)
+                .map_err(|e| self.error(operation, e))
+        };
+        relax("NORMAL")?;
+        let result = self.write(operation, f);
+        relax("FULL")?;
+        result
+    }
+
     /// A bare SQLite error from inside a transaction gets the operation and
     /// the database's path.
     fn contextualise(&self, operation: &str, error: CoreError) -> CoreError {

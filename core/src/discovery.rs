@@ -122,6 +122,56 @@ pub fn find_plugin(dirs: &[SearchDir], name: &str) -> Option<FoundPlugin> {
         .find(|p| p.name == name && p.shadowed_by.is_none())
 }
 
+/// Why the library at `path` must not be loaded, if it must not: a library
+/// runs with strata's privileges, so it, and the directory it is in, must be
+/// writable by nobody but root or the user running strata. A file owned by
+/// another user, or writable by its group or by everyone, or in a directory
+/// others can write to (without the sticky bit, which keeps them from
+/// replacing files they do not own), could be replaced by someone else.
+pub fn untrusted_because(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let trusted_owner = |uid: u32| uid == 0 || uid == me;
+    let file = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => return Some(format!("cannot stat it: {e}")),
+    };
+    if !trusted_owner(file.uid()) {
+        return Some(format!(
+            "it is owned by uid {}, not by root or the user running strata (uid {me})",
+            file.uid()
+        ));
+    }
+    if file.mode() & 0o022 != 0 {
+        return Some(format!(
+            "it is writable by its group or by everyone (mode {:o})",
+            file.mode() & 0o7777
+        ));
+    }
+    let resolved = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let dir = resolved.parent()?;
+    let dir_meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) => return Some(format!("cannot stat its directory {}: {e}", dir.display())),
+    };
+    let sticky = dir_meta.mode() & 0o1000 != 0;
+    if !trusted_owner(dir_meta.uid()) {
+        return Some(format!(
+            "its directory {} is owned by uid {}, not by root or the user running strata",
+            dir.display(),
+            dir_meta.uid()
+        ));
+    }
+    if dir_meta.mode() & 0o022 != 0 && !sticky {
+        return Some(format!(
+            "its directory {} is writable by its group or by everyone (mode {:o}), so the library could be replaced",
+            dir.display(),
+            dir_meta.mode() & 0o7777
+        ));
+    }
+    None
+}
+
 /// The search path in words, for error messages.
 pub fn describe(dirs: &[SearchDir]) -> String {
     dirs.iter()
@@ -133,6 +183,34 @@ pub fn describe(dirs: &[SearchDir]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_libraries_nobody_else_can_replace_are_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libstrata_driver_x.so");
+        std::fs::write(&lib, b"").unwrap();
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(untrusted_because(&lib), None);
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o775)).unwrap();
+        let why = untrusted_because(&lib).unwrap();
+        assert!(
+            why.contains("writable by its group or by everyone (mode 775)"),
+            "{why}"
+        );
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let why = untrusted_because(&lib).unwrap();
+        assert!(why.contains("could be replaced"), "{why}");
+        // Sticky, as /tmp is: others cannot replace what they do not own.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(untrusted_because(&lib), None);
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&lib, Some(4242), None).unwrap();
+            let why = untrusted_because(&lib).unwrap();
+            assert!(why.contains("owned by uid 4242"), "{why}");
+        }
+    }
 
     #[test]
     fn names_come_from_the_file_name_and_the_first_directory_wins() {

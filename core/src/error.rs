@@ -35,6 +35,21 @@ pub enum CoreError {
     #[error(transparent)]
     Load(#[from] LoadError),
 
+    /// A driver library that must not be loaded: others could replace it.
+    #[error("refusing to load {}: {reason}", path.display())]
+    UntrustedLibrary { path: PathBuf, reason: String },
+
+    /// Choosing a driver stopped at one whose library is installed but
+    /// unusable (the next one would have been recorded for good).
+    #[error(
+        "driver '{driver}' is installed but its library cannot be used, so no driver is chosen (fix or remove the library, or configure a driver): {source}"
+    )]
+    BrokenChoice {
+        driver: String,
+        #[source]
+        source: Box<CoreError>,
+    },
+
     #[error("{0}")]
     Driver(#[from] DriverError),
 

@@ -1015,7 +1015,9 @@ impl LayerStore {
         self.counts.forget(id)?;
         let _ = fs::remove_file(self.tar_split_path(id));
         let _ = fs::remove_file(self.partial_tar_split_path(id));
-        self.db.write(&operation, |tx| {
+        // The intent (being deleted) is durable since step 1: this last
+        // commit need not wait for the disk.
+        self.db.write_relaxed(&operation, |tx| {
             tx.prepare_cached("DELETE FROM layers WHERE id = ?1 AND state = ?2 AND owner = ?3")?
                 .execute(params![id, DELETING, me])?;
             crate::db::drop_names(tx, Kind::Layer, id)?;

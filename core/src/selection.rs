@@ -120,16 +120,14 @@ fn choose(config: &Config, dirs: &[SearchDir]) -> Result<SelectedDriver> {
             pass(name, "not installed".to_string());
             continue;
         };
-        let library = match open_library(&plugin) {
-            Ok(library) => library,
-            Err(e) => {
-                // A broken library is not the machine lacking a feature, but it
-                // must not stop a working driver from being chosen; say it loudly.
-                tracing::warn!(driver = name, error = %e, "driver library unusable");
-                pass(name, e.to_string());
-                continue;
-            }
-        };
+        // A library that is there but cannot be used (junk, another ABI,
+        // untrusted) is not the machine lacking a feature: choosing the next
+        // driver would record it for this graph root for good, so the choice
+        // stops here, with why.
+        let library = open_library(&plugin).map_err(|e| CoreError::BrokenChoice {
+            driver: name.to_string(),
+            source: Box::new(e),
+        })?;
         match start(config, &library) {
             Ok(driver) => {
                 let reason = if passed_over.is_empty() {
@@ -170,6 +168,12 @@ fn choose(config: &Config, dirs: &[SearchDir]) -> Result<SelectedDriver> {
 }
 
 fn open_library(plugin: &FoundPlugin) -> Result<PluginLibrary> {
+    if let Some(reason) = discovery::untrusted_because(&plugin.path) {
+        return Err(CoreError::UntrustedLibrary {
+            path: plugin.path.clone(),
+            reason,
+        });
+    }
     let library = PluginLibrary::open(&plugin.path)?;
     if library.name() != plugin.name {
         return Err(CoreError::Setting(format!(

@@ -623,3 +623,44 @@ fn a_layer_being_made_by_another_process_is_not_deleted_under_it() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_broken_library_for_a_driver_that_would_be_chosen_stops_the_choice() {
+    let setup = Setup::new();
+    // Overlay comes before vfs: a junk overlay library must not let vfs be
+    // chosen (and recorded for this graph root for good).
+    let junk = setup.drivers.join("libstrata_driver_overlay.so");
+    fs::write(&junk, b"not a library").unwrap();
+    let err = fails(setup.strata(&["status"]));
+    assert!(
+        err.contains("driver 'overlay' is installed but its library cannot be used"),
+        "{err}"
+    );
+    assert!(err.contains(&junk.display().to_string()), "{err}");
+    assert!(
+        !setup.graphroot().join("driver.json").exists() && !setup.graphroot().join("vfs").exists(),
+        "a driver was recorded for the graph root"
+    );
+    // Named explicitly, another driver still starts.
+    ok(setup.strata(&["--driver", "vfs", "status"]));
+}
+
+#[test]
+fn a_library_others_could_replace_is_not_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new();
+    let vfs = setup.drivers.join("libstrata_driver_vfs.so");
+    fs::set_permissions(&vfs, fs::Permissions::from_mode(0o775)).unwrap();
+    let err = fails(setup.strata(&["--driver", "vfs", "status"]));
+    assert!(err.contains("refusing to load"), "{err}");
+    assert!(
+        err.contains("writable by its group or by everyone (mode 775)"),
+        "{err}"
+    );
+    fs::set_permissions(&vfs, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&setup.drivers, fs::Permissions::from_mode(0o777)).unwrap();
+    let err = fails(setup.strata(&["--driver", "vfs", "status"]));
+    assert!(err.contains("could be replaced"), "{err}");
+    fs::set_permissions(&setup.drivers, fs::Permissions::from_mode(0o755)).unwrap();
+    ok(setup.strata(&["--driver", "vfs", "status"]));
+}

@@ -36,12 +36,17 @@ pub enum LoadError {
         expected: String,
         expected_major: String,
     },
+    /// One line: the file, what differs, what to rebuild. The full
+    /// comparison (hundreds of lines) is in `details`, and logged at debug
+    /// level when the library is opened.
     #[error(
-        "{path} claims strata-plugin-abi {found} but its driver module does not have the layout of that version (a changed or hand-edited ABI); refusing it:\n{details}"
+        "{path} claims strata-plugin-abi {found} but its driver module does not have that version's layout ({what}); rebuild the driver against this strata's strata-plugin-abi {found} (the full comparison is logged at --log-level debug)"
     )]
     LayoutMismatch {
         path: PathBuf,
         found: String,
+        /// The innermost type that differs and how, in a few words.
+        what: String,
         details: String,
     },
     #[error("{path}: the {driver} driver failed to start: {error}")]
@@ -125,9 +130,11 @@ impl PluginLibrary {
                             ),
                         }
                     } else {
+                        tracing::debug!(path = %path.display(), %details, "driver module layout differs");
                         LoadError::LayoutMismatch {
                             path: path.clone(),
                             found: found.clone(),
+                            what: layout_difference(&details),
                             details,
                         }
                     }
@@ -335,4 +342,33 @@ impl LogSink for HostLogSink {
             None => {}
         }
     }
+}
+
+/// The gist of abi_stable's layout comparison: the innermost type whose
+/// layout differs, the first error, and the fields expected and found.
+fn layout_difference(details: &str) -> String {
+    let lines: Vec<&str> = details.lines().map(str::trim).collect();
+    let after = |marker: &str, prefix: &str, last: bool| {
+        let mut positions = lines.iter().enumerate().filter(|(_, l)| **l == marker);
+        let at = if last {
+            positions.next_back()
+        } else {
+            positions.next()
+        };
+        at.and_then(|(i, _)| lines[i + 1..].iter().find_map(|l| l.strip_prefix(prefix)))
+    };
+    let ty = after("Layout of expected type:", "type:", true);
+    let error = lines.iter().find_map(|l| l.strip_prefix("Error:"));
+    let expected = after("Expected:", "field_name:", false);
+    let found = after("Found:", "field_name:", false);
+    let mut what = match (ty, error) {
+        (Some(ty), Some(error)) => format!("type {ty}: {error}"),
+        (Some(ty), None) => format!("type {ty} differs"),
+        (None, Some(error)) => error.to_string(),
+        (None, None) => "a type differs".to_string(),
+    };
+    if let (Some(expected), Some(found)) = (expected, found) {
+        what.push_str(&format!(", expected field '{expected}', found '{found}'"));
+    }
+    what
 }

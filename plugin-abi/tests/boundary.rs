@@ -273,7 +273,15 @@ fn a_plugin_with_a_changed_layout_is_refused() {
     assert!(matches!(err, LoadError::LayoutMismatch { .. }), "{text}");
     assert!(text.contains(&lib.display().to_string()), "{text}");
     assert!(
-        text.contains("FfiKeyValue"),
-        "the mismatch names the type: {text}"
+        text.contains("type FfiKeyValue: unexpected field, expected field 'key', found 'value'"),
+        "the mismatch names the type and the field: {text}"
     );
+    // One line, leading with the file; the comparison is for debug logs.
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.starts_with(&lib.display().to_string()), "{text}");
+    assert!(text.contains("rebuild the driver"), "{text}");
+    let LoadError::LayoutMismatch { details, .. } = &err else {
+        unreachable!()
+    };
+    assert!(details.lines().count() > 100, "the full comparison is kept");
 }
