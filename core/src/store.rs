@@ -250,6 +250,57 @@ impl Store {
         Ok((images, family))
     }
 
+    /// Image `id`'s parent image and child images, as [`image_family`]
+    /// (Self::image_family) works them out, but reading only the layers
+    /// between it and its relations (indexed lookups, whatever the store's
+    /// size): what `strata image inspect` shows.
+    pub fn image_relations(&self, id: &str) -> Result<(Option<String>, Vec<String>)> {
+        self.db
+            .read(&format!("read the relations of image {id}"), |tx| {
+                let Some(top) = read_image(tx, id)?.and_then(|i| i.top_layer) else {
+                    return Ok((None, Vec::new()));
+                };
+                let first_on = |layer: &str| -> Result<Option<String>> {
+                    Ok(tx
+                        .prepare_cached(
+                            "SELECT id FROM images WHERE top_layer = ?1 ORDER BY id LIMIT 1",
+                        )?
+                        .query_row(params![layer], |r| r.get(0))
+                        .optional()?)
+                };
+                // The parent: the first image on the nearest layer below the top
+                // that is some image's top.
+                let mut parent = None;
+                let mut cursor = row_parent(tx, &top)?;
+                while let Some(layer) = cursor {
+                    if let Some(owner) = first_on(&layer)? {
+                        parent = Some(owner);
+                        break;
+                    }
+                    cursor = row_parent(tx, &layer)?;
+                }
+                // The children: images whose top is above this one's with no
+                // image's top in between; they are the first image's on a layer.
+                if first_on(&top)?.as_deref() != Some(id) {
+                    return Ok((parent, Vec::new()));
+                }
+                let children = tx
+                    .prepare_cached(
+                        "WITH RECURSIVE above(id) AS (
+                         SELECT id FROM layers WHERE parent = ?1
+                         UNION ALL
+                         SELECT layers.id FROM layers JOIN above ON layers.parent = above.id
+                          WHERE NOT EXISTS (SELECT 1 FROM images WHERE top_layer = above.id)
+                     )
+                     SELECT images.id FROM images JOIN above ON images.top_layer = above.id
+                      ORDER BY images.id",
+                    )?
+                    .query_map(params![top], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()?;
+                Ok((parent, children))
+            })
+    }
+
     /// Every image with how many layers it has, from one read that touches
     /// only the images, their names and their top layers' rows (what
     /// `strata image list` shows).

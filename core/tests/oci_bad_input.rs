@@ -392,6 +392,14 @@ fn compressions_layers_reuse_and_image_delete() {
     assert_eq!(family.parent(&gzip.image.id), Some(zstd.image.id.as_str()));
     let heads: Vec<&str> = family.heads(&images).collect();
     assert_eq!(heads, [gzip.image.id.as_str()]);
+    // One image's relations, read alone, are the family's.
+    for image in &images {
+        let (parent, children) = store.image_relations(&image.id).unwrap();
+        assert_eq!(parent.as_deref(), family.parent(&image.id), "{}", image.id);
+        let mut expected: Vec<&str> = family.children(&image.id).collect();
+        expected.sort();
+        assert_eq!(children, expected, "{}", image.id);
+    }
     // A layer an image stands on is not deleted by itself.
     let err = store.delete_layer(&layers[0].id).unwrap_err().to_string();
     assert!(

@@ -5,6 +5,7 @@
 //! ```text
 //! <home>/layers/<id>/                  a layer: whatever the driver keeps for it
 //! <home>/layers/<id>/parent            its parent's id, for a layer that has one
+//! <home>/layers/<id>/.children/<child> a mark for each child made on it
 //! <home>/layers/.staging/.new-<id>-<random>/    a layer being built
 //! <home>/layers/.staging/.gone-<id>-<random>/   a layer being deleted
 //! <home>/layers/.staging/.scratch-<random>/     a driver's scratch space (probes)
@@ -40,6 +41,14 @@
 //!   outside the home lock. A kill after the rename leaves a leftover that
 //!   nobody lists. Nothing is ever deleted through a mount: what is mounted
 //!   below a layer is taken down first, or the removal is refused.
+//! * **Children are marked in their parent.** A layer is placed with an
+//!   empty `.children/` of its own, and placing a child writes a mark in its
+//!   parent's, under the home lock, before the rename: so removal finds a
+//!   layer's children without reading every layer's parent record. A mark
+//!   whose child does not exist, or does not name this parent, is a killed
+//!   placement's or a removed child's and is ignored (and deleted). A layer
+//!   placed by an earlier kit has no `.children/`; its children are found by
+//!   reading every parent record, as before.
 //! * **The home lock** (`.lock`, flock) is held only for those checks and
 //!   renames, so a parent can never be removed between its child's check and
 //!   the child's appearance, whichever processes do the two.
@@ -64,6 +73,10 @@ const SCRATCH_PREFIX: &str = ".scratch-";
 
 /// The file holding a layer's parent id, inside the layer's directory.
 pub const PARENT_RECORD: &str = "parent";
+
+/// The directory of marks of a layer's children, inside the layer's
+/// directory.
+pub const CHILDREN_DIR: &str = ".children";
 
 /// Mode of a layer's directory: others may pass through to the tree inside
 /// (a container's processes need to), but not list the driver's bookkeeping.
@@ -245,16 +258,46 @@ impl LayerHome {
         }
     }
 
-    /// The layers whose parent is `id`, sorted.
+    /// The layers whose parent is `id`, sorted: from its marks of its
+    /// children (each checked against the child's own parent record, and
+    /// deleted if stale), or, for a layer an earlier kit placed, by reading
+    /// every layer's parent record.
     pub fn children_of(&self, id: &str) -> Result<Vec<String>> {
-        let mut children: Vec<String> = self
-            .list()?
-            .into_iter()
-            .filter(|child| {
-                fs::read_to_string(self.layers.join(child).join(PARENT_RECORD))
-                    .is_ok_and(|parent| parent == id)
-            })
-            .collect();
+        let names_parent = |child: &str| {
+            fs::read_to_string(self.layers.join(child).join(PARENT_RECORD))
+                .is_ok_and(|parent| parent == id)
+        };
+        let marks_dir = self.path_of(id, "list the children of")?.join(CHILDREN_DIR);
+        let mut children: Vec<String> = match fs::read_dir(&marks_dir) {
+            Ok(marks) => {
+                let mut children = Vec::new();
+                for mark in marks {
+                    let mark =
+                        mark.map_err(io_error(format!("list the children of layer {id}")))?;
+                    let Some(child) = mark.file_name().to_str().map(str::to_string) else {
+                        continue;
+                    };
+                    if is_valid_layer_id(&child) && names_parent(&child) {
+                        children.push(child);
+                    } else {
+                        // A killed placement's, or a removed child's.
+                        let _ = fs::remove_file(mark.path());
+                    }
+                }
+                children
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self
+                .list()?
+                .into_iter()
+                .filter(|child| names_parent(child))
+                .collect(),
+            Err(e) => {
+                return Err(DriverError::io(
+                    format!("list the children of layer {id}"),
+                    &e,
+                ));
+            }
+        };
         children.sort();
         Ok(children)
     }
@@ -319,16 +362,35 @@ impl LayerHome {
     ) -> Result<PathBuf> {
         let target = self.path_of(id, operation)?;
         let op = || format!("{operation} layer {id}");
+        // Inside the staging directory, so they appear with the layer.
+        match fs::create_dir(staging.path.join(CHILDREN_DIR)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(DriverError::io(
+                    format!("{}: make its children's marks", op()),
+                    &e,
+                ));
+            }
+        }
         if let Some(parent) = parent {
             validate_layer_id(parent).map_err(|e| e.context(format!("{}: parent", op())))?;
-            // Inside the staging directory, so it appears with the layer.
             fs::write(staging.path.join(PARENT_RECORD), parent)
                 .map_err(io_error(format!("{}: record its parent", op())))?;
         }
         let _home = self.lock().map_err(|e| e.context(op()))?;
         if let Some(parent) = parent {
-            self.existing(parent, operation)
+            let parent_dir = self
+                .existing(parent, operation)
                 .map_err(|e| e.context(format!("{}: parent {parent}", op())))?;
+            // Marked before the rename: a kill between leaves a mark of no
+            // child, which is ignored; the reverse order could leave a child
+            // its parent does not know.
+            let marks = parent_dir.join(CHILDREN_DIR);
+            if marks.is_dir() {
+                fs::write(marks.join(id), b"")
+                    .map_err(io_error(format!("{}: mark it in its parent", op())))?;
+            }
         }
         rename_noreplace(&staging.path, &target).map_err(|e| match e {
             rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY => {
@@ -382,6 +444,12 @@ impl LayerHome {
                 )));
             }
             rename_noreplace(&dir, &doomed).map_err(|e| DriverError::io(op(), &e.into()))?;
+            // Its mark in its parent goes too (one left behind is ignored).
+            if let Ok(parent) = fs::read_to_string(doomed.join(PARENT_RECORD))
+                && is_valid_layer_id(&parent)
+            {
+                let _ = fs::remove_file(self.layers.join(&parent).join(CHILDREN_DIR).join(id));
+            }
             held
         };
         // The layer is gone for everyone; deleting its files may take a while
@@ -584,6 +652,61 @@ mod tests {
         home.remove("base", "remove", |_| Ok(())).unwrap();
         assert!(home.list().unwrap().is_empty());
         assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
+    }
+
+    #[test]
+    fn children_are_found_by_their_marks_and_stale_marks_are_ignored() {
+        let (_dir, home) = home();
+        home.place(
+            home.stage("base", "create").unwrap(),
+            "base",
+            None,
+            "create",
+        )
+        .unwrap();
+        home.place(
+            home.stage("kid", "create").unwrap(),
+            "kid",
+            Some("base"),
+            "create",
+        )
+        .unwrap();
+        let marks = home.layers_dir().join("base").join(CHILDREN_DIR);
+        assert!(marks.join("kid").exists());
+        // A placement killed after its mark, and a mark naming a layer of
+        // another parent: neither is a child.
+        fs::write(marks.join("never-placed"), b"").unwrap();
+        home.place(
+            home.stage("other", "create").unwrap(),
+            "other",
+            None,
+            "create",
+        )
+        .unwrap();
+        fs::write(marks.join("other"), b"").unwrap();
+        assert_eq!(home.children_of("base").unwrap(), ["kid"]);
+        assert!(
+            !marks.join("never-placed").exists(),
+            "a stale mark is deleted"
+        );
+        home.remove("kid", "remove", |_| Ok(())).unwrap();
+        assert!(!marks.join("kid").exists());
+        home.remove("base", "remove", |_| Ok(())).unwrap();
+        // A parent an earlier kit placed (no marks): its children are found
+        // by reading the parent records.
+        home.place(home.stage("old", "create").unwrap(), "old", None, "create")
+            .unwrap();
+        fs::remove_dir(home.layers_dir().join("old").join(CHILDREN_DIR)).unwrap();
+        home.place(
+            home.stage("young", "create").unwrap(),
+            "young",
+            Some("old"),
+            "create",
+        )
+        .unwrap();
+        assert_eq!(home.children_of("old").unwrap(), ["young"]);
+        let err = home.remove("old", "remove", |_| Ok(())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Busy);
     }
 
     #[test]

@@ -716,7 +716,7 @@ fn image(cli: &Cli, config: &Config, command: &ImageCommand) -> Result<ExitCode,
         }
         ImageCommand::Inspect { image } => {
             let record = store.image(image)?;
-            let (_, family) = store.image_family()?;
+            let (parent, children) = store.image_relations(&record.id)?;
             let layers = store.image_layers(&record)?;
             let item = |key: &str| {
                 store
@@ -731,8 +731,8 @@ fn image(cli: &Cli, config: &Config, command: &ImageCommand) -> Result<ExitCode,
                 "names": record.names,
                 "created": record.created,
                 "top_layer": record.top_layer,
-                "parent": family.parent(&record.id),
-                "children": family.children(&record.id).collect::<Vec<_>>(),
+                "parent": parent,
+                "children": children,
                 "layers": layers.iter().map(|l| json!({
                     "id": l.id,
                     "diff": l.diff.clone().map(diff_json),
