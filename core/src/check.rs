@@ -241,13 +241,24 @@ impl Store {
                 "remove it",
             );
         }
-        for (layer, _) in self.layers.counts().all()? {
+        for (layer, record) in self.layers.counts().all()? {
             if !snapshot.layers.contains_key(&layer) && !in_driver.contains(&layer) {
                 finding(
                     "mount",
                     &layer,
                     "a mount count for a layer that no longer exists".into(),
                     "forget the count",
+                );
+            } else if record.is_stale() {
+                finding(
+                    "mount",
+                    &layer,
+                    format!(
+                        "counted {} times, but {} is no longer mounted",
+                        record.count,
+                        record.path.display()
+                    ),
+                    "forget the count (the next mount mounts it again)",
                 );
             }
         }
@@ -417,8 +428,9 @@ impl Store {
         for path in self.leftover_files(&snapshot)? {
             let _ = fs::remove_file(&path);
         }
-        for (layer, _) in self.layers.counts().all()? {
-            if !snapshot.layers.contains_key(&layer) && !self.driver().exists(&layer)? {
+        for (layer, record) in self.layers.counts().all()? {
+            let gone = !snapshot.layers.contains_key(&layer) && !self.driver().exists(&layer)?;
+            if gone || record.is_stale() {
                 self.layers.counts().forget(&layer)?;
             }
         }

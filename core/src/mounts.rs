@@ -18,6 +18,38 @@ use crate::fsutil::{FileLock, replace_atomic_volatile};
 pub struct MountRecord {
     pub path: PathBuf,
     pub count: u32,
+    /// The driver's path was a mount point of its own when counted (an
+    /// overlay mount; a vfs path is a plain directory): if it no longer is,
+    /// the mount went behind the counts' back (unmounted by hand, or a
+    /// reboot with a run root that is not tmpfs), and the count is stale.
+    #[serde(default)]
+    pub mounted: bool,
+}
+
+impl MountRecord {
+    /// Whether the mount it counts is gone.
+    pub fn is_stale(&self) -> bool {
+        self.mounted && !is_mount_point(&self.path)
+    }
+}
+
+/// Whether `path` is a mount point: its mount differs from its parent's
+/// (mount ids, so a bind mount of the same filesystem counts too).
+pub fn is_mount_point(path: &Path) -> bool {
+    let mount_id = |p: &Path| {
+        rustix::fs::statx(
+            rustix::fs::CWD,
+            p,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            rustix::fs::StatxFlags::MNT_ID,
+        )
+        .ok()
+        .map(|s| s.stx_mnt_id)
+    };
+    match (mount_id(path), path.parent().and_then(mount_id)) {
+        (Some(own), Some(parent)) => own != parent,
+        _ => false,
+    }
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -71,15 +103,22 @@ impl MountCounts {
         let _lock = self.lock()?;
         let mut records = self.load()?;
         if let Some(record) = records.mounts.get_mut(id) {
-            record.count += 1;
-            let path = record.path.clone();
-            self.save(&records)?;
-            return Ok(path);
+            if !record.is_stale() {
+                record.count += 1;
+                let path = record.path.clone();
+                self.save(&records)?;
+                return Ok(path);
+            }
+            // Its mount went behind our back: mounted again below, and
+            // counted from one (the users the stale count stood for lost
+            // their mount with it).
+            tracing::warn!(layer = id, path = %record.path.display(), "a counted mount is gone; mounting again");
         }
         let path = mount()?;
         records.mounts.insert(
             id.to_string(),
             MountRecord {
+                mounted: is_mount_point(&path),
                 path: path.clone(),
                 count: 1,
             },
@@ -126,15 +165,10 @@ impl MountCounts {
         Ok(self.load()?.mounts.get(id).map_or(0, |r| r.count))
     }
 
-    /// Every layer counted, with its count.
-    pub fn all(&self) -> Result<Vec<(String, u32)>> {
+    /// Every layer counted, with its record.
+    pub fn all(&self) -> Result<Vec<(String, MountRecord)>> {
         let _lock = self.lock()?;
-        Ok(self
-            .load()?
-            .mounts
-            .into_iter()
-            .map(|(id, r)| (id, r.count))
-            .collect())
+        Ok(self.load()?.mounts.into_iter().collect())
     }
 
     /// Forgets a layer (it was removed).

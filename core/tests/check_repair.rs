@@ -15,15 +15,33 @@ use support::layout::{Layer, write_image};
 
 struct Store {
     scratch: tempfile::TempDir,
+    driver: &'static str,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Whatever happened, nothing stays mounted under the scratch store.
+        if let Ok(points) = strata_driver_kit::mounts::mounted_beneath(self.scratch.path()) {
+            for point in points {
+                let _ = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    }
 }
 
 impl Store {
     fn new() -> Store {
+        Store::on("vfs")
+    }
+
+    fn on(driver: &'static str) -> Store {
         Store {
+            // /var/tmp: overlay cannot put upper directories on an overlay /tmp.
             scratch: tempfile::Builder::new()
                 .prefix("strata-check-")
                 .tempdir_in("/var/tmp")
                 .unwrap(),
+            driver,
         }
     }
 
@@ -38,7 +56,7 @@ impl Store {
     }
 
     fn run_plain(&self, args: &[&str]) -> (bool, String, String) {
-        let drivers = build_plugin("strata-driver-vfs");
+        let drivers = build_plugin(&format!("strata-driver-{}", self.driver));
         let out = Command::new(env!("CARGO_BIN_EXE_strata"))
             .env("STRATA_DRIVER_PATH", drivers.parent().unwrap())
             .env_remove("STRATA_CONFIG")
@@ -46,7 +64,7 @@ impl Store {
             .arg(self.graph())
             .arg("--run-root")
             .arg(self.scratch.path().join("run"))
-            .args(["--driver", "vfs"])
+            .args(["--driver", self.driver])
             .args(args)
             .output()
             .unwrap();
@@ -64,7 +82,8 @@ impl Store {
     }
 
     fn sql(&self, statement: &str) {
-        let db = rusqlite::Connection::open(self.graph().join("vfs.db")).unwrap();
+        let db =
+            rusqlite::Connection::open(self.graph().join(format!("{}.db", self.driver))).unwrap();
         db.execute_batch(statement).unwrap();
     }
 
@@ -256,5 +275,32 @@ fn a_graph_root_of_the_json_version_is_migrated_once() {
     assert!(store.run(&["check"]).0);
     store.json(&["image", "delete", "old:1"]);
     assert!(!graph.join("vfs/layers/base").exists());
+    assert!(store.run(&["check"]).0);
+}
+
+#[test]
+fn a_counted_mount_that_went_behind_the_counts_back_is_found_and_mounted_again() {
+    let store = Store::on("overlay");
+    store.json(&["layer", "create", "base"]);
+    let mounted = store.json(&["layer", "mount", "base"]);
+    let path = PathBuf::from(mounted["path"].as_str().unwrap());
+    assert_eq!(mounted["mounts"], 1);
+    // Unmounted by hand (or a reboot with a run root that is not tmpfs).
+    rustix::mount::unmount(&path, rustix::mount::UnmountFlags::empty()).unwrap();
+    let (clean, out, _) = store.run(&["check"]);
+    assert!(!clean, "{out}");
+    assert!(out.contains("is no longer mounted"), "{out}");
+    // The next mount mounts it again rather than hand out an empty path.
+    let again = store.json(&["layer", "mount", "base"]);
+    assert_eq!(again["mounts"], 1);
+    assert!(strata_core::mounts::is_mount_point(&path));
+    assert!(store.run(&["check"]).0);
+    store.json(&["layer", "unmount", "base"]);
+    assert!(!strata_core::mounts::is_mount_point(&path));
+    // And repair forgets such a count.
+    store.json(&["layer", "mount", "base"]);
+    rustix::mount::unmount(&path, rustix::mount::UnmountFlags::empty()).unwrap();
+    let (repaired, out, err) = store.run(&["check", "--repair"]);
+    assert!(repaired, "{out} {err}");
     assert!(store.run(&["check"]).0);
 }
