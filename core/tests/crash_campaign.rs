@@ -154,11 +154,19 @@ impl Store {
     /// The store after a kill: it opens, `check` finds nothing, and every
     /// image it lists is whole (a container can be made on it, mounted and
     /// deleted).
-    fn assert_whole(&self, after: &str) {
-        let check = self.run(&["check"]);
-        if let Err(e) = &check {
-            panic!("after {after}: check found something: {e}");
+    /// Returns whether the open before the check finished or undid
+    /// something a killed process left (it says so in its warnings).
+    fn assert_whole(&self, after: &str) -> bool {
+        let out = self.command(&["check"]).output().unwrap();
+        let warnings = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            panic!(
+                "after {after}: check found something: {}{warnings}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
+        let recovered = warnings.contains("left part done")
+            || warnings.contains("an import whose process died");
         let images = self.json(&["image", "list"]);
         for image in images.as_array().unwrap() {
             let id = image["id"].as_str().unwrap();
@@ -183,6 +191,7 @@ impl Store {
             self.ok(&["container", "unmount", &container]);
             self.ok(&["container", "delete", &container]);
         }
+        recovered
     }
 }
 
@@ -236,6 +245,8 @@ fn time_of(store: &Store, args: &[&str]) -> Duration {
 struct Tally {
     made: usize,
     landed: usize,
+    /// Kills after which the next open had something to finish or undo.
+    recovered: usize,
     survived: usize,
 }
 
@@ -254,9 +265,9 @@ fn campaign(driver: &'static str) {
         tally.made += 1;
         tally.landed +=
             kill_during(&store, &["image", "import", &location], window, &mut rng) as usize;
-        store.assert_whole("a killed import");
+        tally.recovered += store.assert_whole("a killed import") as usize;
         store.ok(&["image", "import", &location]);
-        store.assert_whole("a re-import");
+        let _ = store.assert_whole("a re-import");
         store.ok(&["image", "delete", "app"]);
         tally.survived += 1;
     }
@@ -270,10 +281,10 @@ fn campaign(driver: &'static str) {
         store.ok(&["image", "import", &location]);
         tally.made += 1;
         tally.landed += kill_during(&store, &["image", "delete", "app"], window, &mut rng) as usize;
-        store.assert_whole("a killed image delete");
+        tally.recovered += store.assert_whole("a killed image delete") as usize;
         // Whole or absent: either way it imports (again).
         store.ok(&["image", "import", &location]);
-        store.assert_whole("a re-import");
+        let _ = store.assert_whole("a re-import");
         tally.survived += 1;
     }
     figures.push(("image delete", tally));
@@ -308,7 +319,7 @@ fn campaign(driver: &'static str) {
         tally.made += 1;
         tally.landed +=
             kill_during(&store, &["layer", "delete", "hand-top"], window, &mut rng) as usize;
-        store.assert_whole("a killed layer delete");
+        tally.recovered += store.assert_whole("a killed layer delete") as usize;
         match store.run(&["layer", "exists", "hand-top"]) {
             // Still there: whole, so it mounts and shows its files.
             Ok(_) => {
@@ -349,7 +360,7 @@ fn campaign(driver: &'static str) {
             window,
             &mut rng,
         ) as usize;
-        store.assert_whole("a killed container create");
+        tally.recovered += store.assert_whole("a killed container create") as usize;
         // Made whole, or not at all: the name is free or its container mounts.
         if store.run(&["container", "mount", "c"]).is_ok() {
             store.ok(&["container", "unmount", "c"]);
@@ -376,7 +387,7 @@ fn campaign(driver: &'static str) {
         tally.made += 1;
         tally.landed +=
             kill_during(&store, &["container", "delete", "d"], window, &mut rng) as usize;
-        store.assert_whole("a killed container delete");
+        tally.recovered += store.assert_whole("a killed container delete") as usize;
         if store.run(&["container", "mount", "d"]).is_ok() {
             store.ok(&["container", "unmount", "d"]);
             store.ok(&["container", "unmount", "d"]);
@@ -389,16 +400,17 @@ fn campaign(driver: &'static str) {
     let mut total = Tally::default();
     for (operation, tally) in &figures {
         println!(
-            "{driver} {operation}: {} kills, {} landed inside the command, {} survived",
-            tally.made, tally.landed, tally.survived
+            "{driver} {operation}: {} kills, {} landed inside the command, {} left work the next open finished or undid, {} survived",
+            tally.made, tally.landed, tally.recovered, tally.survived
         );
         total.made += tally.made;
         total.landed += tally.landed;
+        total.recovered += tally.recovered;
         total.survived += tally.survived;
     }
     println!(
-        "{driver} total: {} kills, {} landed, {} survived",
-        total.made, total.landed, total.survived
+        "{driver} total: {} kills, {} landed, {} recovered from, {} survived",
+        total.made, total.landed, total.recovered, total.survived
     );
     // Most kills must land inside their command, or the campaign tests
     // little: the windows are the commands' own times.
@@ -406,6 +418,13 @@ fn campaign(driver: &'static str) {
         total.landed * 2 >= total.made,
         "only {} of {} kills landed inside a command",
         total.landed,
+        total.made
+    );
+    // And many must leave work half done, or recovery was not tested.
+    assert!(
+        total.recovered * 4 >= total.made,
+        "only {} of {} kills left anything for the next open to finish or undo",
+        total.recovered,
         total.made
     );
     store.ok(&["check"]);
@@ -500,7 +519,7 @@ fn concurrent_run(driver: &'static str) {
         commands >= 40,
         "only {commands} commands ran: something hung"
     );
-    store.assert_whole("the concurrent run");
+    let _ = store.assert_whole("the concurrent run");
     // Every image still listed is whole (checked above); every one can be
     // imported again.
     for tag in ["one", "two", "three"] {
