@@ -2,6 +2,8 @@
 //! made with debootstrap) and interleaved A/B timing, so that two things
 //! compared see the same machine state.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

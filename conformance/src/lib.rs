@@ -26,6 +26,8 @@
 //! driver does not claim, no root, no way to start a worker) is skipped with
 //! its reason, never passed.
 
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod checks;
 pub mod tree;

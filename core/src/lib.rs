@@ -5,16 +5,21 @@
 //! layer archive format and the layer and image stores build on this.
 //!
 //! ```no_run
-//! use strata_core::{Config, Overrides, open_driver};
-//! use strata_plugin_abi::{CreateOptions, GraphDriver, MountOptions};
+//! use strata_core::oci::{ImageLocation, NoProgress};
+//! use strata_core::{Config, MountOptions, Overrides, Store};
 //!
-//! let config = Config::load(&Overrides::default())?;
-//! let selected = open_driver(&config)?;
-//! selected.driver.create("base", None, &CreateOptions::default())?;
-//! let path = selected.driver.get("base", &MountOptions::default())?;
-//! println!("{}", path.display());
+//! let store = Store::open(&Config::load(&Overrides::default())?)?;
+//! let location = ImageLocation::parse("/srv/images/alpine:3.20");
+//! let imported = store.import_image(&location, &[], &NoProgress)?;
+//! let container = store.create_container(&imported.image.id, &["web".into()], &Default::default())?;
+//! let root = store.mount_container(&container.id, &MountOptions::default())?;
+//! println!("{}", root.display());
+//! store.unmount_container(&container.id)?;
+//! store.delete_container(&container.id)?;
 //! # Ok::<(), strata_core::CoreError>(())
 //! ```
+
+#![forbid(unsafe_code)]
 
 pub mod archive;
 pub mod check;
@@ -37,3 +42,7 @@ pub mod store;
 pub use config::{Config, Overrides};
 pub use error::{CoreError, Result};
 pub use selection::{PRIORITY, SelectedDriver, open_driver, survey};
+pub use store::Store;
+/// The driver-facing types a runtime passes to the store, so that one crate
+/// is enough.
+pub use strata_plugin_abi::{CreateOptions, ErrorKind, GraphDriver, MountOptions};

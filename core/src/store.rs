@@ -95,6 +95,28 @@ impl Store {
         self.driver.as_ref()
     }
 
+    /// Imports the image at `location` (an OCI layout directory, and the
+    /// tag to take from it if it holds several), giving it `names`; see
+    /// [`crate::oci::import_image`].
+    pub fn import_image(
+        &self,
+        location: &crate::oci::ImageLocation,
+        names: &[String],
+        progress: &dyn crate::oci::ImportProgress,
+    ) -> Result<crate::oci::ImportReport> {
+        crate::oci::import_image(self, location, names, progress)
+    }
+
+    /// Writes image `reference` to the OCI layout at `location`; see
+    /// [`crate::oci::export_image`].
+    pub fn export_image(
+        &self,
+        reference: &str,
+        location: &crate::oci::ImageLocation,
+    ) -> Result<crate::oci::ExportReport> {
+        crate::oci::export_image(self, reference, location)
+    }
+
     pub fn graphroot(&self) -> &Path {
         &self.graphroot
     }

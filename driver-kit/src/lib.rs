@@ -22,6 +22,8 @@
 //!
 //! The template driver (`conformance/template`) shows all of it in use.
 
+#![forbid(unsafe_code)]
+
 pub mod copy;
 pub mod delete;
 pub mod fs_type;

@@ -1,6 +1,8 @@
 //! Helpers for strata's own tests: building plugin libraries (including ones
 //! deliberately built against a foreign ABI) and finding the workspace.
 
+#![forbid(unsafe_code)]
+
 /// Scratch filesystems live in the conformance suite (its runner sets up
 /// backends with them); our own tests use the same code.
 pub use strata_conformance::backend as mounts;

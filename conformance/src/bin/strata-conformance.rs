@@ -9,6 +9,8 @@
 //! For the process checks it runs itself again as a worker on the same home
 //! (`--worker TASK...`, not for people).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,5 +1,7 @@
 //! The library a strata host loads: one driver type, exported once.
 
+#![forbid(unsafe_code)]
+
 pub mod driver;
 
 pub use driver::ExampleDriver;

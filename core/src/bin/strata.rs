@@ -1,5 +1,7 @@
 //! The `strata` command: drivers, status and layers from the shell.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -31,6 +31,8 @@
 //! Mounts are made with redirect_dir, metacopy and index off, so `diff/` is
 //! always exact.
 
+#![forbid(unsafe_code)]
+
 mod mount;
 
 use std::fs;

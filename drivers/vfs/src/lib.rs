@@ -14,6 +14,8 @@
 //! <home>/layers/<id>/parent    its parent's id
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::path::PathBuf;
 

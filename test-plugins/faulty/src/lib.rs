@@ -25,6 +25,8 @@
 //! rather than linked: its library exports a root module of its own, and a
 //! library can export only one.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

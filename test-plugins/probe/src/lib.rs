@@ -7,6 +7,8 @@
 //! * `diff` of an id starting with `broken` fails after 1000 bytes.
 //! * `init` with option `refuse=true` answers "not supported".
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::path::PathBuf;
