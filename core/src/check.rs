@@ -170,7 +170,10 @@ impl Store {
             }
         }
         for id in &in_driver {
-            if !snapshot.layers.contains_key(id) && self.driver_only_orphan(id)? {
+            if !snapshot.layers.contains_key(id)
+                && !is_parent(&snapshot, id)
+                && self.driver_only_orphan(id)?
+            {
                 finding(
                     "layer",
                     id,
@@ -413,7 +416,10 @@ impl Store {
         }
         // Driver layers no record knows.
         for id in &in_driver {
-            if !snapshot.layers.contains_key(id) && self.driver_only_orphan(id)? {
+            if !snapshot.layers.contains_key(id)
+                && !is_parent(&snapshot, id)
+                && self.driver_only_orphan(id)?
+            {
                 match self.driver().remove(id) {
                     Ok(()) => {
                         tracing::warn!(layer = %id, "repair: removed a driver layer no record knows")
@@ -580,6 +586,14 @@ impl Store {
     }
 }
 
+/// Whether a recorded layer has `id` as its parent.
+fn is_parent(snapshot: &Snapshot, id: &str) -> bool {
+    snapshot
+        .layers
+        .values()
+        .any(|(_, parent)| parent.as_deref() == Some(id))
+}
+
 /// The made layers whose whole chain is made and in the driver.
 fn whole_layers(snapshot: &Snapshot, in_driver: &BTreeSet<String>) -> BTreeSet<String> {
     let mut whole = BTreeSet::new();
@@ -599,6 +613,14 @@ fn whole_layers(snapshot: &Snapshot, in_driver: &BTreeSet<String>) -> BTreeSet<S
                 Some((state, parent)) if *state == MADE && in_driver.contains(&layer) => {
                     path.push(layer);
                     cursor = parent.clone();
+                }
+                // A parent the driver has without a record (made before
+                // records were kept, or by the driver directly): layers may
+                // be made on such a parent, and it is whole as far as the
+                // records can tell.
+                None if in_driver.contains(&layer) => {
+                    path.push(layer);
+                    break true;
                 }
                 _ => {
                     path.push(layer);

@@ -264,7 +264,11 @@ impl Database {
         };
         relax("NORMAL")?;
         let result = self.write(operation, f);
-        relax("FULL")?;
+        // The change is committed (or not) whatever this says: a failure
+        // to go back is logged, not made the change's error.
+        if let Err(e) = relax("FULL") {
+            tracing::warn!(error = %e, "could not set the records' synchronous mode back to FULL");
+        }
         result
     }
 

@@ -617,7 +617,8 @@ impl Store {
         Ok(container.id)
     }
 
-    /// Deletes the container and its layer (unmounted first). Its layer is
+    /// Deletes the container and its layer (the driver takes down its
+    /// mount as it removes the layer; its mount count goes). Its layer is
     /// marked as being deleted, removed from the driver, and then one
     /// transaction deletes the layer's row and the container's: a kill
     /// between leaves a layer being deleted that the next open finishes,

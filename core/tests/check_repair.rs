@@ -304,3 +304,21 @@ fn a_counted_mount_that_went_behind_the_counts_back_is_found_and_mounted_again()
     assert!(repaired, "{out} {err}");
     assert!(store.run(&["check"]).0);
 }
+
+#[test]
+fn a_layer_on_a_parent_only_the_driver_knows_is_whole() {
+    let store = Store::new();
+    // A parent made before records were kept: the driver has it, no row.
+    store.json(&["layer", "create", "legacy-base"]);
+    store.sql("DELETE FROM layers WHERE id = 'legacy-base';");
+    store.json(&["layer", "create", "--parent", "legacy-base", "kid"]);
+    let (clean, out, _) = store.run(&["check"]);
+    assert!(
+        clean,
+        "a child of a driver-only parent is not broken: {out}"
+    );
+    let (repaired, out, err) = store.run(&["check", "--repair"]);
+    assert!(repaired, "{out} {err}");
+    assert!(store.graph().join("vfs/layers/kid").exists());
+    assert!(store.graph().join("vfs/layers/legacy-base").exists());
+}
