@@ -98,12 +98,7 @@ impl Store {
                 .prepare_cached("SELECT kind, name, owner FROM names")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let import_sessions = tx
-                .prepare_cached(
-                    "SELECT DISTINCT import_session FROM layers WHERE import_session IS NOT NULL",
-                )?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<BTreeSet<String>>>()?;
+            let import_sessions = crate::layers::import_sessions(tx)?.into_iter().collect();
             Ok(Snapshot {
                 layers,
                 images,
@@ -366,7 +361,7 @@ impl Store {
         }
         // Leftovers of dead processes first: the ordinary recovery.
         self.layers.recover(self.driver())?;
-        self.collect_imports_held()?;
+        self.collect_dead_imports(true)?;
         let (snapshot, in_driver) = self.survey()?;
         let whole = whole_layers(&snapshot, &in_driver);
         // Records that stand on broken layers: images and containers go.
@@ -443,30 +438,6 @@ impl Store {
         Ok(report)
     }
 
-    fn collect_imports_held(&self) -> Result<()> {
-        // The caller holds the layers-in-use lock exclusively: the ordinary
-        // collection would not get it, so its work is done directly.
-        let sessions: Vec<String> = self.db().read("list imports", |tx| {
-            let s = tx
-                .prepare_cached(
-                    "SELECT DISTINCT import_session FROM layers WHERE import_session IS NOT NULL",
-                )?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(s)
-        })?;
-        for session in sessions {
-            if self.sessions().is_alive(&session)? {
-                continue;
-            }
-            self.release_import(&session)?;
-        }
-        for dead in self.sessions().dead()? {
-            dead.retire();
-        }
-        Ok(())
-    }
-
     /// Deletes every made layer no image or container stands on (children
     /// first) and what dead processes left; returns the layers deleted.
     /// With `dry_run`, only lists them.
@@ -486,7 +457,7 @@ impl Store {
             return Ok(ordered);
         }
         self.layers.recover(self.driver())?;
-        self.collect_imports_held()?;
+        self.collect_dead_imports(true)?;
         let mut deleted = Vec::new();
         for id in ordered {
             if self.delete_if_unused(&id)? {

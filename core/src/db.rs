@@ -220,13 +220,7 @@ impl Database {
         operation: &str,
         f: impl FnOnce(&Transaction) -> Result<T>,
     ) -> Result<T> {
-        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = connection
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(|e| self.error(operation, e))?;
-        let value = f(&tx).map_err(|e| self.contextualise(operation, e))?;
-        tx.finish().map_err(|e| self.error(operation, e))?;
-        Ok(value)
+        self.transact(TransactionBehavior::Deferred, false, operation, f)
     }
 
     /// Runs `f` in a write transaction, committed if it returns `Ok` and
@@ -237,13 +231,7 @@ impl Database {
         operation: &str,
         f: impl FnOnce(&Transaction) -> Result<T>,
     ) -> Result<T> {
-        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.error(operation, e))?;
-        let value = f(&tx).map_err(|e| self.contextualise(operation, e))?;
-        tx.commit().map_err(|e| self.error(operation, e))?;
-        Ok(value)
+        self.transact(TransactionBehavior::Immediate, false, operation, f)
     }
 
     /// [`write`](Self::write) without waiting for the disk: for the last
@@ -256,17 +244,36 @@ impl Database {
         operation: &str,
         f: impl FnOnce(&Transaction) -> Result<T>,
     ) -> Result<T> {
-        let relax = |mode: &str| {
-            let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        self.transact(TransactionBehavior::Immediate, true, operation, f)
+    }
+
+    /// One transaction of `behavior` around `f`, committed if it returns
+    /// `Ok`. `relaxed`: committed with `synchronous=NORMAL`, set and reset
+    /// while the connection is held, so no other thread's commit runs so.
+    fn transact<T>(
+        &self,
+        behavior: TransactionBehavior,
+        relaxed: bool,
+        operation: &str,
+        f: impl FnOnce(&Transaction) -> Result<T>,
+    ) -> Result<T> {
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        if relaxed {
             connection
-                .pragma_update(None, "synchronous", mode)
-                .map_err(|e| self.error(operation, e))
-        };
-        relax("NORMAL")?;
-        let result = self.write(operation, f);
-        // The change is committed (or not) whatever this says: a failure
-        // to go back is logged, not made the change's error.
-        if let Err(e) = relax("FULL") {
+                .pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| self.error(operation, e))?;
+        }
+        let result = (|| {
+            let tx = connection
+                .transaction_with_behavior(behavior)
+                .map_err(|e| self.error(operation, e))?;
+            let value = f(&tx).map_err(|e| self.contextualise(operation, e))?;
+            tx.commit().map_err(|e| self.error(operation, e))?;
+            Ok(value)
+        })();
+        // The change is committed (or not) whatever this says: a failure to
+        // go back is logged, not made the change's error.
+        if relaxed && let Err(e) = connection.pragma_update(None, "synchronous", "FULL") {
             tracing::warn!(error = %e, "could not set the records' synchronous mode back to FULL");
         }
         result

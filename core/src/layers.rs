@@ -229,6 +229,17 @@ pub(crate) fn all_parents(tx: &Connection) -> Result<HashMap<String, Option<Stri
     Ok(parents)
 }
 
+/// The sessions whose imports have layers not yet recorded in an image.
+pub(crate) fn import_sessions(tx: &Connection) -> Result<Vec<String>> {
+    let sessions = tx
+        .prepare_cached(
+            "SELECT DISTINCT import_session FROM layers WHERE import_session IS NOT NULL",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(sessions)
+}
+
 /// The layers that have `id` as parent, in any state.
 pub(crate) fn children_of(tx: &Connection, id: &str) -> Result<Vec<String>> {
     let mut statement = tx.prepare_cached("SELECT id FROM layers WHERE parent = ?1 ORDER BY id")?;
@@ -950,8 +961,7 @@ impl LayerStore {
                     children.join(", ")
                 )));
             }
-            tx.prepare_cached("UPDATE layers SET state = ?1, owner = ?2 WHERE id = ?3")?
-                .execute(params![DELETING, me, id])?;
+            self.mark_in(tx, id, &me)?;
             Ok(true)
         })?;
         if in_records {

@@ -31,7 +31,8 @@ use crate::images::{
     ImageFamily, ImageRecord, ImageStore, NewImage, delete_image_rows, read_image, resolve_image,
 };
 use crate::layers::{
-    DiffRecord, LayerRecord, LayerStore, MADE, NewLayer, all_parents, children_of, row_state,
+    DiffRecord, LayerRecord, LayerStore, MADE, NewLayer, all_parents, children_of, import_sessions,
+    row_state,
 };
 use crate::sessions::Sessions;
 
@@ -134,16 +135,17 @@ impl Store {
     /// dead sessions. Skipped, to be done at a later open, while another
     /// process builds on layers.
     pub(crate) fn collect_abandoned_imports(&self) -> Result<Vec<String>> {
+        self.collect_dead_imports(false)
+    }
+
+    /// [`collect_abandoned_imports`](Self::collect_abandoned_imports);
+    /// `exclusive_held`: the caller already holds the layers-in-use lock
+    /// exclusively (repair, prune), so it is not tried for.
+    pub(crate) fn collect_dead_imports(&self, exclusive_held: bool) -> Result<Vec<String>> {
         let dead_files = self.sessions.dead()?;
-        let marks: Vec<String> = self.db.read("list imports in progress", |tx| {
-            let sessions = tx
-                .prepare_cached(
-                    "SELECT DISTINCT import_session FROM layers WHERE import_session IS NOT NULL",
-                )?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(sessions)
-        })?;
+        let marks = self
+            .db
+            .read("list imports in progress", |tx| import_sessions(tx))?;
         let mut dead_marks = Vec::new();
         for session in marks {
             // A dead session found above is locked by this process, so it
@@ -154,8 +156,13 @@ impl Store {
         }
         let mut removed = Vec::new();
         if !dead_marks.is_empty() {
-            let Some(_exclusive) = self.try_hold_layers_exclusively()? else {
-                return Ok(removed);
+            let _exclusive = if exclusive_held {
+                None
+            } else {
+                match self.try_hold_layers_exclusively()? {
+                    Some(hold) => Some(hold),
+                    None => return Ok(removed),
+                }
             };
             for session in dead_marks {
                 removed.extend(self.release_import(&session)?);

@@ -19,8 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use strata_testkit::plugins::build_plugin;
-use support::RawTar;
 use support::layout::{Layer, write_image};
+use support::tar_of_many;
 
 /// Kills per operation and driver: 5 operations x 2 drivers x 10 = 100.
 const KILLS_PER_OPERATION: usize = 10;
@@ -196,16 +196,6 @@ impl Store {
 }
 
 const LAYERS: usize = 3;
-
-fn tar_of_many(prefix: &str, files: usize, size: usize) -> Vec<u8> {
-    let mut tar = RawTar::new();
-    tar.dir(&format!("{prefix}/"));
-    for i in 0..files {
-        let data: Vec<u8> = (0..size).map(|b| ((b * 31 + i) % 251) as u8).collect();
-        tar.file(&format!("{prefix}/file-{i:05}"), &data);
-    }
-    tar.finish()
-}
 
 /// Writes image `tag` (LAYERS layers of `files` files each) into the layout.
 fn write_test_image(store: &Store, tag: &str, files: usize) {

@@ -7,18 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use strata_testkit::plugins::build_plugin;
-use support::RawTar;
 use support::layout::{Layer, write_image};
-
-fn tar_of_many(prefix: &str, files: usize, size: usize) -> Vec<u8> {
-    let mut tar = RawTar::new();
-    tar.dir(&format!("{prefix}/"));
-    for i in 0..files {
-        let data: Vec<u8> = (0..size).map(|b| ((b * 31 + i) % 251) as u8).collect();
-        tar.file(&format!("{prefix}/file-{i:05}"), &data);
-    }
-    tar.finish()
-}
+use support::tar_of_many;
 
 fn strata(graph: &Path, driver: &str, args: &[&str]) -> Command {
     let drivers = build_plugin(&format!("strata-driver-{driver}"));

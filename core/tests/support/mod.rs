@@ -301,3 +301,15 @@ pub fn mount_overlay(
     .unwrap();
     Mounted { merged }
 }
+
+/// A tar of a directory `prefix` holding `files` files of `size` bytes each
+/// (each file's bytes differ).
+pub fn tar_of_many(prefix: &str, files: usize, size: usize) -> Vec<u8> {
+    let mut tar = RawTar::new();
+    tar.dir(&format!("{prefix}/"));
+    for i in 0..files {
+        let data: Vec<u8> = (0..size).map(|b| ((b * 31 + i) % 251) as u8).collect();
+        tar.file(&format!("{prefix}/file-{i:05}"), &data);
+    }
+    tar.finish()
+}
