@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install-deps.sh
-cargo build --release --quiet -p strata-core -p strata-driver-vfs -p strata-driver-overlay
+cargo build --release --quiet -p strata-cli -p strata-driver-vfs -p strata-driver-overlay
 strata=$PWD/target/release/strata
 root=${STRATA_DEMO_ROOT:-/var/tmp/strata-demo}
 export STRATA_ROOT="$root/graph" STRATA_RUN_ROOT="$root/run"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the apply fuzzer (core/fuzz) for a bounded time: SECONDS (default 45).
+# Runs the apply fuzzer (archive/fuzz) for a bounded time: SECONDS (default 45).
 # Any crash, panic or write outside the layer's root fails the run; libFuzzer
-# leaves the input that did it in core/fuzz/artifacts/apply/.
+# leaves the input that did it in archive/fuzz/artifacts/apply/.
 set -euo pipefail
-cd "$(dirname "$0")/../core"
+cd "$(dirname "$0")/../archive"
 seconds=${1:-45}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 ./fuzz/seed.sh

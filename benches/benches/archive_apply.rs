@@ -159,7 +159,7 @@ fn peak_rss(fs: &LoopFilesystem, tar: &Path) {
         "--release",
         "--quiet",
         "-p",
-        "strata-core",
+        "strata-cli",
         "-p",
         "strata-driver-vfs",
     ]));

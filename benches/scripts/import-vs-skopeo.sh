@@ -18,7 +18,7 @@ cd "$(dirname "$0")/../.."
 rounds=${1:-5}
 images=${IMAGES:-debian modules}
 ./scripts/install-deps.sh
-cargo build --release --quiet -p strata-core -p strata-driver-vfs -p strata-driver-overlay
+cargo build --release --quiet -p strata-cli -p strata-driver-vfs -p strata-driver-overlay
 strata=$PWD/target/release/strata
 export STRATA_DRIVER_PATH=$PWD/target/release
 

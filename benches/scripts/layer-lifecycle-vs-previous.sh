@@ -24,10 +24,12 @@ cleanup() {
 trap cleanup EXIT
 
 echo "building this checkout and $rev (release)" >&2
-cargo build --release -q -p strata-core -p strata-driver-vfs -p strata-driver-overlay
+cargo build --release -q -p strata-cli -p strata-driver-vfs -p strata-driver-overlay
 git worktree add -q "$work/previous" "$rev"
-(cd "$work/previous" && CARGO_TARGET_DIR="$work/previous-target" \
-    cargo build --release -q -p strata-core -p strata-driver-vfs -p strata-driver-overlay)
+# The command moved from strata-core to its own crate, strata-cli.
+(cd "$work/previous" && command_crate=strata-core && { [ -d cli ] && command_crate=strata-cli; }
+    CARGO_TARGET_DIR="$work/previous-target" \
+    cargo build --release -q -p "$command_crate" -p strata-driver-vfs -p strata-driver-overlay)
 new_bin=target/release
 old_bin="$work/previous-target/release"
 

@@ -32,7 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q -p strata-core -p strata-driver-vfs
+cargo build --release -q -p strata-cli -p strata-driver-vfs
 cargo build --release -q -p strata-benches --example populate
 bin=$PWD/target/release
 truncate -s 8G "$work/ext4.img"

@@ -28,10 +28,13 @@
 
 #![forbid(unsafe_code)]
 
-pub mod backend;
 pub mod checks;
-pub mod tree;
+pub mod harness;
 pub mod worker;
+
+/// Scratch filesystems for backends, and the reference tree and its
+/// comparison: shared with strata's own tests through the testkit.
+pub use strata_testkit::{mounts as backend, tree};
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -21,7 +21,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod archive;
 pub mod check;
 pub mod config;
 pub mod containers;
@@ -43,6 +42,8 @@ pub use config::{Config, Overrides};
 pub use error::{CoreError, Result};
 pub use selection::{PRIORITY, SelectedDriver, open_driver, survey};
 pub use store::Store;
+/// The layer format, a crate of its own: re-exported so one crate is enough.
+pub use strata_archive as archive;
 /// The driver-facing types a runtime passes to the store, so that one crate
 /// is enough.
 pub use strata_plugin_abi::{CreateOptions, ErrorKind, GraphDriver, MountOptions};

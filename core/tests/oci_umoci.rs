@@ -3,16 +3,16 @@
 //! `umoci unpack` of the same image, and the image exported back and read
 //! by umoci and skopeo. On vfs and on overlay.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use strata_conformance::tree::{Compare, build_every_kind, compare_trees_with};
 use strata_core::oci::{ImageLocation, NoProgress, export_image, import_image};
 use strata_core::store::Store;
-use strata_testkit::plugins::start_driver;
+use strata_testkit::plugins::build_plugin;
+use strata_testkit::tree::{Compare, build_every_kind, compare_trees_with};
 
 fn tool_missing(tool: &str) -> bool {
     let found = Command::new("sh")
@@ -49,7 +49,7 @@ fn make_umoci_images(scratch: &Path, layout: &Path) {
     // Nor does applying a layer keep trusted.* and security labels (see
     // hostile_content.rs), which umoci unpack would set: the image carries
     // none, so the two trees are comparable.
-    support::remove_xattrs_layers_drop(&rootfs);
+    fixtures::remove_xattrs_layers_drop(&rootfs);
     fs::create_dir_all(rootfs.join("opt/app/lib")).unwrap();
     fs::write(rootfs.join("opt/app/lib/old.so"), b"old").unwrap();
     fs::write(rootfs.join("opt/app/config"), b"v1").unwrap();
@@ -88,7 +88,12 @@ fn make_umoci_images(scratch: &Path, layout: &Path) {
 fn open_store(scratch: &Path, driver: &str) -> Store {
     let graph = scratch.join("graph");
     let driver_lib = format!("strata-driver-{driver}");
-    let started = start_driver(&driver_lib, &graph.join(driver), &[]).unwrap();
+    let args = strata_plugin_abi::InitArgs {
+        home: graph.join(driver),
+        run_root: scratch.join("run").join(driver),
+        ..Default::default()
+    };
+    let started = strata_plugin_abi::load_driver(&build_plugin(&driver_lib), &args).unwrap();
     Store::with_driver(&graph, &scratch.join("run"), Box::new(started)).unwrap()
 }
 

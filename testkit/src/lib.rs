@@ -1,12 +1,18 @@
-//! Helpers for strata's own tests: building plugin libraries (including ones
-//! deliberately built against a foreign ABI) and finding the workspace.
+//! Helpers for strata's tests and for the conformance runner: scratch
+//! filesystems (tmpfs, loop-mounted images, zfs-fuse pools), the reference
+//! test tree and its comparison, hand-built tar streams and OCI layouts, and
+//! building plugin libraries (including ones deliberately built against a
+//! foreign ABI).
+//!
+//! It depends on no other strata crate, so any of them, the plugin ABI
+//! included, can use it in its tests without a dependency cycle.
 
 #![forbid(unsafe_code)]
 
-/// Scratch filesystems live in the conformance suite (its runner sets up
-/// backends with them); our own tests use the same code.
-pub use strata_conformance::backend as mounts;
+pub mod fixtures;
+pub mod mounts;
 pub mod plugins;
+pub mod tree;
 
 use std::path::PathBuf;
 

@@ -86,36 +86,6 @@ fn cargo_build_cdylib(
     panic!("cargo build -p {package} produced no cdylib");
 }
 
-/// Builds the driver library of `package` and starts it on `home` (run root
-/// `home/run`) with `options`. A driver that refuses to start gives its error;
-/// a library that cannot be loaded fails the test.
-pub fn start_driver(
-    package: &str,
-    home: &Path,
-    options: &[(&str, &str)],
-) -> strata_plugin_abi::Result<strata_plugin_abi::LoadedDriver> {
-    let args = strata_plugin_abi::InitArgs {
-        home: home.to_path_buf(),
-        run_root: home.join("run"),
-        options: options.iter().copied().collect(),
-        ..Default::default()
-    };
-    strata_plugin_abi::load_driver(&build_plugin(package), &args).map_err(|e| {
-        match e.driver_error() {
-            Some(err) => err.clone(),
-            None => panic!("{e}"),
-        }
-    })
-}
-
-/// Options for a read-write layer.
-pub fn read_write() -> strata_plugin_abi::CreateOptions {
-    strata_plugin_abi::CreateOptions {
-        read_write: true,
-        ..Default::default()
-    }
-}
-
 /// A driver library deliberately built against a strata-plugin-abi that this
 /// host cannot accept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

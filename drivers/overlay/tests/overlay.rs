@@ -3,8 +3,8 @@
 use std::fs;
 use std::path::Path;
 
+use strata_conformance::harness::{read_write as rw, start_driver};
 use strata_plugin_abi::{ErrorKind, GraphDriver, LoadedDriver, MountOptions};
-use strata_testkit::plugins::{read_write as rw, start_driver};
 
 fn start(home: &Path, options: &[(&str, &str)]) -> strata_plugin_abi::Result<LoadedDriver> {
     start_driver("strata-driver-overlay", home, options)

@@ -3,11 +3,11 @@
 use std::fs;
 use std::path::Path;
 
+use strata_conformance::harness::{read_write as rw, start_driver};
 use strata_conformance::tree::{build_every_kind, compare_trees};
 use strata_plugin_abi::{
     CreateOptions, ErrorKind, GraphDriver, KeyValues, LoadedDriver, MountOptions,
 };
-use strata_testkit::plugins::{read_write as rw, start_driver};
 
 fn start(home: &Path, options: &[(&str, &str)]) -> strata_plugin_abi::Result<LoadedDriver> {
     start_driver("strata-driver-vfs", home, options)

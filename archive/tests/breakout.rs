@@ -4,14 +4,14 @@
 //! in the container, where `/` is the root); the world outside is compared
 //! before and after, always.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use strata_core::archive::{ApplyOptions, ApplyTarget, apply_layer};
-use support::*;
+use fixtures::*;
+use strata_archive::{ApplyOptions, ApplyTarget, apply_layer};
 
 /// Every file under `dir` with its content (or link target), excluding `skip`.
 fn world(dir: &Path, skip: &Path) -> BTreeMap<String, Vec<u8>> {

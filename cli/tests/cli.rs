@@ -521,16 +521,21 @@ fn a_create_refused_by_the_driver_does_not_remove_the_layer_already_there() {
     );
 }
 
-mod support;
+use strata_testkit::fixtures;
 
 #[test]
 fn a_read_only_layer_refuses_apply_naming_the_images_on_it() {
     let setup = Setup::new();
     let layout = setup.scratch.path().join("layout");
-    let base = support::RawTar::new()
+    let base = fixtures::RawTar::new()
         .file("etc/os-release", b"base\n")
         .finish();
-    support::layout::write_image(&layout, "v1", &[support::layout::Layer::plain(&base)], "ro");
+    fixtures::layout::write_image(
+        &layout,
+        "v1",
+        &[fixtures::layout::Layer::plain(&base)],
+        "ro",
+    );
     let location = format!("{}:v1", layout.display());
     ok(setup.strata(&["image", "import", &location, "--name", "shared"]));
     let layers: serde_json::Value =
@@ -539,7 +544,7 @@ fn a_read_only_layer_refuses_apply_naming_the_images_on_it() {
     let change = setup.scratch.path().join("change.tar");
     fs::write(
         &change,
-        support::RawTar::new()
+        fixtures::RawTar::new()
             .file("etc/os-release", b"changed\n")
             .finish(),
     )
@@ -563,7 +568,7 @@ fn a_layer_being_made_by_another_process_is_not_deleted_under_it() {
     use std::io::Write;
     let setup = Setup::new();
     ok(setup.strata(&["layer", "create", "first"]));
-    let mut tar = support::RawTar::new();
+    let mut tar = fixtures::RawTar::new();
     tar.file("a", b"first half");
     let first_half = tar.bytes.clone();
     tar.file("b", b"second half");

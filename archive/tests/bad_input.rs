@@ -1,11 +1,11 @@
 //! Junk and truncated streams in every compression: a clear error, never a panic.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::io::Write;
 
-use strata_core::archive::{ApplyOptions, ArchiveError, apply_layer};
-use support::RawTar;
+use fixtures::RawTar;
+use strata_archive::{ApplyOptions, ArchiveError, apply_layer};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -89,7 +89,7 @@ fn malformed_headers_are_refused() {
 
     // A size far beyond the data that follows.
     let tar = RawTar::new()
-        .header(b"huge", support::REGULAR, b"", 1 << 40, 0o644)
+        .header(b"huge", fixtures::REGULAR, b"", 1 << 40, 0o644)
         .data(b"x")
         .finish();
     assert!(matches!(apply(&tar), Err(ArchiveError::Input(_))));

@@ -2,16 +2,16 @@
 //! manifest, tag or image at fault, and leaves no image or layer behind; the
 //! store opens again afterwards.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::fs;
 use std::path::Path;
 
+use fixtures::RawTar;
+use fixtures::layout::{Layer, blob_path, digest, gzip, write_image};
+use strata_conformance::harness::start_driver;
 use strata_core::oci::{ImageLocation, NoProgress, import_image};
 use strata_core::store::Store;
-use strata_testkit::plugins::start_driver;
-use support::RawTar;
-use support::layout::{Layer, blob_path, digest, gzip, write_image};
 
 fn open_store(scratch: &Path) -> Store {
     let graph = scratch.join("graph");
@@ -60,7 +60,7 @@ fn assert_nothing_left(scratch: &Path, store: &Store, kept_images: usize, kept_l
 
 /// Writes a two-layer image, lets `spoil` damage the layout, imports it and
 /// returns the error text.
-fn refused(spoil: impl FnOnce(&Path, &support::layout::Written)) -> String {
+fn refused(spoil: impl FnOnce(&Path, &fixtures::layout::Written)) -> String {
     let scratch = tempfile::tempdir().unwrap();
     let layout = scratch.path().join("layout");
     let written = write_image(

@@ -3,15 +3,15 @@
 //! a second check is clean; `prune` and `system df` report and reclaim
 //! unused layers; a graph root written by the JSON version is migrated once.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
+use fixtures::RawTar;
+use fixtures::layout::{Layer, write_image};
 use strata_testkit::plugins::build_plugin;
-use support::RawTar;
-use support::layout::{Layer, write_image};
 
 struct Store {
     scratch: tempfile::TempDir,

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
-use strata_plugin_abi::IdMap;
 
-use super::ArchiveError;
 use super::beneath::{self, Root, name_cstr, normalize, proc_path, remove_all_at, split};
 pub use super::bounded::MAX_TRACKED_PATHS;
 use super::bounded::{DirLog, DirRecord, OverBudget, PathBudget, PathSet};
@@ -21,6 +19,7 @@ use super::digest::Sha256Digest;
 use super::members::{Data, MAX_SPARSE_REGIONS, MAX_TRAILING, Member, Members, lossy};
 use super::record;
 use super::whiteout::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
+use super::{ArchiveError, IdMap};
 
 /// Where a layer is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

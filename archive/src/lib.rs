@@ -1,6 +1,13 @@
+//! # strata-archive
+//!
 //! The layer tar format: the one place in strata that knows it, so no driver
 //! has to. Applying a stream (any compression, whiteouts, safe extraction,
 //! digests, tar-split) lives here; computing changes and exporting them follow.
+//!
+//! It depends on no other strata crate: the stores, the conformance suite, a
+//! driver that owns its own format, or another tool can use it alone.
+
+#![forbid(unsafe_code)]
 
 mod apply;
 pub mod beneath;
@@ -16,6 +23,18 @@ pub mod whiteout;
 
 use std::io;
 use std::path::{Path, PathBuf};
+
+/// One range of a user-namespace id mapping, as in `/proc/PID/uid_map`:
+/// `size` ids from `container_id` in the layer are `host_id` onwards on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IdMap {
+    /// The first id as the layer's members name it.
+    pub container_id: u32,
+    /// The id it is written as.
+    pub host_id: u32,
+    /// How many consecutive ids the range covers.
+    pub size: u32,
+}
 
 pub use apply::{ApplyOptions, ApplyReport, ApplyTarget, apply_layer};
 pub use changes::{Change, ChangeKind, changes, overlay_changes};

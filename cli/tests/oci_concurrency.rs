@@ -1,14 +1,14 @@
 //! Two processes importing different images (sharing their first layer)
 //! into one store at the same time: both succeed and both images are whole.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use fixtures::layout::{Layer, write_image};
+use fixtures::tar_of_many;
 use strata_testkit::plugins::build_plugin;
-use support::layout::{Layer, write_image};
-use support::tar_of_many;
 
 fn strata(graph: &Path, driver: &str, args: &[&str]) -> Command {
     let drivers = build_plugin(&format!("strata-driver-{driver}"));

@@ -9,7 +9,7 @@
 //! symlink inside the layout, JSON at its size limits, annotation bombs)
 //! must import within the same memory.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::fs;
 use std::io::Read;
@@ -20,13 +20,14 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use strata_core::store::Store;
-use strata_testkit::plugins::{build_plugin, start_driver};
-use support::RawTar;
-use support::layout::{
+use fixtures::RawTar;
+use fixtures::layout::{
     Layer, Written, add_to_index, blob_path, descriptor, digest, put_raw_blob, write_image,
     write_image_with_config, write_raw_manifest,
 };
+use strata_conformance::harness::start_driver;
+use strata_core::store::Store;
+use strata_testkit::plugins::build_plugin;
 
 /// How long an import may take before it counts as hung.
 const DEADLINE: Duration = Duration::from_secs(20);

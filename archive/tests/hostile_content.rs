@@ -5,7 +5,7 @@
 //! is dropped, skipped or refused with a clear error; the memory cases run
 //! in a child process whose peak resident memory must stay under 64 MiB.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -13,12 +13,12 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use strata_conformance::tree::NET_BIND_CAPABILITY;
-use strata_core::archive::{ApplyOptions, ApplyTarget, ArchiveError, Sha256Digest, apply_layer};
-use support::{
+use fixtures::{
     DIRECTORY, GNU_LONGLINK, GNU_LONGNAME, GNU_SPARSE, Generated, PAX, REGULAR, RawTar, SYMLINK,
     mount_overlay,
 };
+use strata_archive::{ApplyOptions, ApplyTarget, ArchiveError, Sha256Digest, apply_layer};
+use strata_testkit::tree::NET_BIND_CAPABILITY;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;

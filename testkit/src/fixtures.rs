@@ -1,8 +1,6 @@
 //! Building tar streams byte by byte, so tests can make the malformed and
 //! hostile members no well-behaved tar writer would.
 
-#![allow(dead_code)]
-
 /// A tar stream under construction.
 #[derive(Default)]
 pub struct RawTar {

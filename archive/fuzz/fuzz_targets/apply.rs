@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use strata_core::archive::{ApplyOptions, ApplyTarget, apply_layer};
+use strata_archive::{ApplyOptions, ApplyTarget, apply_layer};
 
 fuzz_target!(|data: &[u8]| {
     let scratch = tempfile::tempdir().expect("scratch directory");

@@ -1,14 +1,14 @@
 //! The archive module against GNU tar: real tars in, real trees out.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 
-use strata_conformance::tree::{build_every_kind, compare_trees};
-use strata_core::archive::{ApplyOptions, Compression, Sha256Digest, apply_layer, tarsplit};
+use strata_archive::{ApplyOptions, Compression, Sha256Digest, apply_layer, tarsplit};
 use strata_testkit::gnu_tar;
+use strata_testkit::tree::{build_every_kind, compare_trees};
 
 #[test]
 fn a_gnu_tar_of_every_file_kind_applies_to_an_identical_tree() {
@@ -20,7 +20,7 @@ fn a_gnu_tar_of_every_file_kind_applies_to_an_identical_tree() {
     fs::remove_file(original.join("dev/log")).unwrap();
     // Nor does applying keep trusted.* and security labels (see
     // hostile_content.rs): the tree that must come back whole has none.
-    support::remove_xattrs_layers_drop(&original);
+    fixtures::remove_xattrs_layers_drop(&original);
     let tar = gnu_tar(&original, &["--sparse"]);
 
     for (compression, bytes) in [
@@ -64,9 +64,9 @@ fn a_gnu_tar_of_every_file_kind_applies_to_an_identical_tree() {
 
 #[test]
 fn owners_are_shifted_through_id_maps_and_unmapped_ones_refused() {
-    use strata_plugin_abi::IdMap;
-    let mut tar = support::RawTar::new();
-    tar.header(b"owned", support::REGULAR, b"", 2, 0o640)
+    use strata_archive::IdMap;
+    let mut tar = fixtures::RawTar::new();
+    tar.header(b"owned", fixtures::REGULAR, b"", 2, 0o640)
         .data(b"hi");
     // Make the member owned by 1000:1000 (uid at 108, gid at 116, then re-sum).
     let mut bytes = tar.finish();

@@ -5,10 +5,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use strata_conformance::tree::{Compare, build_every_kind, compare_trees_with};
-use strata_core::archive::{
+use strata_archive::{
     ApplyOptions, ApplyTarget, ChangeKind, apply_layer, changes, export_changes, overlay_changes,
 };
+use strata_testkit::tree::{Compare, build_every_kind, compare_trees_with};
 
 fn cp_a(from: &Path, to: &Path) {
     let ok = Command::new("cp")

@@ -1,14 +1,14 @@
 //! Whiteouts and opaque directories, on a full tree and into an overlay upper
 //! directory.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use strata_core::archive::{ApplyOptions, ApplyTarget, apply_layer};
-use support::{RawTar, mount_overlay};
+use fixtures::{RawTar, mount_overlay};
+use strata_archive::{ApplyOptions, ApplyTarget, apply_layer};
 
 /// A lower layer's tree.
 fn lower(root: &Path) {

@@ -12,15 +12,15 @@
 //!
 //! Each run prints its seed (`CAMPAIGN_SEED` replays one) and its figures.
 
-mod support;
+use strata_testkit::fixtures;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fixtures::layout::{Layer, write_image};
+use fixtures::tar_of_many;
 use strata_testkit::plugins::build_plugin;
-use support::layout::{Layer, write_image};
-use support::tar_of_many;
 
 /// Kills per operation and driver: 5 operations x 2 drivers x 10 = 100.
 const KILLS_PER_OPERATION: usize = 10;

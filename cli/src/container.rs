@@ -1,0 +1,115 @@
+//! `strata container ...`: a read-write layer on an image.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::json;
+use strata_core::store::Store;
+use strata_core::{Config, CoreError};
+use strata_plugin_abi::{CreateOptions, MountOptions};
+
+use crate::output::{print_json, print_lines, short};
+use crate::{Cli, parse_key_value};
+
+#[derive(Subcommand)]
+pub(crate) enum ContainerCommand {
+    /// Make a container on an image and print its id
+    Create {
+        image: String,
+        /// A name for the container
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// Per-layer storage option, KEY=VALUE (repeatable)
+        #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        storage_opts: Vec<(String, String)>,
+        /// SELinux label for the container's mounts
+        #[arg(long, value_name = "LABEL")]
+        mount_label: Option<String>,
+    },
+    /// Mount the container's tree and print its path
+    Mount {
+        container: String,
+        /// Mount option such as nodev (repeatable)
+        #[arg(long = "option", short = 'o', value_name = "OPTION")]
+        options: Vec<String>,
+    },
+    /// Release one mount, by container id, name or mount path
+    Unmount { container: String },
+    /// Delete the container and its layer
+    Delete { container: String },
+    /// List the containers
+    List,
+}
+
+pub(crate) fn run(
+    cli: &Cli,
+    config: &Config,
+    command: &ContainerCommand,
+) -> Result<ExitCode, CoreError> {
+    let store = Store::open(config)?;
+    match command {
+        ContainerCommand::Create {
+            image,
+            names,
+            storage_opts,
+            mount_label,
+        } => {
+            let options = CreateOptions {
+                read_write: true,
+                mount_label: mount_label.clone(),
+                storage_opts: storage_opts.iter().cloned().collect(),
+            };
+            let record = store.create_container(image, names, &options)?;
+            if cli.json {
+                print_json(json!(record));
+            } else {
+                println!("{}", record.id);
+            }
+        }
+        ContainerCommand::Mount { container, options } => {
+            let options = MountOptions {
+                options: options.clone(),
+                ..Default::default()
+            };
+            let path = store.mount_container(container, &options)?;
+            if cli.json {
+                let record = store.container(container)?;
+                print_json(json!({
+                    "id": record.id,
+                    "path": path,
+                    "mounts": store.layers.mount_count(&record.layer)?,
+                }));
+            } else {
+                println!("{}", path.display());
+            }
+        }
+        ContainerCommand::Unmount { container } => {
+            store.unmount_container(container)?;
+        }
+        ContainerCommand::Delete { container } => {
+            let record = store.delete_container(container)?;
+            if !cli.json {
+                println!("{}", record.id);
+            } else {
+                print_json(json!(record));
+            }
+        }
+        ContainerCommand::List => {
+            let containers = store.containers.list()?;
+            if cli.json {
+                print_json(json!(containers));
+            } else {
+                let header = format!("{:<12}  {:<12}  NAMES", "ID", "IMAGE");
+                print_lines(std::iter::once(header).chain(containers.iter().map(|c| {
+                    format!(
+                        "{:<12}  {:<12}  {}",
+                        short(&c.id),
+                        short(&c.image),
+                        c.names.join(", ")
+                    )
+                })))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,236 @@
+//! `strata layer ...`: layers by hand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use strata_core::archive::ChangeKind;
+use strata_core::store::Store;
+use strata_core::{Config, CoreError};
+use strata_plugin_abi::{CreateOptions, MountOptions};
+
+use crate::output::{diff_json, print_json, print_lines};
+use crate::{Cli, open_input, parse_key_value};
+
+#[derive(Subcommand)]
+pub(crate) enum LayerCommand {
+    /// Create a layer, empty or as a child of a parent
+    Create(CreateArgs),
+    /// Make a layer's tree available and print its path
+    Mount {
+        id: String,
+        /// Mount option such as ro or nodev (repeatable)
+        #[arg(long = "option", short = 'o', value_name = "OPTION")]
+        options: Vec<String>,
+    },
+    /// Release what mount made available
+    Unmount { id: String },
+    /// Remove a layer and its contents (refused while it has children)
+    Delete { id: String },
+    /// Apply a layer tar (plain, gzip or zstd) to an existing layer
+    Apply {
+        id: String,
+        /// The tar file, or - for standard input
+        file: PathBuf,
+    },
+    /// What the layer changed against its parent (A added, M modified, D deleted)
+    Changes { id: String },
+    /// Write the layer's diff against its parent as a tar: the exact original
+    /// stream for a layer made from one
+    Diff {
+        id: String,
+        /// Diff against this layer instead of the parent (generated); "" for an empty tree
+        #[arg(long, value_name = "LAYER")]
+        from: Option<String>,
+        /// Where to write; standard output if not given
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// List the layers
+    List,
+    /// Exit 0 if the layer exists, 1 if not
+    Exists { id: String },
+}
+
+#[derive(Args)]
+pub(crate) struct CreateArgs {
+    id: String,
+    /// The layer to start from
+    #[arg(long, value_name = "ID")]
+    parent: Option<String>,
+    /// An image layer that is not written to once made
+    #[arg(long)]
+    read_only: bool,
+    /// SELinux label for the layer's mounts
+    #[arg(long, value_name = "LABEL")]
+    mount_label: Option<String>,
+    /// Per-layer storage option, KEY=VALUE (repeatable), such as size=10G
+    #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    storage_opts: Vec<(String, String)>,
+    /// A layer tar (plain, gzip or zstd) to fill the layer from; - for standard input
+    #[arg(long, value_name = "FILE")]
+    diff: Option<PathBuf>,
+    /// A name to find the layer by (repeatable); a name another layer has moves here
+    #[arg(long = "name", value_name = "NAME")]
+    names: Vec<String>,
+}
+
+pub(crate) fn run(
+    cli: &Cli,
+    config: &Config,
+    command: &LayerCommand,
+) -> Result<ExitCode, CoreError> {
+    let full = Store::open(config)?;
+    let driver = full.driver();
+    let store = &full.layers;
+    match command {
+        LayerCommand::Create(args) => {
+            let options = CreateOptions {
+                read_write: !args.read_only,
+                mount_label: args.mount_label.clone(),
+                storage_opts: args.storage_opts.iter().cloned().collect(),
+            };
+            let mut input = args.diff.as_deref().map(open_input).transpose()?;
+            let parent = args
+                .parent
+                .as_deref()
+                .map(|p| store.resolve(driver, p))
+                .transpose()?;
+            let mut record = store.create(
+                driver,
+                &args.id,
+                parent.as_deref(),
+                &options,
+                input.as_mut().map(|r| r as &mut dyn std::io::Read),
+            )?;
+            if !args.names.is_empty() {
+                record = store.set_names(&record.id, &args.names)?;
+            }
+            if cli.json {
+                print_json(
+                    json!({ "id": record.id, "parent": record.parent, "diff": record.diff.map(diff_json) }),
+                );
+            } else {
+                println!("{}", record.id);
+            }
+        }
+        LayerCommand::Apply { id, file } => {
+            let id = &store.resolve(driver, id)?;
+            let mut input = open_input(file)?;
+            let applied = full.apply_to_layer(id, &mut input)?;
+            if cli.json {
+                print_json(json!({ "id": id, "diff": diff_json(applied) }));
+            } else {
+                println!(
+                    "{} {} bytes ({} compressed)",
+                    applied.uncompressed_digest, applied.size, applied.compression
+                );
+            }
+        }
+        LayerCommand::Changes { id } => {
+            let id = &store.resolve(driver, id)?;
+            let changes = store.changes(driver, id)?;
+            let letter = |k: ChangeKind| match k {
+                ChangeKind::Add => "A",
+                ChangeKind::Modify => "M",
+                ChangeKind::Delete => "D",
+            };
+            if cli.json {
+                print_json(json!(changes
+                    .iter()
+                    .map(|c| json!({ "path": format!("/{}", c.path.display()), "kind": letter(c.kind) }))
+                    .collect::<Vec<_>>()));
+            } else {
+                for change in changes {
+                    println!("{} /{}", letter(change.kind), change.path.display());
+                }
+            }
+        }
+        LayerCommand::Diff { id, from, output } => {
+            let id = &store.resolve(driver, id)?;
+            let from = match from.as_deref() {
+                None => store.get(id)?.and_then(|r| r.parent),
+                Some("") => None,
+                Some(other) => Some(store.resolve(driver, other)?),
+            };
+            let from = from.as_deref();
+            let source = match output {
+                Some(path) => {
+                    let partial = path.with_extension("partial");
+                    let mut file = std::fs::File::create(&partial)
+                        .map_err(|e| CoreError::io("create", &partial, e))?;
+                    let source = store.diff_between(driver, from, id, &mut file);
+                    match source {
+                        Ok(source) => {
+                            std::fs::rename(&partial, path)
+                                .map_err(|e| CoreError::io("write", path, e))?;
+                            source
+                        }
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&partial);
+                            return Err(e);
+                        }
+                    }
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    let source = store.diff_between(driver, from, id, &mut out)?;
+                    use std::io::Write;
+                    out.flush()
+                        .map_err(|e| CoreError::io("write", "standard output", e))?;
+                    source
+                }
+            };
+            tracing::info!(layer = %id, ?source, "diff written");
+        }
+        LayerCommand::Mount { id, options } => {
+            let options = MountOptions {
+                options: options.clone(),
+                ..Default::default()
+            };
+            let id = &store.resolve(driver, id)?;
+            let path = store.mount(driver, id, &options)?;
+            if cli.json {
+                print_json(json!({ "id": id, "path": path, "mounts": store.mount_count(id)? }));
+            } else {
+                println!("{}", path.display());
+            }
+        }
+        LayerCommand::Unmount { id } => {
+            // By id, name, prefix or mount path.
+            let reference = if id.starts_with('/') {
+                id.clone()
+            } else {
+                store.resolve(driver, id)?
+            };
+            store.unmount(driver, &reference)?;
+        }
+        LayerCommand::Delete { id } => {
+            let id = store.resolve(driver, id)?;
+            full.delete_layer(&id)?
+        }
+        LayerCommand::List => {
+            let mut ids = driver.list()?;
+            ids.sort();
+            if cli.json {
+                print_json(json!(ids));
+            } else {
+                print_lines(ids)?;
+            }
+        }
+        LayerCommand::Exists { id } => {
+            let exists = store.resolve(driver, id).is_ok();
+            if cli.json {
+                print_json(json!({ "id": id, "exists": exists }));
+            } else {
+                println!("{exists}");
+            }
+            if !exists {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
