@@ -1,15 +1,16 @@
 //! What a layer changed against its parent: by comparing the two trees, or by
-//! reading an overlay upper directory, which holds exactly the changes.
+//! reading a diff directory (an overlay upper, say), which holds exactly the
+//! changes in its whiteout format.
 
 use std::cmp::Ordering;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::whiteout::OVERLAY_OPAQUE_XATTR;
+use super::whiteout::WhiteoutFormat;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ChangeKind {
@@ -198,21 +199,32 @@ fn add_parent_directories(layer: &Path, out: &mut Vec<Change>) -> io::Result<()>
     Ok(())
 }
 
-/// The changes an overlay upper directory holds: 0:0 character devices are
-/// deletions, `trusted.overlay.opaque=y` marks an opaque directory, everything
-/// else is added or modified (modified when `lower`, the layer's parent as
-/// mounted, has the path).
-pub fn overlay_changes(upper: &Path, lower: Option<&Path>) -> io::Result<Vec<Change>> {
-    // The upper directory's root carries the merged root's metadata.
+/// The changes a diff directory holds, its deletions kept in `format`:
+/// whiteouts are deletions, an opaque mark makes an opaque directory,
+/// everything else is added or modified (modified when `lower`, the layer's
+/// parent as mounted, has the path).
+pub fn diff_dir_changes(
+    diff: &Path,
+    lower: Option<&Path>,
+    format: WhiteoutFormat,
+) -> io::Result<Vec<Change>> {
+    // The diff directory's root carries the merged root's metadata.
     let mut out = vec![Change::new(PathBuf::new(), ChangeKind::Modify)];
-    overlay_walk(upper, lower, Path::new(""), &mut out)?;
+    diff_dir_walk(diff, lower, format, Path::new(""), &mut out)?;
     sort_by_path(&mut out);
     Ok(out)
 }
 
-fn overlay_walk(
+/// The changes an overlay upper directory holds: [`diff_dir_changes`] in
+/// overlay's whiteout format.
+pub fn overlay_changes(upper: &Path, lower: Option<&Path>) -> io::Result<Vec<Change>> {
+    diff_dir_changes(upper, lower, WhiteoutFormat::Overlay)
+}
+
+fn diff_dir_walk(
     upper: &Path,
     lower: Option<&Path>,
+    format: WhiteoutFormat,
     rel: &Path,
     out: &mut Vec<Change>,
 ) -> io::Result<()> {
@@ -220,7 +232,7 @@ fn overlay_walk(
         let child = rel.join(&name);
         let path = upper.join(&child);
         let meta = fs::symlink_metadata(&path)?;
-        if is_overlay_whiteout(&meta) {
+        if format.is_whiteout_metadata(&meta) {
             out.push(Change::new(child, ChangeKind::Delete));
             continue;
         }
@@ -232,23 +244,14 @@ fn overlay_walk(
         };
         let mut change = Change::new(child.clone(), kind);
         if meta.is_dir() {
-            change.opaque = is_opaque_dir(&path);
+            change.opaque = format.is_opaque(&path);
             out.push(change);
-            overlay_walk(upper, lower, &child, out)?;
+            diff_dir_walk(upper, lower, format, &child, out)?;
         } else {
             out.push(change);
         }
     }
     Ok(())
-}
-
-pub fn is_overlay_whiteout(meta: &Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-pub fn is_opaque_dir(path: &Path) -> bool {
-    let mut value = [0u8; 4];
-    matches!(rustix::fs::lgetxattr(path, OVERLAY_OPAQUE_XATTR, &mut value[..]), Ok(1) if value[0] == b'y')
 }
 
 /// The name of a change for messages.

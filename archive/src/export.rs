@@ -12,8 +12,9 @@ use std::path::Path;
 
 use tar::{EntryType, Header};
 
-use super::changes::{Change, ChangeKind, is_overlay_whiteout};
+use super::changes::{Change, ChangeKind};
 use super::whiteout::OPAQUE_WHITEOUT;
+use super::whiteout::WhiteoutFormat;
 
 /// What the export wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,7 +24,7 @@ pub struct ExportReport {
     pub entries: u64,
 }
 
-/// Writes `changes` of the tree at `root` (a layer's tree, or an overlay upper
+/// Writes `changes` of the tree at `root` (a layer's tree, or a diff
 /// directory) as a tar stream to `out`.
 pub fn export_changes(
     root: &Path,
@@ -42,8 +43,15 @@ pub fn export_changes(
         };
         match meta {
             None => whiteout(&mut builder, &change.path)?,
-            // An overlay whiteout device found among added entries is a deletion.
-            Some(meta) if is_overlay_whiteout(&meta) => whiteout(&mut builder, &change.path)?,
+            // A whiteout of a diff directory found among added entries is a
+            // deletion.
+            Some(meta)
+                if WhiteoutFormat::ALL
+                    .iter()
+                    .any(|f| f.is_whiteout_metadata(&meta)) =>
+            {
+                whiteout(&mut builder, &change.path)?
+            }
             Some(meta) if meta.file_type().is_socket() => continue, // a tar cannot hold one
             Some(meta) => {
                 let mut header = Header::new_ustar();
@@ -245,7 +253,8 @@ fn append_pax<W: Write>(
     builder.append(&header, &body[..])
 }
 
-/// Every xattr but overlayfs's own bookkeeping, sorted for determinism.
+/// Every xattr but a diff directory format's own bookkeeping, sorted for
+/// determinism.
 fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     let mut names = vec![0u8; 64 * 1024];
     let n = match rustix::fs::llistxattr(path, &mut names[..]) {
@@ -255,7 +264,10 @@ fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     };
     let mut out = Vec::new();
     for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if name.starts_with(b"trusted.overlay.") {
+        if WhiteoutFormat::ALL
+            .iter()
+            .any(|f| f.is_bookkeeping_xattr(name))
+        {
             continue;
         }
         let mut value = vec![0u8; 64 * 1024];

@@ -37,10 +37,11 @@ pub struct IdMap {
 }
 
 pub use apply::{ApplyOptions, ApplyReport, ApplyTarget, apply_layer};
-pub use changes::{Change, ChangeKind, changes, overlay_changes};
+pub use changes::{Change, ChangeKind, changes, diff_dir_changes, overlay_changes};
 pub use compression::Compression;
 pub use digest::Sha256Digest;
 pub use export::{ExportReport, export_changes};
+pub use whiteout::WhiteoutFormat;
 
 /// Why a layer stream could not be applied or produced.
 #[derive(Debug, thiserror::Error)]

@@ -316,7 +316,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
 fn no_hostile_stream_touches_anything_outside_the_root() {
     let all = cases();
     assert!(all.len() >= 30, "the table has {} cases", all.len());
-    for target in [ApplyTarget::Tree, ApplyTarget::OverlayUpper] {
+    for target in [ApplyTarget::Tree, ApplyTarget::OVERLAY_UPPER] {
         for (case, (what, tar, expect)) in all.iter().enumerate() {
             let scratch = tempfile::tempdir().unwrap();
             let outside = scratch.path().join("outside");

@@ -130,7 +130,7 @@ fn export_then_apply_onto_the_parent_gives_the_child_back() {
     let upper = scratch.path().join("upper");
     fs::create_dir(&upper).unwrap();
     let overlay = ApplyOptions {
-        target: ApplyTarget::OverlayUpper,
+        target: ApplyTarget::OVERLAY_UPPER,
         ..Default::default()
     };
     apply_layer(&upper, &tar[..], &overlay, None).unwrap();

@@ -101,7 +101,7 @@ fn acls_supported(dir: &Path) -> bool {
 
 #[test]
 fn hostile_xattr_records_are_dropped_and_content_ones_kept_on_both_targets() {
-    for target in [ApplyTarget::Tree, ApplyTarget::OverlayUpper] {
+    for target in [ApplyTarget::Tree, ApplyTarget::OVERLAY_UPPER] {
         let scratch = tempfile::tempdir().unwrap();
         let root = scratch.path().join("root");
         fs::create_dir(&root).unwrap();
@@ -212,7 +212,7 @@ fn smuggled_overlay_xattrs_do_nothing_through_an_overlay_mount() {
         .file("u", b"u")
         .finish();
     let options = ApplyOptions {
-        target: ApplyTarget::OverlayUpper,
+        target: ApplyTarget::OVERLAY_UPPER,
         lower: Some(lower.clone()),
         ..Default::default()
     };
@@ -284,7 +284,7 @@ fn aufs_bookkeeping_and_what_is_below_it_are_never_applied_on_either_target() {
         .file("./x/../.wh..wh.aufs/below", b"")
         .file("kept", b"kept")
         .finish();
-    for target in [ApplyTarget::Tree, ApplyTarget::OverlayUpper] {
+    for target in [ApplyTarget::Tree, ApplyTarget::OVERLAY_UPPER] {
         let dir = tempfile::tempdir().unwrap();
         apply_with(dir.path(), &tar, &options(target)).unwrap();
         assert_eq!(

@@ -125,7 +125,7 @@ fn into_an_overlay_upper_directory_whiteouts_become_devices_and_xattrs() {
         .file("opq/.wh..wh..opq", b"")
         .file("opq/kept", b"k")
         .finish();
-    apply(dir.path(), &tar, ApplyTarget::OverlayUpper);
+    apply(dir.path(), &tar, ApplyTarget::OVERLAY_UPPER);
     for whiteout in ["gone", "a/b/.hidden"] {
         let meta = fs::symlink_metadata(dir.path().join(whiteout)).unwrap();
         assert!(
@@ -227,7 +227,7 @@ fn through_overlay(scratch: &Path, tar: &[u8]) -> (Vec<String>, Vec<String>) {
     lower(&tree);
     apply(&tree, tar, ApplyTarget::Tree);
     let options = ApplyOptions {
-        target: ApplyTarget::OverlayUpper,
+        target: ApplyTarget::OVERLAY_UPPER,
         lower: Some(lower_dir.clone()),
         ..Default::default()
     };

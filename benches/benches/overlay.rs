@@ -148,7 +148,7 @@ fn apply_overlay_against_vfs(c: &mut Criterion, fs: &LoopFilesystem) {
             overlay.create(&id, None, &rw()).unwrap();
             let dir = overlay.native_diff(&id).unwrap().unwrap().path;
             let options = ApplyOptions {
-                target: ApplyTarget::OverlayUpper,
+                target: ApplyTarget::OVERLAY_UPPER,
                 ..Default::default()
             };
             apply_layer(&dir, &tar[..], &options, None).unwrap();

@@ -1229,7 +1229,7 @@ impl<'d> LayerFiles<'d> {
 
     fn target(&self) -> ApplyTarget {
         match self {
-            LayerFiles::Native(_) => ApplyTarget::OverlayUpper,
+            LayerFiles::Native(_) => ApplyTarget::OVERLAY_UPPER,
             LayerFiles::Mounted { .. } => ApplyTarget::Tree,
         }
     }

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let root = scratch.path().join("root");
     std::fs::create_dir(&root).expect("root");
     let target = if data.first().is_some_and(|b| b & 1 == 1) {
-        ApplyTarget::OverlayUpper
+        ApplyTarget::OVERLAY_UPPER
     } else {
         ApplyTarget::Tree
     };

@@ -135,7 +135,7 @@ pub(crate) fn apply_target(
             .map_err(|e| Verdict::Fail(format!("native diff of {id}: {e}")))?
     {
         let target = match native.whiteouts {
-            WhiteoutFormat::Overlay => ApplyTarget::OverlayUpper,
+            WhiteoutFormat::Overlay => ApplyTarget::OVERLAY_UPPER,
             WhiteoutFormat::Aufs => {
                 return Err(Verdict::Fail(
                     "a native diff in AUFS whiteouts cannot be applied into".into(),
