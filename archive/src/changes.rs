@@ -254,6 +254,74 @@ fn diff_dir_walk(
     Ok(())
 }
 
+/// The changes a layer stream describes (a driver that owns its layer
+/// format hands out such a stream): a whiteout member is a deletion, an
+/// opaque marker makes its directory opaque, every other member is added or
+/// modified (modified when `lower`, the parent as mounted, has the path).
+/// Only the members' names are read, never their data.
+pub fn stream_changes(stream: impl io::Read, lower: Option<&Path>) -> io::Result<Vec<Change>> {
+    use std::collections::BTreeMap;
+    let mut found: BTreeMap<PathBuf, Change> = BTreeMap::new();
+    let kind_at = |path: &Path| {
+        if lower.is_some_and(|l| fs::symlink_metadata(l.join(path)).is_ok()) {
+            ChangeKind::Modify
+        } else {
+            ChangeKind::Add
+        }
+    };
+    let mut archive = tar::Archive::new(stream);
+    for entry in archive.entries()? {
+        let entry = entry?;
+        let raw = entry.path_bytes();
+        let path = relative(&raw).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "member {:?} leaves the layer's root",
+                    String::from_utf8_lossy(&raw)
+                ),
+            )
+        })?;
+        let name = path.file_name().map(|n| n.as_bytes().to_vec());
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        match name.as_deref() {
+            Some(b".wh..wh..opq") => {
+                let kind = kind_at(&dir);
+                let change = found
+                    .entry(dir.clone())
+                    .or_insert_with(|| Change::new(dir, kind));
+                change.opaque = true;
+            }
+            Some(name) if name.starts_with(b".wh..wh.") => {}
+            Some(name) if name.starts_with(b".wh.") => {
+                let target = dir.join(OsStr::from_bytes(&name[4..]));
+                found.insert(target.clone(), Change::new(target, ChangeKind::Delete));
+            }
+            _ => {
+                let kind = kind_at(&path);
+                found.insert(path.clone(), Change::new(path, kind));
+            }
+        }
+    }
+    let mut out: Vec<Change> = found.into_values().collect();
+    sort_by_path(&mut out);
+    Ok(out)
+}
+
+/// A member's name as a path relative to the layer's root (`./` and `/`
+/// taken off), or `None` if it would leave the root.
+fn relative(raw: &[u8]) -> Option<PathBuf> {
+    let mut path = PathBuf::new();
+    for part in raw.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return None,
+            part => path.push(OsStr::from_bytes(part)),
+        }
+    }
+    Some(path)
+}
+
 /// The name of a change for messages.
 pub fn shown(path: &Path) -> String {
     String::from_utf8_lossy(OsStr::as_bytes(path.as_os_str())).into_owned()

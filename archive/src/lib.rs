@@ -16,7 +16,9 @@ pub mod changes;
 pub mod compression;
 pub mod digest;
 mod export;
+mod measure;
 mod members;
+mod pipeline;
 mod record;
 pub mod tarsplit;
 pub mod whiteout;
@@ -37,10 +39,11 @@ pub struct IdMap {
 }
 
 pub use apply::{ApplyOptions, ApplyReport, ApplyTarget, apply_layer};
-pub use changes::{Change, ChangeKind, changes, diff_dir_changes, overlay_changes};
+pub use changes::{Change, ChangeKind, changes, diff_dir_changes, overlay_changes, stream_changes};
 pub use compression::Compression;
 pub use digest::Sha256Digest;
 pub use export::{ExportReport, export_changes};
+pub use measure::{FeedError, Measured, feed_measured};
 pub use whiteout::WhiteoutFormat;
 
 /// Why a layer stream could not be applied or produced.

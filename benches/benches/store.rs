@@ -51,7 +51,6 @@ fn store_with_deep_image(driver: &str, home: &Path) -> Store {
         store
             .layers
             .create_layer(
-                store.driver(),
                 &NewLayer {
                     id: id.clone(),
                     parent: parent.clone(),

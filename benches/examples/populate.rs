@@ -40,7 +40,6 @@ fn main() {
             store
                 .layers
                 .create_layer(
-                    store.driver(),
                     &NewLayer {
                         id: id.clone(),
                         parent: parent.clone(),

@@ -172,7 +172,9 @@ pub(crate) fn run(
             let id = store.images.resolve(image)?;
             let record = store.images.get(&id)?;
             if !record.is_some_and(|r| r.names.contains(name)) {
-                return Err(CoreError::Image(format!("image {id} has no name '{name}'")));
+                return Err(CoreError::NotFound(format!(
+                    "image {id} has no name '{name}'"
+                )));
             }
             store.images.remove_name(&id, name)?;
         }

@@ -95,10 +95,9 @@ pub(crate) fn run(
             let parent = args
                 .parent
                 .as_deref()
-                .map(|p| store.resolve(driver, p))
+                .map(|p| store.resolve(p))
                 .transpose()?;
             let mut record = store.create(
-                driver,
                 &args.id,
                 parent.as_deref(),
                 &options,
@@ -116,7 +115,7 @@ pub(crate) fn run(
             }
         }
         LayerCommand::Apply { id, file } => {
-            let id = &store.resolve(driver, id)?;
+            let id = &store.resolve(id)?;
             let mut input = open_input(file)?;
             let applied = full.apply_to_layer(id, &mut input)?;
             if cli.json {
@@ -129,8 +128,8 @@ pub(crate) fn run(
             }
         }
         LayerCommand::Changes { id } => {
-            let id = &store.resolve(driver, id)?;
-            let changes = store.changes(driver, id)?;
+            let id = &store.resolve(id)?;
+            let changes = store.changes(id)?;
             let letter = |k: ChangeKind| match k {
                 ChangeKind::Add => "A",
                 ChangeKind::Modify => "M",
@@ -148,11 +147,11 @@ pub(crate) fn run(
             }
         }
         LayerCommand::Diff { id, from, output } => {
-            let id = &store.resolve(driver, id)?;
+            let id = &store.resolve(id)?;
             let from = match from.as_deref() {
                 None => store.get(id)?.and_then(|r| r.parent),
                 Some("") => None,
-                Some(other) => Some(store.resolve(driver, other)?),
+                Some(other) => Some(store.resolve(other)?),
             };
             let from = from.as_deref();
             let source = match output {
@@ -160,7 +159,7 @@ pub(crate) fn run(
                     let partial = path.with_extension("partial");
                     let mut file = std::fs::File::create(&partial)
                         .map_err(|e| CoreError::io("create", &partial, e))?;
-                    let source = store.diff_between(driver, from, id, &mut file);
+                    let source = store.diff_between(from, id, &mut file);
                     match source {
                         Ok(source) => {
                             std::fs::rename(&partial, path)
@@ -176,7 +175,7 @@ pub(crate) fn run(
                 None => {
                     let stdout = std::io::stdout();
                     let mut out = std::io::BufWriter::new(stdout.lock());
-                    let source = store.diff_between(driver, from, id, &mut out)?;
+                    let source = store.diff_between(from, id, &mut out)?;
                     use std::io::Write;
                     out.flush()
                         .map_err(|e| CoreError::io("write", "standard output", e))?;
@@ -190,8 +189,8 @@ pub(crate) fn run(
                 options: options.clone(),
                 ..Default::default()
             };
-            let id = &store.resolve(driver, id)?;
-            let path = store.mount(driver, id, &options)?;
+            let id = &store.resolve(id)?;
+            let path = store.mount(id, &options)?;
             if cli.json {
                 print_json(json!({ "id": id, "path": path, "mounts": store.mount_count(id)? }));
             } else {
@@ -203,12 +202,12 @@ pub(crate) fn run(
             let reference = if id.starts_with('/') {
                 id.clone()
             } else {
-                store.resolve(driver, id)?
+                store.resolve(id)?
             };
-            store.unmount(driver, &reference)?;
+            store.unmount(&reference)?;
         }
         LayerCommand::Delete { id } => {
-            let id = store.resolve(driver, id)?;
+            let id = store.resolve(id)?;
             full.delete_layer(&id)?
         }
         LayerCommand::List => {
@@ -221,7 +220,7 @@ pub(crate) fn run(
             }
         }
         LayerCommand::Exists { id } => {
-            let exists = store.resolve(driver, id).is_ok();
+            let exists = store.resolve(id).is_ok();
             if cli.json {
                 print_json(json!({ "id": id, "exists": exists }));
             } else {

@@ -142,6 +142,7 @@ pub(crate) fn status(cli: &Cli, config: &Config) -> Result<ExitCode, CoreError> 
     let status = driver.status();
     let capabilities = driver.capabilities().names();
     let layers = driver.list()?.len();
+    let diff_method = strata_core::layers::DiffMethod::for_driver(driver)?.describe();
     if cli.json {
         print_json(json!({
             "driver": selected.name,
@@ -152,6 +153,7 @@ pub(crate) fn status(cli: &Cli, config: &Config) -> Result<ExitCode, CoreError> 
             "runroot": config.runroot,
             "config_file": config.source,
             "capabilities": capabilities,
+            "diff_method": diff_method,
             "layers": layers,
             "status": key_values_json(&status),
         }));
@@ -177,6 +179,7 @@ pub(crate) fn status(cli: &Cli, config: &Config) -> Result<ExitCode, CoreError> 
             capabilities.join(", ")
         }
     );
+    println!("diff method:  {diff_method}");
     println!("layers:       {layers}");
     for (key, value) in status.iter() {
         println!("{key}: {value}");

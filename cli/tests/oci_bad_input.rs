@@ -191,10 +191,7 @@ fn a_layer_without_end_of_archive_blocks_is_accepted_when_its_digest_matches() {
     let layers = store.image_layers(&image).unwrap();
     for (layer, bytes) in layers.iter().zip([&no_end, &no_padding]) {
         let mut diff = Vec::new();
-        store
-            .layers
-            .diff(store.driver(), &layer.id, &mut diff)
-            .unwrap();
+        store.layers.diff(&layer.id, &mut diff).unwrap();
         assert_eq!(&diff, bytes, "the diff is the stream as it came");
     }
     let container = store

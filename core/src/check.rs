@@ -309,7 +309,7 @@ impl Store {
     /// maker is writing.
     fn leftover_files(&self, snapshot: &Snapshot) -> Result<Vec<std::path::PathBuf>> {
         let mut leftovers = Vec::new();
-        let Ok(entries) = fs::read_dir(self.layers.dir()) else {
+        let Ok(entries) = fs::read_dir(self.layers.tar_splits().dir()) else {
             return Ok(leftovers);
         };
         for entry in entries.flatten() {
@@ -360,7 +360,7 @@ impl Store {
             return Ok(report);
         }
         // Leftovers of dead processes first: the ordinary recovery.
-        self.layers.recover(self.driver())?;
+        self.layers.recover()?;
         self.collect_dead_imports(true)?;
         let (snapshot, in_driver) = self.survey()?;
         let whole = whole_layers(&snapshot, &in_driver);
@@ -402,7 +402,7 @@ impl Store {
                 self.layers.mark_in(tx, &id, &me)?;
                 Ok(())
             });
-            match marked.and_then(|()| self.layers.finish_delete(self.driver(), &id, true)) {
+            match marked.and_then(|()| self.layers.finish_delete(&id, true)) {
                 Ok(()) => tracing::warn!(layer = %id, "repair: removed a broken layer"),
                 Err(e) => {
                     tracing::warn!(layer = %id, error = %e, "repair: could not remove a broken layer")
@@ -456,7 +456,7 @@ impl Store {
         if dry_run {
             return Ok(ordered);
         }
-        self.layers.recover(self.driver())?;
+        self.layers.recover()?;
         self.collect_dead_imports(true)?;
         let mut deleted = Vec::new();
         for id in ordered {
@@ -496,7 +496,7 @@ impl Store {
                 Some(bytes) => bytes,
                 // A layer written in place (a container's): what its diff
                 // holds now.
-                None => self.layers.diff_size(self.driver(), id).unwrap_or(0),
+                None => self.layers.diff_size(id).unwrap_or(0),
             };
             size.insert(id.clone(), bytes);
         }

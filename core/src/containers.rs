@@ -94,18 +94,16 @@ pub(crate) fn containers_of_image(tx: &Connection, image: &str) -> Result<Vec<St
 pub(crate) fn insert_container(tx: &Connection, record: &ContainerRecord) -> Result<()> {
     for name in &record.names {
         if let Some(other) = name_owner(tx, Kind::Container, name)? {
-            return Err(strata_plugin_abi::DriverError::already_exists(format!(
+            return Err(CoreError::AlreadyExists(format!(
                 "container name '{name}' is taken by container {other}"
-            ))
-            .into());
+            )));
         }
     }
     if read_container(tx, &record.id)?.is_some() {
-        return Err(strata_plugin_abi::DriverError::already_exists(format!(
+        return Err(CoreError::AlreadyExists(format!(
             "create container {}: container exists",
             record.id
-        ))
-        .into());
+        )));
     }
     tx.prepare_cached(
         "INSERT INTO containers (id, image, layer, created, metadata) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -157,10 +155,7 @@ impl ContainerStore {
     /// The container `reference` names.
     pub fn find(&self, reference: &str) -> Result<ContainerRecord> {
         let id = self.resolve(reference)?;
-        self.get(&id)?.ok_or_else(|| {
-            CoreError::from(strata_plugin_abi::DriverError::not_found(format!(
-                "container {id}: no such container"
-            )))
-        })
+        self.get(&id)?
+            .ok_or_else(|| CoreError::NotFound(format!("container {id}: no such container")))
     }
 }

@@ -422,17 +422,15 @@ pub(crate) fn found(kind: Kind, reference: &str, lookup: Lookup) -> Result<Strin
     let kind = kind.as_str();
     match lookup {
         Lookup::Found(id) => Ok(id),
-        Lookup::Missing => Err(strata_plugin_abi::DriverError::not_found(format!(
+        Lookup::Missing => Err(CoreError::NotFound(format!(
             "no {kind} has the id, name or id prefix '{reference}'"
-        ))
-        .into()),
-        Lookup::Ambiguous(many) => Err(strata_plugin_abi::DriverError::invalid_input(format!(
+        ))),
+        Lookup::Ambiguous(many) => Err(CoreError::InvalidInput(format!(
             "'{reference}' is a prefix of {}{} {kind}s ({}); give more of the id",
             if many.len() > 20 { "more than " } else { "" },
             many.len().min(20),
             many.iter().take(20).cloned().collect::<Vec<_>>().join(", ")
-        ))
-        .into()),
+        ))),
     }
 }
 

@@ -2,8 +2,40 @@
 
 use std::path::PathBuf;
 
-use strata_plugin_abi::{DriverError, LoadError};
+use strata_plugin_abi::{DriverError, ErrorKind, LoadError};
 
+/// What kind of failure an error is, for callers that act on it (retry when
+/// in use, create when not found) rather than print it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// The layer, image, container, name or blob asked for does not exist.
+    NotFound,
+    /// The id or name is taken.
+    AlreadyExists,
+    /// Something uses it (a container, a child layer, another process at
+    /// work on it), and the operation would break that use.
+    InUse,
+    /// What the caller gave is refused: a bad reference, option, stream,
+    /// or an OCI layout that is not as it must be.
+    InvalidInput,
+    /// What the store holds is not as it was written (a digest that does not
+    /// match, a record that does not parse, a layer missing under an image);
+    /// `strata check` tells more.
+    Corrupt,
+    /// The driver, or this operation of it, cannot work here.
+    NotSupported,
+    /// The configuration is wrong, or names a driver that cannot be used.
+    Config,
+    /// A system call or the records database failed.
+    Io,
+    /// Anything else.
+    Other,
+}
+
+/// An error of strata-core. Every message names what was wrong (the layer,
+/// image, blob, file or option) and the operation; [`CoreError::kind`] says
+/// what kind of failure it is.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
     #[error("configuration {}: {message}", path.display())]
@@ -80,9 +112,34 @@ pub enum CoreError {
         source: Box<CoreError>,
     },
 
-    /// An image, container or OCI layout that is not as it must be.
+    /// An OCI layout, manifest, config or blob that is not as it must be.
     #[error("{0}")]
-    Image(String),
+    InvalidImage(String),
+
+    /// A layer, image, container or name that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// An id or name that is taken.
+    #[error("{0}")]
+    AlreadyExists(String),
+
+    /// Refused because something uses it, or another process is at work on it.
+    #[error("{0}")]
+    InUse(String),
+
+    /// A reference, option or argument the store refuses.
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// What the store holds is not as it was written.
+    #[error("{0}")]
+    Corrupt(String),
+
+    /// The driver cannot do this here (a capability it lacks, a format
+    /// strata does not know).
+    #[error("{0}")]
+    Unsupported(String),
 
     /// The records database refused or failed an operation.
     #[error("{operation}: records {}: {source}", path.display())]
@@ -108,6 +165,51 @@ pub enum CoreError {
 }
 
 impl CoreError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            CoreError::Config { .. }
+            | CoreError::Setting(_)
+            | CoreError::UnknownDriver { .. }
+            | CoreError::GraphrootOwned { .. }
+            | CoreError::Load(_)
+            | CoreError::UntrustedLibrary { .. }
+            | CoreError::BrokenChoice { .. } => Kind::Config,
+            CoreError::NoDriverAvailable { .. } => Kind::NotSupported,
+            CoreError::Driver(e) => match e.kind() {
+                ErrorKind::NotFound => Kind::NotFound,
+                ErrorKind::AlreadyExists => Kind::AlreadyExists,
+                ErrorKind::Busy => Kind::InUse,
+                ErrorKind::InvalidInput => Kind::InvalidInput,
+                ErrorKind::NotSupported => Kind::NotSupported,
+                ErrorKind::Io => Kind::Io,
+                _ => Kind::Other,
+            },
+            CoreError::Archive { .. } | CoreError::InvalidImage(_) | CoreError::InvalidInput(_) => {
+                Kind::InvalidInput
+            }
+            // A diff or blob that is not what it was declared to be came in
+            // that way: the input is bad, not the store.
+            CoreError::Verify { .. } => Kind::InvalidInput,
+            CoreError::Blob { source, .. } => source.kind(),
+            CoreError::NotFound(_) => Kind::NotFound,
+            CoreError::AlreadyExists(_) => Kind::AlreadyExists,
+            CoreError::InUse(_) => Kind::InUse,
+            CoreError::Corrupt(_) => Kind::Corrupt,
+            CoreError::Unsupported(_) => Kind::NotSupported,
+            CoreError::Records { source, .. } | CoreError::Sql(source) => match source {
+                rusqlite::Error::SqliteFailure(e, _)
+                    if e.code == rusqlite::ErrorCode::DatabaseCorrupt
+                        || e.code == rusqlite::ErrorCode::NotADatabase =>
+                {
+                    Kind::Corrupt
+                }
+                _ => Kind::Io,
+            },
+            CoreError::Io { .. } => Kind::Io,
+        }
+    }
+
     pub fn io(operation: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         CoreError::Io {
             operation,

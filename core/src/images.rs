@@ -69,7 +69,7 @@ pub struct ImageStore {
 }
 
 fn not_found(message: String) -> CoreError {
-    strata_plugin_abi::DriverError::not_found(message).into()
+    CoreError::NotFound(message)
 }
 
 /// The id an image reference may carry as a digest: `sha256:<hex>` means
@@ -168,7 +168,7 @@ fn put_big_data(tx: &Connection, id: &str, key: &str, bytes: &[u8]) -> Result<()
         Sha256Digest::of(bytes).to_string(),
         bytes.len() as i64,
         rusqlite::blob::ZeroBlob(i32::try_from(bytes.len()).map_err(|_| {
-            CoreError::Image(format!("image {id}: item '{key}' is over 2 GiB"))
+            CoreError::InvalidImage(format!("image {id}: item '{key}' is over 2 GiB"))
         })?)
     ])?;
     let row = tx.last_insert_rowid();
@@ -207,18 +207,17 @@ impl ImageStore {
         then: impl FnOnce(&Transaction) -> Result<()>,
     ) -> Result<ImageRecord> {
         if new.id.len() != 64 || !new.id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(CoreError::Image(format!(
+            return Err(CoreError::InvalidImage(format!(
                 "image id '{}' is not 64 hex digits (a sha256)",
                 new.id
             )));
         }
         self.db.write(&format!("create image {}", new.id), |tx| {
             if read_image(tx, &new.id)?.is_some() {
-                return Err(strata_plugin_abi::DriverError::already_exists(format!(
+                return Err(CoreError::AlreadyExists(format!(
                     "create image {}: image exists",
                     new.id
-                ))
-                .into());
+                )));
             }
             tx.prepare_cached(
                 "INSERT INTO images (id, digest, top_layer, created, metadata) VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -39,11 +39,13 @@ mod sessions;
 pub mod store;
 
 pub use config::{Config, Overrides};
-pub use error::{CoreError, Result};
+pub use error::{CoreError, Kind as ErrorKind, Result};
 pub use selection::{PRIORITY, SelectedDriver, open_driver, survey};
 pub use store::Store;
 /// The layer format, a crate of its own: re-exported so one crate is enough.
 pub use strata_archive as archive;
 /// The driver-facing types a runtime passes to the store, so that one crate
 /// is enough.
-pub use strata_plugin_abi::{CreateOptions, ErrorKind, GraphDriver, MountOptions};
+pub use strata_plugin_abi::{
+    CreateOptions, DriverError, ErrorKind as DriverErrorKind, GraphDriver, MountOptions,
+};

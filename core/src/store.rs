@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use strata_plugin_abi::{CreateOptions, DriverError, GraphDriver, MountOptions};
+use strata_plugin_abi::{CreateOptions, GraphDriver, MountOptions};
 
 use crate::config::Config;
 use crate::containers::{ContainerRecord, ContainerStore, containers_of_image, insert_container};
@@ -37,11 +37,12 @@ use crate::layers::{
 use crate::sessions::Sessions;
 
 pub struct Store {
-    driver: Box<dyn GraphDriver>,
+    // Declared first so it is dropped first: the layers hold the driver,
+    // which shuts down before the session file and the database go.
+    pub layers: LayerStore<'static>,
     graphroot: PathBuf,
     db: Arc<Database>,
     sessions: Arc<Sessions>,
-    pub layers: LayerStore,
     pub images: ImageStore,
     pub containers: ContainerStore,
 }
@@ -74,9 +75,9 @@ impl Store {
         let sessions = Arc::new(Sessions::open(graphroot, &name));
         let store = Store {
             layers: LayerStore::with_records(
+                driver,
                 graphroot,
                 runroot,
-                &name,
                 db.clone(),
                 sessions.clone(),
             )?,
@@ -85,15 +86,15 @@ impl Store {
             graphroot: graphroot.to_path_buf(),
             db,
             sessions,
-            driver,
         };
-        store.layers.recover(store.driver())?;
+        store.layers.recover()?;
         store.collect_abandoned_imports()?;
         Ok(store)
     }
 
+    /// The driver the store's layers are in.
     pub fn driver(&self) -> &dyn GraphDriver {
-        self.driver.as_ref()
+        self.layers.driver()
     }
 
     /// Imports the image at `location` (an OCI layout directory, and the
@@ -216,7 +217,7 @@ impl Store {
 
     fn in_use_path(&self) -> PathBuf {
         self.graphroot
-            .join(format!("{}-layers-in-use.lock", self.driver.name()))
+            .join(format!("{}-layers-in-use.lock", self.driver().name()))
     }
 
     /// Held while building on layers that exist: none of them is deleted
@@ -257,7 +258,7 @@ impl Store {
         let mut cursor = image.top_layer.clone();
         while let Some(id) = cursor {
             let record = self.layers.get(&id)?.ok_or_else(|| {
-                CoreError::Image(format!(
+                CoreError::Corrupt(format!(
                     "image {}: its layer {id} is missing from the store",
                     image.id
                 ))
@@ -388,7 +389,7 @@ impl Store {
             Ok(true)
         })?;
         if marked {
-            self.layers.finish_delete(self.driver(), id, true)?;
+            self.layers.finish_delete(id, true)?;
         }
         Ok(marked)
     }
@@ -449,17 +450,13 @@ impl Store {
             let id = resolve_image(tx, reference)?;
             let users = containers_of_image(tx, &id)?;
             if !users.is_empty() {
-                return Err(DriverError::busy(format!(
+                return Err(CoreError::InUse(format!(
                     "delete image {id}: containers {} use it",
                     users.join(", ")
-                ))
-                .into());
+                )));
             }
-            let image = read_image(tx, &id)?.ok_or_else(|| {
-                CoreError::from(DriverError::not_found(format!(
-                    "delete image {id}: no such image"
-                )))
-            })?;
+            let image = read_image(tx, &id)?
+                .ok_or_else(|| CoreError::NotFound(format!("delete image {id}: no such image")))?;
             delete_image_rows(tx, &id)?;
             let mut marked: Vec<String> = Vec::new();
             let mut cursor = image.top_layer.clone();
@@ -478,7 +475,7 @@ impl Store {
         })?;
         let mut deleted = Vec::new();
         for (index, layer) in marked.iter().enumerate() {
-            if let Err(e) = self.layers.finish_delete(self.driver(), layer, true) {
+            if let Err(e) = self.layers.finish_delete(layer, true) {
                 // The image is gone; this layer and those below it stay, made
                 // again, for `strata prune` once the driver lets them go.
                 self.unmark(&marked[index + 1..]);
@@ -520,15 +517,15 @@ impl Store {
     /// (delete those instead) or another layer has it as parent.
     pub fn delete_layer(&self, id: &str) -> Result<()> {
         let _exclusive = self.hold_layers_exclusively()?;
-        self.layers.delete_checked(self.driver(), id, |tx| {
+        self.layers.delete_checked(id, |tx| {
             let users = layer_users(tx, id)?;
             if users.is_empty() {
                 return Ok(());
             }
-            Err(
-                DriverError::busy(format!("delete layer {id}: used by {}", users.join(", ")))
-                    .into(),
-            )
+            Err(CoreError::InUse(format!(
+                "delete layer {id}: used by {}",
+                users.join(", ")
+            )))
         })
     }
 
@@ -537,18 +534,17 @@ impl Store {
     /// on it: writing it would change all of them at once, while their mounts
     /// still show it read-only.
     pub fn apply_to_layer(&self, id: &str, diff: &mut dyn Read) -> Result<DiffRecord> {
-        match self.layers.apply(self.driver(), id, diff) {
+        match self.layers.apply(id, diff) {
             // The layer store refuses a read-only layer; say who stands on it.
             Err(refused) if self.layers.get(id)?.is_some_and(|r| r.read_only) => {
                 let users = self.layer_users(id)?;
                 if users.is_empty() {
                     return Err(refused);
                 }
-                Err(DriverError::invalid_input(format!(
+                Err(CoreError::InvalidInput(format!(
                     "apply to layer {id}: the layer is read-only; used by {}",
                     users.join(", ")
-                ))
-                .into())
+                )))
             }
             other => other,
         }
@@ -571,10 +567,9 @@ impl Store {
         self.db.read("check container names", |tx| {
             for name in names {
                 if let Some(other) = crate::db::name_owner(tx, Kind::Container, name)? {
-                    return Err(DriverError::already_exists(format!(
+                    return Err(CoreError::AlreadyExists(format!(
                         "container name '{name}' is taken by container {other}"
-                    ))
-                    .into());
+                    )));
                 }
             }
             Ok(())
@@ -593,7 +588,6 @@ impl Store {
             ..options.clone()
         };
         self.layers.create_layer_then(
-            self.driver(),
             &NewLayer {
                 id: id.clone(),
                 parent: image.top_layer.clone(),
@@ -609,18 +603,18 @@ impl Store {
     /// Mounts the container's layer (counted) and returns the path.
     pub fn mount_container(&self, reference: &str, options: &MountOptions) -> Result<PathBuf> {
         let container = self.container(reference)?;
-        self.layers.mount(self.driver(), &container.layer, options)
+        self.layers.mount(&container.layer, options)
     }
 
     /// Releases one mount of the container named by id, name, prefix or mount
     /// path; returns the container's id.
     pub fn unmount_container(&self, reference: &str) -> Result<String> {
         if reference.starts_with('/') {
-            let layer = self.layers.unmount(self.driver(), reference)?;
+            let layer = self.layers.unmount(reference)?;
             return Ok(layer);
         }
         let container = self.container(reference)?;
-        self.layers.unmount(self.driver(), &container.layer)?;
+        self.layers.unmount(&container.layer)?;
         Ok(container.id)
     }
 
@@ -633,9 +627,9 @@ impl Store {
     /// deleted all the same.
     pub fn delete_container(&self, reference: &str) -> Result<ContainerRecord> {
         let container = self.container(reference)?;
-        match self.layers.delete(self.driver(), &container.layer) {
+        match self.layers.delete(&container.layer) {
             Ok(()) => Ok(container),
-            Err(CoreError::Driver(e)) if e.kind() == strata_plugin_abi::ErrorKind::NotFound => {
+            Err(e) if e.kind() == crate::error::Kind::NotFound => {
                 self.db
                     .write(&format!("delete container {}", container.id), |tx| {
                         tx.prepare_cached("DELETE FROM containers WHERE id = ?1")?
@@ -654,9 +648,9 @@ impl Store {
 
     pub fn image(&self, reference: &str) -> Result<ImageRecord> {
         let id = self.images.resolve(reference)?;
-        self.images.get(&id)?.ok_or_else(|| {
-            CoreError::from(DriverError::not_found(format!("image {id}: no such image")))
-        })
+        self.images
+            .get(&id)?
+            .ok_or_else(|| CoreError::NotFound(format!("image {id}: no such image")))
     }
 }
 

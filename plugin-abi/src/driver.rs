@@ -127,55 +127,64 @@ pub trait DriverPlugin: GraphDriver + Sized + 'static {
     fn init(args: &InitArgs) -> Result<Self>;
 }
 
-impl<T: GraphDriver + ?Sized> GraphDriver for Box<T> {
-    fn name(&self) -> String {
-        (**self).name()
-    }
-    fn status(&self) -> KeyValues {
-        (**self).status()
-    }
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
-    fn metadata(&self, id: &str) -> Result<KeyValues> {
-        (**self).metadata(id)
-    }
-    fn create(&self, id: &str, parent: Option<&str>, options: &CreateOptions) -> Result<()> {
-        (**self).create(id, parent, options)
-    }
-    fn remove(&self, id: &str) -> Result<()> {
-        (**self).remove(id)
-    }
-    fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
-        (**self).get(id, options)
-    }
-    fn put(&self, id: &str) -> Result<()> {
-        (**self).put(id)
-    }
-    fn exists(&self, id: &str) -> Result<bool> {
-        (**self).exists(id)
-    }
-    fn list(&self) -> Result<Vec<String>> {
-        (**self).list()
-    }
-    fn cleanup(&self) -> Result<()> {
-        (**self).cleanup()
-    }
-    fn native_diff(&self, id: &str) -> Result<Option<NativeDiff>> {
-        (**self).native_diff(id)
-    }
-    fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
-        (**self).diff(id, parent)
-    }
-    fn apply_diff(
-        &self,
-        id: &str,
-        parent: Option<&str>,
-        diff: &mut (dyn Read + Send),
-    ) -> Result<u64> {
-        (**self).apply_diff(id, parent, diff)
-    }
-    fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
-        (**self).diff_size(id, parent)
-    }
+/// A driver behind a pointer is a driver: a boxed one (what the loader
+/// hands out) and a borrowed one (what the conformance suite holds) forward
+/// every method, the optional ones included.
+macro_rules! forward_graph_driver {
+    ($($pointer:ty),*) => {$(
+        impl<T: GraphDriver + ?Sized> GraphDriver for $pointer {
+            fn name(&self) -> String {
+                (**self).name()
+            }
+            fn status(&self) -> KeyValues {
+                (**self).status()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+            fn metadata(&self, id: &str) -> Result<KeyValues> {
+                (**self).metadata(id)
+            }
+            fn create(&self, id: &str, parent: Option<&str>, options: &CreateOptions) -> Result<()> {
+                (**self).create(id, parent, options)
+            }
+            fn remove(&self, id: &str) -> Result<()> {
+                (**self).remove(id)
+            }
+            fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
+                (**self).get(id, options)
+            }
+            fn put(&self, id: &str) -> Result<()> {
+                (**self).put(id)
+            }
+            fn exists(&self, id: &str) -> Result<bool> {
+                (**self).exists(id)
+            }
+            fn list(&self) -> Result<Vec<String>> {
+                (**self).list()
+            }
+            fn cleanup(&self) -> Result<()> {
+                (**self).cleanup()
+            }
+            fn native_diff(&self, id: &str) -> Result<Option<NativeDiff>> {
+                (**self).native_diff(id)
+            }
+            fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
+                (**self).diff(id, parent)
+            }
+            fn apply_diff(
+                &self,
+                id: &str,
+                parent: Option<&str>,
+                diff: &mut (dyn Read + Send),
+            ) -> Result<u64> {
+                (**self).apply_diff(id, parent, diff)
+            }
+            fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
+                (**self).diff_size(id, parent)
+            }
 }
+    )*};
+}
+
+forward_graph_driver!(Box<T>, &T);

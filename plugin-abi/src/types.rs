@@ -239,6 +239,13 @@ pub struct MountOptions {
     pub gid_maps: Vec<IdMap>,
 }
 
+/// The `status` key by which a driver claiming
+/// [`Capabilities::NATIVE_DIFF`] names the whiteout format of its diff
+/// directories (`overlay` or `aufs`). The host refuses, when it opens the
+/// driver, a format it cannot read; a driver that does not declare one is
+/// checked layer by layer instead.
+pub const NATIVE_DIFF_WHITEOUTS_KEY: &str = "native-diff-whiteouts";
+
 /// How deletions are written in a native diff directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WhiteoutFormat {

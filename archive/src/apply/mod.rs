@@ -1,7 +1,7 @@
 //! Applying a layer tar stream to a directory, safely, recording tar-split
 //! and computing both digests in the same pass.
 //!
-//! The stream is read once ([`apply_layer`]): decompressed (`pipeline`),
+//! The stream is read once ([`apply_layer`]): decompressed (on its own thread),
 //! split into members, each member's metadata read (`metadata`) and the
 //! member made in the tree (`files`) or, for a whiteout, what it names
 //! deleted or hidden (`whiteouts`); directories' modes and times are set at
@@ -9,7 +9,7 @@
 
 mod files;
 mod metadata;
-mod pipeline;
+
 mod whiteouts;
 
 use std::ffi::OsStr;
@@ -30,8 +30,8 @@ use super::members::{Data, MAX_SPARSE_REGIONS, MAX_TRAILING, Member, Members, lo
 use super::record;
 use super::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat};
 use super::{ArchiveError, IdMap};
+use crate::pipeline::{ChunkReader, PIPELINE_DEPTH, pump};
 use metadata::{DroppedXattrs, layer_may_set_xattr, parse_u64};
-use pipeline::{ChunkReader, PIPELINE_DEPTH, pump};
 
 /// Where a layer is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

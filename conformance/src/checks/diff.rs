@@ -478,10 +478,13 @@ fn broken_stream_fails_cleanly(suite: &Suite) -> CheckOutcome {
     // Through the layer store, as a runtime creates a layer from a diff: the
     // refused stream leaves no layer in the driver.
     let records = io("a scratch directory for layer records", tempfile::tempdir())?;
-    let store = LayerStore::open(records.path(), &records.path().join("run"), suite.driver)
-        .map_err(|e| Verdict::Fail(format!("open a layer store: {e}")))?;
+    let store = LayerStore::open(
+        records.path(),
+        &records.path().join("run"),
+        Box::new(suite.driver),
+    )
+    .map_err(|e| Verdict::Fail(format!("open a layer store: {e}")))?;
     let made = store.create(
-        suite.driver,
         "conformance-junk-store",
         None,
         &CreateOptions::default(),

@@ -36,7 +36,8 @@ pub struct ExportedLayer {
     pub layer: String,
     pub blob: Descriptor,
     pub diff_id: String,
-    /// The diff is the original stream (else generated from the trees).
+    /// The diff is the original stream (else generated from the trees, or
+    /// another stream from a driver that owns its format).
     pub original: bool,
 }
 
@@ -64,7 +65,7 @@ pub fn export_image(
     let stored_config = store.images.big_data(&image.id, CONFIG_KEY).ok();
     let mut config: serde_json::Value = match &stored_config {
         Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
-            CoreError::Image(format!(
+            CoreError::Corrupt(format!(
                 "image {}: its stored config is not JSON: {e}",
                 image.id
             ))
@@ -231,25 +232,24 @@ fn write_layer(store: &Store, layer: &LayerRecord, blobs: &Path) -> Result<Expor
         .map_err(|e| CoreError::io("create a temporary file in", blobs, e))?;
     let file = Hashing::new(BufWriter::with_capacity(1 << 20, staged.as_file_mut()));
     let failed = |e: io::Error| CoreError::io("write a layer blob in", blobs.to_path_buf(), e);
-    let driver = store.driver();
     let (diff_id, source, mut file) = match suffix {
         "+gzip" => {
             let mut encoder = flate2::write::GzEncoder::new(file, flate2::Compression::new(level));
             let mut tar = Hashing::new(&mut encoder);
-            let source = store.layers.diff(driver, &layer.id, &mut tar)?;
+            let source = store.layers.diff(&layer.id, &mut tar)?;
             let diff_id = tar.digest();
             (diff_id, source, encoder.finish().map_err(failed)?)
         }
         "+zstd" => {
             let mut encoder = zstd::Encoder::new(file, level as i32).map_err(failed)?;
             let mut tar = Hashing::new(&mut encoder);
-            let source = store.layers.diff(driver, &layer.id, &mut tar)?;
+            let source = store.layers.diff(&layer.id, &mut tar)?;
             let diff_id = tar.digest();
             (diff_id, source, encoder.finish().map_err(failed)?)
         }
         _ => {
             let mut tar = Hashing::new(file);
-            let source = store.layers.diff(driver, &layer.id, &mut tar)?;
+            let source = store.layers.diff(&layer.id, &mut tar)?;
             let diff_id = tar.digest();
             (diff_id, source, tar.inner)
         }
@@ -263,6 +263,14 @@ fn write_layer(store: &Store, layer: &LayerRecord, blobs: &Path) -> Result<Expor
     staged
         .persist(&path)
         .map_err(|e| CoreError::io("write", &path, e.error))?;
+    // A driver that owns its format gives its own stream: the original
+    // when it is the stream the layer was made from.
+    let original = source == DiffSource::Original
+        || (source == DiffSource::Driver
+            && layer
+                .diff
+                .as_ref()
+                .is_some_and(|d| d.uncompressed_digest == diff_id));
     Ok(ExportedLayer {
         layer: layer.id.clone(),
         blob: Descriptor {
@@ -273,6 +281,6 @@ fn write_layer(store: &Store, layer: &LayerRecord, blobs: &Path) -> Result<Expor
             platform: None,
         },
         diff_id,
-        original: source == DiffSource::Original,
+        original,
     })
 }

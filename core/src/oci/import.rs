@@ -5,14 +5,14 @@
 
 use std::io::Read;
 
-use strata_plugin_abi::{CreateOptions, ErrorKind};
+use strata_plugin_abi::CreateOptions;
 
 use super::layout::{
     BlobReader, ConfigRootfs, DOCKER_MANIFEST, Descriptor, ImageLocation, Layout, MAX_CONFIG_SIZE,
     MAX_MANIFEST_SIZE, MEDIA_TYPE_MANIFEST, Manifest, chain_ids, digest_hex,
 };
 use super::shown::{layer_error, shown};
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Kind, Result};
 use crate::images::{CONFIG_KEY, ImageRecord, MANIFEST_KEY, NewImage};
 use crate::layers::{ExpectedDiff, LayerRecord, NewLayer};
 use crate::store::Store;
@@ -55,7 +55,7 @@ pub fn import_image(
     let layout = Layout::open(&location.dir)?;
     let descriptor = layout.find_manifest(location.tag.as_deref())?;
     if descriptor.media_type != MEDIA_TYPE_MANIFEST && descriptor.media_type != DOCKER_MANIFEST {
-        return Err(CoreError::Image(format!(
+        return Err(CoreError::InvalidImage(format!(
             "{} ({}) is not an image manifest but '{}'",
             descriptor.digest,
             location
@@ -77,14 +77,14 @@ pub fn import_image(
     )?;
     if config.rootfs.kind != "layers" {
         // What it says instead is the config's content: not shown.
-        return Err(CoreError::Image(format!(
+        return Err(CoreError::InvalidImage(format!(
             "config {}: rootfs.type is not 'layers'",
             manifest.config.digest
         )));
     }
     let diff_ids = &config.rootfs.diff_ids;
     if diff_ids.len() != manifest.layers.len() {
-        return Err(CoreError::Image(format!(
+        return Err(CoreError::InvalidImage(format!(
             "manifest {} lists {} layers but its config {} has {} diff ids",
             descriptor.digest,
             manifest.layers.len(),
@@ -109,7 +109,7 @@ pub fn import_image(
         // A tag read from the layout becomes an image name, shown by every
         // listing after: one with control characters is refused, not stored.
         if tag.chars().any(char::is_control) {
-            return Err(CoreError::Image(format!(
+            return Err(CoreError::InvalidImage(format!(
                 "the tag '{}' of {} holds control characters: refused as an image name",
                 shown(&tag),
                 descriptor.digest
@@ -163,7 +163,7 @@ pub fn import_image(
         })
         .map_err(|e| match e {
             // These already name the blob.
-            CoreError::Verify { .. } | CoreError::Image(_) => e,
+            CoreError::Verify { .. } | CoreError::InvalidImage(_) => e,
             // What the applier says of the stream was read before the
             // blob's digest could be checked: no content of it is shown.
             other => CoreError::Blob {
@@ -202,7 +202,7 @@ pub fn import_image(
     let image = match store.record_imported_image(&new_image) {
         Ok(image) => image,
         // The same image, imported by another process meanwhile.
-        Err(CoreError::Driver(e)) if e.kind() == ErrorKind::AlreadyExists => {
+        Err(e) if e.kind() == Kind::AlreadyExists => {
             store.name_imported_image(&image_id, &names, new_image.top_layer.as_deref())?
         }
         Err(e) => {
@@ -231,17 +231,16 @@ fn ensure_layer<'p>(
     (blob_descriptor, what): (&Descriptor, &str),
     open: impl FnOnce() -> Result<ProgressReader<'p>>,
 ) -> Result<(LayerRecord, bool)> {
-    let driver = store.driver();
     let mut open = Some(open);
     let mut blob = None;
     loop {
-        if let Some(existing) = store.layers.wait_until_made(driver, &new.id)? {
+        if let Some(existing) = store.layers.wait_until_made(&new.id)? {
             // The id is the chain id, so a layer by this id holds these
             // diffs, unless someone made it by hand under this id.
             if let Some(diff) = &existing.diff
                 && diff.uncompressed_digest != diff_id
             {
-                return Err(CoreError::Image(format!(
+                return Err(CoreError::Corrupt(format!(
                     "layer {} exists with diff id {}, not {diff_id} as its id says",
                     existing.id, diff.uncompressed_digest
                 )));
@@ -252,11 +251,11 @@ fn ensure_layer<'p>(
             blob = Some((open.take().expect("opened once"))()?);
         }
         let reader = blob.as_mut().expect("opened above");
-        match store.layers.create_layer(driver, new, Some(&mut *reader)) {
+        match store.layers.create_layer(new, Some(&mut *reader)) {
             Ok(record) => return Ok((record, true)),
             // Another process started it first: wait for it and use it.
-            Err(CoreError::Driver(e))
-                if matches!(e.kind(), ErrorKind::Busy | ErrorKind::AlreadyExists)
+            Err(e)
+                if matches!(e.kind(), Kind::InUse | Kind::AlreadyExists)
                     && store.layers.get(&new.id)?.is_some() =>
             {
                 continue;

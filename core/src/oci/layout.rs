@@ -152,7 +152,7 @@ pub fn digest_hex(digest: &str) -> Result<&str> {
         {
             Ok(hex)
         }
-        _ => Err(CoreError::Image(format!(
+        _ => Err(CoreError::InvalidImage(format!(
             "digest '{}' is not sha256:<64 lowercase hex digits> (only sha256 is supported)",
             shown(digest)
         ))),
@@ -226,14 +226,14 @@ fn read_index(root: &LayoutDir, dir: &Path) -> Result<Option<Index>> {
         Ok(bytes) => bytes,
         Err(FileError::Refused(Refusal::Missing)) => return Ok(None),
         Err(e) => {
-            return Err(CoreError::Image(format!(
+            return Err(CoreError::InvalidImage(format!(
                 "the index (index.json) of {} {e}",
                 dir.display()
             )));
         }
     };
     let index = serde_json::from_slice(&bytes).map_err(|e| {
-        CoreError::Image(format!(
+        CoreError::InvalidImage(format!(
             "the index (index.json) of {} is not a valid OCI index: {}",
             dir.display(),
             json_error(&e)
@@ -261,7 +261,7 @@ impl Layout {
     /// Opens the layout in `dir`, checking its `oci-layout` marker.
     pub fn open(dir: &Path) -> Result<Layout> {
         let not_a_layout = |why: String| {
-            CoreError::Image(format!(
+            CoreError::InvalidImage(format!(
                 "{} is not an OCI image layout: {why}",
                 dir.display()
             ))
@@ -300,7 +300,7 @@ impl Layout {
                     }
                     Some(_) => "an imageLayoutVersion that is not a version".to_string(),
                 };
-                return Err(CoreError::Image(format!(
+                return Err(CoreError::InvalidImage(format!(
                     "{}: its oci-layout file has {found}; only {LAYOUT_VERSION} is understood",
                     dir.display()
                 )));
@@ -312,7 +312,7 @@ impl Layout {
     /// Reads `index.json` whole (at most `MAX_INDEX_SIZE` bytes).
     fn index_bytes(&self) -> Result<Vec<u8>> {
         read_file(&self.root, "index.json", MAX_INDEX_SIZE).map_err(|e| {
-            CoreError::Image(format!(
+            CoreError::InvalidImage(format!(
                 "the index (index.json) of {} {e}",
                 self.dir.display()
             ))
@@ -338,9 +338,9 @@ impl Layout {
         let (file, size) = self
             .root
             .open_regular(&format!("blobs/sha256/{hex}"))
-            .map_err(|refusal| CoreError::Image(format!("{} {refusal}", named())))?;
+            .map_err(|refusal| CoreError::InvalidImage(format!("{} {refusal}", named())))?;
         if size != descriptor.size {
-            return Err(CoreError::Image(format!(
+            return Err(CoreError::InvalidImage(format!(
                 "blob {} ({what}) is {size} bytes, {} than the {} bytes its descriptor declares: refused",
                 descriptor.digest,
                 if size > descriptor.size {
@@ -356,7 +356,7 @@ impl Layout {
 
     /// The error for a blob whose read stopped at a size fault.
     pub fn size_fault(descriptor: &Descriptor, what: &str, fault: SizeFault) -> CoreError {
-        CoreError::Image(match fault {
+        CoreError::InvalidImage(match fault {
             SizeFault::Longer => format!(
                 "blob {} ({what}) is longer than the {} bytes its descriptor declares (it grew while being read): refused",
                 descriptor.digest, descriptor.size
@@ -374,7 +374,7 @@ impl Layout {
     pub fn read_blob(&self, descriptor: &Descriptor, what: &str, limit: u64) -> Result<Vec<u8>> {
         digest_hex(&descriptor.digest)?;
         if descriptor.size > limit {
-            return Err(CoreError::Image(format!(
+            return Err(CoreError::InvalidImage(format!(
                 "blob {} ({what}) declares {} bytes; strata reads at most {} of it: refused",
                 descriptor.digest,
                 descriptor.size,
@@ -386,7 +386,7 @@ impl Layout {
         if let Err(e) = reader.read_to_end(&mut bytes) {
             return Err(match reader.fault() {
                 Some(fault) => Layout::size_fault(descriptor, what, fault),
-                None => CoreError::Image(format!(
+                None => CoreError::InvalidImage(format!(
                     "blob {} ({what}) cannot be read: {e}",
                     descriptor.digest
                 )),
@@ -394,7 +394,7 @@ impl Layout {
         }
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if actual != descriptor.digest {
-            return Err(CoreError::Image(format!(
+            return Err(CoreError::InvalidImage(format!(
                 "blob {} ({what}) does not match its digest: its content hashes to {actual}",
                 descriptor.digest
             )));
@@ -413,7 +413,7 @@ impl Layout {
     ) -> Result<(Vec<u8>, T)> {
         let bytes = self.read_blob(descriptor, what, limit)?;
         let value = serde_json::from_slice(&bytes).map_err(|e| {
-            CoreError::Image(format!(
+            CoreError::InvalidImage(format!(
                 "blob {} is not a valid {what}: {}",
                 descriptor.digest,
                 json_error(&e)
@@ -432,7 +432,7 @@ impl Layout {
             None => &|_: &Descriptor| true,
         };
         let picked = parse::pick(&bytes, choose).map_err(|e| {
-            CoreError::Image(format!(
+            CoreError::InvalidImage(format!(
                 "the index (index.json) of {} is not a valid OCI index: {}",
                 self.dir.display(),
                 json_error(&e)
@@ -441,7 +441,7 @@ impl Layout {
         drop(bytes);
         let chosen = match (tag, picked.count) {
             (Some(tag), _) => picked.chosen.clone().ok_or_else(|| {
-                CoreError::Image(format!(
+                CoreError::InvalidImage(format!(
                     "{} has no image tagged '{}' (tags: {})",
                     self.dir.display(),
                     shown(tag),
@@ -450,13 +450,13 @@ impl Layout {
             })?,
             (None, 1) => picked.chosen.clone().expect("the only entry is chosen"),
             (None, 0) => {
-                return Err(CoreError::Image(format!(
+                return Err(CoreError::InvalidImage(format!(
                     "{} holds no images (index.json lists no manifests)",
                     self.dir.display()
                 )));
             }
             (None, many) => {
-                return Err(CoreError::Image(format!(
+                return Err(CoreError::InvalidImage(format!(
                     "{} holds {many} images; name one as DIR:TAG (tags: {})",
                     self.dir.display(),
                     tag_list(&picked)
@@ -476,7 +476,7 @@ impl Layout {
             return Ok(descriptor);
         }
         if depth > 4 {
-            return Err(CoreError::Image(format!(
+            return Err(CoreError::InvalidImage(format!(
                 "index {} nests indexes too deeply",
                 descriptor.digest
             )));
@@ -490,14 +490,14 @@ impl Layout {
                 .is_some_and(|p| p.os == "linux" && p.architecture == arch)
         })
         .map_err(|e| {
-            CoreError::Image(format!(
+            CoreError::InvalidImage(format!(
                 "blob {} is not a valid {what}: {}",
                 descriptor.digest,
                 json_error(&e)
             ))
         })?;
         let found = picked.chosen.ok_or_else(|| {
-            CoreError::Image(format!(
+            CoreError::InvalidImage(format!(
                 "index {} has no image for linux/{arch}",
                 descriptor.digest
             ))

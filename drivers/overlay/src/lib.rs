@@ -400,6 +400,7 @@ impl GraphDriver for OverlayDriver {
             "native diff",
             "exact (redirect_dir, metacopy and index off)",
         );
+        status.push(strata_plugin_abi::NATIVE_DIFF_WHITEOUTS_KEY, "overlay");
         status.push("mountopt", self.mountopt.clone());
         status
     }

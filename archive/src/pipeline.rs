@@ -4,13 +4,13 @@
 use std::io::{self, Read};
 
 /// Chunks of decompressed stream in flight between the two threads.
-pub(super) const PIPELINE_DEPTH: usize = 4;
+pub(crate) const PIPELINE_DEPTH: usize = 4;
 
-pub(super) const CHUNK: usize = 256 * 1024;
+pub(crate) const CHUNK: usize = 256 * 1024;
 
 /// Reads `from` to its end (or first error) in chunks sent to `to`; stops
 /// early when the other side has gone (it failed and needs no more).
-pub(super) fn pump(mut from: impl Read, to: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
+pub(crate) fn pump(mut from: impl Read, to: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
     loop {
         let mut chunk = vec![0u8; CHUNK];
         let mut filled = 0;
@@ -43,14 +43,14 @@ pub(super) fn pump(mut from: impl Read, to: &std::sync::mpsc::SyncSender<io::Res
 }
 
 /// The receiving end of `pump`, read as a stream.
-pub(super) struct ChunkReader {
+pub(crate) struct ChunkReader {
     chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     current: Vec<u8>,
     at: usize,
 }
 
 impl ChunkReader {
-    pub(super) fn new(chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+    pub(crate) fn new(chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
         ChunkReader {
             chunks,
             current: Vec::new(),

@@ -1,0 +1,420 @@
+//! Diffs: applying a layer stream to a layer, and a layer's changes and
+//! diff against its parent (the exact original stream where there is one).
+
+use super::*;
+
+impl LayerStore<'_> {
+    /// Applies `diff` to the existing layer `id` and records it as the layer's
+    /// diff.
+    pub fn apply(&self, id: &str, diff: &mut dyn Read) -> Result<DiffRecord> {
+        let driver = self.driver();
+        if !driver.exists(id)? {
+            return Err(not_found(format!("apply to layer {id}: no such layer")));
+        }
+        let record = self.get(id)?;
+        // A read-only layer is an image's: writing it would change every
+        // image on it (`Store::apply_to_layer` names them).
+        if record.as_ref().is_some_and(|r| r.read_only) {
+            return Err(CoreError::InvalidInput(format!(
+                "apply to layer {id}: the layer is read-only"
+            )));
+        }
+        let parent = record.and_then(|r| r.parent);
+        let applied = self.apply_into(id, parent.as_deref(), diff, false)?;
+        let diff = serde_json::to_string(&applied).expect("diff serialises");
+        self.db.write(&format!("apply to layer {id}"), |tx| {
+            // A layer made before records were kept gets one now.
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO layers (id, created, state, read_only) VALUES (?1, ?2, 0, 0)",
+            )?
+            .execute(params![id, now() as i64])?;
+            tx.prepare_cached("UPDATE layers SET diff = ?1 WHERE id = ?2")?
+                .execute(params![diff, id])?;
+            Ok(())
+        })?;
+        Ok(applied)
+    }
+
+    pub(super) fn apply_into(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        diff: &mut dyn Read,
+        verified: bool,
+    ) -> Result<DiffRecord> {
+        let driver = self.driver();
+        if self.diff_method == DiffMethod::DriverStream {
+            return self.apply_driver_stream(id, parent, diff);
+        }
+        let files = LayerFiles::open(driver, &self.counts, self.native_dir(id)?, id)?;
+        // Into a native diff, directories written into take their metadata
+        // from the tree below: the parent, mounted for the length of the apply.
+        let parent = match (&files, parent) {
+            (LayerFiles::Native(..), Some(parent)) => {
+                match mount_counted(driver, &self.counts, parent) {
+                    Ok(path) => Some((parent, path)),
+                    Err(e) => {
+                        let _ = files.close();
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let lower = parent.as_ref().map(|(_, path)| path.as_path());
+        let result = self.apply_at(files.path(), files.target(), lower, verified, id, diff);
+        if let Some((parent, _)) = &parent
+            && let Err(e) = unmount_counted(driver, &self.counts, parent)
+        {
+            tracing::warn!(layer = %parent, error = %e, "could not unmount the parent after an apply");
+        }
+        let closed = files.close();
+        let report = result?;
+        closed?;
+        Ok(report)
+    }
+
+    /// Hands the stream to a driver that owns its layer format, measured on
+    /// the way in (no tar-split record: the driver's `diff` is the layer's).
+    fn apply_driver_stream(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        diff: &mut dyn Read,
+    ) -> Result<DiffRecord> {
+        let driver = self.driver();
+        let fed = archive::feed_measured(diff, |tar| driver.apply_diff(id, parent, tar));
+        let (size, measured) = fed.map_err(|e| match e {
+            archive::FeedError::Input(e) => CoreError::Archive {
+                layer: id.to_string(),
+                source: archive::ArchiveError::Input(e),
+            },
+            archive::FeedError::Consumer(e) => {
+                CoreError::Driver(e.context(format!("apply a diff to layer {id}")))
+            }
+        })?;
+        Ok(DiffRecord {
+            compressed_digest: measured.compressed_digest.to_string(),
+            compressed_size: measured.compressed_size,
+            uncompressed_digest: measured.uncompressed_digest.to_string(),
+            uncompressed_size: measured.uncompressed_size,
+            compression: measured.compression.to_string(),
+            size,
+        })
+    }
+
+    pub(super) fn apply_at(
+        &self,
+        root: &Path,
+        target: ApplyTarget,
+        lower: Option<&Path>,
+        verified: bool,
+        id: &str,
+        diff: &mut dyn Read,
+    ) -> Result<DiffRecord> {
+        let split_path = self.tar_splits.path(id);
+        let partial = self.tar_splits.partial_path(id);
+        let file = fs::File::create(&partial).map_err(|e| CoreError::io("create", &partial, e))?;
+        let mut gz =
+            flate2::write::GzEncoder::new(io::BufWriter::new(file), flate2::Compression::fast());
+        let applied = archive::apply_layer(
+            root,
+            diff,
+            &ApplyOptions {
+                target,
+                lower: lower.map(Path::to_path_buf),
+                require_end_of_archive: !verified,
+                ..Default::default()
+            },
+            Some(&mut gz),
+        );
+        let report = match applied {
+            Ok(report) => report,
+            Err(e) => {
+                let _ = fs::remove_file(&partial);
+                return Err(CoreError::Archive {
+                    layer: id.to_string(),
+                    source: e,
+                });
+            }
+        };
+        let finish = gz
+            .finish()
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all())
+            .and_then(|()| fs::rename(&partial, &split_path));
+        finish.map_err(|e| CoreError::io("write", &split_path, e))?;
+        Ok(DiffRecord {
+            compressed_digest: report.compressed_digest.to_string(),
+            compressed_size: report.compressed_size,
+            uncompressed_digest: report.uncompressed_digest.to_string(),
+            uncompressed_size: report.uncompressed_size,
+            compression: report.compression.to_string(),
+            size: report.size,
+        })
+    }
+
+    /// The layer's changes against its parent.
+    pub fn changes(&self, id: &str) -> Result<Vec<Change>> {
+        let driver = self.driver();
+        let parent = self.get(id)?.and_then(|r| r.parent);
+        // A driver that owns its format: the members of its own stream (the
+        // parent is mounted only to tell added from modified).
+        if self.diff_method == DiffMethod::DriverStream {
+            let stream = driver.diff(id, parent.as_deref())?;
+            let read = |lower: Option<&Path>| {
+                archive::stream_changes(stream, lower).map_err(|e| CoreError::Archive {
+                    layer: id.to_string(),
+                    source: archive::ArchiveError::Input(e),
+                })
+            };
+            return match parent {
+                Some(parent) => {
+                    let lower = mount_counted(driver, &self.counts, &parent)?;
+                    let found = read(Some(&lower));
+                    unmount_counted(driver, &self.counts, &parent)?;
+                    found
+                }
+                None => read(None),
+            };
+        }
+        // A native diff holds exactly the changes: read it instead of
+        // comparing whole trees (the parent is mounted only to tell added
+        // from modified).
+        if let Some((native, format)) = self.native_dir(id)? {
+            return match parent {
+                Some(parent) => {
+                    let lower = mount_counted(driver, &self.counts, &parent)?;
+                    let found = archive::diff_dir_changes(&native, Some(&lower), format);
+                    unmount_counted(driver, &self.counts, &parent)?;
+                    found.map_err(|e| CoreError::io("read the changes in", native, e))
+                }
+                None => archive::diff_dir_changes(&native, None, format)
+                    .map_err(|e| CoreError::io("read the changes in", native, e)),
+            };
+        }
+        with_trees(
+            driver,
+            &self.counts,
+            id,
+            parent.as_deref(),
+            |layer, parent| {
+                archive::changes(layer, parent).map_err(|e| CoreError::io("compare", layer, e))
+            },
+        )
+    }
+
+    /// Writes the layer's diff against its parent to `out`. A layer made from a
+    /// diff gives back that diff's exact bytes (uncompressed) from its
+    /// tar-split record; otherwise, or if its files changed since, the diff is
+    /// generated from the trees.
+    pub fn diff(&self, id: &str, out: &mut dyn Write) -> Result<DiffSource> {
+        let driver = self.driver();
+        let record = self.get(id)?;
+        let parent = record.as_ref().and_then(|r| r.parent.clone());
+        if self.diff_method == DiffMethod::DriverStream {
+            let mut stream = driver.diff(id, parent.as_deref())?;
+            io::copy(&mut stream, out)
+                .map_err(|e| CoreError::io("write the diff of", PathBuf::from(id), e))?;
+            return Ok(DiffSource::Driver);
+        }
+        let split_path = self.tar_splits.path(id);
+        if record.as_ref().is_some_and(|r| r.diff.is_some()) && split_path.exists() {
+            let files = LayerFiles::open(driver, &self.counts, self.native_dir(id)?, id)?;
+            let root = files.path().to_path_buf();
+            let rebuild = |out: &mut dyn Write| {
+                fs::File::open(&split_path).and_then(|f| {
+                    archive::tarsplit::reassemble(
+                        BufReader::with_capacity(1 << 20, flate2::read::GzDecoder::new(f)),
+                        &root,
+                        out,
+                    )
+                })
+            };
+            // A read-only layer's files cannot have changed since apply: its
+            // stream goes straight out, and a failure part way is an error
+            // (corruption), not a reason to fall back.
+            if record.as_ref().is_some_and(|r| r.read_only) {
+                let rebuilt = rebuild(out);
+                let _ = files.close();
+                return rebuilt.map(|_| DiffSource::Original).map_err(|e| {
+                    CoreError::io("rebuild the original diff of", PathBuf::from(id), e)
+                });
+            }
+            // A writable layer's files may have changed, which is found only
+            // part way: rebuild into a temporary file first, so `out` gets a
+            // whole stream or, failing that, the generated diff.
+            let mut staged = tempfile::tempfile_in(self.tar_splits.dir()).map_err(|e| {
+                CoreError::io("create a temporary file in", self.tar_splits.dir(), e)
+            })?;
+            let rebuilt = rebuild(&mut staged);
+            let _ = files.close();
+            match rebuilt {
+                Ok(_) => {
+                    use std::io::Seek;
+                    staged
+                        .rewind()
+                        .map_err(|e| CoreError::io("read", self.tar_splits.dir(), e))?;
+                    io::copy(&mut staged, out)
+                        .map_err(|e| CoreError::io("write the diff of", PathBuf::from(id), e))?;
+                    return Ok(DiffSource::Original);
+                }
+                Err(e) => {
+                    tracing::warn!(layer = id, error = %e, "the original diff cannot be rebuilt; generating one");
+                }
+            }
+        }
+        // Generated from the same changes `changes` gives, exported from the
+        // tree they describe (the native diff directory, or the mounted layer).
+        let mut export = |root: &Path, list: &[Change]| {
+            archive::export_changes(root, list, &mut *out)
+                .map(|_| DiffSource::Generated)
+                .map_err(|e| CoreError::io("export", root, e))
+        };
+        if let Some((native, _)) = self.native_dir(id)? {
+            let list = self.changes(id)?;
+            return export(&native, &list);
+        }
+        with_trees(
+            driver,
+            &self.counts,
+            id,
+            parent.as_deref(),
+            |layer, parent| {
+                let list = archive::changes(layer, parent)
+                    .map_err(|e| CoreError::io("compare", layer, e))?;
+                export(layer, &list)
+            },
+        )
+    }
+
+    /// Writes the diff that turns layer `from` (or an empty tree, for `None`)
+    /// into layer `to`. Against `to`'s own parent this is [`diff`](Self::diff),
+    /// the original bytes when there are any; against anything else it is
+    /// generated by comparing the two trees.
+    pub fn diff_between(
+        &self,
+        from: Option<&str>,
+        to: &str,
+        out: &mut dyn Write,
+    ) -> Result<DiffSource> {
+        let driver = self.driver();
+        let parent = self.get(to)?.and_then(|r| r.parent);
+        if from == parent.as_deref() {
+            return self.diff(to, out);
+        }
+        if self.diff_method == DiffMethod::DriverStream {
+            return Err(CoreError::Unsupported(format!(
+                "diff of layer {to} from {}: driver '{}' owns its layer format and gives only a \
+                 layer's diff against its parent",
+                from.unwrap_or("an empty tree"),
+                driver.name()
+            )));
+        }
+        with_trees(driver, &self.counts, to, from, |layer, base| {
+            let list =
+                archive::changes(layer, base).map_err(|e| CoreError::io("compare", layer, e))?;
+            archive::export_changes(layer, &list, &mut *out)
+                .map(|_| DiffSource::Generated)
+                .map_err(|e| CoreError::io("export", layer, e))
+        })
+    }
+
+    /// The size in bytes of the layer's diff against its parent, as
+    /// [`diff`](Self::diff) would write it.
+    pub fn diff_size(&self, id: &str) -> Result<u64> {
+        if self.diff_method == DiffMethod::DriverStream {
+            let parent = self.get(id)?.and_then(|r| r.parent);
+            return Ok(self.driver().diff_size(id, parent.as_deref())?);
+        }
+        if let Some(diff) = self.get(id)?.and_then(|r| r.diff)
+            && self.tar_splits.path(id).exists()
+        {
+            return Ok(diff.uncompressed_size);
+        }
+        let mut counter = CountingSink(0);
+        self.diff(id, &mut counter)?;
+        Ok(counter.0)
+    }
+}
+
+/// Where a layer's own files are written and read by the layer format: its
+/// native diff directory when the driver keeps one (in overlay's whiteout
+/// convention, no mount needed, and a read-only layer can still be filled),
+/// otherwise its mounted tree.
+pub(super) enum LayerFiles<'d> {
+    Native(PathBuf, archive::WhiteoutFormat),
+    Mounted {
+        driver: &'d dyn GraphDriver,
+        counts: &'d MountCounts,
+        id: String,
+        path: PathBuf,
+    },
+}
+
+impl<'d> LayerFiles<'d> {
+    /// The layer's native diff directory if `native` names one, otherwise
+    /// its tree, mounted (counted) until [`close`](Self::close).
+    pub(super) fn open(
+        driver: &'d dyn GraphDriver,
+        counts: &'d MountCounts,
+        native: Option<(PathBuf, archive::WhiteoutFormat)>,
+        id: &str,
+    ) -> Result<Self> {
+        if let Some((native, format)) = native {
+            return Ok(LayerFiles::Native(native, format));
+        }
+        let path = mount_counted(driver, counts, id)?;
+        Ok(LayerFiles::Mounted {
+            driver,
+            counts,
+            id: id.to_string(),
+            path,
+        })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        match self {
+            LayerFiles::Native(path, _) | LayerFiles::Mounted { path, .. } => path,
+        }
+    }
+
+    pub(super) fn target(&self) -> ApplyTarget {
+        match self {
+            LayerFiles::Native(_, format) => ApplyTarget::Diff(*format),
+            LayerFiles::Mounted { .. } => ApplyTarget::Tree,
+        }
+    }
+
+    pub(super) fn close(self) -> Result<()> {
+        match self {
+            LayerFiles::Native(..) => Ok(()),
+            LayerFiles::Mounted {
+                driver, counts, id, ..
+            } => unmount_counted(driver, counts, &id),
+        }
+    }
+}
+
+pub(super) struct CountingSink(u64);
+
+impl Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where a diff's bytes came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffSource {
+    /// The exact stream the layer was made from.
+    Original,
+    /// Generated by comparing the layer with its parent.
+    Generated,
+    /// The driver's own stream (a driver that owns its layer format).
+    Driver,
+}

@@ -1,0 +1,338 @@
+//! Layer records: the rows of the store's database, their states, and
+//! looking layers up by id, name or prefix.
+
+use super::*;
+
+/// A row's state.
+pub(crate) const MADE: i64 = 0;
+
+pub(crate) const MAKING: i64 = 1;
+
+pub(crate) const DELETING: i64 = 2;
+
+/// What strata knows of a layer beyond the driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// Being made by a process (or left so by one that died).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<DiffRecord>,
+    /// Names the layer can be looked up by; each name belongs to one layer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// An image layer, never written to once made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// SELinux label its mounts get unless the mount names another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_label: Option<String>,
+    /// Free-form text the caller keeps with the layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// Caller-defined flags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub flags: BTreeMap<String, serde_json::Value>,
+}
+
+/// A layer to make: where it goes, what it is called, and what its diff must
+/// be (an OCI blob's digest and diff id), checked before the layer counts as
+/// made.
+#[derive(Clone, Debug, Default)]
+pub struct NewLayer {
+    pub id: String,
+    pub parent: Option<String>,
+    pub options: CreateOptions,
+    pub names: Vec<String>,
+    pub metadata: Option<String>,
+    pub flags: BTreeMap<String, serde_json::Value>,
+    pub expect: Option<ExpectedDiff>,
+    /// Made for an import that records its image afterwards: if this
+    /// process dies first, the layer is removed (unless something else has
+    /// come to use it).
+    pub for_import: bool,
+}
+
+/// What a diff stream must turn out to be; any field left `None` is not
+/// checked.
+#[derive(Clone, Debug, Default)]
+pub struct ExpectedDiff {
+    /// How the stream is named in errors, such as "blob sha256:ab12..".
+    pub source: String,
+    pub compressed_digest: Option<String>,
+    pub compressed_size: Option<u64>,
+    pub uncompressed_digest: Option<String>,
+}
+
+impl ExpectedDiff {
+    pub(super) fn check(&self, layer: &str, found: &DiffRecord) -> Result<()> {
+        // In this order: a wrong size or digest says more about the blob
+        // than the diff id it then cannot have.
+        let checks = [
+            (
+                "size",
+                self.compressed_size.map(|s| s.to_string()),
+                found.compressed_size.to_string(),
+            ),
+            (
+                "digest",
+                self.compressed_digest.clone(),
+                found.compressed_digest.clone(),
+            ),
+            (
+                "uncompressed digest (diff id)",
+                self.uncompressed_digest.clone(),
+                found.uncompressed_digest.clone(),
+            ),
+        ];
+        for (what, expected, actual) in checks {
+            if let Some(expected) = expected
+                && expected != actual
+            {
+                return Err(CoreError::Verify {
+                    layer: layer.to_string(),
+                    source_name: self.source.clone(),
+                    what: what.to_string(),
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The diff a layer was made from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffRecord {
+    pub compressed_digest: String,
+    pub compressed_size: u64,
+    pub uncompressed_digest: String,
+    pub uncompressed_size: u64,
+    pub compression: String,
+    /// File bytes, hard links once.
+    pub size: u64,
+}
+
+/// A layer row's state and the session at work on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RowState {
+    pub(crate) state: i64,
+    pub(crate) owner: Option<String>,
+}
+
+pub(crate) fn row_state(tx: &Connection, id: &str) -> Result<Option<RowState>> {
+    Ok(tx
+        .prepare_cached("SELECT state, owner FROM layers WHERE id = ?1")?
+        .query_row(params![id], |r| {
+            Ok(RowState {
+                state: r.get(0)?,
+                owner: r.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+pub(super) const RECORD_COLUMNS: &str =
+    "id, parent, created, state, read_only, mount_label, metadata, flags, diff";
+
+pub(super) fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<LayerRecord> {
+    let flags: Option<String> = row.get(7)?;
+    let diff: Option<String> = row.get(8)?;
+    Ok(LayerRecord {
+        id: row.get(0)?,
+        parent: row.get(1)?,
+        created: row.get::<_, i64>(2)? as u64,
+        incomplete: row.get::<_, i64>(3)? == MAKING,
+        read_only: row.get(4)?,
+        mount_label: row.get(5)?,
+        metadata: row.get(6)?,
+        flags: flags
+            .and_then(|f| serde_json::from_str(&f).ok())
+            .unwrap_or_default(),
+        diff: diff.and_then(|d| serde_json::from_str(&d).ok()),
+        names: Vec::new(),
+    })
+}
+
+/// The record of layer `id`, unless it is being deleted.
+pub(crate) fn read_record(tx: &Connection, id: &str) -> Result<Option<LayerRecord>> {
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM layers WHERE id = ?1 AND state != {DELETING}");
+    let Some(mut record) = tx
+        .prepare_cached(&sql)?
+        .query_row(params![id], record_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    record.names = names_of(tx, Kind::Layer, id)?;
+    Ok(Some(record))
+}
+
+/// Every layer's parent (layers being deleted included: they still stand on
+/// their parents until they are gone).
+pub(crate) fn all_parents(tx: &Connection) -> Result<HashMap<String, Option<String>>> {
+    let mut statement = tx.prepare_cached("SELECT id, parent FROM layers")?;
+    let parents = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<HashMap<String, Option<String>>>>()?;
+    Ok(parents)
+}
+
+/// The sessions whose imports have layers not yet recorded in an image.
+pub(crate) fn import_sessions(tx: &Connection) -> Result<Vec<String>> {
+    let sessions = tx
+        .prepare_cached(
+            "SELECT DISTINCT import_session FROM layers WHERE import_session IS NOT NULL",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(sessions)
+}
+
+/// The layers that have `id` as parent, in any state.
+pub(crate) fn children_of(tx: &Connection, id: &str) -> Result<Vec<String>> {
+    let mut statement = tx.prepare_cached("SELECT id FROM layers WHERE parent = ?1 ORDER BY id")?;
+    let children = statement
+        .query_map(params![id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(children)
+}
+
+impl LayerStore<'_> {
+    pub fn get(&self, id: &str) -> Result<Option<LayerRecord>> {
+        self.db
+            .read(&format!("read layer {id}"), |tx| read_record(tx, id))
+    }
+
+    /// Every layer's record (layers being deleted are not listed).
+    pub fn list(&self) -> Result<Vec<LayerRecord>> {
+        self.db.read("list layers", |tx| {
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM layers WHERE state != {DELETING} ORDER BY id"
+            );
+            let mut statement = tx.prepare_cached(&sql)?;
+            let mut records = statement
+                .query_map([], record_from_row)?
+                .collect::<rusqlite::Result<Vec<LayerRecord>>>()?;
+            let mut names = all_names(tx, Kind::Layer)?;
+            for record in &mut records {
+                record.names = names.remove(&record.id).unwrap_or_default();
+            }
+            Ok(records)
+        })
+    }
+
+    /// Every layer's parent, in one read.
+    pub fn parents(&self) -> Result<HashMap<String, Option<String>>> {
+        self.db.read("list layer parents", |tx| all_parents(tx))
+    }
+
+    /// The id of the layer `reference` names: an id, a name, or a prefix of
+    /// exactly one id. An ambiguous prefix is an error that lists the matches.
+    /// A layer the driver has but the records do not (made before records
+    /// were kept) is found by its full id.
+    pub fn resolve(&self, reference: &str) -> Result<String> {
+        let driver = self.driver();
+        let visible = format!("state != {DELETING}");
+        let found_here = self.db.read("look up a layer", |tx| {
+            lookup(tx, Kind::Layer, "layers", &visible, reference)
+        })?;
+        match found_here {
+            crate::db::Lookup::Missing
+                if !reference.is_empty()
+                    && self
+                        .db
+                        .read("read layer", |tx| row_state(tx, reference))?
+                        .is_none()
+                    && driver.exists(reference)? =>
+            {
+                Ok(reference.to_string())
+            }
+            other => found(Kind::Layer, reference, other),
+        }
+    }
+
+    /// Gives layer `id` these names, taking any of them from the layer that
+    /// had it (names are unique).
+    pub fn set_names(&self, id: &str, names: &[String]) -> Result<LayerRecord> {
+        self.update(id, "set names of", |tx| {
+            give_names(tx, Kind::Layer, id, names, true)
+        })
+    }
+
+    /// Replaces the layer's free-form metadata.
+    pub fn set_metadata(&self, id: &str, metadata: Option<String>) -> Result<LayerRecord> {
+        self.update(id, "set metadata of", |tx| {
+            tx.prepare_cached("UPDATE layers SET metadata = ?1 WHERE id = ?2")?
+                .execute(params![metadata, id])?;
+            Ok(())
+        })
+    }
+
+    /// Sets flag `key` (or clears it with `None`).
+    pub fn set_flag(
+        &self,
+        id: &str,
+        key: &str,
+        value: Option<serde_json::Value>,
+    ) -> Result<LayerRecord> {
+        self.update(id, "set a flag of", |tx| {
+            let mut flags = read_record(tx, id)?.expect("checked").flags;
+            match value {
+                Some(value) => {
+                    flags.insert(key.to_string(), value);
+                }
+                None => {
+                    flags.remove(key);
+                }
+            }
+            let flags =
+                (!flags.is_empty()).then(|| serde_json::to_string(&flags).expect("serialise"));
+            tx.prepare_cached("UPDATE layers SET flags = ?1 WHERE id = ?2")?
+                .execute(params![flags, id])?;
+            Ok(())
+        })
+    }
+
+    pub(super) fn update(
+        &self,
+        id: &str,
+        operation: &str,
+        change: impl FnOnce(&Transaction) -> Result<()>,
+    ) -> Result<LayerRecord> {
+        self.db.write(&format!("{operation} layer {id}"), |tx| {
+            if read_record(tx, id)?.is_none() {
+                return Err(not_found(format!("{operation} layer {id}: no such layer")));
+            }
+            change(tx)?;
+            Ok(read_record(tx, id)?.expect("checked above"))
+        })
+    }
+
+    /// This process's session, taken before a transaction that needs it
+    /// (taking it may wait for a lock, which a transaction must not).
+    pub(crate) fn session(&self) -> Result<String> {
+        self.sessions.own()
+    }
+
+    /// Marks layer `id` as being deleted by session `me` in the caller's
+    /// transaction (the caller has checked that nothing stands on it).
+    pub(crate) fn mark_in(&self, tx: &Transaction, id: &str, me: &str) -> Result<()> {
+        tx.prepare_cached("UPDATE layers SET state = ?1, owner = ?2 WHERE id = ?3 AND state = ?4")?
+            .execute(params![DELETING, me, id, MADE])?;
+        Ok(())
+    }
+
+    pub(super) fn is_alive(&self, owner: Option<&str>) -> Result<bool> {
+        match owner {
+            Some(owner) => self.sessions.is_alive(owner),
+            None => Ok(false),
+        }
+    }
+}
