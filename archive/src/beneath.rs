@@ -49,6 +49,8 @@ fn cstr(name: &OsStr) -> io::Result<CString> {
 }
 
 impl Root {
+    /// Opens the directory at `path` as the root everything else resolves
+    /// in (an O_PATH handle; symlinks in `path` itself are followed).
     pub fn open(path: &Path) -> io::Result<Root> {
         let fd = rustix::fs::open(
             path,
@@ -58,6 +60,8 @@ impl Root {
         Ok(Root { fd })
     }
 
+    /// The root's own O_PATH handle, for *at calls on entries directly in
+    /// it.
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
     }
@@ -136,6 +140,8 @@ pub fn split(rel: &Path) -> Option<(&Path, &OsStr)> {
     Some((rel.parent()?, rel.file_name()?))
 }
 
+/// `name` as a C string for an *at call; a name holding a NUL byte is an
+/// `InvalidInput` error.
 pub fn name_cstr(name: &OsStr) -> io::Result<CString> {
     cstr(name)
 }

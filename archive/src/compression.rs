@@ -9,10 +9,16 @@ pub const MAGIC_LEN: usize = 6;
 /// The compression a layer came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Compression {
+    /// A plain tar: no magic number recognised.
     None,
+    /// gzip (`1f 8b`); concatenated members read as one stream.
     Gzip,
+    /// Zstandard (`28 b5 2f fd`).
     Zstd,
+    /// bzip2 (`BZh`): recognised, so the error can name it, but not decoded.
     Bzip2,
+    /// xz (`fd 37 7a 58 5a 00`): recognised, so the error can name it, but
+    /// not decoded.
     Xz,
 }
 

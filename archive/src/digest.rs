@@ -9,14 +9,18 @@ use sha2::{Digest as _, Sha256};
 pub struct Sha256Digest([u8; 32]);
 
 impl Sha256Digest {
+    /// The digest whose raw value is `bytes` (a hasher's output).
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Sha256Digest(bytes)
     }
 
+    /// The raw 32 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
+    /// The 64 lowercase hex digits, without the `sha256:` prefix (a blob's
+    /// file name in an OCI layout).
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }

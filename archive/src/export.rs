@@ -21,6 +21,8 @@ use super::whiteout::WhiteoutFormat;
 pub struct ExportReport {
     /// Regular file bytes, hard links once: the same count `apply` returns.
     pub size: u64,
+    /// Changes written, one per change, a whiteout counting as one (sockets,
+    /// which a tar cannot hold, are skipped and not counted).
     pub entries: u64,
 }
 

@@ -8,6 +8,7 @@
 //! driver that owns its own format, or another tool can use it alone.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod apply;
 pub mod beneath;
@@ -52,15 +53,28 @@ pub enum ArchiveError {
     /// A member that would reach outside the layer's root, or otherwise must
     /// never be applied.
     #[error("refused member {entry:?}: {reason}")]
-    Unsafe { entry: String, reason: String },
+    Unsafe {
+        /// The member's name as the stream gives it.
+        entry: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A member that cannot be applied as it is.
     #[error("member {entry:?}: {reason}")]
-    Entry { entry: String, reason: String },
+    Entry {
+        /// The member's name as the stream gives it.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A member whose application failed in the filesystem.
     #[error("member {entry:?}: {operation}: {source}")]
     EntryIo {
+        /// The member's name as the stream gives it.
         entry: String,
+        /// The step that failed ("create directory", "set xattr").
         operation: &'static str,
+        /// The system's error, errno kept (ENOSPC, EDQUOT).
         #[source]
         source: io::Error,
     },
@@ -70,10 +84,15 @@ pub enum ArchiveError {
     /// Writing the tar-split record failed.
     #[error("writing the tar-split record: {0}")]
     Record(#[source] io::Error),
+    /// A failure outside any member: opening the layer's root or the lower
+    /// tree.
     #[error("{operation} {}: {source}", path.display())]
     Io {
+        /// The step that failed ("open layer root").
         operation: &'static str,
+        /// The directory it was working on.
         path: PathBuf,
+        /// The system's error, errno kept.
         #[source]
         source: io::Error,
     },

@@ -19,9 +19,11 @@ pub struct Measured {
     pub compression: Compression,
     /// Digest and length of the stream as given.
     pub compressed_digest: Sha256Digest,
+    /// Length of the stream as given, in bytes: the blob's size.
     pub compressed_size: u64,
     /// Digest and length of the tar itself.
     pub uncompressed_digest: Sha256Digest,
+    /// Length of the decompressed tar, in bytes: what the diff id covers.
     pub uncompressed_size: u64,
 }
 

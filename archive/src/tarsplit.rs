@@ -29,14 +29,17 @@ use super::beneath::{Root, normalize};
 pub struct Crc64(crc_fast::Digest);
 
 impl Crc64 {
+    /// A CRC over no bytes yet, to feed a member's data to piece by piece.
     pub fn new() -> Self {
         Crc64(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso))
     }
 
+    /// Adds the next `bytes` of the data.
     pub fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
     }
 
+    /// The CRC of everything fed so far; feeding may go on after.
     pub fn finish(&self) -> u64 {
         self.0.finalize()
     }
@@ -63,6 +66,8 @@ pub struct TarSplitWriter<W: Write> {
 }
 
 impl<W: Write> TarSplitWriter<W> {
+    /// A writer starting at position 0, writing uncompressed JSON lines to
+    /// `out` (the caller compresses).
     pub fn new(out: W) -> Self {
         TarSplitWriter { out, position: 0 }
     }
@@ -109,6 +114,8 @@ impl<W: Write> TarSplitWriter<W> {
         Ok(())
     }
 
+    /// The output, once the last record is written; nothing is buffered
+    /// here, so nothing more needs flushing than `out` itself.
     pub fn into_inner(self) -> W {
         self.out
     }

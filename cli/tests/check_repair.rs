@@ -3,50 +3,24 @@
 //! a second check is clean; `prune` and `system df` report and reclaim
 //! unused layers; a graph root written by the JSON version is migrated once.
 
+mod common;
+
+use common::Store;
 use strata_testkit::fixtures;
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::Command;
 
 use fixtures::RawTar;
 use fixtures::layout::{Layer, write_image};
-use strata_testkit::plugins::build_plugin;
-
-struct Store {
-    scratch: tempfile::TempDir,
-    driver: &'static str,
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        // Whatever happened, nothing stays mounted under the scratch store.
-        if let Ok(points) = strata_driver_kit::mounts::mounted_beneath(self.scratch.path()) {
-            for point in points {
-                let _ = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH);
-            }
-        }
-    }
-}
 
 impl Store {
     fn new() -> Store {
-        Store::on("vfs")
+        Store::on_driver("vfs")
     }
 
-    fn on(driver: &'static str) -> Store {
-        Store {
-            // /var/tmp: overlay cannot put upper directories on an overlay /tmp.
-            scratch: tempfile::Builder::new()
-                .prefix("strata-check-")
-                .tempdir_in("/var/tmp")
-                .unwrap(),
-            driver,
-        }
-    }
-
-    fn graph(&self) -> PathBuf {
-        self.scratch.path().join("graph")
+    fn on_driver(driver: &'static str) -> Store {
+        Store::on("strata-check-", driver)
     }
 
     fn run(&self, args: &[&str]) -> (bool, String, String) {
@@ -56,18 +30,7 @@ impl Store {
     }
 
     fn run_plain(&self, args: &[&str]) -> (bool, String, String) {
-        let drivers = build_plugin(&format!("strata-driver-{}", self.driver));
-        let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .env("STRATA_DRIVER_PATH", drivers.parent().unwrap())
-            .env_remove("STRATA_CONFIG")
-            .arg("--root")
-            .arg(self.graph())
-            .arg("--run-root")
-            .arg(self.scratch.path().join("run"))
-            .args(["--driver", self.driver])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.command(args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -280,7 +243,7 @@ fn a_graph_root_of_the_json_version_is_migrated_once() {
 
 #[test]
 fn a_counted_mount_that_went_behind_the_counts_back_is_found_and_mounted_again() {
-    let store = Store::on("overlay");
+    let store = Store::on_driver("overlay");
     store.json(&["layer", "create", "base"]);
     let mounted = store.json(&["layer", "mount", "base"]);
     let path = PathBuf::from(mounted["path"].as_str().unwrap());

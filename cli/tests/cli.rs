@@ -13,6 +13,9 @@ struct Setup {
     /// the drivers put in `drivers` are found (the build directory beside the
     /// real binary holds every driver the workspace builds).
     binary: PathBuf,
+    /// Where the graph root goes (the scratch directory unless a test puts
+    /// it on a filesystem of its choosing).
+    roots: PathBuf,
 }
 
 impl Setup {
@@ -37,6 +40,7 @@ impl Setup {
         let binary = bin.join("strata");
         fs::copy(env!("CARGO_BIN_EXE_strata"), &binary).unwrap();
         Setup {
+            roots: scratch.path().to_path_buf(),
             scratch,
             drivers,
             binary,
@@ -44,7 +48,7 @@ impl Setup {
     }
 
     fn graphroot(&self) -> PathBuf {
-        self.scratch.path().join("graph")
+        self.roots.join("graph")
     }
 
     fn strata(&self, args: &[&str]) -> Output {
@@ -200,10 +204,13 @@ fn a_driver_answering_not_supported_is_passed_over_and_nothing_is_left() {
     // vfs refuses to start when told to reflink on a filesystem that cannot.
     let config = setup.scratch.path().join("storage.toml");
     fs::write(&config, "[storage.options.vfs]\nreflink = \"always\"\n").unwrap();
-    if strata_reflink_possible(setup.scratch.path()) {
-        eprintln!("skipped: the temporary directory's filesystem can reflink, so vfs would start");
-        return;
-    }
+    // On tmpfs, which never shares extents, whatever the temporary
+    // directory's filesystem is.
+    let tmpfs = strata_testkit::mounts::ScratchTmpfs::new(16 << 20)
+        .expect("mount a tmpfs for the graph root (needs root)");
+    let mut setup = setup;
+    setup.roots = tmpfs.path().to_path_buf();
+    assert!(!strata_reflink_possible(&setup.roots));
     let err = fails(setup.strata(&["--config", config.to_str().unwrap(), "status"]));
     assert!(err.contains("no storage driver works here"), "{err}");
     assert!(err.contains("vfs: init vfs: reflink=always"), "{err}");

@@ -12,6 +12,9 @@
 //!
 //! Each run prints its seed (`CAMPAIGN_SEED` replays one) and its figures.
 
+mod common;
+
+use common::Store;
 use strata_testkit::fixtures;
 
 use std::path::PathBuf;
@@ -20,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use fixtures::layout::{Layer, write_image};
 use fixtures::tar_of_many;
-use strata_testkit::plugins::build_plugin;
 
 /// Kills per operation and driver: 5 operations x 2 drivers x 10 = 100.
 const KILLS_PER_OPERATION: usize = 10;
@@ -56,44 +58,15 @@ impl Rng {
     }
 }
 
-struct Store {
-    scratch: tempfile::TempDir,
-    driver: &'static str,
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        // Whatever happened, nothing stays mounted under the scratch store.
-        if let Ok(points) = strata_driver_kit::mounts::mounted_beneath(self.scratch.path()) {
-            for point in points {
-                let _ = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH);
-            }
-        }
-    }
-}
-
 impl Store {
     fn new(driver: &'static str) -> Store {
-        // /var/tmp: overlay cannot put upper directories on an overlay /tmp.
-        let scratch = tempfile::Builder::new()
-            .prefix("strata-campaign-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        Store { scratch, driver }
+        Store::on("strata-campaign-", driver)
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let drivers = build_plugin(&format!("strata-driver-{}", self.driver));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-        command
-            .env("STRATA_DRIVER_PATH", drivers.parent().unwrap())
-            .env_remove("STRATA_CONFIG")
-            .arg("--root")
-            .arg(self.scratch.path().join("graph"))
-            .arg("--run-root")
-            .arg(self.scratch.path().join("run"))
-            .args(["--driver", self.driver, "--json"])
-            .args(args);
+    /// `strata --json ARGS` on this store.
+    fn json_command(&self, args: &[&str]) -> Command {
+        let mut command = self.command(args);
+        command.arg("--json");
         command
     }
 
@@ -101,7 +74,7 @@ impl Store {
     /// written); its stdout, or what it said on failure.
     fn run(&self, args: &[&str]) -> Result<String, String> {
         let out = loop {
-            match self.command(args).output() {
+            match self.json_command(args).output() {
                 Err(e) if e.raw_os_error() == Some(26) => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
@@ -157,7 +130,7 @@ impl Store {
     /// Returns whether the open before the check finished or undid
     /// something a killed process left (it says so in its warnings).
     fn assert_whole(&self, after: &str) -> bool {
-        let out = self.command(&["check"]).output().unwrap();
+        let out = self.json_command(&["check"]).output().unwrap();
         let warnings = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             panic!(

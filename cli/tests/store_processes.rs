@@ -9,44 +9,20 @@
 //! work (the overlay driver used to delete other processes' layers being
 //! built).
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use strata_testkit::plugins::build_plugin;
+use common::Store;
 
 /// Files in the shared base: enough that a copying driver (vfs) takes a
 /// while to make each child, so starts and deletes land inside creates.
 const BASE_FILES: usize = 300;
 
-struct Store {
-    scratch: tempfile::TempDir,
-    driver: &'static str,
-}
-
 impl Store {
     fn new(driver: &'static str) -> Store {
-        // /var/tmp: overlay cannot put upper directories on an overlay /tmp.
-        let scratch = tempfile::Builder::new()
-            .prefix("strata-processes-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        Store { scratch, driver }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let drivers = build_plugin(&format!("strata-driver-{}", self.driver));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-        command
-            .env("STRATA_DRIVER_PATH", drivers.parent().unwrap())
-            .env_remove("STRATA_CONFIG")
-            .arg("--root")
-            .arg(self.scratch.path().join("graph"))
-            .arg("--run-root")
-            .arg(self.scratch.path().join("run"))
-            .args(["--driver", self.driver])
-            .args(args);
-        command
+        Store::on("strata-processes-", driver)
     }
 
     /// Runs a command; its stdout, or what it said on failure.
@@ -68,21 +44,6 @@ impl Store {
 
     fn ok(&self, args: &[&str]) -> String {
         self.run(args).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn graph(&self) -> PathBuf {
-        self.scratch.path().join("graph")
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        // Whatever happened, nothing stays mounted under the scratch store.
-        if let Ok(points) = strata_driver_kit::mounts::mounted_beneath(self.scratch.path()) {
-            for point in points {
-                let _ = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH);
-            }
-        }
     }
 }
 

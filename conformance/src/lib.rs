@@ -27,6 +27,7 @@
 //! its reason, never passed.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod checks;
 pub mod harness;
@@ -97,25 +98,38 @@ impl Default for SuiteOptions {
 
 /// What a check is given.
 pub struct Suite<'a> {
+    /// The driver under test. A check makes layers under ids of its own and
+    /// removes them again; the harness fails it for anything left.
     pub driver: &'a dyn GraphDriver,
+    /// How the run is set up: what a check may restart, reconfigure or run
+    /// in another process, or must skip without.
     pub options: &'a SuiteOptions,
 }
 
 /// What became of one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// The check held, and it left the driver, its home and what is around
+    /// it as it found them.
     Passed,
+    /// The contract was broken, the check panicked, or it left something
+    /// behind; the text says which and how.
     Failed(String),
     /// The check cannot run here; the reason says why.
     Skipped(String),
 }
 
+/// One run of one check, under one umask.
 #[derive(Clone, Debug)]
 pub struct CheckResult {
+    /// The check's name, `area/what` (`lifecycle/create-exists-list-remove`).
     pub name: &'static str,
     /// The umask the check ran under, when not the process's own.
     pub umask: Option<u32>,
+    /// How it ended, leftovers taken into account.
     pub outcome: Outcome,
+    /// Wall-clock time from the check's start to the end of the harness's
+    /// search for what it left behind.
     pub duration: Duration,
 }
 
@@ -129,24 +143,32 @@ impl CheckResult {
     }
 }
 
+/// Everything a run found, for the runner's summary, exit code and JUnit
+/// file.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// Every check run, once per umask, in the order they ran.
     pub results: Vec<CheckResult>,
 }
 
 impl Report {
+    /// How many results have an outcome `f` accepts.
     pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
         self.results.iter().filter(|r| f(&r.outcome)).count()
     }
 
+    /// How many results passed.
     pub fn passed(&self) -> usize {
         self.count(|o| *o == Outcome::Passed)
     }
 
+    /// How many results failed; a driver passes the suite only at 0.
     pub fn failed(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Failed(_)))
     }
 
+    /// How many results were skipped: contracts not tested here, never
+    /// counted as passed.
     pub fn skipped(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Skipped(_)))
     }
@@ -207,9 +229,14 @@ impl Report {
 /// `Err(Fail)` failed.
 pub type CheckOutcome = Result<(), Verdict>;
 
+/// Why a check did not pass.
 #[derive(Debug)]
 pub enum Verdict {
+    /// The driver broke the contract; the text says how, naming the layer,
+    /// path or value at fault (what [`ensure!`] returns).
     Fail(String),
+    /// The check cannot run here (a capability not claimed, no root, no
+    /// worker); the text is the reason reported.
     Skip(String),
 }
 
@@ -225,9 +252,12 @@ macro_rules! ensure {
 
 /// One check of the suite.
 pub struct Check {
+    /// `area/what`, unique in the suite; `--filter` matches against it.
     pub name: &'static str,
     /// What a driver must do to pass, in one sentence.
     pub contract: &'static str,
+    /// The check itself. It may panic (that fails it); the harness times
+    /// it, sets the umask and looks for leftovers around it.
     pub run: fn(&Suite) -> CheckOutcome,
 }
 

@@ -148,13 +148,11 @@ fn run_runner_with(package: &str, extra: &[&str]) -> (bool, String) {
 #[test]
 fn the_runner_sets_up_and_tears_down_each_backend() {
     for backend in ["tmpfs", "loop-ext4", "loop-xfs", "loop-btrfs", "zfs-fuse"] {
-        if backend == "zfs-fuse"
-            && std::process::Command::new("zpool")
-                .arg("-?")
-                .output()
-                .is_err()
-        {
-            eprintln!("skipped backend zfs-fuse: the zfs-fuse package is not installed here");
+        if backend == "zfs-fuse" && !strata_testkit::skip::have_tool("zpool") {
+            strata_testkit::skip::cannot_run(
+                "the zfs-fuse backend",
+                "the zfs-fuse package is not installed (scripts/install-deps.sh installs it)",
+            );
             continue;
         }
         let (success, text) = run_runner_with(

@@ -12,18 +12,8 @@ use std::process::Command;
 use strata_core::oci::{ImageLocation, NoProgress, export_image, import_image};
 use strata_core::store::Store;
 use strata_testkit::plugins::build_plugin;
+use strata_testkit::skip;
 use strata_testkit::tree::{Compare, build_every_kind, compare_trees_with};
-
-fn tool_missing(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIP: {tool} is not installed (scripts/install-deps.sh installs it)");
-    }
-    !found
-}
 
 fn run(command: &mut Command) -> String {
     String::from_utf8(strata_testkit::run_ok(command)).unwrap()
@@ -125,7 +115,18 @@ impl Drop for Emptied<'_> {
 }
 
 fn round_trip(driver: &str) {
-    if tool_missing("umoci") || tool_missing("skopeo") {
+    let missing: Vec<&str> = ["umoci", "skopeo"]
+        .into_iter()
+        .filter(|tool| !skip::have_tool(tool))
+        .collect();
+    if !missing.is_empty() {
+        skip::cannot_run(
+            &format!("the umoci round trip on {driver}"),
+            &format!(
+                "{} not installed (scripts/install-deps.sh installs them)",
+                missing.join(" and ")
+            ),
+        );
         return;
     }
     let scratch = tempfile::Builder::new()

@@ -29,8 +29,10 @@ pub enum DataCopy {
     Full,
 }
 
+/// How [`copy_tree`] copies.
 #[derive(Clone, Copy, Debug)]
 pub struct CopyOptions {
+    /// How regular files' data is duplicated.
     pub data: DataCopy,
     /// Owners that cannot be set (rootless, no mapping) are left as they come
     /// out instead of failing the copy.
@@ -41,19 +43,31 @@ pub struct CopyOptions {
 #[derive(Debug, thiserror::Error)]
 #[error("{operation} {}: {source}", path.display())]
 pub struct CopyError {
+    /// The step that failed, as a verb phrase ("create directory", "set
+    /// times of"), shown before the path.
     pub operation: &'static str,
+    /// The source or destination path the step was working on.
     pub path: PathBuf,
+    /// The system's error; its errno is kept.
     #[source]
     pub source: io::Error,
 }
 
+/// What [`copy_tree`] copied, by kind, for a driver's logs and status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CopyStats {
+    /// Directories made, the top one included.
     pub directories: u64,
+    /// Regular files whose data was copied (each inode once).
     pub files: u64,
+    /// Further names of an already copied file, made as hard links.
     pub hard_links: u64,
+    /// Symbolic links recreated.
     pub symlinks: u64,
+    /// Device nodes, fifos and sockets recreated.
     pub special_files: u64,
+    /// The apparent size of the files copied (holes of sparse files
+    /// included), not the blocks written.
     pub bytes: u64,
 }
 

@@ -6,13 +6,22 @@ use std::path::Path;
 /// A filesystem a driver may care about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsType {
+    /// ext4 (and ext2/ext3, which share its magic number).
     Ext4,
+    /// btrfs: reflinks and subvolumes.
     Btrfs,
+    /// XFS: reflinks where it was made with them, project quotas.
     Xfs,
+    /// tmpfs: in memory, gone at reboot.
     Tmpfs,
+    /// overlayfs, which cannot hold another overlay's upper directory.
     Overlay,
+    /// ZFS through the kernel module (zfs-fuse shows as `Fuse`).
     Zfs,
+    /// Any FUSE filesystem (zfs-fuse, sshfs, ...); the magic does not say
+    /// which.
     Fuse,
+    /// NFS, any version: owners and xattrs are the server's to grant.
     Nfs,
     /// Any other, by its magic number.
     Other(u64),

@@ -23,6 +23,7 @@
 //! The template driver (`conformance/template`) shows all of it in use.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod copy;
 pub mod delete;

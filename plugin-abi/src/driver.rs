@@ -31,6 +31,13 @@ pub trait GraphDriver: Send + Sync {
     /// methods in use, limits.
     fn status(&self) -> KeyValues;
 
+    /// What the driver can do beyond the required operations. The host
+    /// chooses how it makes layer streams from this when it opens the driver
+    /// (through `diff`/`apply_diff` only with
+    /// [`Capabilities::OWNS_DIFF_FORMAT`], from `native_diff` only with
+    /// [`Capabilities::NATIVE_DIFF`]) and checks it again before an id-mapped
+    /// mount, so the answer must not change while the instance runs. Claim
+    /// only what holds on this home.
     fn capabilities(&self) -> Capabilities;
 
     /// Facts about one layer (its directory, its device, ...).
@@ -62,6 +69,11 @@ pub trait GraphDriver: Send + Sync {
     /// mounts).
     fn put(&self, id: &str) -> Result<()>;
 
+    /// Whether the driver holds layer `id`; `false` as soon as `remove` has
+    /// returned, even when the removal itself is deferred
+    /// ([`Capabilities::DEFERRED_REMOVAL`]). An id that fails
+    /// [`validate_layer_id`](crate::validate_layer_id) answers `false` or
+    /// `InvalidInput`, and changes nothing.
     fn exists(&self, id: &str) -> Result<bool>;
 
     /// Every layer the driver holds, in no particular order.

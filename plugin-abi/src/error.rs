@@ -101,6 +101,8 @@ pub struct DriverError {
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 
 impl DriverError {
+    /// An error of `kind` with no errno; `message` names the layer and the
+    /// operation. The helpers below are this with the kind filled in.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         DriverError {
             kind,
@@ -109,26 +111,37 @@ impl DriverError {
         }
     }
 
+    /// [`ErrorKind::NotFound`]: the layer, parent or option named does not exist.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, message)
     }
 
+    /// [`ErrorKind::AlreadyExists`]: `create` of an id that is taken.
     pub fn already_exists(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::AlreadyExists, message)
     }
 
+    /// [`ErrorKind::NotSupported`]: the driver or this operation cannot work
+    /// here. Say what is missing: from `init`, the message is the reason
+    /// automatic selection gives for passing the driver over.
     pub fn not_supported(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotSupported, message)
     }
 
+    /// [`ErrorKind::Busy`]: the layer is in use (mounted, has children) and
+    /// the operation would break that use.
     pub fn busy(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Busy, message)
     }
 
+    /// [`ErrorKind::InvalidInput`]: the caller passed something the driver
+    /// refuses (an unknown option, a malformed id).
     pub fn invalid_input(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidInput, message)
     }
 
+    /// [`ErrorKind::Other`]: a failure that fits no other kind; the host can
+    /// only show it.
     pub fn other(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Other, message)
     }
@@ -167,14 +180,20 @@ impl DriverError {
         }
     }
 
+    /// What kind of failure this is; the host acts on this, never on the
+    /// message.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
+    /// The errno of the failed system call, if one failed (kept by
+    /// [`DriverError::io`] and carried across the boundary).
     pub fn errno(&self) -> Option<i32> {
         self.errno
     }
 
+    /// The message for people, naming the layer and the operation; without
+    /// the errno, which `Display` appends.
     pub fn message(&self) -> &str {
         &self.message
     }

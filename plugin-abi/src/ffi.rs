@@ -27,24 +27,35 @@ use crate::types::{
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FfiError {
+    /// The `ErrorKind`'s wire code (`ErrorKind::code`); a code the receiver
+    /// does not know arrives as `ErrorKind::Unknown`.
     pub kind: u32,
     /// 0 when no system call is involved.
     pub errno: i32,
+    /// The error's message, naming the layer and the operation.
     pub message: RString,
 }
 
+/// One `key=value` pair of a `KeyValues` list on the wire; lists keep their
+/// order and their repeated keys.
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FfiKeyValue {
+    /// The option or fact's name.
     pub key: RString,
+    /// Its value, as text.
     pub value: RString,
 }
 
+/// An `IdMap` range on the wire, field for field.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]
 pub struct FfiIdMap {
+    /// The first id of the range inside the user namespace.
     pub container_id: u32,
+    /// The id `container_id` stands for outside it.
     pub host_id: u32,
+    /// How many consecutive ids the range covers.
     pub size: u32,
 }
 
@@ -52,30 +63,43 @@ pub struct FfiIdMap {
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FfiPath {
+    /// The path's bytes, unterminated.
     pub bytes: RVec<u8>,
 }
 
+/// `CreateOptions` on the wire, field for field.
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FfiCreateOptions {
+    /// Whether the layer is a container's read-write layer.
     pub read_write: bool,
+    /// SELinux label for the layer's mounts.
     pub mount_label: ROption<RString>,
+    /// Per-layer storage options (`size=10G`), in order.
     pub storage_opts: RVec<FfiKeyValue>,
 }
 
+/// `MountOptions` on the wire, field for field.
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FfiMountOptions {
+    /// SELinux label for this mount.
     pub mount_label: ROption<RString>,
+    /// Mount options such as `ro` or `nodev`.
     pub options: RVec<RString>,
+    /// Uid mapping for an id-mapped mount; empty for a plain one.
     pub uid_maps: RVec<FfiIdMap>,
+    /// Gid mapping for an id-mapped mount; empty for a plain one.
     pub gid_maps: RVec<FfiIdMap>,
 }
 
+/// `NativeDiff` on the wire.
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FfiNativeDiff {
+    /// The directory holding exactly the layer's changes.
     pub path: FfiPath,
+    /// The `WhiteoutFormat`'s wire code (`WhiteoutFormat::code`).
     pub whiteouts: u32,
 }
 
@@ -86,20 +110,31 @@ pub struct FfiNativeDiff {
 pub struct FfiLogRecord {
     /// 1 error, 2 warn, 3 info, 4 debug, 5 trace.
     pub level: u8,
+    /// The event's target in the driver (its module path unless it set one).
     pub target: RString,
+    /// The event's message (its `message` field).
     pub message: RString,
     /// The event's other fields, formatted as `key=value` pairs.
     pub fields: RString,
 }
 
+/// What `DriverModule::init` receives: `InitArgs` on the wire, plus where to
+/// send log events and how verbose to be.
 #[repr(C)]
 #[derive(StableAbi)]
 pub struct FfiInitArgs {
+    /// The driver's own directory (`InitArgs::home`).
     pub home: FfiPath,
+    /// Where the driver keeps state that must not survive a reboot.
     pub run_root: FfiPath,
+    /// The driver's options from the configuration, in order.
     pub options: RVec<FfiKeyValue>,
+    /// The store's uid mapping; empty when it is not mapped.
     pub uid_maps: RVec<FfiIdMap>,
+    /// The store's gid mapping; empty when it is not mapped.
     pub gid_maps: RVec<FfiIdMap>,
+    /// The host's sink: the plugin installs a `tracing` subscriber that hands
+    /// every enabled event to it, replacing the sink of any earlier `init`.
     pub log_sink: LogSinkBox,
     /// The most verbose level the host records, coded as in `FfiLogRecord`
     /// (0 = nothing), so the driver does not send what would be dropped.
@@ -109,10 +144,14 @@ pub struct FfiInitArgs {
 /// Where a driver's log events go: implemented by the host.
 #[sabi_trait]
 pub trait LogSink: Send + Sync {
+    /// Records one event. Called from whichever driver thread emitted it,
+    /// so it must not block for long and must never panic.
     #[sabi(last_prefix_field)]
     fn log(&self, record: FfiLogRecord);
 }
 
+/// An owned `LogSink` trait object, as passed to the driver in
+/// `FfiInitArgs`.
 pub type LogSinkBox = LogSink_TO<'static, RBox<()>>;
 
 /// A byte stream read across the boundary, in either direction: the host hands
@@ -125,6 +164,8 @@ pub trait ByteSource: Send {
     fn read(&mut self, buf: RSliceMut<'_, u8>) -> RResult<usize, FfiError>;
 }
 
+/// An owned `ByteSource` trait object: what a driver's `diff` returns, read
+/// by the host until it ends or is dropped.
 pub type ByteSourceBox = ByteSource_TO<'static, RBox<()>>;
 /// A stream borrowed for one call (the host's reader inside `apply_diff`).
 pub type ByteSourceMut<'a> = ByteSource_TO<'a, RBox<()>>;
@@ -132,35 +173,64 @@ pub type ByteSourceMut<'a> = ByteSource_TO<'a, RBox<()>>;
 /// The driver object. Methods are only ever appended, after the last one, with
 /// a default that answers "not supported" (see the crate documentation).
 #[sabi_trait]
+///
+/// Each method carries the `GraphDriver` method of the same name, with the
+/// same contract; the plugin side catches a panic in any of them and answers
+/// with a `Panicked` error instead.
 pub trait DriverObject: Send + Sync {
+    /// `GraphDriver::name`; a driver whose `name` panics answers its
+    /// exported `DriverPlugin::NAME`.
     fn name(&self) -> RString;
+    /// `GraphDriver::status`; a panic comes back as a single `error` pair.
     fn status(&self) -> RVec<FfiKeyValue>;
+    /// `GraphDriver::capabilities` as its bits; 0 if the driver panicked.
     fn capabilities(&self) -> u64;
+    /// `GraphDriver::metadata`: the layer's facts as key/value pairs.
     fn metadata(&self, id: RStr<'_>) -> RResult<RVec<FfiKeyValue>, FfiError>;
+    /// `GraphDriver::create`; `parent` is `RNone` for a base layer.
     fn create(
         &self,
         id: RStr<'_>,
         parent: ROption<RStr<'_>>,
         options: &FfiCreateOptions,
     ) -> RResult<(), FfiError>;
+    /// `GraphDriver::remove`; the host has checked that no layer has this
+    /// one as parent.
     fn remove(&self, id: RStr<'_>) -> RResult<(), FfiError>;
+    /// `GraphDriver::get`: mounts (or exposes) the layer and returns where.
     fn get(&self, id: RStr<'_>, options: &FfiMountOptions) -> RResult<FfiPath, FfiError>;
+    /// `GraphDriver::put`, called when the layer's last user, in any
+    /// process, lets go.
     fn put(&self, id: RStr<'_>) -> RResult<(), FfiError>;
+    /// `GraphDriver::exists`; an invalid id answers `false` or
+    /// `InvalidInput`.
     fn exists(&self, id: RStr<'_>) -> RResult<bool, FfiError>;
+    /// `GraphDriver::list`: every layer id the driver holds, in no order.
     fn list(&self) -> RResult<RVec<RString>, FfiError>;
+    /// `GraphDriver::cleanup`, when the host's driver instance shuts down.
     fn cleanup(&self) -> RResult<(), FfiError>;
+    /// `GraphDriver::native_diff`; `RNone` when the layer's changes are not
+    /// kept apart or not exact now.
     fn native_diff(&self, id: RStr<'_>) -> RResult<ROption<FfiNativeDiff>, FfiError>;
+    /// `GraphDriver::diff`: the driver's own stream, read by the host.
     fn diff(&self, id: RStr<'_>, parent: ROption<RStr<'_>>) -> RResult<ByteSourceBox, FfiError>;
+    /// `GraphDriver::apply_diff`: `diff` is the host's stream, borrowed for
+    /// this call only.
     fn apply_diff(
         &self,
         id: RStr<'_>,
         parent: ROption<RStr<'_>>,
         diff: ByteSourceMut<'_>,
     ) -> RResult<u64, FfiError>;
+    /// `GraphDriver::diff_size`. The end of the prefix every 1.x driver
+    /// has: methods added later go below it, with a default answering
+    /// `NotSupported`.
     #[sabi(last_prefix_field)]
     fn diff_size(&self, id: RStr<'_>, parent: ROption<RStr<'_>>) -> RResult<u64, FfiError>;
 }
 
+/// An owned `DriverObject` trait object: a started driver, as
+/// `DriverModule::init` returns it and `LoadedDriver` holds it.
 pub type DriverBox = DriverObject_TO<'static, RBox<()>>;
 
 /// The root module every driver library exports.
@@ -205,6 +275,7 @@ impl From<FfiError> for DriverError {
     }
 }
 
+/// A `KeyValues` list as it crosses the boundary, in order.
 pub fn key_values_to_ffi(values: &KeyValues) -> RVec<FfiKeyValue> {
     values
         .iter()
@@ -215,6 +286,7 @@ pub fn key_values_to_ffi(values: &KeyValues) -> RVec<FfiKeyValue> {
         .collect()
 }
 
+/// The `KeyValues` list a wire list carries, taking it over.
 pub fn key_values_from_ffi(values: RVec<FfiKeyValue>) -> KeyValues {
     values
         .into_iter()
@@ -222,6 +294,8 @@ pub fn key_values_from_ffi(values: RVec<FfiKeyValue>) -> KeyValues {
         .collect()
 }
 
+/// The `KeyValues` list a borrowed wire list carries (copied out of a record
+/// the other side still owns, such as `FfiCreateOptions`).
 pub fn key_values_from_ffi_ref(values: &[FfiKeyValue]) -> KeyValues {
     values
         .iter()
@@ -250,6 +324,7 @@ fn id_maps_from_ffi(maps: &[FfiIdMap]) -> Vec<IdMap> {
 }
 
 impl FfiPath {
+    /// The path's OS bytes, exactly: non-UTF-8 names survive.
     #[cfg(unix)]
     pub fn from_path(path: &std::path::Path) -> FfiPath {
         use std::os::unix::ffi::OsStrExt;
@@ -258,6 +333,7 @@ impl FfiPath {
         }
     }
 
+    /// The path as UTF-8; characters that are not are replaced.
     #[cfg(not(unix))]
     pub fn from_path(path: &std::path::Path) -> FfiPath {
         FfiPath {
@@ -265,12 +341,14 @@ impl FfiPath {
         }
     }
 
+    /// The path the bytes name, as they are.
     #[cfg(unix)]
     pub fn to_path_buf(&self) -> PathBuf {
         use std::os::unix::ffi::OsStrExt;
         std::ffi::OsStr::from_bytes(self.bytes.as_slice()).into()
     }
 
+    /// The path the bytes name, read as UTF-8 (invalid sequences replaced).
     #[cfg(not(unix))]
     pub fn to_path_buf(&self) -> PathBuf {
         String::from_utf8_lossy(self.bytes.as_slice())
@@ -344,6 +422,9 @@ impl From<FfiNativeDiff> for NativeDiff {
 }
 
 impl FfiInitArgs {
+    /// The host's side: `args` on the wire, with the sink the driver's log
+    /// events go to and the most verbose level the host records (a
+    /// `FfiLogRecord::level` code, 0 for nothing).
     pub fn new(args: &InitArgs, log_sink: LogSinkBox, max_log_level: u8) -> Self {
         FfiInitArgs {
             home: FfiPath::from_path(&args.home),
@@ -356,6 +437,8 @@ impl FfiInitArgs {
         }
     }
 
+    /// The plugin's side: the plain `InitArgs` handed to `DriverPlugin::init`
+    /// (the log sink and level are installed separately).
     pub fn to_init_args(&self) -> InitArgs {
         InitArgs {
             home: self.home.to_path_buf(),
@@ -412,6 +495,8 @@ impl<S: ByteSourceLike> std::io::Read for ByteSourceAsRead<S> {
 
 /// A `ByteSource` trait object, owned (`'static`) or borrowed for a call.
 pub trait ByteSourceLike {
+    /// Reads into the front of `buf` through the trait object; `ROk(0)` is
+    /// the end of the stream, as with `ByteSource::read`.
     fn read_into(&mut self, buf: &mut [u8]) -> RResult<usize, FfiError>;
 }
 

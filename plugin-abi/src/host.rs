@@ -23,17 +23,37 @@ pub const HOST_ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Why a library could not be used as a driver.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The dynamic loader could not open the file (missing, unreadable, not
+    /// a shared object for this machine, unresolved symbols).
     #[error("cannot load {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
+    Open {
+        /// The library file, as the host was given it.
+        path: PathBuf,
+        /// The loader's error.
+        reason: String,
+    },
+    /// The file loaded but is not a strata driver: no abi_stable library
+    /// header, or a root module of some other kind.
     #[error("{path} is not a strata driver plugin: {reason}")]
-    NotAPlugin { path: PathBuf, reason: String },
+    NotAPlugin {
+        /// The library file, as the host was given it.
+        path: PathBuf,
+        /// What is missing or foreign, on one line.
+        reason: String,
+    },
+    /// The library was built against a strata-plugin-abi whose major version
+    /// differs from this host's; it must be rebuilt.
     #[error(
         "{path} was built against strata-plugin-abi {found}, this host speaks {expected}: the major versions differ; rebuild the driver against strata-plugin-abi {expected_major}.x"
     )]
     IncompatibleVersion {
+        /// The library file, as the host was given it.
         path: PathBuf,
+        /// The strata-plugin-abi version the library was built against.
         found: String,
+        /// This host's version, [`HOST_ABI_VERSION`].
         expected: String,
+        /// The major part of `expected`, for the "rebuild against N.x" advice.
         expected_major: String,
     },
     /// One line: the file, what differs, what to rebuild. The full
@@ -43,16 +63,24 @@ pub enum LoadError {
         "{path} claims strata-plugin-abi {found} but its driver module does not have that version's layout ({what}); rebuild the driver against this strata's strata-plugin-abi {found} (the full comparison is logged at --log-level debug)"
     )]
     LayoutMismatch {
+        /// The library file, as the host was given it.
         path: PathBuf,
+        /// The strata-plugin-abi version the library claims.
         found: String,
         /// The innermost type that differs and how, in a few words.
         what: String,
+        /// abi_stable's full layout comparison, for bug reports.
         details: String,
     },
+    /// The library is a compatible driver but its `init` failed; `error` has
+    /// the driver's kind (`NotSupported` when its backend is missing here).
     #[error("{path}: the {driver} driver failed to start: {error}")]
     Init {
+        /// The library file, as the host was given it.
         path: PathBuf,
+        /// The driver's name, as its library exports it.
         driver: String,
+        /// What the driver's `init` returned.
         error: DriverError,
     },
 }
@@ -151,14 +179,17 @@ impl PluginLibrary {
         })
     }
 
+    /// The file the library was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The driver's name as the library exports it (`DriverPlugin::NAME`).
     pub fn name(&self) -> &'static str {
         self.module.name().as_str()
     }
 
+    /// The driver's one-line description, for `strata drivers`.
     pub fn description(&self) -> &'static str {
         self.module.description().as_str()
     }

@@ -48,6 +48,8 @@
 //! 5. Everything abi_stable-specific stays inside this crate (`ffi`, `export`,
 //!    `host`), so its backend could change without touching any driver's code.
 
+#![deny(missing_docs)]
+
 mod driver;
 mod error;
 mod export;

@@ -40,22 +40,28 @@ impl Capabilities {
         (Self::COPIES_PARENT, "copies-parent"),
     ];
 
+    /// No capabilities: a driver with only the required operations.
     pub const fn empty() -> Self {
         Capabilities(0)
     }
 
+    /// The set with exactly `bits`, as read from the wire; unknown bits are
+    /// kept.
     pub const fn from_bits(bits: u64) -> Self {
         Capabilities(bits)
     }
 
+    /// The set as its wire number.
     pub const fn bits(self) -> u64 {
         self.0
     }
 
+    /// Both sets together; the same as `self | other`, usable in a `const`.
     pub const fn union(self, other: Capabilities) -> Self {
         Capabilities(self.0 | other.0)
     }
 
+    /// Whether every bit of `other` is set here.
     pub const fn contains(self, other: Capabilities) -> bool {
         self.0 & other.0 == other.0
     }
@@ -89,8 +95,11 @@ impl std::ops::BitOr for Capabilities {
 /// One range of a user-namespace id mapping, as in `/proc/PID/uid_map`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IdMap {
+    /// The first id of the range inside the user namespace.
     pub container_id: u32,
+    /// The id `container_id` stands for outside it.
     pub host_id: u32,
+    /// How many consecutive ids the range covers.
     pub size: u32,
 }
 
@@ -100,14 +109,19 @@ pub struct IdMap {
 pub struct KeyValues(pub Vec<(String, String)>);
 
 impl KeyValues {
+    /// An empty list.
     pub fn new() -> Self {
         KeyValues(Vec::new())
     }
 
+    /// Appends `key=value`, keeping any earlier value of `key` (which
+    /// [`get`](KeyValues::get) then no longer returns).
     pub fn push(&mut self, key: impl Into<String>, value: impl Into<String>) {
         self.0.push((key.into(), value.into()));
     }
 
+    /// The value of `key`; when it is given more than once, the last one
+    /// wins, as a later line of configuration overrides an earlier one.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
@@ -116,10 +130,12 @@ impl KeyValues {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether there are no pairs at all.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// Every pair in order, repeated keys included.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
@@ -213,7 +229,10 @@ pub struct InitArgs {
     pub run_root: PathBuf,
     /// `[storage.options.<driver>]` from the configuration.
     pub options: KeyValues,
+    /// The store's user-namespace uid mapping, as ranges; empty when the
+    /// store is not mapped.
     pub uid_maps: Vec<IdMap>,
+    /// The store's gid mapping, like `uid_maps`.
     pub gid_maps: Vec<IdMap>,
 }
 
@@ -232,10 +251,15 @@ pub struct CreateOptions {
 /// How a layer is mounted by `get`.
 #[derive(Clone, Debug, Default)]
 pub struct MountOptions {
+    /// SELinux label for this mount; the host passes the layer's own label
+    /// when the caller gives none.
     pub mount_label: Option<String>,
     /// Mount options such as `ro` or `nodev`.
     pub options: Vec<String>,
+    /// Uid mapping to shift owners by in this mount; only sent to a driver
+    /// with [`Capabilities::ID_MAPPED_MOUNTS`].
     pub uid_maps: Vec<IdMap>,
+    /// Gid mapping for this mount, like `uid_maps`.
     pub gid_maps: Vec<IdMap>,
 }
 
@@ -258,6 +282,7 @@ pub enum WhiteoutFormat {
 }
 
 impl WhiteoutFormat {
+    /// The stable wire code of this format. Codes are never reused.
     pub const fn code(self) -> u32 {
         match self {
             WhiteoutFormat::Aufs => 1,
@@ -266,6 +291,8 @@ impl WhiteoutFormat {
         }
     }
 
+    /// The format a wire code stands for; an unknown code is kept as
+    /// `Unknown(code)`.
     pub const fn from_code(code: u32) -> Self {
         match code {
             1 => WhiteoutFormat::Aufs,

@@ -4,18 +4,34 @@
 /// A tar stream under construction.
 #[derive(Default)]
 pub struct RawTar {
+    /// The blocks written so far; a test may append or patch bytes directly
+    /// to make what the helpers will not.
     pub bytes: Vec<u8>,
 }
 
+/// Typeflag of a regular file member, for [`RawTar::header`].
 pub const REGULAR: u8 = b'0';
+/// Typeflag of a hard link; the link field names the earlier member.
 pub const HARD_LINK: u8 = b'1';
+/// Typeflag of a symbolic link; the link field is its target.
 pub const SYMLINK: u8 = b'2';
+/// Typeflag of a character device; [`RawTar::header`] leaves major and
+/// minor empty, which reads as 0:0.
 pub const CHAR_DEVICE: u8 = b'3';
+/// Typeflag of a directory, as [`RawTar::dir`] writes it.
 pub const DIRECTORY: u8 = b'5';
+/// Typeflag of a fifo (named pipe); like a device, it has no data.
 pub const FIFO: u8 = b'6';
+/// Typeflag of a PAX extended header, whose records apply to the next
+/// member.
 pub const PAX: u8 = b'x';
+/// Typeflag of a GNU long-name header, whose data is the next member's
+/// name.
 pub const GNU_LONGNAME: u8 = b'L';
+/// Typeflag of a GNU long-link header, whose data is the next member's link
+/// target.
 pub const GNU_LONGLINK: u8 = b'K';
+/// Typeflag of an old GNU sparse file member.
 pub const GNU_SPARSE: u8 = b'S';
 
 fn octal(field: &mut [u8], value: u64) {
@@ -26,6 +42,7 @@ fn octal(field: &mut [u8], value: u64) {
 }
 
 impl RawTar {
+    /// An empty stream.
     pub fn new() -> Self {
         RawTar::default()
     }
@@ -66,19 +83,25 @@ impl RawTar {
         self
     }
 
+    /// A regular file member (mode 0644) holding `data`.
     pub fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
         self.header(name.as_bytes(), REGULAR, b"", data.len() as u64, 0o644)
             .data(data)
     }
 
+    /// A directory member, mode 0755.
     pub fn dir(&mut self, name: &str) -> &mut Self {
         self.header(name.as_bytes(), DIRECTORY, b"", 0, 0o755)
     }
 
+    /// A symlink member pointing at `target`, taken as it is (absolute and
+    /// `..` targets included).
     pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.header(name.as_bytes(), SYMLINK, target.as_bytes(), 0, 0o777)
     }
 
+    /// A hard-link member naming `target`, which need not exist: tests
+    /// use that for links to nothing or outside the layer.
     pub fn hard_link(&mut self, name: &str, target: &str) -> &mut Self {
         self.header(name.as_bytes(), HARD_LINK, target.as_bytes(), 0, 0o644)
     }
@@ -191,6 +214,8 @@ enum Piece {
 }
 
 impl Generated {
+    /// An empty stream; add pieces with [`bytes`](Self::bytes) and
+    /// [`repeat`](Self::repeat).
     pub fn new() -> Self {
         Generated {
             pieces: std::collections::VecDeque::new(),
@@ -258,6 +283,7 @@ impl std::io::Read for Generated {
 
 /// An overlay mount that is unmounted when dropped, whatever the test did.
 pub struct Mounted {
+    /// The merged directory, `scratch/merged`.
     pub merged: std::path::PathBuf,
 }
 

@@ -8,10 +8,12 @@
 //! included, can use it in its tests without a dependency cycle.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod fixtures;
 pub mod mounts;
 pub mod plugins;
+pub mod skip;
 pub mod tree;
 
 use std::path::PathBuf;

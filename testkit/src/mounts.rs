@@ -26,10 +26,12 @@ impl ScratchTmpfs {
         Ok(ScratchTmpfs { dir, mounted: true })
     }
 
+    /// Where the tmpfs is mounted.
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
+    /// [`path`](Self::path), owned.
     pub fn path_buf(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
@@ -120,6 +122,7 @@ impl LoopFilesystem {
         Ok(fs)
     }
 
+    /// Where the filesystem is mounted.
     pub fn path(&self) -> &Path {
         self.mountpoint.path()
     }
@@ -227,6 +230,7 @@ impl ZfsFusePool {
         Ok(pool)
     }
 
+    /// Where the pool's root dataset is mounted.
     pub fn path(&self) -> &Path {
         self.mountpoint.path()
     }

@@ -53,11 +53,16 @@ impl ApplyTarget {
     pub const OVERLAY_UPPER: ApplyTarget = ApplyTarget::Diff(WhiteoutFormat::Overlay);
 }
 
+/// How [`apply_layer`] applies a stream; the default is onto a full tree,
+/// ids unmapped, end of archive required.
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
+    /// Whether `root` is a full tree or a diff directory, which decides what
+    /// a whiteout does.
     pub target: ApplyTarget,
     /// Container-to-host id maps; empty means ids are written as they are.
     pub uid_maps: Vec<IdMap>,
+    /// Group id maps, like `uid_maps`.
     pub gid_maps: Vec<IdMap>,
     /// For a `Diff` target: the tree the diff directory goes on (the parent
     /// layer, mounted). A directory the layer writes into without a member
@@ -72,7 +77,7 @@ pub struct ApplyOptions {
     /// The most paths the apply tracks (members made, directories hidden or
     /// written into, and the directories above them); a layer needing more
     /// is refused, which keeps an apply's memory bounded whatever the
-    /// layer. Default [`MAX_TRACKED_PATHS`].
+    /// layer. Default 1,500,000 (about 20 MiB of hash sets at most).
     pub max_tracked_paths: usize,
 }
 
@@ -94,12 +99,15 @@ impl Default for ApplyOptions {
 pub struct ApplyReport {
     /// Bytes of file data written, hard links counted once (as diff size counts).
     pub size: u64,
+    /// How the stream was compressed, recognised from its first bytes.
     pub compression: Compression,
     /// Digest and length of the stream as given (the blob).
     pub compressed_digest: Sha256Digest,
+    /// Length of the stream as given, in bytes: the blob's size.
     pub compressed_size: u64,
     /// Digest and length of the tar itself (the OCI diff id).
     pub uncompressed_digest: Sha256Digest,
+    /// Length of the decompressed tar, in bytes: what the diff id covers.
     pub uncompressed_size: u64,
     /// Tar members applied.
     pub entries: u64,

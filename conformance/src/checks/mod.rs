@@ -18,6 +18,9 @@ use strata_plugin_abi::{CreateOptions, ErrorKind, GraphDriver, MountOptions};
 
 use crate::{Check, CheckOutcome, Suite, Verdict};
 
+/// Every check of the suite, area by area in the order a run takes them:
+/// lifecycle, mount, content, diff, scenarios, quota, concurrency,
+/// processes, restart, abi.
 pub fn all() -> Vec<Check> {
     let mut checks = Vec::new();
     checks.extend(lifecycle::checks());

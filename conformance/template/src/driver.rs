@@ -31,6 +31,10 @@ use strata_plugin_abi::{
 /// A layer's tree, inside its directory `<home>/layers/<id>/`.
 const TREE: &str = "tree";
 
+/// The example driver on one home: layers live in `<home>/layers/<id>/tree`,
+/// a child starts as a full copy of its parent's tree
+/// ([`Capabilities::COPIES_PARENT`]), and `get` returns the tree itself, so
+/// there is nothing to mount or unmount.
 pub struct ExampleDriver {
     layers: LayerHome,
 }

@@ -1,6 +1,7 @@
 //! The library a strata host loads: one driver type, exported once.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod driver;
 

@@ -20,7 +20,7 @@ impl LayerStore<'_> {
             )));
         }
         let parent = record.and_then(|r| r.parent);
-        let applied = self.apply_into(id, parent.as_deref(), diff, false)?;
+        let applied = self.apply_into(id, parent.as_deref(), diff, false, true)?;
         let diff = serde_json::to_string(&applied).expect("diff serialises");
         self.db.write(&format!("apply to layer {id}"), |tx| {
             // A layer made before records were kept gets one now.
@@ -41,6 +41,7 @@ impl LayerStore<'_> {
         parent: Option<&str>,
         diff: &mut dyn Read,
         verified: bool,
+        writable: bool,
     ) -> Result<DiffRecord> {
         let driver = self.driver();
         if self.diff_method == DiffMethod::DriverStream {
@@ -71,6 +72,9 @@ impl LayerStore<'_> {
         let closed = files.close();
         let report = result?;
         closed?;
+        if writable {
+            self.settle_after_record(id);
+        }
         Ok(report)
     }
 
@@ -231,38 +235,32 @@ impl LayerStore<'_> {
                     )
                 })
             };
-            // A read-only layer's files cannot have changed since apply: its
-            // stream goes straight out, and a failure part way is an error
-            // (corruption), not a reason to fall back.
-            if record.as_ref().is_some_and(|r| r.read_only) {
+            // A read-only layer's files cannot have changed since apply. A
+            // writable one's may have; they have not if nothing in its tree
+            // changed status after its tar-split record was written (a
+            // changed file, xattr or mode changes the file's ctime, and an
+            // entry added, removed or renamed its directory's). Either way
+            // the stream goes straight out, and a failure part way is an
+            // error, not a reason to fall back.
+            let unchanged = record.as_ref().is_some_and(|r| r.read_only)
+                || match fs::metadata(&split_path).and_then(|m| m.modified()) {
+                    Ok(written) => !changed_after(files.path(), written).map_err(|e| {
+                        CoreError::io("look for changes in", files.path().to_path_buf(), e)
+                    })?,
+                    Err(_) => false,
+                };
+            if unchanged {
                 let rebuilt = rebuild(out);
                 let _ = files.close();
                 return rebuilt.map(|_| DiffSource::Original).map_err(|e| {
                     CoreError::io("rebuild the original diff of", PathBuf::from(id), e)
                 });
             }
-            // A writable layer's files may have changed, which is found only
-            // part way: rebuild into a temporary file first, so `out` gets a
-            // whole stream or, failing that, the generated diff.
-            let mut staged = tempfile::tempfile_in(self.tar_splits.dir()).map_err(|e| {
-                CoreError::io("create a temporary file in", self.tar_splits.dir(), e)
-            })?;
-            let rebuilt = rebuild(&mut staged);
             let _ = files.close();
-            match rebuilt {
-                Ok(_) => {
-                    use std::io::Seek;
-                    staged
-                        .rewind()
-                        .map_err(|e| CoreError::io("read", self.tar_splits.dir(), e))?;
-                    io::copy(&mut staged, out)
-                        .map_err(|e| CoreError::io("write the diff of", PathBuf::from(id), e))?;
-                    return Ok(DiffSource::Original);
-                }
-                Err(e) => {
-                    tracing::warn!(layer = id, error = %e, "the original diff cannot be rebuilt; generating one");
-                }
-            }
+            tracing::info!(
+                layer = id,
+                "the layer changed since it was made from its diff; generating its diff"
+            );
         }
         // Generated from the same changes `changes` gives, exported from the
         // tree they describe (the native diff directory, or the mounted layer).
@@ -394,6 +392,63 @@ impl<'d> LayerFiles<'d> {
             } => unmount_counted(driver, counts, &id),
         }
     }
+}
+
+impl LayerStore<'_> {
+    /// Returns once the filesystem clock has moved past the moment layer
+    /// `id`'s tar-split record was written (at most one clock tick, a few
+    /// milliseconds): whatever changes in the layer after this call gets a
+    /// later ctime than the record, so `diff` can tell a changed writable
+    /// layer from an untouched one. File times come from a coarse clock;
+    /// without this, a change in the same tick would look like none.
+    fn settle_after_record(&self, id: &str) {
+        let Ok(written) = fs::metadata(self.tar_splits.path(id)).and_then(|m| m.modified()) else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+        loop {
+            let coarse = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+            let now = std::time::UNIX_EPOCH
+                + std::time::Duration::new(coarse.tv_sec as u64, coarse.tv_nsec as u32);
+            if now > written || std::time::Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+}
+
+/// Whether anything in the tree at `root` (not crossing into other mounts)
+/// changed status (its ctime) after `reference`. Stops at the first one.
+fn changed_after(root: &Path, reference: std::time::SystemTime) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let since_epoch = reference
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let reference = (
+        since_epoch.as_secs() as i64,
+        since_epoch.subsec_nanos() as i64,
+    );
+    let newer = |meta: &fs::Metadata| (meta.ctime(), meta.ctime_nsec()) > reference;
+    let top = fs::symlink_metadata(root)?;
+    if newer(&top) {
+        return Ok(true);
+    }
+    let device = top.dev();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if newer(&meta) {
+                return Ok(true);
+            }
+            if meta.is_dir() && meta.dev() == device {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok(false)
 }
 
 pub(super) struct CountingSink(u64);

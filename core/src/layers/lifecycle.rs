@@ -222,7 +222,8 @@ impl LayerStore<'_> {
                             .expect
                             .as_ref()
                             .is_some_and(|e| e.uncompressed_digest.is_some());
-                        let applied = self.apply_into(id, parent, diff, verified)?;
+                        let applied =
+                            self.apply_into(id, parent, diff, verified, new.options.read_write)?;
                         if let Some(expect) = &new.expect {
                             expect.check(id, &applied)?;
                         }

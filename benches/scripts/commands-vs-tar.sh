@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# The strata command against the floor, GNU tar (and gzip), each command a
+# fresh process, in alternating rounds in one invocation, on a loop-mounted
+# ext4 made with mkfs.ext4 defaults:
+#
+#   apply:  strata layer create --read-only --diff X.tar   vs  tar -x   (and tar -x; sync -f)
+#   export: strata layer diff L -o OUT (an image layer, and a writable layer made
+#           from the same tar)                              vs  tar -c of a plain copy
+#   import: strata image import of a one-layer gzip'd image vs  gzip -dc BLOB | tar -x
+#
+# on vfs and overlay, for a Debian root filesystem (if its fixture exists:
+# see benches/src/lib.rs), 60,000 small files in 3,000 directories, and
+# 4 x 256 MiB files. strata records and fsyncs its records and the tar-split
+# record; the file data, like tar's, is left to the page cache, so `tar -x`
+# is the like-for-like floor (`tar -x; sync -f` is printed beside it).
+# Prints medians and ratios.
+#
+# Usage: benches/scripts/commands-vs-tar.sh [ROUNDS]
+#        INPUTS="debian small big" DRIVERS="vfs overlay" to choose.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=${1:-5}
+inputs=${INPUTS:-debian small big}
+drivers=${DRIVERS:-vfs overlay}
+./scripts/install-deps.sh
+cargo build --release --quiet -p strata-cli -p strata-driver-vfs -p strata-driver-overlay
+strata=$PWD/target/release/strata
+export STRATA_DRIVER_PATH=$PWD/target/release
+debian_tar=$PWD/target/bench-fixtures/debian-bookworm-minbase.tar
+
+work=$(mktemp -d /var/tmp/strata-bench.XXXXXX)
+mnt=$work/mnt
+cleanup() {
+    set +e
+    for m in $(grep -o " $mnt[^ ]*" /proc/mounts | sort -r); do umount -l "$m"; done
+    [ -n "${loopdev:-}" ] && losetup -d "$loopdev" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+truncate -s 24G "$work/ext4.img"
+mkfs.ext4 -q "$work/ext4.img"
+mkdir -p "$mnt"
+loopdev=$(losetup --find --show "$work/ext4.img")
+mount "$loopdev" "$mnt"
+
+now() { date +%s%N; }
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+ms() { awk -v n="$1" 'BEGIN { printf "%.1f", n / 1e6 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+declare -A times
+record() { times[$1]+="$2 "; }
+med() { tr ' ' '\n' <<<"${times[$1]}" | grep . | median; }
+xtar() { tar --numeric-owner --xattrs --xattrs-include='*' "$@"; }
+
+echo "== inputs"
+src=$mnt/src
+mkdir -p "$src"
+for input in $inputs; do
+    case $input in
+    debian)
+        if [ ! -f "$debian_tar" ]; then
+            echo "no Debian fixture at $debian_tar: skipping it (cargo bench --bench archive_apply makes it)"
+            inputs=${inputs/debian/}
+            continue
+        fi
+        cp "$debian_tar" "$src/debian.tar"
+        ;;
+    small)
+        python3 - "$src/small" <<'PY'
+import os, sys, random
+root = sys.argv[1]
+random.seed(7)
+for p in range(3000):
+    pkg = os.path.join(root, "node_modules", f"pkg-{p:04d}")
+    os.makedirs(os.path.join(pkg, "lib"), exist_ok=True)
+    for f in range(20):
+        sub = "lib" if f >= 4 else ""
+        with open(os.path.join(pkg, sub, f"file-{f}.js"), "wb") as out:
+            out.write(random.randbytes(random.randint(200, 3800)))
+PY
+        xtar -C "$src/small" -cf "$src/small.tar" . && rm -rf "$src/small"
+        ;;
+    big)
+        mkdir -p "$src/big"
+        for i in 1 2 3 4; do head -c $((256 << 20)) /dev/urandom >"$src/big/file-$i"; done
+        xtar -C "$src/big" -cf "$src/big.tar" . && rm -rf "$src/big"
+        ;;
+    esac
+    gzip -1 -c "$src/$input.tar" >"$src/$input.tar.gz"
+    # A one-layer OCI image of it, for import.
+    python3 - "$src/$input.tar" "$src/$input.tar.gz" "$src/oci-$input" <<'PY'
+import hashlib, json, os, shutil, sys
+tar, gz, out = sys.argv[1:4]
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+blobs = os.path.join(out, "blobs", "sha256")
+os.makedirs(blobs)
+def put(data):
+    d = hashlib.sha256(data).hexdigest()
+    open(os.path.join(blobs, d), "wb").write(data)
+    return d, len(data)
+layer = sha(gz)
+shutil.copy(gz, os.path.join(blobs, layer))
+config = json.dumps({"architecture": "amd64", "os": "linux",
+                     "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(tar)]}}).encode()
+cd, cs = put(config)
+manifest = json.dumps({"schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + cd, "size": cs},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": "sha256:" + layer, "size": os.path.getsize(gz)}]}).encode()
+md, ms = put(manifest)
+json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "digest": "sha256:" + md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "bench"}}]},
+    open(os.path.join(out, "index.json"), "w"))
+open(os.path.join(out, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
+PY
+    printf '%-7s %6s members, %s tar\n' "$input" "$(tar -tf "$src/$input.tar" | wc -l)" "$(du -h "$src/$input.tar" | cut -f1)"
+done
+
+sroot=$mnt/strata
+S() { "$strata" --root "$sroot/graph" --run-root "$sroot/run" --driver "$driver" "$@"; }
+reset_strata() {
+    for m in $(grep -o " $sroot[^ ]*" /proc/mounts | sort -r); do umount -l "$m"; done
+    rm -rf "$sroot"
+}
+settle() { sync; }
+
+echo "== $rounds alternating rounds"
+for round in $(seq "$rounds"); do
+    for input in $inputs; do
+        tarball=$src/$input.tar
+        # The floor: tar -x, then tar -x with the filesystem synced.
+        rm -rf "$mnt/plain"; mkdir -p "$mnt/plain"; settle
+        t0=$(now); xtar -xpf "$tarball" -C "$mnt/plain"
+        record "tar-x-$input" $(($(now) - t0))
+        t0=$(now); sync -f "$mnt/plain"; record "sync-$input" $(($(now) - t0))
+        # Export of a plain directory holding the same tree.
+        rm -f "$mnt/out.tar"; settle
+        t0=$(now); xtar -C "$mnt/plain" -cf "$mnt/out.tar" .
+        record "tar-c-$input" $(($(now) - t0))
+        rm -rf "$mnt/plain" "$mnt/out.tar"
+        mkdir -p "$mnt/plain"; settle
+        t0=$(now); gzip -dc "$tarball.gz" | xtar -xpf - -C "$mnt/plain"
+        record "gzip-tar-$input" $(($(now) - t0))
+        rm -rf "$mnt/plain"
+
+        for driver in $drivers; do
+            reset_strata; S status >/dev/null; settle
+            t0=$(now); S layer create --read-only --diff "$tarball" image >/dev/null
+            record "apply-$driver-$input" $(($(now) - t0))
+            rm -f "$mnt/out.tar"; settle
+            t0=$(now); S layer diff image -o "$mnt/out.tar"
+            record "export-ro-$driver-$input" $(($(now) - t0))
+            rm -f "$mnt/out.tar"
+            S layer create --diff "$tarball" writable >/dev/null; settle
+            t0=$(now); S layer diff writable -o "$mnt/out.tar"
+            record "export-rw-$driver-$input" $(($(now) - t0))
+            rm -f "$mnt/out.tar"
+            reset_strata; S status >/dev/null; settle
+            t0=$(now); S image import "$src/oci-$input:bench" >/dev/null
+            record "import-$driver-$input" $(($(now) - t0))
+            reset_strata
+        done
+    done
+    echo "round $round done"
+done
+
+echo
+echo "== medians (ms) and ratios"
+for input in $inputs; do
+    x=$(med "tar-x-$input"); s=$(med "sync-$input"); c=$(med "tar-c-$input"); g=$(med "gzip-tar-$input")
+    printf '%-7s floor: tar -x %s, + sync -f %s; tar -c %s; gzip -dc | tar -x %s\n' \
+        "$input" "$(ms "$x")" "$(ms "$s")" "$(ms "$c")" "$(ms "$g")"
+    for driver in $drivers; do
+        a=$(med "apply-$driver-$input"); r=$(med "export-ro-$driver-$input")
+        w=$(med "export-rw-$driver-$input"); i=$(med "import-$driver-$input")
+        printf '  %-8s apply %8s ms %5sx tar -x (%5sx with sync)   export image layer %8s ms %5sx tar -c   writable %8s ms %5sx   import %8s ms %5sx gzip|tar\n' \
+            "$driver" "$(ms "$a")" "$(ratio "$a" "$x")" "$(ratio "$a" "$((x + s))")" \
+            "$(ms "$r")" "$(ratio "$r" "$c")" "$(ms "$w")" "$(ratio "$w" "$c")" \
+            "$(ms "$i")" "$(ratio "$i" "$g")"
+    done
+done

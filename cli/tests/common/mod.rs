@@ -1,0 +1,61 @@
+//! What the tests that drive the `strata` command share: a scratch store on
+//! one driver, unmounted whatever happens, and the command that runs on it.
+//! (Each test adds the ways it runs commands in an `impl Store` of its own.)
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use strata_testkit::plugins::build_plugin;
+
+/// A store in a scratch directory of its own, on one driver.
+pub struct Store {
+    pub scratch: tempfile::TempDir,
+    pub driver: &'static str,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Whatever happened, nothing stays mounted under the scratch store.
+        if let Ok(points) = strata_driver_kit::mounts::mounted_beneath(self.scratch.path()) {
+            for point in points {
+                let _ = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// A new store on `driver`, in `/var/tmp/<prefix>...` (overlay cannot
+    /// put upper directories on an overlay `/tmp`).
+    pub fn on(prefix: &str, driver: &'static str) -> Store {
+        let scratch = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        Store { scratch, driver }
+    }
+
+    /// The graph root.
+    pub fn graph(&self) -> PathBuf {
+        self.scratch.path().join("graph")
+    }
+
+    /// `strata ARGS` on this store, its driver library found through
+    /// `STRATA_DRIVER_PATH` and no configuration file read.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let drivers = build_plugin(&format!("strata-driver-{}", self.driver));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command
+            .env("STRATA_DRIVER_PATH", drivers.parent().unwrap())
+            .env_remove("STRATA_CONFIG")
+            .arg("--root")
+            .arg(self.graph())
+            .arg("--run-root")
+            .arg(self.scratch.path().join("run"))
+            .args(["--driver", self.driver])
+            .args(args);
+        command
+    }
+}
