@@ -140,8 +140,8 @@ pub fn build_foreign_abi_plugin(abi: ForeignAbi) -> PathBuf {
             let ffi = fs::read_to_string(abi_dir.join("src/ffi.rs")).unwrap();
             let ffi = replace_once(
                 &ffi,
-                "pub struct FfiKeyValue {\n    pub key: RString,\n    pub value: RString,\n}",
-                "pub struct FfiKeyValue {\n    pub value: RString,\n    pub key: RString,\n}",
+                "    /// The option or fact's name.\n    pub key: RString,\n    /// Its value, as text.\n    pub value: RString,\n}",
+                "    /// Its value, as text.\n    pub value: RString,\n    /// The option or fact's name.\n    pub key: RString,\n}",
             );
             fs::write(abi_dir.join("src/ffi.rs"), ffi).unwrap();
         }
