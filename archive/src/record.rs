@@ -7,6 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
@@ -19,7 +20,10 @@ const CHANNEL_DEPTH: usize = 16;
 /// A batch goes when it holds this many bytes or messages: small members
 /// would otherwise cost a thread wake-up each.
 const BATCH_BYTES: usize = 512 * 1024;
-const BATCH_MESSAGES: usize = 1024;
+const BATCH_MESSAGES: usize = 4096;
+/// The most one read adds to a batch past `BATCH_BYTES` (the applier reads
+/// in chunks of at most this).
+const MAX_READ: usize = 256 * 1024;
 /// The most stream bytes one tar-split segment holds. Everything between
 /// two regular files' data (headers, padding, other members' data, what
 /// follows the archive) is recorded, and a stream can put any amount there:
@@ -27,65 +31,95 @@ const BATCH_MESSAGES: usize = 1024;
 /// Consecutive segments are simply written back one after the other.
 const MAX_SEGMENT: usize = 256 * 1024;
 
-pub enum Message {
-    /// Bytes of the tar stream; `payload` when they are a regular file's data.
-    Tar { payload: bool, bytes: Vec<u8> },
+/// One thing the applying thread tells the recording thread; the bytes a
+/// message carries are in its batch's byte buffer, in order.
+#[derive(Clone, Copy, Debug)]
+enum Message {
+    /// `len` bytes of the tar stream; `payload` when they are a regular
+    /// file's data.
+    Tar { payload: bool, len: usize },
     /// A member begins (its headers have been read): what was read since the
     /// last member is one segment of the record.
     MemberStart,
-    /// A member ends; the file data read since its start belongs to `name`.
-    MemberEnd { name: Vec<u8> },
-    /// Bytes of the stream as given (before decompression).
-    Compressed(Vec<u8>),
+    /// A member ends; the file data read since its start belongs to the name
+    /// held in the next `name_len` bytes.
+    MemberEnd { name_len: usize },
+    /// `len` bytes of the stream as given (before decompression).
+    Compressed { len: usize },
 }
 
 /// What the recording thread computed.
 pub struct Recorded {
+    /// Digest and length of the tar.
     pub uncompressed: (Sha256Digest, u64),
     /// `None` when the compressed bytes were not sent (a plain tar: the two
     /// digests are the same).
     pub compressed: Option<(Sha256Digest, u64)>,
+    /// Why the tar-split record could not be written, if it could not.
     pub record_error: Option<io::Error>,
 }
 
-type Batch = Vec<Message>;
+/// Messages and the bytes they carry, sent together: two buffers a batch
+/// however many members it holds, and both come back to the senders for
+/// reuse (see [`Pool`]), so neither thread allocates per member nor frees
+/// what the other allocated (glibc's arena lock made that cost a thread
+/// switch every few members).
+#[derive(Default)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    messages: Vec<Message>,
+}
+
+/// Emptied batches, handed back by the recording thread.
+type Pool = Arc<Mutex<Vec<Batch>>>;
+
+/// The applying side of the channel to the recording thread; cloned for
+/// each tap.
+#[derive(Clone)]
+pub struct Sender {
+    tx: SyncSender<Batch>,
+    pool: Pool,
+}
+
+/// The recording side of the channel.
+pub struct Receiving {
+    rx: Receiver<Batch>,
+    pool: Pool,
+}
 
 /// Collects messages and sends them in batches.
 pub struct Batcher {
-    tx: SyncSender<Batch>,
+    link: Sender,
     batch: RefCell<Batch>,
-    bytes: Cell<usize>,
 }
 
 impl Batcher {
-    fn new(tx: SyncSender<Batch>) -> Self {
-        Batcher {
-            tx,
-            batch: RefCell::new(Vec::with_capacity(BATCH_MESSAGES)),
-            bytes: Cell::new(0),
-        }
+    fn new(link: Sender) -> Self {
+        let batch = RefCell::new(Batch::default());
+        Batcher { link, batch }
     }
 
-    fn push(&self, message: Message, bytes: usize) -> io::Result<()> {
+    fn push(&self, message: Message, bytes: &[u8]) -> io::Result<()> {
         let full = {
             let mut batch = self.batch.borrow_mut();
-            batch.push(message);
-            self.bytes.set(self.bytes.get() + bytes);
-            batch.len() >= BATCH_MESSAGES || self.bytes.get() >= BATCH_BYTES
+            batch.messages.push(message);
+            batch.bytes.extend_from_slice(bytes);
+            batch.messages.len() >= BATCH_MESSAGES || batch.bytes.len() >= BATCH_BYTES
         };
         if full { self.flush() } else { Ok(()) }
     }
 
     fn flush(&self) -> io::Result<()> {
-        let batch = std::mem::replace(
-            &mut *self.batch.borrow_mut(),
-            Vec::with_capacity(BATCH_MESSAGES),
-        );
-        self.bytes.set(0);
-        if batch.is_empty() {
+        if self.batch.borrow().messages.is_empty() {
             return Ok(());
         }
-        self.tx.send(batch).map_err(|_| gone())
+        let reused = self.link.pool.lock().ok().and_then(|mut pool| pool.pop());
+        let empty = reused.unwrap_or_else(|| Batch {
+            bytes: Vec::with_capacity(BATCH_BYTES + MAX_READ),
+            messages: Vec::with_capacity(BATCH_MESSAGES),
+        });
+        let batch = std::mem::replace(&mut *self.batch.borrow_mut(), empty);
+        self.link.tx.send(batch).map_err(|_| gone())
     }
 }
 
@@ -96,7 +130,7 @@ impl Drop for Batcher {
 }
 
 /// Runs on the recording thread until every sender is gone.
-pub fn record(rx: Receiver<Batch>, tar_split: Option<&mut (dyn Write + Send)>) -> Recorded {
+pub fn record(rx: Receiving, tar_split: Option<&mut (dyn Write + Send)>) -> Recorded {
     let mut split = tar_split.map(TarSplitWriter::new);
     let mut tar_hash = Sha256::new();
     let mut tar_len = 0u64;
@@ -118,44 +152,63 @@ pub fn record(rx: Receiver<Batch>, tar_split: Option<&mut (dyn Write + Send)>) -
             record_error = Some(e);
         }
     };
-    for message in rx.into_iter().flatten() {
-        match message {
-            Message::Tar { payload, bytes } => {
-                tar_hash.update(&bytes);
-                tar_len += bytes.len() as u64;
-                if payload {
-                    crc.update(&bytes);
-                    payload_len += bytes.len() as u64;
-                } else if split.is_some() {
-                    let mut rest = &bytes[..];
-                    while !rest.is_empty() {
-                        let room = MAX_SEGMENT - pending.len();
-                        let (now, later) = rest.split_at(room.min(rest.len()));
-                        pending.extend_from_slice(now);
-                        rest = later;
-                        if pending.len() == MAX_SEGMENT {
-                            write(&mut split, &mut |w| w.segment(&pending));
-                            pending.clear();
+    for mut batch in rx.rx.iter() {
+        let mut at = 0;
+        for message in batch.messages.iter().copied() {
+            let mut take = |len: usize| {
+                let taken = &batch.bytes[at..at + len];
+                at += len;
+                taken
+            };
+            match message {
+                Message::Tar { payload, len } => {
+                    let bytes = take(len);
+                    tar_hash.update(bytes);
+                    tar_len += bytes.len() as u64;
+                    if payload {
+                        crc.update(bytes);
+                        payload_len += bytes.len() as u64;
+                    } else if split.is_some() {
+                        let mut rest = bytes;
+                        while !rest.is_empty() {
+                            let room = MAX_SEGMENT - pending.len();
+                            let (now, later) = rest.split_at(room.min(rest.len()));
+                            pending.extend_from_slice(now);
+                            rest = later;
+                            if pending.len() == MAX_SEGMENT {
+                                write(&mut split, &mut |w| w.segment(&pending));
+                                pending.clear();
+                            }
                         }
                     }
                 }
+                Message::MemberStart => {
+                    write(&mut split, &mut |w| w.segment(&pending));
+                    pending.clear();
+                }
+                Message::MemberEnd { name_len } => {
+                    let name = take(name_len);
+                    let sum = std::mem::take(&mut crc).finish();
+                    let len = std::mem::take(&mut payload_len);
+                    write(&mut split, &mut |w| {
+                        w.file(name, len, (len > 0).then_some(sum))
+                    });
+                }
+                Message::Compressed { len } => {
+                    let bytes = take(len);
+                    saw_compressed = true;
+                    compressed_hash.update(bytes);
+                    compressed_len += bytes.len() as u64;
+                }
             }
-            Message::MemberStart => {
-                write(&mut split, &mut |w| w.segment(&pending));
-                pending.clear();
-            }
-            Message::MemberEnd { name } => {
-                let sum = std::mem::take(&mut crc).finish();
-                let len = std::mem::take(&mut payload_len);
-                write(&mut split, &mut |w| {
-                    w.file(&name, len, (len > 0).then_some(sum))
-                });
-            }
-            Message::Compressed(bytes) => {
-                saw_compressed = true;
-                compressed_hash.update(&bytes);
-                compressed_len += bytes.len() as u64;
-            }
+        }
+        // Back to the senders, emptied, unless they hold enough already.
+        batch.bytes.clear();
+        batch.messages.clear();
+        if let Ok(mut pool) = rx.pool.lock()
+            && pool.len() < CHANNEL_DEPTH + 2
+        {
+            pool.push(batch);
         }
     }
     write(&mut split, &mut |w| w.segment(&pending));
@@ -174,8 +227,18 @@ pub fn record(rx: Receiver<Batch>, tar_split: Option<&mut (dyn Write + Send)>) -
     }
 }
 
-pub fn channel() -> (SyncSender<Batch>, Receiver<Batch>) {
-    sync_channel(CHANNEL_DEPTH)
+/// The channel from the applying thread (and the decompressing one) to the
+/// recording thread.
+pub fn channel() -> (Sender, Receiving) {
+    let (tx, rx) = sync_channel(CHANNEL_DEPTH);
+    let pool = Pool::default();
+    (
+        Sender {
+            tx,
+            pool: pool.clone(),
+        },
+        Receiving { rx, pool },
+    )
 }
 
 /// The tar stream as the tar reader reads it, each chunk also sent to the
@@ -206,7 +269,7 @@ fn gone() -> io::Error {
 }
 
 impl<R: Read> TarTap<R> {
-    pub fn new(inner: R, tx: SyncSender<Batch>) -> Self {
+    pub fn new(inner: R, tx: Sender) -> Self {
         TarTap {
             inner: RefCell::new(inner),
             out: Batcher::new(tx),
@@ -234,15 +297,15 @@ impl<R: Read> TarTap<R> {
     }
 
     pub fn member_start(&self) -> io::Result<()> {
-        self.out.push(Message::MemberStart, 0)
+        self.out.push(Message::MemberStart, &[])
     }
 
     pub fn member_end(&self, name: &[u8]) -> io::Result<()> {
         self.out.push(
             Message::MemberEnd {
-                name: name.to_vec(),
+                name_len: name.len(),
             },
-            name.len(),
+            name,
         )
     }
 
@@ -297,13 +360,7 @@ impl<R: Read> Read for &TarTap<R> {
                     .set(self.trailing_zeros.get() + n as u64),
             }
         }
-        self.out.push(
-            Message::Tar {
-                payload,
-                bytes: bytes.to_vec(),
-            },
-            n,
-        )?;
+        self.out.push(Message::Tar { payload, len: n }, bytes)?;
         Ok(n)
     }
 }
@@ -319,7 +376,7 @@ pub struct CompressedTap<R> {
 }
 
 impl<R: Read> CompressedTap<R> {
-    pub fn new(inner: R, tx: SyncSender<Batch>) -> Self {
+    pub fn new(inner: R, tx: Sender) -> Self {
         CompressedTap {
             inner,
             out: Batcher::new(tx),
@@ -335,8 +392,8 @@ impl<R: Read> CompressedTap<R> {
         self.sending = Some(send);
         let held = std::mem::take(&mut self.held);
         if send && !held.is_empty() {
-            let len = held.len();
-            self.out.push(Message::Compressed(held), len)?;
+            self.out
+                .push(Message::Compressed { len: held.len() }, &held)?;
         }
         Ok(())
     }
@@ -370,7 +427,7 @@ impl<R: Read> Read for CompressedTap<R> {
                     self.decide()?;
                 }
             }
-            Some(true) if n > 0 => self.out.push(Message::Compressed(buf[..n].to_vec()), n)?,
+            Some(true) if n > 0 => self.out.push(Message::Compressed { len: n }, &buf[..n])?,
             Some(_) => {}
         }
         Ok(n)

@@ -38,10 +38,13 @@ pub struct Finding {
 /// What [`Store::check`] found.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CheckReport {
+    /// Every inconsistency found, in the order the check came upon them;
+    /// empty for a store that is whole.
     pub findings: Vec<Finding>,
 }
 
 impl CheckReport {
+    /// Whether nothing was found, so there is nothing to repair.
     pub fn is_clean(&self) -> bool {
         self.findings.is_empty()
     }
@@ -50,11 +53,17 @@ impl CheckReport {
 /// Space used, by kind, in bytes of file content (hard links once).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DiskUsage {
+    /// The images; their size is that of every layer under any image,
+    /// each layer once.
     pub images: UsageLine,
+    /// The containers; their size is that of their own layers (what they
+    /// wrote), not of the image layers beneath.
     pub containers: UsageLine,
+    /// Every made layer, whoever uses it.
     pub layers: UsageLine,
 }
 
+/// The space one kind of thing uses, a line of `strata df`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct UsageLine {
     /// How many.
@@ -62,6 +71,7 @@ pub struct UsageLine {
     /// How many nothing uses (images no container is made from, layers no
     /// image or container stands on).
     pub unused: usize,
+    /// Bytes of file content they hold (hard links once).
     pub size: u64,
     /// What deleting the unused ones would free.
     pub reclaimable: u64,
@@ -314,10 +324,8 @@ impl Store {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let layer = if let Some(partial) = name
-                .strip_prefix('.')
-                .and_then(|n| n.strip_suffix(".tar-split.gz.partial"))
-            {
+            let record = crate::layers::TarSplits::layer_of(&name);
+            let layer = if let Some((partial, true)) = record {
                 // Being written while its layer is being made by a live process.
                 if self.layer_owner_alive(partial)? {
                     continue;
@@ -331,7 +339,7 @@ impl Store {
                     continue;
                 }
                 partial
-            } else if let Some(id) = name.strip_suffix(".tar-split.gz") {
+            } else if let Some((id, false)) = record {
                 id
             } else if name.ends_with(".making") {
                 // Making locks of the JSON version.

@@ -28,8 +28,12 @@ use strata_plugin_abi::KeyValues;
 
 use crate::error::{CoreError, Result};
 
+/// The configuration file read when none is named by `--config` or
+/// `$STRATA_CONFIG`; it is skipped if it does not exist.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/strata/storage.toml";
+/// The graph root used when none is configured.
 pub const DEFAULT_GRAPHROOT: &str = "/var/lib/strata";
+/// The run root used when none is configured.
 pub const DEFAULT_RUNROOT: &str = "/run/strata";
 
 /// The settings strata runs with, after every source is applied.
@@ -37,7 +41,12 @@ pub const DEFAULT_RUNROOT: &str = "/run/strata";
 pub struct Config {
     /// The driver to use; `None` (or `""` in the file) means choose.
     pub driver: Option<String>,
+    /// Where the store keeps what lasts: the driver's layers (in a
+    /// directory named for the driver), the records database and the record
+    /// of which driver made it. Always an absolute path.
     pub graphroot: PathBuf,
+    /// Where the store keeps what lasts until reboot: mount counts and the
+    /// driver's run-time state. Best on a tmpfs; always an absolute path.
     pub runroot: PathBuf,
     /// Directories from the configuration file, searched before `$STRATA_DRIVER_PATH`.
     pub driver_dirs: Vec<PathBuf>,
@@ -52,9 +61,14 @@ pub struct Config {
 /// The command line's say, which beats everything else.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
+    /// The configuration file to read (`--config`); unlike the default file,
+    /// it must exist.
     pub config: Option<PathBuf>,
+    /// The driver to use (`--driver`); `""` means choose.
     pub driver: Option<String>,
+    /// The graph root (`--root`).
     pub graphroot: Option<PathBuf>,
+    /// The run root (`--run-root`).
     pub runroot: Option<PathBuf>,
 }
 
@@ -80,6 +94,8 @@ struct StorageSection {
 /// Reads the environment through a function, so tests need not change the
 /// process environment.
 pub trait Environment {
+    /// The value of variable `name`; `None` if it is unset or not valid
+    /// UTF-8.
     fn var(&self, name: &str) -> Option<String>;
 }
 
@@ -98,6 +114,14 @@ impl Config {
         Self::load_with(overrides, &ProcessEnvironment)
     }
 
+    /// Loads the configuration with the environment read through `env`:
+    /// the defaults, then the configuration file, then `env`, then
+    /// `overrides`, each beating the one before.
+    ///
+    /// Fails with [`CoreError::Config`] if the file cannot be read or
+    /// parsed, or a driver option is not a string, number or boolean, and
+    /// with [`CoreError::Setting`] if the graph root or run root is not an
+    /// absolute path.
     pub fn load_with(overrides: &Overrides, env: &dyn Environment) -> Result<Config> {
         let explicit_file = overrides.config.clone().or_else(|| {
             env.var("STRATA_CONFIG")

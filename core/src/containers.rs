@@ -14,9 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::db::{Database, Kind, all_names, found, give_names, lookup, name_owner, names_of};
 use crate::error::{CoreError, Result};
 
+/// A container: what the store records of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
+    /// Its id: 64 random hex digits, also the id of its layer.
     pub id: String,
+    /// Its names, in the order given; no two containers share a name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
     /// The image it was made from.
@@ -25,6 +28,8 @@ pub struct ContainerRecord {
     pub layer: String,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Free-form data the runtime keeps with the container; strata does
+    /// not read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<String>,
 }
@@ -118,6 +123,9 @@ pub(crate) fn insert_container(tx: &Connection, record: &ContainerRecord) -> Res
     give_names(tx, Kind::Container, &record.id, &record.names, true)
 }
 
+/// The container records, read and looked up by id, name or id prefix.
+/// Containers are made and deleted through [`Store`](crate::store::Store),
+/// which makes and deletes their layers with them.
 pub struct ContainerStore {
     db: Arc<Database>,
 }
@@ -135,11 +143,14 @@ impl ContainerStore {
         ContainerStore { db }
     }
 
+    /// The record of container `id` (an exact id, not a name or prefix);
+    /// `None` if there is none.
     pub fn get(&self, id: &str) -> Result<Option<ContainerRecord>> {
         self.db
             .read(&format!("read container {id}"), |tx| read_container(tx, id))
     }
 
+    /// Every container, by id.
     pub fn list(&self) -> Result<Vec<ContainerRecord>> {
         self.db.read("list containers", |tx| read_containers(tx))
     }

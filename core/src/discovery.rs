@@ -9,13 +9,18 @@ use serde::Serialize;
 
 use crate::config::Config;
 
+/// How a driver library's file name starts; the driver's name follows.
 pub const LIBRARY_PREFIX: &str = "libstrata_driver_";
+/// How a driver library's file name ends.
 pub const LIBRARY_SUFFIX: &str = ".so";
 
 /// A directory searched for drivers, and why it is searched.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SearchDir {
+    /// The directory; it need not exist.
     pub path: PathBuf,
+    /// Why it is searched: "storage.driver_dirs", "STRATA_DRIVER_PATH",
+    /// "the strata binary's directory" or "beside the strata binary".
     pub origin: &'static str,
 }
 
@@ -24,7 +29,9 @@ pub struct SearchDir {
 pub struct FoundPlugin {
     /// The driver name the file name promises.
     pub name: String,
+    /// The library file.
     pub path: PathBuf,
+    /// Why its directory is searched, as in [`SearchDir::origin`].
     pub origin: &'static str,
     /// Set when an earlier directory already has a library for this name.
     pub shadowed_by: Option<PathBuf>,

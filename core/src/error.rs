@@ -38,38 +38,79 @@ pub enum Kind {
 /// what kind of failure it is.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
+    /// A configuration file that cannot be read, is not valid TOML, or holds
+    /// a value of the wrong type.
     #[error("configuration {}: {message}", path.display())]
-    Config { path: PathBuf, message: String },
+    Config {
+        /// The configuration file at fault.
+        path: PathBuf,
+        /// What is wrong with it, on one line: the reader's or parser's
+        /// error, or the setting and the type it must have.
+        message: String,
+    },
 
+    /// A setting that cannot be used, not tied to one configuration file: a
+    /// graph or run root that is not an absolute path, a driver library
+    /// holding another driver than its file name says, records of a newer
+    /// schema (or old records that cannot be migrated). The message names the
+    /// setting or file and what is wrong.
     #[error("configuration: {0}")]
     Setting(String),
 
     #[error("unknown driver '{name}': no libstrata_driver_{name}.so in {searched}{available}")]
+    /// The driver asked for (configured, or recorded by the graph root) has
+    /// no library on the driver search path.
     UnknownDriver {
+        /// The driver name asked for.
         name: String,
+        /// The directories searched, in order, each with why it is searched.
         searched: String,
+        /// The rest of the message: "; found: " and the drivers that are
+        /// installed, or "; no drivers were found at all".
         available: String,
     },
 
+    /// No driver was configured or recorded, and every driver of
+    /// [`PRIORITY`](crate::PRIORITY) is missing or answered "not supported"
+    /// here.
     #[error("no storage driver works here; tried:\n{attempts}")]
-    NoDriverAvailable { attempts: String },
+    NoDriverAvailable {
+        /// One indented line per driver tried: its name and why it was
+        /// passed over.
+        attempts: String,
+    },
 
     #[error(
         "graph root {} belongs to the '{owner}' driver (it made it); refusing to open it with '{requested}'. Use driver = \"{owner}\", or another graph root",
         graphroot.display()
     )]
+    /// The graph root was made by (and recorded for) one driver and another
+    /// is asked for: its layers are only readable by the driver that made
+    /// them.
     GraphrootOwned {
+        /// The graph root.
         graphroot: PathBuf,
+        /// The driver recorded in the graph root, which made it.
         owner: String,
+        /// The driver the configuration asks for.
         requested: String,
     },
 
+    /// A driver library that could not be loaded or started: not loadable,
+    /// not a strata driver, built against another plugin ABI, or its driver
+    /// refused to start.
     #[error(transparent)]
     Load(#[from] LoadError),
 
     /// A driver library that must not be loaded: others could replace it.
     #[error("refusing to load {}: {reason}", path.display())]
-    UntrustedLibrary { path: PathBuf, reason: String },
+    UntrustedLibrary {
+        /// The library file.
+        path: PathBuf,
+        /// Why it is not trusted: its owner, its mode, or a directory others
+        /// can write to.
+        reason: String,
+    },
 
     /// Choosing a driver stopped at one whose library is installed but
     /// unusable (the next one would have been recorded for good).
@@ -77,17 +118,25 @@ pub enum CoreError {
         "driver '{driver}' is installed but its library cannot be used, so no driver is chosen (fix or remove the library, or configure a driver): {source}"
     )]
     BrokenChoice {
+        /// The driver whose library cannot be used.
         driver: String,
+        /// Why its library cannot be used.
         #[source]
         source: Box<CoreError>,
     },
 
+    /// The driver failed an operation; its error carries its own kind,
+    /// which [`CoreError::kind`] maps.
     #[error("{0}")]
     Driver(#[from] DriverError),
 
+    /// A layer diff that could not be read, applied or written: a broken or
+    /// hostile tar stream, or the stream failing to read.
     #[error("layer {layer}: {source}")]
     Archive {
+        /// The id of the layer the diff is for.
         layer: String,
+        /// What is wrong with the stream.
         #[source]
         source: crate::archive::ArchiveError,
     },
@@ -96,10 +145,16 @@ pub enum CoreError {
     /// digest or diff id does not match).
     #[error("layer {layer}: {source_name}: {what} is {actual}, expected {expected}")]
     Verify {
+        /// The id of the layer the diff was applied to.
         layer: String,
+        /// How the stream is named, e.g. "blob sha256:ab12.. (layer 2 of 3)".
         source_name: String,
+        /// What does not match: "size", "digest" or "uncompressed digest
+        /// (diff id)".
         what: String,
+        /// The value declared for the stream.
         expected: String,
+        /// The value the stream turned out to have.
         actual: String,
     },
 
@@ -108,6 +163,7 @@ pub enum CoreError {
     Blob {
         /// The blob's digest and what it is, e.g. "blob sha256:.. (layer 2 of 3)".
         blob: String,
+        /// Why it could not be used.
         #[source]
         source: Box<CoreError>,
     },
@@ -144,8 +200,11 @@ pub enum CoreError {
     /// The records database refused or failed an operation.
     #[error("{operation}: records {}: {source}", path.display())]
     Records {
+        /// What was being done, e.g. "open" or "create layer".
         operation: String,
+        /// The database file.
         path: PathBuf,
+        /// SQLite's error.
         #[source]
         source: rusqlite::Error,
     },
@@ -155,10 +214,15 @@ pub enum CoreError {
     #[error("records: {0}")]
     Sql(#[from] rusqlite::Error),
 
+    /// A system call on a file or directory failed.
     #[error("{operation} {}: {source}", path.display())]
     Io {
+        /// What was being done, as a verb the path follows: "read",
+        /// "create directory", ...
         operation: &'static str,
+        /// The file or directory it was done to.
         path: PathBuf,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
@@ -210,6 +274,8 @@ impl CoreError {
         }
     }
 
+    /// A [`CoreError::Io`]: `operation` (a verb such as "read") failed on
+    /// `path` with `source`.
     pub fn io(operation: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         CoreError::Io {
             operation,
@@ -219,4 +285,5 @@ impl CoreError {
     }
 }
 
+/// The result of strata-core's operations.
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;

@@ -20,6 +20,7 @@ use crate::db::{
 };
 use crate::error::{CoreError, Result};
 
+/// An image: what the store records of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// The config's sha256, hex.
@@ -27,6 +28,8 @@ pub struct ImageRecord {
     /// The manifest's digest (`sha256:...`), when the image came with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Its names (such as "alpine:3.20"), in the order given; no two images
+    /// share a name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
     /// The layer holding the image's whole tree; `None` for an image without
@@ -43,27 +46,47 @@ pub struct ImageRecord {
     pub big_data: BTreeMap<String, BigDataInfo>,
 }
 
+/// What the record of an image says of one of its big data items (the
+/// bytes are read with [`ImageStore::big_data`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BigDataInfo {
+    /// The sha256 of the item's bytes, as `sha256:<hex>`.
     pub digest: String,
+    /// Its length in bytes.
     pub size: u64,
 }
 
 /// Big data keys strata itself uses.
+///
+/// This one holds the image's OCI manifest, byte for byte as imported.
 pub const MANIFEST_KEY: &str = "manifest";
+/// The big data key of the image's OCI config, byte for byte as imported
+/// (its sha256 is the image's id).
 pub const CONFIG_KEY: &str = "config";
 
 /// An image to record.
 #[derive(Clone, Debug, Default)]
 pub struct NewImage {
+    /// The image's id: the sha256 of its config, 64 hex digits; anything
+    /// else is refused.
     pub id: String,
+    /// The manifest's digest (`sha256:...`), if the image has one.
     pub digest: Option<String>,
+    /// Names to give it, taken from any image that has them.
     pub names: Vec<String>,
+    /// The layer holding its whole tree, already made; `None` for an image
+    /// without layers.
     pub top_layer: Option<String>,
+    /// Free-form text the caller keeps with the image.
     pub metadata: Option<String>,
+    /// Big data items to store with it, as (key, bytes); each item must be
+    /// under 2 GiB.
     pub big_data: Vec<(String, Vec<u8>)>,
 }
 
+/// The image records: names, big data items and the top layer of each
+/// image. An image's layers are made, and deleted with it, through
+/// [`Store`](crate::store::Store).
 pub struct ImageStore {
     db: Arc<Database>,
 }
@@ -238,11 +261,14 @@ impl ImageStore {
         })
     }
 
+    /// The record of image `id` (an exact id, not a name or prefix); `None`
+    /// if there is none.
     pub fn get(&self, id: &str) -> Result<Option<ImageRecord>> {
         self.db
             .read(&format!("read image {id}"), |tx| read_image(tx, id))
     }
 
+    /// Every image, by id.
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
         self.db.read("list images", |tx| read_images(tx))
     }
@@ -270,6 +296,8 @@ impl ImageStore {
         })
     }
 
+    /// Replaces the free-form metadata of image `id` (`None` clears it) and
+    /// returns the updated record; NotFound if there is no such image.
     pub fn set_metadata(&self, id: &str, metadata: Option<String>) -> Result<ImageRecord> {
         self.update(id, |tx| {
             tx.prepare_cached("UPDATE images SET metadata = ?1 WHERE id = ?2")?
@@ -388,10 +416,13 @@ impl ImageFamily {
         self.layer_counts.get(id).copied().unwrap_or(0)
     }
 
+    /// The image `id` was built on: the image whose top layer is the
+    /// nearest below `id`'s; `None` for an image built on none.
     pub fn parent(&self, id: &str) -> Option<&str> {
         self.parents.get(id).map(String::as_str)
     }
 
+    /// The images whose [`parent`](Self::parent) is `id`.
     pub fn children<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.children
             .get(id)

@@ -14,9 +14,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CoreError, Result};
 use crate::fsutil::{FileLock, replace_atomic_volatile};
 
+/// The mount of one layer, as counted in the run root.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountRecord {
+    /// Where the driver mounted the layer: the path every user of the mount
+    /// is given.
     pub path: PathBuf,
+    /// How many acquisitions hold the mount; the last release unmounts it.
     pub count: u32,
     /// The driver's path was a mount point of its own when counted (an
     /// overlay mount; a vfs path is a plain directory): if it no longer is,
@@ -63,6 +67,8 @@ pub struct MountCounts {
 }
 
 impl MountCounts {
+    /// The counts of driver `driver_name`'s layers, kept in
+    /// `<runroot>/<driver_name>-layers`, which is created if missing.
     pub fn open(runroot: &Path, driver_name: &str) -> Result<MountCounts> {
         let dir = runroot.join(format!("{driver_name}-layers"));
         fs::create_dir_all(&dir).map_err(|e| CoreError::io("create", &dir, e))?;

@@ -24,8 +24,12 @@ pub const PRIORITY: [&str; 5] = ["btrfs", "zfs", "overlay", "devicemapper", "vfs
 
 /// A running driver and how it came to be chosen.
 pub struct SelectedDriver {
+    /// The started driver, its library kept loaded for as long as it lives.
     pub driver: LoadedDriver,
+    /// The driver's name, e.g. "overlay"; also the name of its home under the
+    /// graph root.
     pub name: String,
+    /// The library file it was loaded from.
     pub library: PathBuf,
     /// Why this driver: "configured", "the graph root was made by it", ...
     pub reason: String,
@@ -33,9 +37,13 @@ pub struct SelectedDriver {
     pub passed_over: Vec<PassedOver>,
 }
 
+/// A driver automatic selection tried and did not choose.
 #[derive(Clone, Debug, Serialize)]
 pub struct PassedOver {
+    /// The driver's name.
     pub driver: String,
+    /// Why it was passed over: "not installed", or the driver's own
+    /// "not supported" message.
     pub reason: String,
 }
 
@@ -224,10 +232,18 @@ fn start(config: &Config, library: &PluginLibrary) -> Result<LoadedDriver> {
 /// What `strata drivers` says about one library.
 #[derive(Clone, Debug, Serialize)]
 pub struct DriverReport {
+    /// The driver name the library's file name promises.
     pub name: String,
+    /// The library file.
     pub path: PathBuf,
+    /// Why its directory is searched, as in [`SearchDir::origin`].
     pub origin: &'static str,
+    /// The strata-plugin-abi version the library was built against; `None`
+    /// if it is shadowed, or could not be opened for another reason than
+    /// that version.
     pub abi_version: Option<String>,
+    /// The driver's own one-line description; `None` if the library is
+    /// shadowed or could not be opened.
     pub description: Option<String>,
     /// "supported", "not supported", "shadowed", "unusable", "error".
     pub state: &'static str,

@@ -36,14 +36,23 @@ use crate::layers::{
 };
 use crate::sessions::Sessions;
 
+/// A store: one running driver and the records of its layers, images and
+/// containers, in the graph root's database. Any number of processes may
+/// have the same store open at once.
 pub struct Store {
     // Declared first so it is dropped first: the layers hold the driver,
     // which shuts down before the session file and the database go.
+    /// The layers, and the driver they are in. Its operations know nothing
+    /// of images and containers: to delete or write a layer one may stand
+    /// on, use [`Store::delete_layer`] and [`Store::apply_to_layer`], which
+    /// check.
     pub layers: LayerStore<'static>,
     graphroot: PathBuf,
     db: Arc<Database>,
     sessions: Arc<Sessions>,
+    /// The image records (names, big data items, top layers).
     pub images: ImageStore,
+    /// The container records.
     pub containers: ContainerStore,
 }
 
@@ -119,6 +128,7 @@ impl Store {
         crate::oci::export_image(self, reference, location)
     }
 
+    /// The graph root the store was opened on.
     pub fn graphroot(&self) -> &Path {
         &self.graphroot
     }
@@ -280,8 +290,8 @@ impl Store {
         Ok((images, family))
     }
 
-    /// Image `id`'s parent image and child images, as [`image_family`]
-    /// (Self::image_family) works them out, but reading only the layers
+    /// Image `id`'s parent image and child images, as
+    /// [`image_family`](Self::image_family) works them out, but reading only the layers
     /// between it and its relations (indexed lookups, whatever the store's
     /// size): what `strata image inspect` shows.
     pub fn image_relations(&self, id: &str) -> Result<(Option<String>, Vec<String>)> {
@@ -642,10 +652,15 @@ impl Store {
         }
     }
 
+    /// The container `reference` names: its id, a name, or a unique id
+    /// prefix. NotFound if none does; InvalidInput if a prefix fits several.
     pub fn container(&self, reference: &str) -> Result<ContainerRecord> {
         self.containers.find(reference)
     }
 
+    /// The image `reference` names: its id (or `sha256:` and the id), a
+    /// name, or a unique id prefix. NotFound if none does; InvalidInput if a
+    /// prefix fits several.
     pub fn image(&self, reference: &str) -> Result<ImageRecord> {
         let id = self.images.resolve(reference)?;
         self.images

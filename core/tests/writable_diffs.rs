@@ -114,3 +114,30 @@ fn a_writable_layer_gives_its_original_diff_until_it_changes_on_vfs() {
 fn a_writable_layer_gives_its_original_diff_until_it_changes_on_overlay() {
     writable_layer_diffs("overlay");
 }
+
+/// A record written by strata before 0.2 (gzip'd, `<id>.tar-split.gz`) still
+/// gives the layer's original bytes.
+#[test]
+fn a_gzip_tar_split_record_of_an_older_strata_is_still_read() {
+    let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
+    let store = open_store(scratch.path(), "vfs");
+    let mut tar = RawTar::new();
+    tar.dir("etc/").file("etc/motd", b"from an older strata\n");
+    let tar = tar.finish();
+    store
+        .layers
+        .create("old", None, &CreateOptions::default(), Some(&mut &tar[..]))
+        .unwrap();
+    let records = scratch.path().join("graph/vfs-layers");
+    let current = records.join("old.tar-split.zst");
+    let record = zstd::decode_all(&fs::read(&current).unwrap()[..]).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &record).unwrap();
+    fs::write(records.join("old.tar-split.gz"), gz.finish().unwrap()).unwrap();
+    fs::remove_file(&current).unwrap();
+    let (source, bytes) = diff_of(&store, "old");
+    assert_eq!(source, DiffSource::Original);
+    assert!(bytes == tar, "not the original bytes");
+    store.layers.delete("old").unwrap();
+    assert!(!records.join("old.tar-split.gz").exists());
+}

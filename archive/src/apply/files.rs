@@ -11,10 +11,15 @@ impl Applier<'_> {
         parent: &Path,
         shown: &str,
     ) -> Result<Rc<ParentDir>, ArchiveError> {
-        if let Some((cached, dir)) = &self.parent_cache
-            && cached == parent
+        if let Some(at) = self
+            .parent_cache
+            .iter()
+            .rposition(|(cached, _)| cached == parent)
         {
-            return Ok(dir.clone());
+            let hit = self.parent_cache.remove(at);
+            let dir = hit.1.clone();
+            self.parent_cache.push(hit);
+            return Ok(dir);
         }
         let fd = self.dir_creating(parent, shown, "open parent directory")?;
         let stat = rustix::fs::fstat(&fd)
@@ -22,7 +27,10 @@ impl Applier<'_> {
         self.note_touched(parent, &stat, shown)?;
         let inherited_gid = (stat.st_mode & 0o2000 != 0).then_some(stat.st_gid);
         let dir = Rc::new(ParentDir { fd, inherited_gid });
-        self.parent_cache = Some((parent.to_path_buf(), dir.clone()));
+        if self.parent_cache.len() == super::PARENTS_CACHED {
+            self.parent_cache.remove(0);
+        }
+        self.parent_cache.push((parent.to_path_buf(), dir.clone()));
         Ok(dir)
     }
 
@@ -166,8 +174,11 @@ impl Applier<'_> {
         meta: &Meta,
         shown: &str,
     ) -> Result<(), ArchiveError> {
+        // A directory made here already has the owner a member of ours
+        // would give it, unless the member says otherwise.
+        let mut fresh = false;
         match rustix::fs::mkdirat(parent, cname, Mode::from_raw_mode(0o700)) {
-            Ok(()) => {}
+            Ok(()) => fresh = true,
             Err(rustix::io::Errno::EXIST) => {
                 let existing = rustix::fs::statat(parent, cname, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| ArchiveError::entry_io(shown, "stat", e.into()))?;
@@ -191,7 +202,13 @@ impl Applier<'_> {
             }
             Err(e) => return Err(ArchiveError::entry_io(shown, "create directory", e.into())),
         }
-        self.chown_chattrs_dir(rel, meta, shown)?;
+        let owned_as_said = fresh
+            && meta.uid == self.euid
+            && meta.gid == parent.inherited_gid.unwrap_or(self.egid)
+            && meta.xattrs.is_empty();
+        if !owned_as_said {
+            self.chown_chattrs_dir(rel, meta, shown)?;
+        }
         self.dirs
             .push(DirRecord {
                 rel: rel.to_path_buf(),

@@ -173,7 +173,7 @@ fn apply_stream(
     lower: Option<&Root>,
     input: impl Read,
     options: &ApplyOptions,
-    tx: std::sync::mpsc::SyncSender<Vec<record::Message>>,
+    tx: record::Sender,
 ) -> Result<(Compression, u64, u64), ArchiveError> {
     let mut compressed = record::CompressedTap::new(input, tx.clone());
     let (compression, decompressed) = decompress(&mut compressed).map_err(ArchiveError::input)?;
@@ -202,7 +202,7 @@ fn apply_tar(
     lower: Option<&Root>,
     decompressed: impl Read,
     options: &ApplyOptions,
-    tx: std::sync::mpsc::SyncSender<Vec<record::Message>>,
+    tx: record::Sender,
 ) -> Result<(u64, u64), ArchiveError> {
     let mut tap = record::TarTap::new(decompressed, tx);
     if !options.require_end_of_archive {
@@ -343,6 +343,9 @@ fn current_umask() -> Option<u32> {
     u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
 }
 
+/// Parent directory handles kept open for the next members.
+const PARENTS_CACHED: usize = 4;
+
 /// A directory whose mode and times are set at the end, once its contents are in.
 struct Applier<'a> {
     root: &'a Root,
@@ -355,10 +358,12 @@ struct Applier<'a> {
     touched: DirLog,
     /// The directories in `touched` (the first record of each counts).
     touched_seen: PathSet,
-    /// The parent directory of the last member and its handle: consecutive
-    /// members mostly share one. Dropped whenever anything is removed or a
-    /// symlink made, since either can change what a path resolves to.
-    parent_cache: Option<(PathBuf, Rc<ParentDir>)>,
+    /// The parent directories of the last few members and their handles,
+    /// most recent last: consecutive members mostly share one, and a tar
+    /// goes back to a directory after one of its subdirectories. Dropped
+    /// whenever anything is removed or a symlink made, since either can
+    /// change what a path resolves to.
+    parent_cache: Vec<(PathBuf, Rc<ParentDir>)>,
     /// Paths this layer made, and every directory above one of them: what
     /// the layer itself holds stays whatever its order in the stream, when a
     /// whiteout or an opaque marker hides the lower layers' content there.
@@ -404,7 +409,7 @@ impl<'a> Applier<'a> {
             options,
             touched: DirLog::default(),
             touched_seen: PathSet::new(&budget),
-            parent_cache: None,
+            parent_cache: Vec::with_capacity(PARENTS_CACHED),
             made: PathSet::new(&budget),
             hidden: PathSet::new(&budget),
             root_opaque: None,
@@ -420,7 +425,7 @@ impl<'a> Applier<'a> {
     }
 
     fn forget_parents(&mut self) {
-        self.parent_cache = None;
+        self.parent_cache.clear();
     }
 
     /// Sets directories' modes and times, deepest first, now that nothing more

@@ -116,38 +116,23 @@ impl LayerStore<'_> {
         id: &str,
         diff: &mut dyn Read,
     ) -> Result<DiffRecord> {
-        let split_path = self.tar_splits.path(id);
-        let partial = self.tar_splits.partial_path(id);
-        let file = fs::File::create(&partial).map_err(|e| CoreError::io("create", &partial, e))?;
-        let mut gz =
-            flate2::write::GzEncoder::new(io::BufWriter::new(file), flate2::Compression::fast());
-        let applied = archive::apply_layer(
-            root,
-            diff,
-            &ApplyOptions {
-                target,
-                lower: lower.map(Path::to_path_buf),
-                require_end_of_archive: !verified,
-                ..Default::default()
-            },
-            Some(&mut gz),
-        );
-        let report = match applied {
-            Ok(report) => report,
-            Err(e) => {
-                let _ = fs::remove_file(&partial);
-                return Err(CoreError::Archive {
-                    layer: id.to_string(),
-                    source: e,
-                });
-            }
-        };
-        let finish = gz
-            .finish()
-            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-            .and_then(|f| f.sync_all())
-            .and_then(|()| fs::rename(&partial, &split_path));
-        finish.map_err(|e| CoreError::io("write", &split_path, e))?;
+        let report = self.tar_splits.write(id, |record| {
+            archive::apply_layer(
+                root,
+                diff,
+                &ApplyOptions {
+                    target,
+                    lower: lower.map(Path::to_path_buf),
+                    require_end_of_archive: !verified,
+                    ..Default::default()
+                },
+                Some(record),
+            )
+            .map_err(|e| CoreError::Archive {
+                layer: id.to_string(),
+                source: e,
+            })
+        })?;
         Ok(DiffRecord {
             compressed_digest: report.compressed_digest.to_string(),
             compressed_size: report.compressed_size,
@@ -222,18 +207,17 @@ impl LayerStore<'_> {
                 .map_err(|e| CoreError::io("write the diff of", PathBuf::from(id), e))?;
             return Ok(DiffSource::Driver);
         }
-        let split_path = self.tar_splits.path(id);
-        if record.as_ref().is_some_and(|r| r.diff.is_some()) && split_path.exists() {
+        let split_path = self.tar_splits.existing(id);
+        if let Some(split_path) =
+            split_path.filter(|_| record.as_ref().is_some_and(|r| r.diff.is_some()))
+        {
             let files = LayerFiles::open(driver, &self.counts, self.native_dir(id)?, id)?;
             let root = files.path().to_path_buf();
             let rebuild = |out: &mut dyn Write| {
-                fs::File::open(&split_path).and_then(|f| {
-                    archive::tarsplit::reassemble(
-                        BufReader::with_capacity(1 << 20, flate2::read::GzDecoder::new(f)),
-                        &root,
-                        out,
-                    )
-                })
+                let record = self.tar_splits.open(id)?.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "the tar-split record went away")
+                })?;
+                archive::tarsplit::reassemble(record, &root, out)
             };
             // A read-only layer's files cannot have changed since apply. A
             // writable one's may have; they have not if nothing in its tree
@@ -326,7 +310,7 @@ impl LayerStore<'_> {
             return Ok(self.driver().diff_size(id, parent.as_deref())?);
         }
         if let Some(diff) = self.get(id)?.and_then(|r| r.diff)
-            && self.tar_splits.path(id).exists()
+            && self.tar_splits.existing(id).is_some()
         {
             return Ok(diff.uncompressed_size);
         }
@@ -402,7 +386,11 @@ impl LayerStore<'_> {
     /// layer from an untouched one. File times come from a coarse clock;
     /// without this, a change in the same tick would look like none.
     fn settle_after_record(&self, id: &str) {
-        let Ok(written) = fs::metadata(self.tar_splits.path(id)).and_then(|m| m.modified()) else {
+        let Some(Ok(written)) = self
+            .tar_splits
+            .existing(id)
+            .map(|path| fs::metadata(path).and_then(|m| m.modified()))
+        else {
             return;
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);

@@ -3,7 +3,8 @@
 //! tar-split record, so the original stream can be given back bit for bit.
 //!
 //! Records are rows of the store's database (see `db`); tar-split records are
-//! files in `<graphroot>/<driver>-layers/<id>.tar-split.gz`.
+//! files in `<graphroot>/<driver>-layers/<id>.tar-split.zst` (see
+//! `tar_splits`).
 //!
 //! ## Making and deleting a layer, and why a kill at any point is safe
 //!
@@ -39,7 +40,7 @@ mod tar_splits;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +65,7 @@ pub(crate) use records::{
     row_state,
 };
 pub use records::{DiffRecord, ExpectedDiff, LayerRecord, NewLayer};
-use tar_splits::TarSplits;
+pub(crate) use tar_splits::TarSplits;
 
 pub(super) fn busy(message: String) -> CoreError {
     CoreError::InUse(message)

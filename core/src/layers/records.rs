@@ -13,7 +13,10 @@ pub(crate) const DELETING: i64 = 2;
 /// What strata knows of a layer beyond the driver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerRecord {
+    /// Its id, the same in the records and the driver: up to 128 letters,
+    /// digits, `_`, `.` and `-`, not starting with `.` or `-`.
     pub id: String,
+    /// The layer this one was made as a child of; `None` for a base layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     /// Seconds since the epoch.
@@ -21,6 +24,9 @@ pub struct LayerRecord {
     /// Being made by a process (or left so by one that died).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
+    /// The diff the layer was filled from; `None` for a layer made without
+    /// one and not applied to since, such as a container's, which is written
+    /// in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff: Option<DiffRecord>,
     /// Names the layer can be looked up by; each name belongs to one layer.
@@ -45,12 +51,22 @@ pub struct LayerRecord {
 /// made.
 #[derive(Clone, Debug, Default)]
 pub struct NewLayer {
+    /// The id to make it under; it must be a valid layer id (see
+    /// [`LayerRecord::id`]) that no layer has.
     pub id: String,
+    /// The made layer to stack it on; `None` for a base layer.
     pub parent: Option<String>,
+    /// How the driver makes it: read-write (a container's) or not, its
+    /// SELinux mount label, per-layer storage options.
     pub options: CreateOptions,
+    /// Names to give it, taken from any layer that has them.
     pub names: Vec<String>,
+    /// Free-form text the caller keeps with the layer.
     pub metadata: Option<String>,
+    /// Caller-defined flags to record with it.
     pub flags: BTreeMap<String, serde_json::Value>,
+    /// What its diff must turn out to be, checked before the layer counts
+    /// as made (a mismatch is [`CoreError::Verify`]); `None` checks nothing.
     pub expect: Option<ExpectedDiff>,
     /// Made for an import that records its image afterwards: if this
     /// process dies first, the layer is removed (unless something else has
@@ -64,8 +80,12 @@ pub struct NewLayer {
 pub struct ExpectedDiff {
     /// How the stream is named in errors, such as "blob sha256:ab12..".
     pub source: String,
+    /// The digest of the stream as given (the blob), `sha256:<hex>`.
     pub compressed_digest: Option<String>,
+    /// The length of the stream as given, in bytes (the blob's size).
     pub compressed_size: Option<u64>,
+    /// The digest of the decompressed tar (the OCI diff id),
+    /// `sha256:<hex>`.
     pub uncompressed_digest: Option<String>,
 }
 
@@ -110,10 +130,17 @@ impl ExpectedDiff {
 /// The diff a layer was made from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffRecord {
+    /// The digest of the stream as it was given (the blob, compressed or
+    /// not), `sha256:<hex>`.
     pub compressed_digest: String,
+    /// The length of the stream as it was given, in bytes.
     pub compressed_size: u64,
+    /// The digest of the decompressed tar (the OCI diff id), `sha256:<hex>`.
     pub uncompressed_digest: String,
+    /// The length of the decompressed tar, in bytes.
     pub uncompressed_size: u64,
+    /// How the stream was compressed, recognised from its first bytes:
+    /// "none", "gzip", "zstd", "bzip2" or "xz".
     pub compression: String,
     /// File bytes, hard links once.
     pub size: u64,
@@ -205,6 +232,8 @@ pub(crate) fn children_of(tx: &Connection, id: &str) -> Result<Vec<String>> {
 }
 
 impl LayerStore<'_> {
+    /// The record of layer `id` (an exact id, not a name or prefix); `None`
+    /// if there is none or it is being deleted.
     pub fn get(&self, id: &str) -> Result<Option<LayerRecord>> {
         self.db
             .read(&format!("read layer {id}"), |tx| read_record(tx, id))

@@ -20,21 +20,32 @@ use crate::images::{CONFIG_KEY, MANIFEST_KEY};
 use crate::layers::{DiffSource, LayerRecord};
 use crate::store::Store;
 
+/// What [`export_image`] wrote.
 #[derive(Clone, Debug)]
 pub struct ExportReport {
+    /// The id of the image exported (its id in the store, which the layout
+    /// keeps unless [`config_rewritten`](Self::config_rewritten)).
     pub image: String,
+    /// The manifest written, as its index entry says, with its tag
+    /// annotation when it was tagged.
     pub manifest: Descriptor,
+    /// The digest of the config blob written, `sha256:<hex>`.
     pub config_digest: String,
+    /// The layer blobs written, base layer first.
     pub layers: Vec<ExportedLayer>,
     /// Some layer's diff is no longer the one imported, so the config names
     /// new diff ids (and the image a new id).
     pub config_rewritten: bool,
 }
 
+/// One layer an export wrote.
 #[derive(Clone, Debug)]
 pub struct ExportedLayer {
+    /// The layer's id in the store.
     pub layer: String,
+    /// The blob written for it, as the manifest describes it.
     pub blob: Descriptor,
+    /// The digest of the uncompressed tar, `sha256:<hex>`.
     pub diff_id: String,
     /// The diff is the original stream (else generated from the trees, or
     /// another stream from a driver that owns its format).

@@ -220,6 +220,7 @@ pub struct BlobReader {
 }
 
 impl BlobReader {
+    /// Reads `file`, a blob whose descriptor declares `declared` bytes.
     pub fn new(file: fs::File, declared: u64) -> BlobReader {
         BlobReader {
             file,

@@ -32,8 +32,10 @@ pub trait ImportProgress: Sync {
 pub struct NoProgress;
 impl ImportProgress for NoProgress {}
 
+/// What [`import_image`] did.
 #[derive(Clone, Debug)]
 pub struct ImportReport {
+    /// The image's record as it is after the import, names included.
     pub image: ImageRecord,
     /// Layers this import made, bottom first.
     pub created_layers: Vec<String>,

@@ -15,49 +15,82 @@ use super::shown::{self, json_error, shown};
 use crate::archive::Sha256Digest;
 use crate::error::{CoreError, Result};
 
+/// The media type of an OCI image index: `index.json`, or an index blob
+/// listing one image per platform (followed to this machine's on import).
 pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// The media type of an OCI image manifest.
 pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The media type of an OCI image config.
 pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// The media type of an uncompressed layer tar; a compressed layer's adds
+/// `+gzip` or `+zstd`.
 pub const MEDIA_TYPE_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+/// The media type of a Docker manifest list, followed like an OCI index
+/// on import.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// The media type of a Docker image manifest, imported like an OCI one.
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The annotation of an index entry that holds its tag (`DIR:TAG`).
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The `imageLayoutVersion` of the `oci-layout` file: the only one read,
+/// and the one written.
 pub const LAYOUT_VERSION: &str = "1.0.0";
 
+/// An OCI content descriptor: what a blob is, where it is and how large.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// What the blob is, such as [`MEDIA_TYPE_MANIFEST`].
     pub media_type: String,
+    /// The blob's digest, `sha256:<hex>` (other algorithms are refused when
+    /// the blob is opened); it names the file in `blobs/sha256/`.
     pub digest: String,
+    /// The blob's length in bytes; a blob of any other length is refused.
     pub size: u64,
+    /// The descriptor's annotations, such as [`REF_NAME`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// The platform the image is for, in an index listing several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
 }
 
 impl Descriptor {
+    /// The tag the descriptor carries (its [`REF_NAME`] annotation), if any.
     pub fn ref_name(&self) -> Option<&str> {
         self.annotations.as_ref()?.get(REF_NAME).map(String::as_str)
     }
 }
 
+/// The platform an image of an index is for.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Platform {
+    /// The CPU architecture, as OCI names it ("amd64", "arm64"; see
+    /// [`oci_arch`]).
     pub architecture: String,
+    /// The operating system, such as "linux".
     pub os: String,
+    /// The CPU variant, such as "v8"; not read on import.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
 
+/// An OCI image index: a layout's `index.json`, as export reads and
+/// writes it whole.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
+    /// The format version: 2 in every index strata writes; not checked
+    /// when one is read.
     pub schema_version: u32,
+    /// [`MEDIA_TYPE_INDEX`], if the index says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// The manifests (or nested indexes) the layout holds, each tagged by
+    /// its [`REF_NAME`] annotation.
     #[serde(default)]
     pub manifests: Vec<Descriptor>,
+    /// The index's own annotations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
 }
@@ -68,11 +101,15 @@ pub struct Index {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
+    /// The format version, 2; import does not check it.
     pub schema_version: u32,
+    /// [`MEDIA_TYPE_MANIFEST`] or [`DOCKER_MANIFEST`], if the manifest says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// The image's config blob.
     #[serde(deserialize_with = "parse::blob_descriptor")]
     pub config: Descriptor,
+    /// The layer blobs, base layer first.
     #[serde(default, deserialize_with = "parse::layer_descriptors")]
     pub layers: Vec<Descriptor>,
 }
@@ -80,13 +117,19 @@ pub struct Manifest {
 /// What of a config strata reads: the layers' diff ids.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ConfigRootfs {
+    /// The config's `rootfs` object.
     pub rootfs: Rootfs,
 }
 
+/// The `rootfs` of an image config: the diff ids of its layers.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Rootfs {
+    /// Its `type`; import refuses any but "layers".
     #[serde(rename = "type")]
     pub kind: String,
+    /// The diff id (`sha256:` of the uncompressed tar) of each layer, base
+    /// layer first, one per layer of the manifest.
+    ///
     /// At most `MAX_LAYERS`, refused while parsing beyond that.
     #[serde(deserialize_with = "parse::diff_ids")]
     pub diff_ids: Vec<String>,
@@ -96,11 +139,19 @@ pub struct Rootfs {
 /// the last `:` when `DIR` itself is not a directory by that whole name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageLocation {
+    /// The layout's directory.
     pub dir: PathBuf,
+    /// The tag of the image in the layout (its [`REF_NAME`]). Without one,
+    /// import takes the only image the layout holds, and export tags the
+    /// image with its first name (leaving it untagged if it has none).
     pub tag: Option<String>,
 }
 
 impl ImageLocation {
+    /// Splits `DIR:TAG`: if `text` names nothing that exists and has a
+    /// last `:` followed by a tag without `/`, that is the tag; otherwise
+    /// all of `text` is the directory. Never fails: whether the directory
+    /// is a layout is found out when it is opened.
     pub fn parse(text: &str) -> ImageLocation {
         if !Path::new(text).exists()
             && let Some((dir, tag)) = text.rsplit_once(':')
@@ -129,7 +180,7 @@ pub fn oci_arch() -> &'static str {
 }
 
 /// The chain ids of a stack of diff ids: the first is the first diff id,
-/// each next one the sha256 of "<previous chain id> <diff id>".
+/// each next one the sha256 of `"<previous chain id> <diff id>"`.
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
     for diff_id in diff_ids {
@@ -253,6 +304,7 @@ pub(super) fn existing_index(dir: &Path) -> Result<Option<Index>> {
 /// An OCI image layout on disk. Its files are opened beneath its directory
 /// only, and only if they are regular files (see `files`).
 pub struct Layout {
+    /// The layout's directory, as it was given.
     pub dir: PathBuf,
     root: LayoutDir,
 }
@@ -319,6 +371,9 @@ impl Layout {
         })
     }
 
+    /// Where the blob of `digest` is, or would be, in the layout:
+    /// `blobs/sha256/<hex>` under [`dir`](Self::dir). InvalidImage if the
+    /// digest is not `sha256:` and 64 lowercase hex digits.
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
         Ok(self.dir.join("blobs/sha256").join(digest_hex(digest)?))
     }
