@@ -47,6 +47,17 @@ pub use export::{ExportReport, export_changes};
 pub use measure::{FeedError, Measured, feed_measured};
 pub use whiteout::WhiteoutFormat;
 
+/// "1 MiB", "64 KiB": a limit as the messages give it.
+pub(crate) fn human(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// Why a layer stream could not be applied or produced.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

@@ -26,6 +26,7 @@ use std::io::{self, Read};
 
 use tar::{EntryType, GnuExtSparseHeader, Header};
 
+use super::human;
 use super::record::TarTap;
 
 /// The largest PAX extended header (`x` or `g` member) accepted, in bytes.
@@ -39,17 +40,6 @@ pub const MAX_TRAILING: u64 = 1 << 20;
 pub const MAX_SPARSE_REGIONS: usize = 1 << 17;
 
 const BLOCK: u64 = 512;
-
-/// "1 MiB", "64 KiB": a limit as the messages give it.
-pub fn human(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
-        format!("{} MiB", bytes >> 20)
-    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
-        format!("{} KiB", bytes >> 10)
-    } else {
-        format!("{bytes} bytes")
-    }
-}
 
 /// A member name as messages show it: never the raw bytes (a name can hold
 /// terminal escapes); `{:?}` of this escapes every control character.

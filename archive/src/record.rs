@@ -409,7 +409,7 @@ impl<R: Read> CompressedTap<R> {
                 io::ErrorKind::InvalidData,
                 format!(
                     "more than {} of data after the end of the compressed stream",
-                    super::members::human(limit)
+                    crate::human(limit)
                 ),
             ));
         }
