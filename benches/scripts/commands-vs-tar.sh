@@ -28,25 +28,8 @@ strata=$PWD/target/release/strata
 export STRATA_DRIVER_PATH=$PWD/target/release
 debian_tar=$PWD/target/bench-fixtures/debian-bookworm-minbase.tar
 
-work=$(mktemp -d /var/tmp/strata-bench.XXXXXX)
-mnt=$work/mnt
-cleanup() {
-    set +e
-    for m in $(grep -o " $mnt[^ ]*" /proc/mounts | sort -r); do umount -l "$m"; done
-    [ -n "${loopdev:-}" ] && losetup -d "$loopdev" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
-truncate -s 24G "$work/ext4.img"
-mkfs.ext4 -q "$work/ext4.img"
-mkdir -p "$mnt"
-loopdev=$(losetup --find --show "$work/ext4.img")
-mount "$loopdev" "$mnt"
-
-now() { date +%s%N; }
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-ms() { awk -v n="$1" 'BEGIN { printf "%.1f", n / 1e6 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+. benches/scripts/lib.sh
+bench_loop_ext4 24G
 declare -A times
 record() { times[$1]+="$2 "; }
 med() { tr ' ' '\n' <<<"${times[$1]}" | grep . | median; }

@@ -30,25 +30,8 @@ if [ ! -f "$debian_tar" ]; then
 fi
 [ -f "$debian_tar" ] || { echo "no Debian fixture at $debian_tar (run ./run.sh once)"; exit 1; }
 
-work=$(mktemp -d /var/tmp/strata-bench.XXXXXX)
-mnt=$work/mnt
-cleanup() {
-    set +e
-    for m in $(grep -o " $mnt[^ ]*" /proc/mounts | sort -r); do umount -l "$m"; done
-    [ -n "${loopdev:-}" ] && losetup -d "$loopdev" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
-truncate -s 16G "$work/ext4.img"
-mkfs.ext4 -q "$work/ext4.img"
-mkdir -p "$mnt"
-loopdev=$(losetup --find --show "$work/ext4.img")
-mount "$loopdev" "$mnt"
-
-now() { date +%s%N; }
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-ms() { awk -v n="$1" 'BEGIN { printf "%.1f", n / 1e6 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+. benches/scripts/lib.sh
+bench_loop_ext4 16G
 
 echo "== making the images with umoci"
 src=$mnt/src

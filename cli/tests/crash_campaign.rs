@@ -78,18 +78,10 @@ impl Store {
                 Err(e) if e.raw_os_error() == Some(26) => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
-                other => break other.map_err(|e| format!("strata {args:?}: {e}"))?,
+                other => break other,
             }
         };
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(format!(
-                "strata {args:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        common::outcome(args, out)
     }
 
     fn ok(&self, args: &[&str]) -> String {

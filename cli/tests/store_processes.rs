@@ -27,19 +27,7 @@ impl Store {
 
     /// Runs a command; its stdout, or what it said on failure.
     fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = self
-            .command(args)
-            .output()
-            .map_err(|e| format!("strata {args:?}: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(format!(
-                "strata {args:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        common::outcome(args, self.command(args).output())
     }
 
     fn ok(&self, args: &[&str]) -> String {

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use strata_testkit::plugins::build_plugin;
 
@@ -57,5 +57,20 @@ impl Store {
             .args(["--driver", self.driver])
             .args(args);
         command
+    }
+}
+
+/// What a finished `strata ARGS` gave: its standard output, trimmed, or what
+/// it said on failure (or why it could not run).
+pub fn outcome(args: &[&str], out: std::io::Result<Output>) -> Result<String, String> {
+    let out = out.map_err(|e| format!("strata {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "strata {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }

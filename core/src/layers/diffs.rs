@@ -151,36 +151,21 @@ impl LayerStore<'_> {
         // parent is mounted only to tell added from modified).
         if self.diff_method == DiffMethod::DriverStream {
             let stream = driver.diff(id, parent.as_deref())?;
-            let read = |lower: Option<&Path>| {
+            return self.with_parent_mounted(parent.as_deref(), |lower| {
                 archive::stream_changes(stream, lower).map_err(|e| CoreError::Archive {
                     layer: id.to_string(),
                     source: archive::ArchiveError::Input(e),
                 })
-            };
-            return match parent {
-                Some(parent) => {
-                    let lower = mount_counted(driver, &self.counts, &parent)?;
-                    let found = read(Some(&lower));
-                    unmount_counted(driver, &self.counts, &parent)?;
-                    found
-                }
-                None => read(None),
-            };
+            });
         }
         // A native diff holds exactly the changes: read it instead of
         // comparing whole trees (the parent is mounted only to tell added
         // from modified).
         if let Some((native, format)) = self.native_dir(id)? {
-            return match parent {
-                Some(parent) => {
-                    let lower = mount_counted(driver, &self.counts, &parent)?;
-                    let found = archive::diff_dir_changes(&native, Some(&lower), format);
-                    unmount_counted(driver, &self.counts, &parent)?;
-                    found.map_err(|e| CoreError::io("read the changes in", native, e))
-                }
-                None => archive::diff_dir_changes(&native, None, format)
-                    .map_err(|e| CoreError::io("read the changes in", native, e)),
-            };
+            return self.with_parent_mounted(parent.as_deref(), |lower| {
+                archive::diff_dir_changes(&native, lower, format)
+                    .map_err(|e| CoreError::io("read the changes in", native.clone(), e))
+            });
         }
         with_trees(
             driver,
@@ -379,6 +364,24 @@ impl<'d> LayerFiles<'d> {
 }
 
 impl LayerStore<'_> {
+    /// Runs `f` with the layer's parent mounted (counted) if it has one: a
+    /// layer's own changes are read apart from it, and the parent only tells
+    /// added from modified.
+    fn with_parent_mounted<T>(
+        &self,
+        parent: Option<&str>,
+        f: impl FnOnce(Option<&Path>) -> Result<T>,
+    ) -> Result<T> {
+        let Some(parent) = parent else {
+            return f(None);
+        };
+        let driver = self.driver();
+        let lower = mount_counted(driver, &self.counts, parent)?;
+        let found = f(Some(&lower));
+        unmount_counted(driver, &self.counts, parent)?;
+        found
+    }
+
     /// Returns once the filesystem clock has moved past the moment layer
     /// `id`'s tar-split record was written (at most one clock tick, a few
     /// milliseconds): whatever changes in the layer after this call gets a
