@@ -49,18 +49,7 @@ for input in $inputs; do
         cp "$debian_tar" "$src/debian.tar"
         ;;
     small)
-        python3 - "$src/small" <<'PY'
-import os, sys, random
-root = sys.argv[1]
-random.seed(7)
-for p in range(3000):
-    pkg = os.path.join(root, "node_modules", f"pkg-{p:04d}")
-    os.makedirs(os.path.join(pkg, "lib"), exist_ok=True)
-    for f in range(20):
-        sub = "lib" if f >= 4 else ""
-        with open(os.path.join(pkg, sub, f"file-{f}.js"), "wb") as out:
-            out.write(random.randbytes(random.randint(200, 3800)))
-PY
+        bench_node_modules "$src/small"
         xtar -C "$src/small" -cf "$src/small.tar" . && rm -rf "$src/small"
         ;;
     big)

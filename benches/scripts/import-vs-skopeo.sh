@@ -37,18 +37,7 @@ echo "== making the images with umoci"
 src=$mnt/src
 mkdir -p "$src/debian" "$src/modules"
 tar --numeric-owner --xattrs --xattrs-include='*' -xpf "$debian_tar" -C "$src/debian"
-python3 - "$src/modules" <<'PY'
-import os, sys, random
-root = sys.argv[1]
-random.seed(7)
-for p in range(3000):
-    pkg = os.path.join(root, "node_modules", f"pkg-{p:04d}")
-    os.makedirs(os.path.join(pkg, "lib"), exist_ok=True)
-    for f in range(20):
-        sub = "lib" if f >= 4 else ""
-        with open(os.path.join(pkg, sub, f"file-{f}.js"), "wb") as out:
-            out.write(random.randbytes(random.randint(200, 3800)))
-PY
+bench_node_modules "$src/modules"
 layout=$mnt/oci
 umoci init --layout "$layout"
 for name in debian modules; do
