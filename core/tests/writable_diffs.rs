@@ -141,3 +141,35 @@ fn a_gzip_tar_split_record_of_an_older_strata_is_still_read() {
     store.layers.delete("old").unwrap();
     assert!(!records.join("old.tar-split.gz").exists());
 }
+
+/// A diff applied to a layer that already had changes of its own is not the
+/// layer's whole diff: its diff is generated, and holds both.
+#[test]
+fn a_second_diff_applied_to_a_layer_does_not_hide_the_first() {
+    let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
+    let store = open_store(scratch.path(), "vfs");
+    let mut first = RawTar::new();
+    first.file("first", b"made with the layer");
+    let mut second = RawTar::new();
+    second.file("second", b"applied later");
+    let writable = CreateOptions {
+        read_write: true,
+        ..Default::default()
+    };
+    store
+        .layers
+        .create("twice", None, &writable, Some(&mut &first.finish()[..]))
+        .unwrap();
+    store
+        .layers
+        .apply("twice", &mut &second.finish()[..])
+        .unwrap();
+    let (source, bytes) = diff_of(&store, "twice");
+    assert_eq!(source, DiffSource::Generated);
+    let names: Vec<String> = files_in(&bytes).into_iter().map(|(n, _)| n).collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("first")) && names.iter().any(|n| n.ends_with("second")),
+        "{names:?}"
+    );
+    store.layers.delete("twice").unwrap();
+}

@@ -636,7 +636,7 @@ impl Applier<'_> {
 
     /// Owner and xattrs of a directory now; its mode and times at the end.
     pub(super) fn chown_chattrs_dir(
-        &self,
+        &mut self,
         rel: &Path,
         meta: &Meta,
         shown: &str,
@@ -654,6 +654,9 @@ impl Applier<'_> {
             rustix::fs::fsetxattr(&fd, name.as_slice(), value, XattrFlags::empty())
                 .map_err(|e| ArchiveError::entry_io(shown, "set xattr", e.into()))?;
         }
+        // Its group may have changed: a cached handle of it would give new
+        // files the group it had (a setgid directory's).
+        self.parent_cache.retain(|(cached, _)| cached != rel);
         Ok(())
     }
 

@@ -19,8 +19,20 @@ impl LayerStore<'_> {
                 "apply to layer {id}: the layer is read-only"
             )));
         }
+        // The record rebuilds the stream applied; it is the layer's diff only
+        // if the layer had no changes of its own before (an earlier diff, a
+        // container's writes). Otherwise `diff` must generate.
+        let pristine = self.diff_method == DiffMethod::DriverStream
+            || record.as_ref().is_none_or(|r| r.diff.is_none())
+                && self
+                    .changes(id)?
+                    .iter()
+                    .all(|change| change.path.as_os_str().is_empty());
         let parent = record.and_then(|r| r.parent);
         let applied = self.apply_into(id, parent.as_deref(), diff, false, true)?;
+        if !pristine {
+            self.tar_splits.remove(id);
+        }
         let diff = serde_json::to_string(&applied).expect("diff serialises");
         self.db.write(&format!("apply to layer {id}"), |tx| {
             // A layer made before records were kept gets one now.
@@ -209,15 +221,15 @@ impl LayerStore<'_> {
             // changed status after its tar-split record was written (a
             // changed file, xattr or mode changes the file's ctime, and an
             // entry added, removed or renamed its directory's). Either way
-            // the stream goes straight out, and a failure part way is an
-            // error, not a reason to fall back.
+            // the stream goes straight out, and a failure part way (a file
+            // written while it is read) is an error, not a reason to fall
+            // back: `out` has part of a stream by then. A walk that cannot
+            // finish (a file deleted under it) counts as a change.
             let unchanged = record.as_ref().is_some_and(|r| r.read_only)
-                || match fs::metadata(&split_path).and_then(|m| m.modified()) {
-                    Ok(written) => !changed_after(files.path(), written).map_err(|e| {
-                        CoreError::io("look for changes in", files.path().to_path_buf(), e)
-                    })?,
-                    Err(_) => false,
-                };
+                || fs::metadata(&split_path)
+                    .and_then(|m| m.modified())
+                    .and_then(|written| changed_after(files.path(), written))
+                    .is_ok_and(|changed| !changed);
             if unchanged {
                 let rebuilt = rebuild(out);
                 let _ = files.close();
@@ -378,8 +390,10 @@ impl LayerStore<'_> {
         let driver = self.driver();
         let lower = mount_counted(driver, &self.counts, parent)?;
         let found = f(Some(&lower));
-        unmount_counted(driver, &self.counts, parent)?;
-        found
+        let unmounted = unmount_counted(driver, &self.counts, parent);
+        let found = found?;
+        unmounted?;
+        Ok(found)
     }
 
     /// Returns once the filesystem clock has moved past the moment layer

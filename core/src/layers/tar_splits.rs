@@ -86,14 +86,22 @@ impl TarSplits {
                 return Err(e);
             }
         };
+        // Synced before it is renamed into place, and the rename synced
+        // before the caller records the layer made, so a crash never leaves
+        // a made layer whose record is missing or partial.
         let finished = encoder
             .finish()
             .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
             .and_then(|f| f.sync_all())
-            .and_then(|()| fs::rename(&partial, &path));
+            .and_then(|()| fs::rename(&partial, &path))
+            .and_then(|()| fs::File::open(&self.dir)?.sync_all());
         if let Err(e) = finished {
             let _ = fs::remove_file(&partial);
             return Err(failed(e));
+        }
+        // A record of an older format for the same layer is stale now.
+        for suffix in &SUFFIXES[1..] {
+            let _ = fs::remove_file(self.dir.join(format!("{id}{suffix}")));
         }
         Ok(filled)
     }
