@@ -816,8 +816,11 @@ mod tests {
     fn a_dead_probes_scratch_is_collected_with_the_mount_it_left() {
         // What overlay's start-up probe leaves when killed inside it: a
         // scratch directory with a live mount in it.
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: mounting the tmpfs this test needs takes root");
+        if !strata_testkit::skip::is_root() {
+            strata_testkit::skip::cannot_run(
+                "collecting a dead probe's scratch with its mount",
+                "mounting the tmpfs this test needs takes root",
+            );
             return;
         }
         let (_dir, home) = home();
