@@ -59,9 +59,12 @@ where
             let mut reader = ChunkReader::new(chunks_rx);
             let result = consume(&mut reader);
             // What the consumer left is read, so the pump never waits on a
-            // consumer that has stopped.
-            let _ = io::copy(&mut reader, &mut io::sink());
-            result
+            // consumer that has stopped, but no more than a layer's
+            // trailing data may be: dropping the reader past that stops
+            // the pump, and the stream is refused.
+            let left = io::copy(&mut (&mut reader).take(MAX_TRAILING + 1), &mut io::sink());
+            let overran = left.is_ok_and(|n| n > MAX_TRAILING);
+            (result, overran)
         });
         pump(&mut uncompressed, &chunks_tx);
         drop(chunks_tx);
@@ -69,6 +72,17 @@ where
             .join()
             .expect("the consuming thread does not panic")
     });
+    let (consumed, overran) = consumed;
+    // The consumer's own failure says more than what it left unread.
+    if overran && consumed.is_ok() {
+        return Err(FeedError::Input(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "more than {} of data after what the layer's consumer read",
+                crate::human(MAX_TRAILING)
+            ),
+        )));
+    }
     // A pump that met a read error sent it to the consumer, which failed on
     // it; the stream is what is reported then.
     if let Some(e) = uncompressed.error.take() {
@@ -171,8 +185,22 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_that_stops_early_bounds_what_is_read_after_it() {
+        let stream = vec![1u8; (MAX_TRAILING as usize) + (4 << 20)];
+        let result = feed_measured(&stream[..], |r| {
+            let mut first = [0u8; 512];
+            r.read_exact(&mut first)
+        });
+        match result {
+            Err(FeedError::Input(e)) => assert!(e.to_string().contains("after what"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn what_the_consumer_leaves_is_still_hashed_and_its_error_comes_back() {
-        let tar = vec![7u8; 3 << 20];
+        // What the consumer leaves is within the trailing allowance.
+        let tar = vec![7u8; 1 << 20];
         let result = feed_measured(&tar[..], |r| {
             let mut first = [0u8; 10];
             r.read_exact(&mut first)?;
