@@ -7,6 +7,7 @@ mod import;
 pub mod layout;
 mod parse;
 mod shown;
+mod spec;
 
 pub use export::{ExportReport, export_image};
 pub use import::{ImportProgress, ImportReport, NoProgress, import_image};

@@ -21,7 +21,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::layout::{Descriptor, MAX_LAYERS, Platform, REF_NAME};
+use super::spec::{Descriptor, MAX_LAYERS, Platform, REF_NAME};
 
 /// The most tags an index pass keeps for messages.
 pub const TAGS_KEPT: usize = 20;
