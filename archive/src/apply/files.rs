@@ -202,10 +202,8 @@ impl Applier<'_> {
             }
             Err(e) => return Err(ArchiveError::entry_io(shown, "create directory", e.into())),
         }
-        let owned_as_said = fresh
-            && meta.uid == self.euid
-            && meta.gid == parent.inherited_gid.unwrap_or(self.egid)
-            && meta.xattrs.is_empty();
+        let owned_as_said =
+            fresh && (meta.uid, meta.gid) == self.new_owner(parent) && meta.xattrs.is_empty();
         if !owned_as_said {
             self.chown_chattrs_dir(rel, meta, shown)?;
         }
@@ -352,12 +350,19 @@ impl Applier<'_> {
             }
             Err(e) => return Err(ArchiveError::entry_io(shown, "create", e.into())),
         };
+        let (uid, gid) = self.new_owner(parent);
         let fresh = Fresh {
-            uid: self.euid,
-            gid: parent.inherited_gid.unwrap_or(self.egid),
+            uid,
+            gid,
             mode: self.umask.map(|umask| mode & 0o777 & !umask),
         };
         Ok((fd, fresh))
+    }
+
+    /// Who owns what this process makes in `parent`: itself, and the
+    /// directory's group where a setgid directory passes it on.
+    fn new_owner(&self, parent: &ParentDir) -> (u32, u32) {
+        (self.euid, parent.inherited_gid.unwrap_or(self.egid))
     }
 
     /// Runs `make`, replacing what is at `name` if it exists.

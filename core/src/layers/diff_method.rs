@@ -42,13 +42,9 @@ impl DiffMethod {
             return Ok(DiffMethod::TreeWalk);
         }
         let status = driver.status();
-        let declared = status
-            .iter()
-            .find(|(key, _)| *key == NATIVE_DIFF_WHITEOUTS_KEY)
-            .map(|(_, value)| value.to_string());
-        match declared {
+        match status.get(NATIVE_DIFF_WHITEOUTS_KEY) {
             None => Ok(DiffMethod::NativeDir(None)),
-            Some(name) => match Format::from_name(&name) {
+            Some(name) => match Format::from_name(name) {
                 Some(format) => Ok(DiffMethod::NativeDir(Some(format))),
                 None => Err(CoreError::Unsupported(format!(
                     "driver '{}' keeps native diffs with '{name}' whiteouts, which this strata \
