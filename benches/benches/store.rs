@@ -46,16 +46,15 @@ fn store_with_deep_image(driver: &str, home: &Path) -> Store {
     let store = Store::with_driver(&graph, &home.join("run"), Box::new(loaded)).unwrap();
     let mut parent = None;
     for i in 0..50 {
-        let id = format!("{i:064x}");
+        let id = strata_core::LayerId::new(format!("{i:064x}")).unwrap();
         let tar = layer_tar(i);
         store
             .layers
             .create_layer(
                 &NewLayer {
-                    id: id.clone(),
                     parent: parent.clone(),
                     options: CreateOptions::default(),
-                    ..Default::default()
+                    ..NewLayer::new(id.clone())
                 },
                 Some(&mut tar.as_slice()),
             )
@@ -65,10 +64,9 @@ fn store_with_deep_image(driver: &str, home: &Path) -> Store {
     store
         .images
         .create(&NewImage {
-            id: "ab".repeat(32),
             names: vec!["deep".into()],
             top_layer: parent,
-            ..Default::default()
+            ..NewImage::new(strata_core::ImageId::new("ab".repeat(32)).unwrap())
         })
         .unwrap();
     store

@@ -36,15 +36,14 @@ fn main() {
     for image in 0..count {
         let mut parent = None;
         for layer in 0..10u64 {
-            let id = format!("{image:056x}{layer:08x}");
+            let id = strata_core::LayerId::new(format!("{image:056x}{layer:08x}")).unwrap();
             store
                 .layers
                 .create_layer(
                     &NewLayer {
-                        id: id.clone(),
                         parent: parent.clone(),
                         options: CreateOptions::default(),
-                        ..Default::default()
+                        ..NewLayer::new(id.clone())
                     },
                     None,
                 )
@@ -54,10 +53,12 @@ fn main() {
         store
             .images
             .create(&NewImage {
-                id: format!("ff{image:054x}{:08x}", 0),
                 names: vec![format!("example.com/img{image}:latest")],
                 top_layer: parent,
-                ..Default::default()
+                ..NewImage::new(
+                    strata_core::ImageId::new(format!("ff{image:054x}{:08x}", 0))
+                        .expect("an image id"),
+                )
             })
             .expect("image recorded");
     }

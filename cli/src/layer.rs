@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use strata_core::archive::ChangeKind;
 use strata_core::store::Store;
-use strata_core::{Config, CoreError};
+use strata_core::{Config, CoreError, LayerId};
 use strata_plugin_abi::{CreateOptions, MountOptions};
 
 use crate::output::{diff_json, print_json, print_lines};
@@ -98,8 +98,8 @@ pub(crate) fn run(
                 .map(|p| store.resolve(p))
                 .transpose()?;
             let mut record = store.create(
-                &args.id,
-                parent.as_deref(),
+                &LayerId::new(args.id.as_str())?,
+                parent.as_ref(),
                 &options,
                 input.as_mut().map(|r| r as &mut dyn std::io::Read),
             )?;
@@ -153,7 +153,7 @@ pub(crate) fn run(
                 Some("") => None,
                 Some(other) => Some(store.resolve(other)?),
             };
-            let from = from.as_deref();
+            let from = from.as_ref();
             let source = match output {
                 Some(path) => {
                     let partial = path.with_extension("partial");
@@ -202,7 +202,7 @@ pub(crate) fn run(
             let reference = if id.starts_with('/') {
                 id.clone()
             } else {
-                store.resolve(id)?
+                store.resolve(id)?.into_string()
             };
             store.unmount(&reference)?;
         }

@@ -36,7 +36,7 @@ fn import(store: &Store, dir: &Path, tag: &str) -> strata_core::Result<String> {
         dir: dir.to_path_buf(),
         tag: Some(tag.to_string()),
     };
-    import_image(store, &location, &[], &NoProgress).map(|r| r.image.id)
+    import_image(store, &location, &[], &NoProgress).map(|r| r.image.id.into_string())
 }
 
 /// What a failed import may leave: nothing but what `kept_layers` says.

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::containers::read_containers;
 use crate::db::Kind;
 use crate::error::Result;
+use crate::ids::LayerId;
 use crate::images::read_images;
 use crate::layers::{MADE, all_parents};
 use crate::store::{Store, layers_in_use};
@@ -98,11 +99,11 @@ impl Store {
             }
             let images = read_images(tx)?
                 .into_iter()
-                .map(|i| (i.id, i.top_layer))
+                .map(|i| (i.id.into_string(), i.top_layer.map(LayerId::into_string)))
                 .collect();
             let containers = read_containers(tx)?
                 .into_iter()
-                .map(|c| (c.id, c.layer))
+                .map(|c| (c.id.into_string(), c.layer.into_string()))
                 .collect();
             let names = tx
                 .prepare_cached("SELECT kind, name, owner FROM names")?
@@ -398,11 +399,13 @@ impl Store {
         // Broken layers, children first: each is marked and removed the way
         // a delete does it (a layer the driver no longer has counts as
         // removed).
-        let broken: Vec<String> = snapshot
+        // (A row whose id is not a layer id cannot have been written by
+        // strata, and no driver could hold it: such rows are not walked.)
+        let broken: Vec<LayerId> = snapshot
             .layers
             .iter()
             .filter(|(id, (state, _))| *state == MADE && !whole.contains(*id))
-            .map(|(id, _)| id.clone())
+            .filter_map(|(id, _)| LayerId::new(id.as_str()).ok())
             .collect();
         let me = self.layers.session()?;
         for id in self.children_first(&broken)? {
@@ -449,15 +452,15 @@ impl Store {
     /// Deletes every made layer no image or container stands on (children
     /// first) and what dead processes left; returns the layers deleted.
     /// With `dry_run`, only lists them.
-    pub fn prune(&self, dry_run: bool) -> Result<Vec<String>> {
+    pub fn prune(&self, dry_run: bool) -> Result<Vec<LayerId>> {
         let _exclusive = self.hold_layers_exclusively()?;
-        let unused: Vec<String> = self.db().read("list unused layers", |tx| {
+        let unused: Vec<LayerId> = self.db().read("list unused layers", |tx| {
             let used = layers_in_use(tx)?;
             let mut statement =
                 tx.prepare_cached("SELECT id FROM layers WHERE state = 0 ORDER BY id")?;
             let ids = statement
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
+                .query_map([], |r| r.get::<_, LayerId>(0))?
+                .collect::<rusqlite::Result<Vec<LayerId>>>()?;
             Ok(ids.into_iter().filter(|id| !used.contains(id)).collect())
         })?;
         let ordered = self.children_first(&unused)?;
@@ -504,7 +507,9 @@ impl Store {
                 Some(bytes) => bytes,
                 // A layer written in place (a container's): what its diff
                 // holds now.
-                None => self.layers.diff_size(id).unwrap_or(0),
+                None => LayerId::new(id.as_str())
+                    .and_then(|id| self.layers.diff_size(&id))
+                    .unwrap_or(0),
             };
             size.insert(id.clone(), bytes);
         }
@@ -512,7 +517,11 @@ impl Store {
             let mut ids = Vec::new();
             let mut cursor = top.map(str::to_string);
             while let Some(layer) = cursor {
-                cursor = parents.get(&layer).cloned().flatten();
+                cursor = parents
+                    .get(layer.as_str())
+                    .cloned()
+                    .flatten()
+                    .map(LayerId::into_string);
                 ids.push(layer);
             }
             ids
@@ -549,7 +558,7 @@ impl Store {
         usage.containers.count = containers.len();
         usage.containers.size = containers
             .iter()
-            .map(|c| size.get(&c.layer).copied().unwrap_or(0))
+            .map(|c| size.get(c.layer.as_str()).copied().unwrap_or(0))
             .sum();
         usage.layers.count = layers.len();
         usage.layers.size = size.values().sum();

@@ -13,19 +13,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{Database, Kind, all_names, found, give_names, lookup, name_owner, names_of};
 use crate::error::{CoreError, Result};
+use crate::ids::{ContainerId, ImageId, LayerId};
 
 /// A container: what the store records of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     /// Its id: 64 random hex digits, also the id of its layer.
-    pub id: String,
+    pub id: ContainerId,
     /// Its names, in the order given; no two containers share a name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
     /// The image it was made from.
-    pub image: String,
+    pub image: ImageId,
     /// Its read-write layer.
-    pub layer: String,
+    pub layer: LayerId,
     /// Seconds since the epoch.
     pub created: u64,
     /// Free-form data the runtime keeps with the container; strata does
@@ -70,7 +71,7 @@ pub(crate) fn read_containers(tx: &Connection) -> Result<Vec<ContainerRecord>> {
         .collect::<rusqlite::Result<Vec<ContainerRecord>>>()?;
     let mut names = all_names(tx, Kind::Container)?;
     for record in &mut records {
-        record.names = names.remove(&record.id).unwrap_or_default();
+        record.names = names.remove(record.id.as_str()).unwrap_or_default();
     }
     Ok(records)
 }
@@ -145,7 +146,7 @@ impl ContainerStore {
 
     /// The record of container `id` (an exact id, not a name or prefix);
     /// `None` if there is none.
-    pub fn get(&self, id: &str) -> Result<Option<ContainerRecord>> {
+    pub fn get(&self, id: &ContainerId) -> Result<Option<ContainerRecord>> {
         self.db
             .read(&format!("read container {id}"), |tx| read_container(tx, id))
     }
@@ -156,7 +157,7 @@ impl ContainerStore {
     }
 
     /// The id of the container `reference` names: id, name or unique prefix.
-    pub fn resolve(&self, reference: &str) -> Result<String> {
+    pub fn resolve(&self, reference: &str) -> Result<ContainerId> {
         self.db.read("look up a container", |tx| {
             let lookup = lookup(tx, Kind::Container, "containers", "1", reference)?;
             found(Kind::Container, reference, lookup)

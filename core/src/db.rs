@@ -418,10 +418,14 @@ pub(crate) fn lookup(
 }
 
 /// The id a lookup found, or the error that says why there is none.
-pub(crate) fn found(kind: Kind, reference: &str, lookup: Lookup) -> Result<String> {
+pub(crate) fn found<Id: TryFrom<String, Error = CoreError>>(
+    kind: Kind,
+    reference: &str,
+    lookup: Lookup,
+) -> Result<Id> {
     let kind = kind.as_str();
     match lookup {
-        Lookup::Found(id) => Ok(id),
+        Lookup::Found(id) => Id::try_from(id),
         Lookup::Missing => Err(CoreError::NotFound(format!(
             "no {kind} has the id, name or id prefix '{reference}'"
         ))),

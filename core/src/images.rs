@@ -14,20 +14,20 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
-use crate::archive::Sha256Digest;
 use crate::db::{
     Database, Kind, Lookup, all_names, drop_names, found, give_names, lookup, names_of, now,
 };
 use crate::error::{CoreError, Result};
+use crate::ids::{Digest, ImageId, LayerId};
 
 /// An image: what the store records of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// The config's sha256, hex.
-    pub id: String,
-    /// The manifest's digest (`sha256:...`), when the image came with one.
+    pub id: ImageId,
+    /// The manifest's digest, when the image came with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
     /// Its names (such as "alpine:3.20"), in the order given; no two images
     /// share a name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -35,7 +35,7 @@ pub struct ImageRecord {
     /// The layer holding the image's whole tree; `None` for an image without
     /// layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_layer: Option<String>,
+    pub top_layer: Option<LayerId>,
     /// Seconds since the epoch.
     pub created: u64,
     /// Free-form text the caller keeps with the image.
@@ -50,8 +50,8 @@ pub struct ImageRecord {
 /// bytes are read with [`ImageStore::big_data`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BigDataInfo {
-    /// The sha256 of the item's bytes, as `sha256:<hex>`.
-    pub digest: String,
+    /// The sha256 of the item's bytes.
+    pub digest: Digest,
     /// Its length in bytes.
     pub size: u64,
 }
@@ -65,23 +65,37 @@ pub const MANIFEST_KEY: &str = "manifest";
 pub const CONFIG_KEY: &str = "config";
 
 /// An image to record.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NewImage {
-    /// The image's id: the sha256 of its config, 64 hex digits; anything
-    /// else is refused.
-    pub id: String,
-    /// The manifest's digest (`sha256:...`), if the image has one.
-    pub digest: Option<String>,
+    /// The image's id: the sha256 of its config.
+    pub id: ImageId,
+    /// The manifest's digest, if the image has one.
+    pub digest: Option<Digest>,
     /// Names to give it, taken from any image that has them.
     pub names: Vec<String>,
     /// The layer holding its whole tree, already made; `None` for an image
     /// without layers.
-    pub top_layer: Option<String>,
+    pub top_layer: Option<LayerId>,
     /// Free-form text the caller keeps with the image.
     pub metadata: Option<String>,
     /// Big data items to store with it, as (key, bytes); each item must be
     /// under 2 GiB.
     pub big_data: Vec<(String, Vec<u8>)>,
+}
+
+impl NewImage {
+    /// Image `id` with no manifest digest, names, layers, metadata or big
+    /// data: the start of a `NewImage { names: .., ..NewImage::new(id) }`.
+    pub fn new(id: ImageId) -> NewImage {
+        NewImage {
+            id,
+            digest: None,
+            names: Vec::new(),
+            top_layer: None,
+            metadata: None,
+            big_data: Vec::new(),
+        }
+    }
 }
 
 /// The image records: names, big data items and the top layer of each
@@ -149,7 +163,7 @@ pub(crate) fn read_images(tx: &Connection) -> Result<Vec<ImageRecord>> {
         .query_map([], image_from_row)?
         .collect::<rusqlite::Result<Vec<ImageRecord>>>()?;
     let mut names = all_names(tx, Kind::Image)?;
-    let mut items: std::collections::HashMap<String, BTreeMap<String, BigDataInfo>> =
+    let mut items: std::collections::HashMap<ImageId, BTreeMap<String, BigDataInfo>> =
         Default::default();
     let mut statement = tx.prepare_cached("SELECT image, key, digest, size FROM big_data")?;
     let mut rows = statement.query([])?;
@@ -163,8 +177,8 @@ pub(crate) fn read_images(tx: &Connection) -> Result<Vec<ImageRecord>> {
         );
     }
     for record in &mut records {
-        record.names = names.remove(&record.id).unwrap_or_default();
-        record.big_data = items.remove(&record.id).unwrap_or_default();
+        record.names = names.remove(record.id.as_str()).unwrap_or_default();
+        record.big_data = items.remove(record.id.as_str()).unwrap_or_default();
     }
     Ok(records)
 }
@@ -188,7 +202,7 @@ fn put_big_data(tx: &Connection, id: &str, key: &str, bytes: &[u8]) -> Result<()
     .execute(params![
         id,
         key,
-        Sha256Digest::of(bytes).to_string(),
+        Digest::of_bytes(bytes),
         bytes.len() as i64,
         rusqlite::blob::ZeroBlob(i32::try_from(bytes.len()).map_err(|_| {
             CoreError::InvalidImage(format!("image {id}: item '{key}' is over 2 GiB"))
@@ -229,12 +243,6 @@ impl ImageStore {
         new: &NewImage,
         then: impl FnOnce(&Transaction) -> Result<()>,
     ) -> Result<ImageRecord> {
-        if new.id.len() != 64 || !new.id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(CoreError::InvalidImage(format!(
-                "image id '{}' is not 64 hex digits (a sha256)",
-                new.id
-            )));
-        }
         self.db.write(&format!("create image {}", new.id), |tx| {
             if read_image(tx, &new.id)?.is_some() {
                 return Err(CoreError::AlreadyExists(format!(
@@ -263,7 +271,7 @@ impl ImageStore {
 
     /// The record of image `id` (an exact id, not a name or prefix); `None`
     /// if there is none.
-    pub fn get(&self, id: &str) -> Result<Option<ImageRecord>> {
+    pub fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>> {
         self.db
             .read(&format!("read image {id}"), |tx| read_image(tx, id))
     }
@@ -275,18 +283,18 @@ impl ImageStore {
 
     /// The id of the image `reference` names: its id (or `sha256:` id), a
     /// name, or a unique id prefix.
-    pub fn resolve(&self, reference: &str) -> Result<String> {
+    pub fn resolve(&self, reference: &str) -> Result<ImageId> {
         self.db
             .read("look up an image", |tx| resolve_image(tx, reference))
     }
 
     /// Adds `names` to image `id`, taking them from any image that had them.
-    pub fn add_names(&self, id: &str, names: &[String]) -> Result<ImageRecord> {
+    pub fn add_names(&self, id: &ImageId, names: &[String]) -> Result<ImageRecord> {
         self.update(id, |tx| give_names(tx, Kind::Image, id, names, false))
     }
 
     /// Removes `name` from image `id`.
-    pub fn remove_name(&self, id: &str, name: &str) -> Result<ImageRecord> {
+    pub fn remove_name(&self, id: &ImageId, name: &str) -> Result<ImageRecord> {
         self.update(id, |tx| {
             tx.prepare_cached(
                 "DELETE FROM names WHERE kind = 'image' AND owner = ?1 AND name = ?2",
@@ -298,7 +306,7 @@ impl ImageStore {
 
     /// Replaces the free-form metadata of image `id` (`None` clears it) and
     /// returns the updated record; NotFound if there is no such image.
-    pub fn set_metadata(&self, id: &str, metadata: Option<String>) -> Result<ImageRecord> {
+    pub fn set_metadata(&self, id: &ImageId, metadata: Option<String>) -> Result<ImageRecord> {
         self.update(id, |tx| {
             tx.prepare_cached("UPDATE images SET metadata = ?1 WHERE id = ?2")?
                 .execute(params![metadata, id])?;
@@ -321,12 +329,12 @@ impl ImageStore {
     }
 
     /// Stores big data item `key` of image `id`.
-    pub fn set_big_data(&self, id: &str, key: &str, bytes: &[u8]) -> Result<ImageRecord> {
+    pub fn set_big_data(&self, id: &ImageId, key: &str, bytes: &[u8]) -> Result<ImageRecord> {
         self.update(id, |tx| put_big_data(tx, id, key, bytes))
     }
 
     /// Big data item `key` of image `id`.
-    pub fn big_data(&self, id: &str, key: &str) -> Result<Vec<u8>> {
+    pub fn big_data(&self, id: &ImageId, key: &str) -> Result<Vec<u8>> {
         self.db.read(&format!("read image {id}"), |tx| {
             if read_image(tx, id)?.is_none() {
                 return Err(not_found(format!("image {id}: no such image")));
@@ -341,7 +349,7 @@ impl ImageStore {
     /// Removes the record of image `id` and its big data (its layers stay;
     /// [`Store::delete_image`](crate::store::Store::delete_image) removes
     /// those nothing else uses).
-    pub fn delete(&self, id: &str) -> Result<ImageRecord> {
+    pub fn delete(&self, id: &ImageId) -> Result<ImageRecord> {
         self.db.write(&format!("delete image {id}"), |tx| {
             let record = read_image(tx, id)?
                 .ok_or_else(|| not_found(format!("delete image {id}: no such image")))?;
@@ -352,7 +360,7 @@ impl ImageStore {
 }
 
 /// The id of the image `reference` names, read in the caller's transaction.
-pub(crate) fn resolve_image(tx: &Connection, reference: &str) -> Result<String> {
+pub(crate) fn resolve_image(tx: &Connection, reference: &str) -> Result<ImageId> {
     let by_id = match lookup(tx, Kind::Image, "images", "1", reference)? {
         Lookup::Missing => lookup(tx, Kind::Image, "images", "1", strip_algorithm(reference))?,
         other => other,
@@ -371,7 +379,7 @@ pub struct ImageFamily {
 
 impl ImageFamily {
     /// Works the relations out from the images and each layer's parent.
-    pub fn new(images: &[ImageRecord], layer_parent: impl Fn(&str) -> Option<String>) -> Self {
+    pub fn new(images: &[ImageRecord], layer_parent: impl Fn(&str) -> Option<LayerId>) -> Self {
         let mut by_top: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for image in images {
             if let Some(top) = &image.top_layer {
@@ -387,11 +395,11 @@ impl ImageFamily {
                 count += 1;
                 cursor = layer_parent(&layer);
             }
-            layer_counts.insert(image.id.clone(), count);
+            layer_counts.insert(image.id.to_string(), count);
             let mut cursor = image.top_layer.as_deref().and_then(&layer_parent);
             while let Some(layer) = cursor {
                 if let Some(owners) = by_top.get(layer.as_str()) {
-                    parents.insert(image.id.clone(), owners[0].to_string());
+                    parents.insert(image.id.to_string(), owners[0].to_string());
                     break;
                 }
                 cursor = layer_parent(&layer);
@@ -444,17 +452,20 @@ impl ImageFamily {
 mod tests {
     use super::*;
 
-    fn id(n: u8) -> String {
-        format!("{n:02x}").repeat(32)
+    fn id(n: u8) -> ImageId {
+        ImageId::new(format!("{n:02x}").repeat(32)).unwrap()
+    }
+
+    fn layer(name: &str) -> LayerId {
+        LayerId::new(name).unwrap()
     }
 
     fn new_image(n: u8, top: &str, names: &[&str]) -> NewImage {
         NewImage {
-            id: id(n),
             names: names.iter().map(|s| s.to_string()).collect(),
-            top_layer: Some(top.to_string()),
+            top_layer: Some(layer(top)),
             big_data: vec![(MANIFEST_KEY.into(), b"{\"m\":1}".to_vec())],
-            ..Default::default()
+            ..NewImage::new(id(n))
         }
     }
 
@@ -478,16 +489,13 @@ mod tests {
         assert_eq!(store.big_data(&id(1), MANIFEST_KEY).unwrap(), b"{\"m\":1}");
         let info = &store.get(&id(1)).unwrap().unwrap().big_data[MANIFEST_KEY];
         assert_eq!(info.size, 7);
-        assert_eq!(info.digest, Sha256Digest::of(b"{\"m\":1}").to_string());
+        assert_eq!(info.digest, Digest::of_bytes(b"{\"m\":1}"));
         store.delete(&id(1)).unwrap();
         assert!(store.get(&id(1)).unwrap().is_none());
         assert!(store.big_data(&id(1), MANIFEST_KEY).is_err());
         assert!(store.create(&new_image(3, "x", &[])).is_ok());
-        let bad = NewImage {
-            id: "not-hex".into(),
-            ..Default::default()
-        };
-        assert!(store.create(&bad).is_err());
+        let bad = ImageId::new("not-hex").unwrap_err();
+        assert!(bad.to_string().contains("not 64 hex digits"), "{bad}");
     }
 
     #[test]
@@ -495,10 +503,10 @@ mod tests {
         // Layers: a <- b <- c <- d; images: A on a, C on c, D on d, B2 on b
         // and E on e (a <- e).
         let parent = |l: &str| match l {
-            "b" => Some("a".to_string()),
-            "c" => Some("b".to_string()),
-            "d" => Some("c".to_string()),
-            "e" => Some("a".to_string()),
+            "b" => Some(layer("a")),
+            "c" => Some(layer("b")),
+            "d" => Some(layer("c")),
+            "e" => Some(layer("a")),
             _ => None,
         };
         let images: Vec<ImageRecord> = [(1, "a"), (3, "c"), (4, "d"), (5, "e")]
@@ -507,7 +515,7 @@ mod tests {
                 id: id(*n),
                 digest: None,
                 names: vec![],
-                top_layer: Some(top.to_string()),
+                top_layer: Some(layer(top)),
                 created: 0,
                 metadata: None,
                 big_data: BTreeMap::new(),

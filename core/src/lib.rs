@@ -30,6 +30,7 @@ pub mod discovery;
 pub mod error;
 pub mod fsutil;
 pub mod graphroot;
+pub mod ids;
 pub mod images;
 pub mod layers;
 mod migrate;
@@ -41,6 +42,7 @@ pub mod store;
 
 pub use config::{Config, Overrides};
 pub use error::{CoreError, Kind as ErrorKind, Result};
+pub use ids::{ContainerId, Digest, ImageId, LayerId};
 pub use selection::{PRIORITY, SelectedDriver, open_driver, survey};
 pub use store::Store;
 /// The layer format, a crate of its own: re-exported so one crate is enough.

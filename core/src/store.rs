@@ -24,9 +24,10 @@ use strata_plugin_abi::{CreateOptions, GraphDriver, MountOptions};
 
 use crate::config::Config;
 use crate::containers::{ContainerRecord, ContainerStore, containers_of_image, insert_container};
-use crate::db::{Database, Kind, names_of, now, random_id};
+use crate::db::{Database, Kind, names_of, now};
 use crate::error::{CoreError, Result};
 use crate::fsutil::FileLock;
+use crate::ids::{ContainerId, ImageId, LayerId};
 use crate::images::{
     ImageFamily, ImageRecord, ImageStore, NewImage, delete_image_rows, read_image, resolve_image,
 };
@@ -145,14 +146,14 @@ impl Store {
     /// their image (unless something has come to use them), and retires
     /// dead sessions. Skipped, to be done at a later open, while another
     /// process builds on layers.
-    pub(crate) fn collect_abandoned_imports(&self) -> Result<Vec<String>> {
+    pub(crate) fn collect_abandoned_imports(&self) -> Result<Vec<LayerId>> {
         self.collect_dead_imports(false)
     }
 
     /// [`collect_abandoned_imports`](Self::collect_abandoned_imports);
     /// `exclusive_held`: the caller already holds the layers-in-use lock
     /// exclusively (repair, prune), so it is not tried for.
-    pub(crate) fn collect_dead_imports(&self, exclusive_held: bool) -> Result<Vec<String>> {
+    pub(crate) fn collect_dead_imports(&self, exclusive_held: bool) -> Result<Vec<LayerId>> {
         let dead_files = self.sessions.dead()?;
         let marks = self
             .db
@@ -188,12 +189,12 @@ impl Store {
     /// Removes the layers dead import `session` made that nothing uses,
     /// and ends the tie of the rest to it. Call with the layers-in-use lock
     /// held exclusively.
-    pub(crate) fn release_import(&self, session: &str) -> Result<Vec<String>> {
-        let marked: Vec<String> = self.db.read("list an import's layers", |tx| {
+    pub(crate) fn release_import(&self, session: &str) -> Result<Vec<LayerId>> {
+        let marked: Vec<LayerId> = self.db.read("list an import's layers", |tx| {
             let ids = tx
                 .prepare_cached("SELECT id FROM layers WHERE import_session = ?1")?
                 .query_map(params![session], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
+                .collect::<rusqlite::Result<Vec<LayerId>>>()?;
             Ok(ids)
         })?;
         let ordered = self.children_first(&marked)?;
@@ -209,14 +210,14 @@ impl Store {
     }
 
     /// `ids` ordered so that a layer comes before its parent.
-    pub(crate) fn children_first(&self, ids: &[String]) -> Result<Vec<String>> {
+    pub(crate) fn children_first(&self, ids: &[LayerId]) -> Result<Vec<LayerId>> {
         let parents = self.layers.parents()?;
         let depth = |id: &str| {
             let mut depth = 0usize;
             let mut cursor = parents.get(id).cloned().flatten();
             while let Some(parent) = cursor {
                 depth += 1;
-                cursor = parents.get(&parent).cloned().flatten();
+                cursor = parents.get(parent.as_str()).cloned().flatten();
             }
             depth
         };
@@ -257,7 +258,7 @@ impl Store {
 
     /// Every layer an image or a container stands on (top layers, container
     /// layers and all their ancestors).
-    pub fn layers_in_use(&self) -> Result<BTreeSet<String>> {
+    pub fn layers_in_use(&self) -> Result<BTreeSet<LayerId>> {
         self.db
             .read("list the layers in use", |tx| layers_in_use(tx))
     }
@@ -294,13 +295,13 @@ impl Store {
     /// [`image_family`](Self::image_family) works them out, but reading only the layers
     /// between it and its relations (indexed lookups, whatever the store's
     /// size): what `strata image inspect` shows.
-    pub fn image_relations(&self, id: &str) -> Result<(Option<String>, Vec<String>)> {
+    pub fn image_relations(&self, id: &ImageId) -> Result<(Option<ImageId>, Vec<ImageId>)> {
         self.db
             .read(&format!("read the relations of image {id}"), |tx| {
                 let Some(top) = read_image(tx, id)?.and_then(|i| i.top_layer) else {
                     return Ok((None, Vec::new()));
                 };
-                let first_on = |layer: &str| -> Result<Option<String>> {
+                let first_on = |layer: &str| -> Result<Option<ImageId>> {
                     Ok(tx
                         .prepare_cached(
                             "SELECT id FROM images WHERE top_layer = ?1 ORDER BY id LIMIT 1",
@@ -321,7 +322,7 @@ impl Store {
                 }
                 // The children: images whose top is above this one's with no
                 // image's top in between; they are the first image's on a layer.
-                if first_on(&top)?.as_deref() != Some(id) {
+                if first_on(&top)?.as_ref() != Some(id) {
                     return Ok((parent, Vec::new()));
                 }
                 let children = tx
@@ -336,7 +337,7 @@ impl Store {
                       ORDER BY images.id",
                     )?
                     .query_map(params![top], |r| r.get(0))?
-                    .collect::<rusqlite::Result<Vec<String>>>()?;
+                    .collect::<rusqlite::Result<Vec<ImageId>>>()?;
                 Ok((parent, children))
             })
     }
@@ -356,10 +357,10 @@ impl Store {
             let mut names = crate::db::all_names(tx, Kind::Image)?;
             let mut summaries = Vec::new();
             while let Some(row) = rows.next()? {
-                let id: String = row.get(0)?;
+                let id: ImageId = row.get(0)?;
                 summaries.push((
                     ImageRecord {
-                        names: names.remove(&id).unwrap_or_default(),
+                        names: names.remove(id.as_str()).unwrap_or_default(),
                         id,
                         digest: row.get(1)?,
                         top_layer: row.get(2)?,
@@ -377,7 +378,7 @@ impl Store {
     /// Deletes layers of `candidates` (a child before its parent) that no
     /// image or container uses and no other layer stands on; returns the
     /// ones deleted. Call with the layers-in-use lock held exclusively.
-    fn release_layers(&self, candidates: &[String]) -> Result<Vec<String>> {
+    fn release_layers(&self, candidates: &[LayerId]) -> Result<Vec<LayerId>> {
         let mut deleted = Vec::new();
         for id in candidates {
             if self.delete_if_unused(id)? {
@@ -406,10 +407,10 @@ impl Store {
 
     /// Takes back layers an import made before it failed, unless another
     /// import or container has come to use them meanwhile.
-    pub(crate) fn discard_made_layers(&self, hold: LayersInUse, made: &[String]) {
+    pub(crate) fn discard_made_layers(&self, hold: LayersInUse, made: &[LayerId]) {
         drop(hold);
         let result = self.hold_layers_exclusively().and_then(|_exclusive| {
-            let top_first: Vec<String> = made.iter().rev().cloned().collect();
+            let top_first: Vec<LayerId> = made.iter().rev().cloned().collect();
             self.release_layers(&top_first)
         });
         match result {
@@ -433,7 +434,7 @@ impl Store {
     /// import's layers as [`record_imported_image`](Self::record_imported_image) does.
     pub(crate) fn name_imported_image(
         &self,
-        id: &str,
+        id: &ImageId,
         names: &[String],
         top_layer: Option<&str>,
     ) -> Result<ImageRecord> {
@@ -453,7 +454,7 @@ impl Store {
     /// layer, top first, is removed from the driver and its row deleted. A
     /// kill after (1) leaves layers being deleted by a dead session: the
     /// next open finishes them.
-    pub fn delete_image(&self, reference: &str) -> Result<(ImageRecord, Vec<String>)> {
+    pub fn delete_image(&self, reference: &str) -> Result<(ImageRecord, Vec<LayerId>)> {
         let _exclusive = self.hold_layers_exclusively()?;
         let me = self.layers.session()?;
         let (image, marked) = self.db.write(&format!("delete image {reference}"), |tx| {
@@ -468,7 +469,7 @@ impl Store {
             let image = read_image(tx, &id)?
                 .ok_or_else(|| CoreError::NotFound(format!("delete image {id}: no such image")))?;
             delete_image_rows(tx, &id)?;
-            let mut marked: Vec<String> = Vec::new();
+            let mut marked: Vec<LayerId> = Vec::new();
             let mut cursor = image.top_layer.clone();
             while let Some(layer) = cursor {
                 // Its only child, if any, is the layer marked just before.
@@ -498,7 +499,7 @@ impl Store {
     }
 
     /// Marks layers this process marked for deletion as made again.
-    fn unmark(&self, layers: &[String]) {
+    fn unmark(&self, layers: &[LayerId]) {
         let Ok(me) = self.sessions.own() else { return };
         let result = self.db.write("keep layers", |tx| {
             for layer in layers {
@@ -516,7 +517,7 @@ impl Store {
 
     /// The images and containers that stand on layer `id` (it is their top
     /// layer or below it), as "image NAME" / "container NAME".
-    pub fn layer_users(&self, id: &str) -> Result<Vec<String>> {
+    pub fn layer_users(&self, id: &LayerId) -> Result<Vec<String>> {
         self.db
             .read(&format!("list the users of layer {id}"), |tx| {
                 layer_users(tx, id)
@@ -525,7 +526,7 @@ impl Store {
 
     /// Deletes layer `id`, refused while an image or container stands on it
     /// (delete those instead) or another layer has it as parent.
-    pub fn delete_layer(&self, id: &str) -> Result<()> {
+    pub fn delete_layer(&self, id: &LayerId) -> Result<()> {
         let _exclusive = self.hold_layers_exclusively()?;
         self.layers.delete_checked(id, |tx| {
             let users = layer_users(tx, id)?;
@@ -543,7 +544,7 @@ impl Store {
     /// (an image's) is refused, naming the images and containers that stand
     /// on it: writing it would change all of them at once, while their mounts
     /// still show it read-only.
-    pub fn apply_to_layer(&self, id: &str, diff: &mut dyn Read) -> Result<DiffRecord> {
+    pub fn apply_to_layer(&self, id: &LayerId, diff: &mut dyn Read) -> Result<DiffRecord> {
         match self.layers.apply(id, diff) {
             // The layer store refuses a read-only layer; say who stands on it.
             Err(refused) if self.layers.get(id)?.is_some_and(|r| r.read_only) => {
@@ -584,12 +585,12 @@ impl Store {
             }
             Ok(())
         })?;
-        let id = random_id()?;
+        let id = ContainerId::random()?;
         let record = ContainerRecord {
             id: id.clone(),
             names: names.to_vec(),
             image: image.id,
-            layer: id.clone(),
+            layer: id.layer(),
             created: now(),
             metadata: None,
         };
@@ -599,10 +600,9 @@ impl Store {
         };
         self.layers.create_layer_then(
             &NewLayer {
-                id: id.clone(),
                 parent: image.top_layer.clone(),
                 options,
-                ..Default::default()
+                ..NewLayer::new(id.layer())
             },
             None,
             |tx, _| insert_container(tx, &record),
@@ -618,14 +618,13 @@ impl Store {
 
     /// Releases one mount of the container named by id, name, prefix or mount
     /// path; returns the container's id.
-    pub fn unmount_container(&self, reference: &str) -> Result<String> {
+    pub fn unmount_container(&self, reference: &str) -> Result<LayerId> {
         if reference.starts_with('/') {
             let layer = self.layers.unmount(reference)?;
             return Ok(layer);
         }
         let container = self.container(reference)?;
-        self.layers.unmount(&container.layer)?;
-        Ok(container.id)
+        self.layers.unmount(&container.layer)
     }
 
     /// Deletes the container and its layer (the driver takes down its
@@ -670,10 +669,10 @@ impl Store {
 }
 
 /// The layer's parent, as its row says.
-fn row_parent(tx: &Connection, id: &str) -> Result<Option<String>> {
+fn row_parent(tx: &Connection, id: &str) -> Result<Option<LayerId>> {
     Ok(tx
         .prepare_cached("SELECT parent FROM layers WHERE id = ?1")?
-        .query_row(params![id], |r| r.get::<_, Option<String>>(0))
+        .query_row(params![id], |r| r.get::<_, Option<LayerId>>(0))
         .optional()?
         .flatten())
 }
@@ -704,7 +703,7 @@ fn unused(tx: &Connection, id: &str) -> Result<bool> {
 
 /// Ends the tie of an image's layers to the import that made them.
 fn settle_import(tx: &Connection, top_layer: Option<&str>) -> Result<()> {
-    let mut cursor = top_layer.map(str::to_string);
+    let mut cursor = top_layer.map(LayerId::new).transpose()?;
     while let Some(layer) = cursor {
         tx.prepare_cached("UPDATE layers SET import_session = NULL WHERE id = ?1")?
             .execute(params![layer])?;
@@ -714,15 +713,15 @@ fn settle_import(tx: &Connection, top_layer: Option<&str>) -> Result<()> {
 }
 
 /// Every layer an image or a container stands on.
-pub(crate) fn layers_in_use(tx: &Connection) -> Result<BTreeSet<String>> {
+pub(crate) fn layers_in_use(tx: &Connection) -> Result<BTreeSet<LayerId>> {
     let parents = all_parents(tx)?;
-    let mut tops: Vec<String> = tx
+    let mut tops: Vec<LayerId> = tx
         .prepare_cached("SELECT top_layer FROM images WHERE top_layer IS NOT NULL")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     tops.extend(
         tx.prepare_cached("SELECT layer FROM containers")?
-            .query_map([], |r| r.get::<_, String>(0))?
+            .query_map([], |r| r.get::<_, LayerId>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?,
     );
     let mut used = BTreeSet::new();

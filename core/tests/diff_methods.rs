@@ -7,10 +7,10 @@
 use std::fs;
 use std::path::Path;
 
-use strata_core::archive::{ChangeKind, Sha256Digest};
+use strata_core::archive::ChangeKind;
 use strata_core::layers::{DiffMethod, DiffSource};
 use strata_core::oci::{ImageLocation, NoProgress};
-use strata_core::{ErrorKind, Store};
+use strata_core::{Digest, ErrorKind, LayerId, Store};
 use strata_plugin_abi::{InitArgs, load_driver};
 use strata_testkit::fixtures::RawTar;
 use strata_testkit::fixtures::layout::{Layer, write_image};
@@ -64,7 +64,7 @@ fn a_driver_that_owns_its_format_gets_its_own_calls() {
     assert!(kept == tar, "the driver did not get the tar as it was");
     let record = store.layers.get(&layer).unwrap().unwrap();
     let diff = record.diff.unwrap();
-    assert_eq!(diff.uncompressed_digest, Sha256Digest::of(&tar).to_string());
+    assert_eq!(diff.uncompressed_digest, Digest::of_bytes(&tar));
     assert_eq!(diff.uncompressed_size, tar.len() as u64);
     assert_eq!(diff.compression, "gzip");
     // Core keeps no tar-split record of a stream the driver owns.
@@ -114,11 +114,20 @@ fn a_driver_that_owns_its_format_gets_its_own_calls() {
     // refused, saying why.
     store
         .layers
-        .create("other", None, &Default::default(), None)
+        .create(
+            &LayerId::new("other").unwrap(),
+            None,
+            &Default::default(),
+            None,
+        )
         .unwrap();
     let err = store
         .layers
-        .diff_between(Some("other"), &layer, &mut Vec::new())
+        .diff_between(
+            Some(&LayerId::new("other").unwrap()),
+            &layer,
+            &mut Vec::new(),
+        )
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotSupported, "{err}");
     assert!(err.to_string().contains("owns its layer format"), "{err}");

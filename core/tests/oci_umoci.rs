@@ -166,7 +166,7 @@ fn round_trip(driver: &str) {
     assert_eq!(fs::read(mounted.join("opt/app/config")).unwrap(), b"v2");
     assert_eq!(
         store.unmount_container(&container.id).unwrap(),
-        container.id
+        container.id.layer()
     );
     store.delete_container("c").unwrap();
 
@@ -184,7 +184,7 @@ fn round_trip(driver: &str) {
     .unwrap();
     assert!(!report.config_rewritten);
     assert!(report.layers.iter().all(|l| l.original));
-    assert_eq!(report.config_digest, format!("sha256:{}", child.image.id));
+    assert_eq!(report.config_digest.encoded(), child.image.id.as_str());
     let spec_out = format!("{}:v1", out.display());
     let again = unpacked(scratch, &spec_out, "again");
     let found = differences(&reference, &again);
@@ -226,7 +226,7 @@ fn round_trip(driver: &str) {
         report
             .layers
             .iter()
-            .map(|l| l.diff_id.clone())
+            .map(|l| l.diff_id.to_string())
             .collect::<Vec<_>>(),
         config_of(&spec_child)["rootfs"]["diff_ids"]
             .as_array()

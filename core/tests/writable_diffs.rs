@@ -6,8 +6,8 @@
 use std::fs;
 use std::path::Path;
 
-use strata_core::Store;
 use strata_core::layers::DiffSource;
+use strata_core::{LayerId, Store};
 use strata_plugin_abi::{CreateOptions, InitArgs, MountOptions, load_driver};
 use strata_testkit::fixtures::RawTar;
 use strata_testkit::plugins::build_plugin;
@@ -23,9 +23,14 @@ fn open_store(scratch: &Path, driver: &str) -> Store {
     Store::with_driver(&graph, &scratch.join("run"), Box::new(loaded)).unwrap()
 }
 
+/// A layer id the test chose.
+fn layer(id: &str) -> LayerId {
+    LayerId::new(id).unwrap()
+}
+
 fn diff_of(store: &Store, id: &str) -> (DiffSource, Vec<u8>) {
     let mut out = Vec::new();
-    let source = store.layers.diff(id, &mut out).unwrap();
+    let source = store.layers.diff(&layer(id), &mut out).unwrap();
     (source, out)
 }
 
@@ -62,7 +67,7 @@ fn writable_layer_diffs(driver: &str) {
     for id in ["rewritten", "added"] {
         store
             .layers
-            .create(id, None, &writable, Some(&mut &tar[..]))
+            .create(&layer(id), None, &writable, Some(&mut &tar[..]))
             .unwrap();
         let (source, bytes) = diff_of(&store, id);
         assert_eq!(source, DiffSource::Original, "{driver}: {id}");
@@ -72,7 +77,7 @@ fn writable_layer_diffs(driver: &str) {
     // Rewritten in place, same size: the original would be wrong now.
     let root = store
         .layers
-        .mount("rewritten", &MountOptions::default())
+        .mount(&layer("rewritten"), &MountOptions::default())
         .unwrap();
     fs::write(root.join("etc/motd"), b"HELLO FROM THE LAYER\n").unwrap();
     store.layers.unmount("rewritten").unwrap();
@@ -89,7 +94,7 @@ fn writable_layer_diffs(driver: &str) {
     // A file added in a directory the diff had: the original would miss it.
     let root = store
         .layers
-        .mount("added", &MountOptions::default())
+        .mount(&layer("added"), &MountOptions::default())
         .unwrap();
     fs::write(root.join("srv/new"), b"new").unwrap();
     store.layers.unmount("added").unwrap();
@@ -101,7 +106,7 @@ fn writable_layer_diffs(driver: &str) {
         "{driver}: {files:?}"
     );
     for id in ["rewritten", "added"] {
-        store.layers.delete(id).unwrap();
+        store.layers.delete(&layer(id)).unwrap();
     }
 }
 
@@ -126,7 +131,12 @@ fn a_gzip_tar_split_record_of_an_older_strata_is_still_read() {
     let tar = tar.finish();
     store
         .layers
-        .create("old", None, &CreateOptions::default(), Some(&mut &tar[..]))
+        .create(
+            &layer("old"),
+            None,
+            &CreateOptions::default(),
+            Some(&mut &tar[..]),
+        )
         .unwrap();
     let records = scratch.path().join("graph/vfs-layers");
     let current = records.join("old.tar-split.zst");
@@ -138,7 +148,7 @@ fn a_gzip_tar_split_record_of_an_older_strata_is_still_read() {
     let (source, bytes) = diff_of(&store, "old");
     assert_eq!(source, DiffSource::Original);
     assert!(bytes == tar, "not the original bytes");
-    store.layers.delete("old").unwrap();
+    store.layers.delete(&layer("old")).unwrap();
     assert!(!records.join("old.tar-split.gz").exists());
 }
 
@@ -158,11 +168,16 @@ fn a_second_diff_applied_to_a_layer_does_not_hide_the_first() {
     };
     store
         .layers
-        .create("twice", None, &writable, Some(&mut &first.finish()[..]))
+        .create(
+            &layer("twice"),
+            None,
+            &writable,
+            Some(&mut &first.finish()[..]),
+        )
         .unwrap();
     store
         .layers
-        .apply("twice", &mut &second.finish()[..])
+        .apply(&layer("twice"), &mut &second.finish()[..])
         .unwrap();
     let (source, bytes) = diff_of(&store, "twice");
     assert_eq!(source, DiffSource::Generated);
@@ -171,5 +186,5 @@ fn a_second_diff_applied_to_a_layer_does_not_hide_the_first() {
         names.iter().any(|n| n.ends_with("first")) && names.iter().any(|n| n.ends_with("second")),
         "{names:?}"
     );
-    store.layers.delete("twice").unwrap();
+    store.layers.delete(&layer("twice")).unwrap();
 }

@@ -484,12 +484,9 @@ fn broken_stream_fails_cleanly(suite: &Suite) -> CheckOutcome {
         Box::new(suite.driver),
     )
     .map_err(|e| Verdict::Fail(format!("open a layer store: {e}")))?;
-    let made = store.create(
-        "conformance-junk-store",
-        None,
-        &CreateOptions::default(),
-        Some(&mut &junk[..]),
-    );
+    let id = strata_core::LayerId::new("conformance-junk-store")
+        .map_err(|e| Verdict::Fail(format!("a layer id: {e}")))?;
+    let made = store.create(&id, None, &CreateOptions::default(), Some(&mut &junk[..]));
     let left = suite
         .driver
         .exists("conformance-junk-store")

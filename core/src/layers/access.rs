@@ -6,7 +6,7 @@ use super::*;
 impl LayerStore<'_> {
     /// Mounts layer `id`, counted across processes: a second mount returns
     /// the same path and only the last unmount unmounts.
-    pub fn mount(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
+    pub fn mount(&self, id: &LayerId, options: &MountOptions) -> Result<PathBuf> {
         let driver = self.driver();
         // Id-mapped mounts only where the driver says it makes them: never
         // a mount that silently ignores the maps.
@@ -32,10 +32,10 @@ impl LayerStore<'_> {
 
     /// Releases one mount of the layer named by id or by its mount path;
     /// returns the layer's id.
-    pub fn unmount(&self, id_or_path: &str) -> Result<String> {
+    pub fn unmount(&self, id_or_path: &str) -> Result<LayerId> {
         let driver = self.driver();
         match self.counts.release(id_or_path, |id| Ok(driver.put(id)?))? {
-            Some(id) => Ok(id),
+            Some(id) => LayerId::new(id),
             None => Err(not_found(format!(
                 "unmount {id_or_path}: not a mounted layer or mount path"
             ))),
@@ -43,7 +43,7 @@ impl LayerStore<'_> {
     }
 
     /// How many mounts of layer `id` are held.
-    pub fn mount_count(&self, id: &str) -> Result<u32> {
+    pub fn mount_count(&self, id: &LayerId) -> Result<u32> {
         self.counts.count(id)
     }
 }

@@ -101,17 +101,16 @@ impl LayerStore<'_> {
     /// not in the records.
     pub fn create(
         &self,
-        id: &str,
-        parent: Option<&str>,
+        id: &LayerId,
+        parent: Option<&LayerId>,
         options: &CreateOptions,
         diff: Option<&mut dyn Read>,
     ) -> Result<LayerRecord> {
         self.create_layer(
             &NewLayer {
-                id: id.to_string(),
-                parent: parent.map(str::to_string),
+                parent: parent.cloned(),
                 options: options.clone(),
-                ..Default::default()
+                ..NewLayer::new(id.clone())
             },
             diff,
         )
@@ -298,7 +297,7 @@ impl LayerStore<'_> {
     /// Waits while another process is making layer `id`; returns its record
     /// once made, or `None` if there is none (never made, or its making
     /// failed, or its maker died and what it left was removed).
-    pub fn wait_until_made(&self, id: &str) -> Result<Option<LayerRecord>> {
+    pub fn wait_until_made(&self, id: &LayerId) -> Result<Option<LayerRecord>> {
         let mut pause = Duration::from_millis(2);
         loop {
             let Some(row) = self.db.read("read layer", |tx| row_state(tx, id))? else {
@@ -318,7 +317,7 @@ impl LayerStore<'_> {
     }
 
     /// Removes layer `id`; refused while another layer has it as parent.
-    pub fn delete(&self, id: &str) -> Result<()> {
+    pub fn delete(&self, id: &LayerId) -> Result<()> {
         self.delete_checked(id, |_| Ok(()))
     }
 

@@ -54,6 +54,7 @@ use strata_plugin_abi::{
 use crate::archive::{self, ApplyOptions, ApplyTarget, Change};
 use crate::db::{Database, Kind, all_names, found, give_names, lookup, names_of, now};
 use crate::error::{CoreError, Result};
+use crate::ids::{Digest, LayerId};
 use crate::mounts::MountCounts;
 use crate::sessions::Sessions;
 

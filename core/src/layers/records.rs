@@ -15,10 +15,10 @@ pub(crate) const DELETING: i64 = 2;
 pub struct LayerRecord {
     /// Its id, the same in the records and the driver: up to 128 letters,
     /// digits, `_`, `.` and `-`, not starting with `.` or `-`.
-    pub id: String,
+    pub id: LayerId,
     /// The layer this one was made as a child of; `None` for a base layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
+    pub parent: Option<LayerId>,
     /// Seconds since the epoch.
     pub created: u64,
     /// Being made by a process (or left so by one that died).
@@ -49,13 +49,12 @@ pub struct LayerRecord {
 /// A layer to make: where it goes, what it is called, and what its diff must
 /// be (an OCI blob's digest and diff id), checked before the layer counts as
 /// made.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NewLayer {
-    /// The id to make it under; it must be a valid layer id (see
-    /// [`LayerRecord::id`]) that no layer has.
-    pub id: String,
+    /// The id to make it under, which no layer may have.
+    pub id: LayerId,
     /// The made layer to stack it on; `None` for a base layer.
-    pub parent: Option<String>,
+    pub parent: Option<LayerId>,
     /// How the driver makes it: read-write (a container's) or not, its
     /// SELinux mount label, per-layer storage options.
     pub options: CreateOptions,
@@ -74,19 +73,35 @@ pub struct NewLayer {
     pub for_import: bool,
 }
 
+impl NewLayer {
+    /// A layer `id` with no parent, names, data or checks: the start of a
+    /// `NewLayer { parent: .., ..NewLayer::new(id) }`.
+    pub fn new(id: LayerId) -> NewLayer {
+        NewLayer {
+            id,
+            parent: None,
+            options: CreateOptions::default(),
+            names: Vec::new(),
+            metadata: None,
+            flags: BTreeMap::new(),
+            expect: None,
+            for_import: false,
+        }
+    }
+}
+
 /// What a diff stream must turn out to be; any field left `None` is not
 /// checked.
 #[derive(Clone, Debug, Default)]
 pub struct ExpectedDiff {
     /// How the stream is named in errors, such as "blob sha256:ab12..".
     pub source: String,
-    /// The digest of the stream as given (the blob), `sha256:<hex>`.
-    pub compressed_digest: Option<String>,
+    /// The digest of the stream as given (the blob).
+    pub compressed_digest: Option<Digest>,
     /// The length of the stream as given, in bytes (the blob's size).
     pub compressed_size: Option<u64>,
-    /// The digest of the decompressed tar (the OCI diff id),
-    /// `sha256:<hex>`.
-    pub uncompressed_digest: Option<String>,
+    /// The digest of the decompressed tar (the OCI diff id).
+    pub uncompressed_digest: Option<Digest>,
 }
 
 impl ExpectedDiff {
@@ -101,13 +116,13 @@ impl ExpectedDiff {
             ),
             (
                 "digest",
-                self.compressed_digest.clone(),
-                found.compressed_digest.clone(),
+                self.compressed_digest.as_ref().map(Digest::to_string),
+                found.compressed_digest.to_string(),
             ),
             (
                 "uncompressed digest (diff id)",
-                self.uncompressed_digest.clone(),
-                found.uncompressed_digest.clone(),
+                self.uncompressed_digest.as_ref().map(Digest::to_string),
+                found.uncompressed_digest.to_string(),
             ),
         ];
         for (what, expected, actual) in checks {
@@ -131,12 +146,12 @@ impl ExpectedDiff {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffRecord {
     /// The digest of the stream as it was given (the blob, compressed or
-    /// not), `sha256:<hex>`.
-    pub compressed_digest: String,
+    /// not).
+    pub compressed_digest: Digest,
     /// The length of the stream as it was given, in bytes.
     pub compressed_size: u64,
-    /// The digest of the decompressed tar (the OCI diff id), `sha256:<hex>`.
-    pub uncompressed_digest: String,
+    /// The digest of the decompressed tar (the OCI diff id).
+    pub uncompressed_digest: Digest,
     /// The length of the decompressed tar, in bytes.
     pub uncompressed_size: u64,
     /// How the stream was compressed, recognised from its first bytes:
@@ -203,11 +218,11 @@ pub(crate) fn read_record(tx: &Connection, id: &str) -> Result<Option<LayerRecor
 
 /// Every layer's parent (layers being deleted included: they still stand on
 /// their parents until they are gone).
-pub(crate) fn all_parents(tx: &Connection) -> Result<HashMap<String, Option<String>>> {
+pub(crate) fn all_parents(tx: &Connection) -> Result<HashMap<LayerId, Option<LayerId>>> {
     let mut statement = tx.prepare_cached("SELECT id, parent FROM layers")?;
     let parents = statement
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<HashMap<String, Option<String>>>>()?;
+        .collect::<rusqlite::Result<HashMap<LayerId, Option<LayerId>>>>()?;
     Ok(parents)
 }
 
@@ -223,18 +238,18 @@ pub(crate) fn import_sessions(tx: &Connection) -> Result<Vec<String>> {
 }
 
 /// The layers that have `id` as parent, in any state.
-pub(crate) fn children_of(tx: &Connection, id: &str) -> Result<Vec<String>> {
+pub(crate) fn children_of(tx: &Connection, id: &str) -> Result<Vec<LayerId>> {
     let mut statement = tx.prepare_cached("SELECT id FROM layers WHERE parent = ?1 ORDER BY id")?;
     let children = statement
         .query_map(params![id], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
+        .collect::<rusqlite::Result<Vec<LayerId>>>()?;
     Ok(children)
 }
 
 impl LayerStore<'_> {
     /// The record of layer `id` (an exact id, not a name or prefix); `None`
     /// if there is none or it is being deleted.
-    pub fn get(&self, id: &str) -> Result<Option<LayerRecord>> {
+    pub fn get(&self, id: &LayerId) -> Result<Option<LayerRecord>> {
         self.db
             .read(&format!("read layer {id}"), |tx| read_record(tx, id))
     }
@@ -251,14 +266,14 @@ impl LayerStore<'_> {
                 .collect::<rusqlite::Result<Vec<LayerRecord>>>()?;
             let mut names = all_names(tx, Kind::Layer)?;
             for record in &mut records {
-                record.names = names.remove(&record.id).unwrap_or_default();
+                record.names = names.remove(record.id.as_str()).unwrap_or_default();
             }
             Ok(records)
         })
     }
 
     /// Every layer's parent, in one read.
-    pub fn parents(&self) -> Result<HashMap<String, Option<String>>> {
+    pub fn parents(&self) -> Result<HashMap<LayerId, Option<LayerId>>> {
         self.db.read("list layer parents", |tx| all_parents(tx))
     }
 
@@ -266,7 +281,7 @@ impl LayerStore<'_> {
     /// exactly one id. An ambiguous prefix is an error that lists the matches.
     /// A layer the driver has but the records do not (made before records
     /// were kept) is found by its full id.
-    pub fn resolve(&self, reference: &str) -> Result<String> {
+    pub fn resolve(&self, reference: &str) -> Result<LayerId> {
         let driver = self.driver();
         let visible = format!("state != {DELETING}");
         let found_here = self.db.read("look up a layer", |tx| {
@@ -281,7 +296,7 @@ impl LayerStore<'_> {
                         .is_none()
                     && driver.exists(reference)? =>
             {
-                Ok(reference.to_string())
+                LayerId::new(reference)
             }
             other => found(Kind::Layer, reference, other),
         }
@@ -289,14 +304,14 @@ impl LayerStore<'_> {
 
     /// Gives layer `id` these names, taking any of them from the layer that
     /// had it (names are unique).
-    pub fn set_names(&self, id: &str, names: &[String]) -> Result<LayerRecord> {
+    pub fn set_names(&self, id: &LayerId, names: &[String]) -> Result<LayerRecord> {
         self.update(id, "set names of", |tx| {
             give_names(tx, Kind::Layer, id, names, true)
         })
     }
 
     /// Replaces the layer's free-form metadata.
-    pub fn set_metadata(&self, id: &str, metadata: Option<String>) -> Result<LayerRecord> {
+    pub fn set_metadata(&self, id: &LayerId, metadata: Option<String>) -> Result<LayerRecord> {
         self.update(id, "set metadata of", |tx| {
             tx.prepare_cached("UPDATE layers SET metadata = ?1 WHERE id = ?2")?
                 .execute(params![metadata, id])?;
@@ -307,7 +322,7 @@ impl LayerStore<'_> {
     /// Sets flag `key` (or clears it with `None`).
     pub fn set_flag(
         &self,
-        id: &str,
+        id: &LayerId,
         key: &str,
         value: Option<serde_json::Value>,
     ) -> Result<LayerRecord> {

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use super::layout::{
     Descriptor, ImageLocation, Index, LAYOUT_VERSION, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX,
@@ -16,6 +16,7 @@ use super::layout::{
 };
 use crate::error::{CoreError, Result};
 use crate::fsutil::write_atomic;
+use crate::ids::{Digest, ImageId, LayerId};
 use crate::images::{CONFIG_KEY, MANIFEST_KEY};
 use crate::layers::{DiffSource, LayerRecord};
 use crate::store::Store;
@@ -25,12 +26,12 @@ use crate::store::Store;
 pub struct ExportReport {
     /// The id of the image exported (its id in the store, which the layout
     /// keeps unless [`config_rewritten`](Self::config_rewritten)).
-    pub image: String,
+    pub image: ImageId,
     /// The manifest written, as its index entry says, with its tag
     /// annotation when it was tagged.
     pub manifest: Descriptor,
-    /// The digest of the config blob written, `sha256:<hex>`.
-    pub config_digest: String,
+    /// The digest of the config blob written.
+    pub config_digest: Digest,
     /// The layer blobs written, base layer first.
     pub layers: Vec<ExportedLayer>,
     /// Some layer's diff is no longer the one imported, so the config names
@@ -42,11 +43,11 @@ pub struct ExportReport {
 #[derive(Clone, Debug)]
 pub struct ExportedLayer {
     /// The layer's id in the store.
-    pub layer: String,
+    pub layer: LayerId,
     /// The blob written for it, as the manifest describes it.
     pub blob: Descriptor,
-    /// The digest of the uncompressed tar, `sha256:<hex>`.
-    pub diff_id: String,
+    /// The digest of the uncompressed tar.
+    pub diff_id: Digest,
     /// The diff is the original stream (else generated from the trees, or
     /// another stream from a driver that owns its format).
     pub original: bool,
@@ -90,7 +91,7 @@ pub fn export_image(
     };
     let diff_ids: Vec<serde_json::Value> = exported
         .iter()
-        .map(|l| serde_json::Value::String(l.diff_id.clone()))
+        .map(|l| serde_json::Value::String(l.diff_id.to_string()))
         .collect();
     let config_rewritten =
         config.pointer("/rootfs/diff_ids") != Some(&serde_json::Value::Array(diff_ids.clone()));
@@ -170,7 +171,7 @@ pub fn export_image(
     Ok(ExportReport {
         image: image.id,
         manifest: manifest_descriptor,
-        config_digest: config_descriptor.digest,
+        config_digest: Digest::new(&config_descriptor.digest)?,
         layers: exported,
         config_rewritten,
     })
@@ -206,8 +207,8 @@ impl<W: Write> Hashing<W> {
         }
     }
 
-    fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    fn digest(&self) -> Digest {
+        Digest::sha256(&self.hasher.clone().finalize().into())
     }
 }
 
@@ -270,7 +271,7 @@ fn write_layer(store: &Store, layer: &LayerRecord, blobs: &Path) -> Result<Expor
     let size = file.count;
     drop(file);
     staged.as_file().sync_all().map_err(failed)?;
-    let path: PathBuf = blobs.join(digest.trim_start_matches("sha256:"));
+    let path: PathBuf = blobs.join(digest.encoded());
     staged
         .persist(&path)
         .map_err(|e| CoreError::io("write", &path, e.error))?;
@@ -286,7 +287,7 @@ fn write_layer(store: &Store, layer: &LayerRecord, blobs: &Path) -> Result<Expor
         layer: layer.id.clone(),
         blob: Descriptor {
             media_type: format!("{MEDIA_TYPE_LAYER}{suffix}"),
-            digest,
+            digest: digest.to_string(),
             size,
             annotations: None,
             platform: None,

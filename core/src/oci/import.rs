@@ -13,6 +13,7 @@ use super::layout::{
 };
 use super::shown::{layer_error, shown};
 use crate::error::{CoreError, Kind, Result};
+use crate::ids::{Digest, ImageId, LayerId};
 use crate::images::{CONFIG_KEY, ImageRecord, MANIFEST_KEY, NewImage};
 use crate::layers::{ExpectedDiff, LayerRecord, NewLayer};
 use crate::store::Store;
@@ -38,9 +39,9 @@ pub struct ImportReport {
     /// The image's record as it is after the import, names included.
     pub image: ImageRecord,
     /// Layers this import made, bottom first.
-    pub created_layers: Vec<String>,
+    pub created_layers: Vec<LayerId>,
     /// Layers that were already in the store.
-    pub reused_layers: Vec<String>,
+    pub reused_layers: Vec<LayerId>,
     /// The image itself was already in the store (its names were added).
     pub already_present: bool,
 }
@@ -100,7 +101,7 @@ pub fn import_image(
     for layer in &manifest.layers {
         digest_hex(&layer.digest)?;
     }
-    let image_id = digest_hex(&manifest.config.digest)?.to_string();
+    let image_id = ImageId::new(digest_hex(&manifest.config.digest)?)?;
     let mut names = names.to_vec();
     if names.is_empty()
         && let Some(tag) = location
@@ -135,11 +136,10 @@ pub fn import_image(
     let count = manifest.layers.len();
     let mut created = Vec::new();
     let mut reused = Vec::new();
-    let mut parent: Option<String> = None;
+    let mut parent: Option<LayerId> = None;
     for (index, (blob, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
         let what = format!("layer {} of {count}", index + 1);
         let new = NewLayer {
-            id: digest_hex(&chain[index])?.to_string(),
             parent: parent.clone(),
             options: CreateOptions {
                 read_write: false,
@@ -147,12 +147,12 @@ pub fn import_image(
             },
             expect: Some(ExpectedDiff {
                 source: format!("blob {} ({what})", blob.digest),
-                compressed_digest: Some(blob.digest.clone()),
+                compressed_digest: Some(Digest::new(&blob.digest)?),
                 compressed_size: Some(blob.size),
-                uncompressed_digest: Some(diff_id.clone()),
+                uncompressed_digest: Some(Digest::new(diff_id)?),
             }),
             for_import: true,
-            ..Default::default()
+            ..NewLayer::new(LayerId::new(digest_hex(&chain[index])?)?)
         };
         progress.layer_started(index, count, &blob.digest, blob.size);
         let made = ensure_layer(store, &new, diff_id, (blob, &what), || {
@@ -192,7 +192,7 @@ pub fn import_image(
 
     let new_image = NewImage {
         id: image_id.clone(),
-        digest: Some(descriptor.digest.clone()),
+        digest: Some(Digest::new(&descriptor.digest)?),
         names: names.clone(),
         top_layer: parent,
         metadata: None,
