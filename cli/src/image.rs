@@ -92,7 +92,7 @@ pub(crate) fn run(
                     })).collect::<Vec<_>>(),
                 }));
             } else {
-                println!("{}", report.manifest.digest);
+                println!("{}", report.manifest.digest());
             }
         }
         ImageCommand::List if !cli.json => {

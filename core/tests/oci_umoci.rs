@@ -201,7 +201,7 @@ fn round_trip(driver: &str) {
     let written: Vec<&str> = report
         .layers
         .iter()
-        .map(|l| l.blob.digest.as_str())
+        .map(|l| l.blob.digest().as_ref())
         .collect();
     let listed: Vec<&str> = inspect["Layers"]
         .as_array()

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use oci_spec::image::{ImageIndexBuilder, ImageManifestBuilder};
+
 use super::layout::{
-    Descriptor, ImageLocation, Index, LAYOUT_VERSION, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX,
-    MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST, REF_NAME, existing_index, oci_arch,
+    Descriptor, ImageIndex, ImageLocation, ImageManifest, LAYOUT_VERSION, MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_LAYER, MediaType, REF_NAME, existing_index, oci_arch, ref_name,
 };
 use crate::error::{CoreError, Result};
 use crate::fsutil::write_atomic;
@@ -105,43 +107,53 @@ pub fn export_image(
             serde_json::to_vec(&config).expect("JSON values serialise")
         }
     };
-    let config_descriptor = write_blob(&blobs, MEDIA_TYPE_CONFIG, &config_bytes)?;
+    let config_descriptor = write_blob(&blobs, MediaType::from(MEDIA_TYPE_CONFIG), &config_bytes)?;
 
-    let mut manifest: serde_json::Value = store
+    // The manifest imported, if it reads as an OCI (or Docker v2) one:
+    // what it said beyond its blobs (annotations, subject, each layer's
+    // annotations) is kept.
+    let imported: Option<ImageManifest> = store
         .images
         .big_data(&image.id, MANIFEST_KEY)
         .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_else(|| serde_json::json!({ "schemaVersion": 2 }));
-    let old_layers = manifest
-        .get("layers")
-        .and_then(|l| l.as_array())
-        .cloned()
-        .unwrap_or_default();
-    let layer_descriptors: Vec<serde_json::Value> = exported
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let layer_descriptors: Vec<Descriptor> = exported
         .iter()
         .enumerate()
         .map(|(i, layer)| {
-            let mut value = serde_json::to_value(&layer.blob).expect("descriptors serialise");
-            // Keep what the original descriptor said beyond the blob itself.
-            if let Some(annotations) = old_layers.get(i).and_then(|d| d.get("annotations")) {
-                value["annotations"] = annotations.clone();
-            }
-            value
+            let mut blob = layer.blob.clone();
+            let annotations = imported
+                .as_ref()
+                .and_then(|m| m.layers().get(i))
+                .and_then(|d| d.annotations().clone());
+            blob.set_annotations(annotations);
+            blob
         })
         .collect();
-    manifest["schemaVersion"] = 2.into();
-    manifest["mediaType"] = MEDIA_TYPE_MANIFEST.into();
-    manifest["config"] = serde_json::to_value(&config_descriptor).expect("descriptors serialise");
-    manifest["layers"] = layer_descriptors.into();
-    let manifest_bytes = serde_json::to_vec(&manifest).expect("JSON values serialise");
-    let mut manifest_descriptor = write_blob(&blobs, MEDIA_TYPE_MANIFEST, &manifest_bytes)?;
+    let manifest = match imported {
+        Some(mut manifest) => {
+            manifest.set_schema_version(2);
+            manifest.set_media_type(Some(MediaType::ImageManifest));
+            manifest.set_config(config_descriptor.clone());
+            manifest.set_layers(layer_descriptors);
+            manifest
+        }
+        None => ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(config_descriptor.clone())
+            .layers(layer_descriptors)
+            .build()
+            .expect("the manifest has every required field"),
+    };
+    let manifest_bytes = canonical_json(&manifest);
+    let mut manifest_descriptor = write_blob(&blobs, MediaType::ImageManifest, &manifest_bytes)?;
     let tag = location
         .tag
         .clone()
         .or_else(|| image.names.first().cloned());
     if let Some(tag) = &tag {
-        manifest_descriptor.annotations = Some([(REF_NAME.to_string(), tag.clone())].into());
+        manifest_descriptor.set_annotations(Some([(REF_NAME.to_string(), tag.clone())].into()));
     }
 
     let marker = dir.join("oci-layout");
@@ -152,43 +164,50 @@ pub fn export_image(
         write_atomic(&marker, &bytes, true).map_err(|e| CoreError::io("write", &marker, e))?;
     }
     let index_path = dir.join("index.json");
-    let mut index = existing_index(dir)?.unwrap_or_else(|| Index {
-        schema_version: 2,
-        media_type: Some(MEDIA_TYPE_INDEX.to_string()),
-        manifests: Vec::new(),
-        annotations: None,
-    });
+    let mut index: ImageIndex = match existing_index(dir)? {
+        Some(index) => index,
+        None => ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageIndex)
+            .manifests(Vec::new())
+            .build()
+            .expect("the index has every required field"),
+    };
     // The tag moves to this image; an untagged export replaces the same
     // manifest's untagged entry.
-    index.manifests.retain(|d| match &tag {
-        Some(tag) => d.ref_name() != Some(tag.as_str()),
-        None => !(d.digest == manifest_descriptor.digest && d.ref_name().is_none()),
+    let mut manifests = index.manifests().clone();
+    manifests.retain(|d| match &tag {
+        Some(tag) => ref_name(d) != Some(tag.as_str()),
+        None => !(d.digest() == manifest_descriptor.digest() && ref_name(d).is_none()),
     });
-    index.manifests.push(manifest_descriptor.clone());
-    let bytes = serde_json::to_vec(&index).expect("indexes serialise");
+    manifests.push(manifest_descriptor.clone());
+    index.set_manifests(manifests);
+    let bytes = canonical_json(&index);
     write_atomic(&index_path, &bytes, true).map_err(|e| CoreError::io("write", &index_path, e))?;
 
     Ok(ExportReport {
         image: image.id,
         manifest: manifest_descriptor,
-        config_digest: Digest::new(&config_descriptor.digest)?,
+        config_digest: Digest::try_from(config_descriptor.digest().clone())?,
         layers: exported,
         config_rewritten,
     })
 }
 
 /// Writes `bytes` as a blob and describes it.
-fn write_blob(blobs: &Path, media_type: &str, bytes: &[u8]) -> Result<Descriptor> {
-    let hex = hex::encode(Sha256::digest(bytes));
-    let path = blobs.join(&hex);
+fn write_blob(blobs: &Path, media_type: MediaType, bytes: &[u8]) -> Result<Descriptor> {
+    let digest = Digest::of_bytes(bytes);
+    let path = blobs.join(digest.encoded());
     write_atomic(&path, bytes, true).map_err(|e| CoreError::io("write", &path, e))?;
-    Ok(Descriptor {
-        media_type: media_type.to_string(),
-        digest: format!("sha256:{hex}"),
-        size: bytes.len() as u64,
-        annotations: None,
-        platform: None,
-    })
+    Ok(Descriptor::new(media_type, bytes.len() as u64, digest))
+}
+
+/// `value` as JSON with every object's keys sorted (oci-spec keeps
+/// annotations in hash maps, whose order changes from run to run): the same
+/// image exported twice gives the same manifest digest.
+fn canonical_json(value: &impl serde::Serialize) -> Vec<u8> {
+    let value = serde_json::to_value(value).expect("OCI types serialise");
+    serde_json::to_vec(&value).expect("JSON values serialise")
 }
 
 /// A writer that hashes and counts what passes through.
@@ -285,13 +304,11 @@ fn write_layer(store: &Store, layer: &LayerRecord, blobs: &Path) -> Result<Expor
                 .is_some_and(|d| d.uncompressed_digest == diff_id));
     Ok(ExportedLayer {
         layer: layer.id.clone(),
-        blob: Descriptor {
-            media_type: format!("{MEDIA_TYPE_LAYER}{suffix}"),
-            digest: digest.to_string(),
+        blob: Descriptor::new(
+            MediaType::from(format!("{MEDIA_TYPE_LAYER}{suffix}").as_str()),
             size,
-            annotations: None,
-            platform: None,
-        },
+            digest,
+        ),
         diff_id,
         original,
     })

@@ -9,7 +9,7 @@ use strata_plugin_abi::CreateOptions;
 
 use super::layout::{
     BlobReader, ConfigRootfs, DOCKER_MANIFEST, Descriptor, ImageLocation, Layout, MAX_CONFIG_SIZE,
-    MAX_MANIFEST_SIZE, MEDIA_TYPE_MANIFEST, Manifest, chain_ids, digest_hex,
+    MAX_MANIFEST_SIZE, MEDIA_TYPE_MANIFEST, Manifest, chain_ids, layout_digest, ref_name,
 };
 use super::shown::{layer_error, shown};
 use crate::error::{CoreError, Kind, Result};
@@ -57,10 +57,11 @@ pub fn import_image(
 ) -> Result<ImportReport> {
     let layout = Layout::open(&location.dir)?;
     let descriptor = layout.find_manifest(location.tag.as_deref())?;
-    if descriptor.media_type != MEDIA_TYPE_MANIFEST && descriptor.media_type != DOCKER_MANIFEST {
+    let media_type = descriptor.media_type().as_ref();
+    if media_type != MEDIA_TYPE_MANIFEST && media_type != DOCKER_MANIFEST {
         return Err(CoreError::InvalidImage(format!(
             "{} ({}) is not an image manifest but '{}'",
-            descriptor.digest,
+            descriptor.digest(),
             location
                 .tag
                 .as_deref()
@@ -68,13 +69,14 @@ pub fn import_image(
                     "tag '{}'",
                     shown(t)
                 )),
-            shown(&descriptor.media_type)
+            shown(media_type)
         )));
     }
     let (manifest_bytes, manifest): (_, Manifest) =
         layout.read_json(&descriptor, "image manifest", MAX_MANIFEST_SIZE)?;
+    let config_descriptor = manifest.config.descriptor()?;
     let (config_bytes, config): (_, ConfigRootfs) = layout.read_json(
-        &manifest.config,
+        &config_descriptor,
         "image config (with rootfs.diff_ids)",
         MAX_CONFIG_SIZE,
     )?;
@@ -82,32 +84,36 @@ pub fn import_image(
         // What it says instead is the config's content: not shown.
         return Err(CoreError::InvalidImage(format!(
             "config {}: rootfs.type is not 'layers'",
-            manifest.config.digest
+            config_descriptor.digest()
         )));
     }
     let diff_ids = &config.rootfs.diff_ids;
     if diff_ids.len() != manifest.layers.len() {
         return Err(CoreError::InvalidImage(format!(
             "manifest {} lists {} layers but its config {} has {} diff ids",
-            descriptor.digest,
+            descriptor.digest(),
             manifest.layers.len(),
-            manifest.config.digest,
+            config_descriptor.digest(),
             diff_ids.len()
         )));
     }
-    for diff_id in diff_ids {
-        digest_hex(diff_id)?;
-    }
-    for layer in &manifest.layers {
-        digest_hex(&layer.digest)?;
-    }
-    let image_id = ImageId::new(digest_hex(&manifest.config.digest)?)?;
+    let diff_ids = diff_ids
+        .iter()
+        .map(|d| layout_digest(d))
+        .collect::<Result<Vec<Digest>>>()?;
+    let layers = manifest
+        .layers
+        .iter()
+        .map(|blob| blob.descriptor())
+        .collect::<Result<Vec<Descriptor>>>()?;
+    let config_digest = Digest::try_from(config_descriptor.digest().clone())?;
+    let image_id = ImageId::of_config(&config_digest);
     let mut names = names.to_vec();
     if names.is_empty()
         && let Some(tag) = location
             .tag
             .clone()
-            .or_else(|| descriptor.ref_name().map(str::to_string))
+            .or_else(|| ref_name(&descriptor).map(str::to_string))
     {
         // A tag read from the layout becomes an image name, shown by every
         // listing after: one with control characters is refused, not stored.
@@ -115,7 +121,7 @@ pub fn import_image(
             return Err(CoreError::InvalidImage(format!(
                 "the tag '{}' of {} holds control characters: refused as an image name",
                 shown(&tag),
-                descriptor.digest
+                descriptor.digest()
             )));
         }
         names.push(tag);
@@ -132,13 +138,14 @@ pub fn import_image(
         });
     }
 
-    let chain = chain_ids(diff_ids);
-    let count = manifest.layers.len();
+    let chain = chain_ids(&diff_ids);
+    let count = layers.len();
     let mut created = Vec::new();
     let mut reused = Vec::new();
     let mut parent: Option<LayerId> = None;
-    for (index, (blob, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
+    for (index, (blob, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
         let what = format!("layer {} of {count}", index + 1);
+        let blob_digest = Digest::try_from(blob.digest().clone())?;
         let new = NewLayer {
             parent: parent.clone(),
             options: CreateOptions {
@@ -146,15 +153,15 @@ pub fn import_image(
                 ..Default::default()
             },
             expect: Some(ExpectedDiff {
-                source: format!("blob {} ({what})", blob.digest),
-                compressed_digest: Some(Digest::new(&blob.digest)?),
-                compressed_size: Some(blob.size),
-                uncompressed_digest: Some(Digest::new(diff_id)?),
+                source: format!("blob {blob_digest} ({what})"),
+                compressed_digest: Some(blob_digest.clone()),
+                compressed_size: Some(blob.size()),
+                uncompressed_digest: Some(diff_id.clone()),
             }),
             for_import: true,
-            ..NewLayer::new(LayerId::new(digest_hex(&chain[index])?)?)
+            ..NewLayer::new(LayerId::new(chain[index].encoded())?)
         };
-        progress.layer_started(index, count, &blob.digest, blob.size);
+        progress.layer_started(index, count, &blob_digest, blob.size());
         let made = ensure_layer(store, &new, diff_id, (blob, &what), || {
             let file = layout.open_blob(blob, &what)?;
             Ok(ProgressReader {
@@ -169,7 +176,7 @@ pub fn import_image(
             // What the applier says of the stream was read before the
             // blob's digest could be checked: no content of it is shown.
             other => CoreError::Blob {
-                blob: format!("blob {} ({what})", blob.digest),
+                blob: format!("blob {blob_digest} ({what})"),
                 source: Box::new(layer_error(other)),
             },
         });
@@ -192,7 +199,7 @@ pub fn import_image(
 
     let new_image = NewImage {
         id: image_id.clone(),
-        digest: Some(Digest::new(&descriptor.digest)?),
+        digest: Some(Digest::try_from(descriptor.digest().clone())?),
         names: names.clone(),
         top_layer: parent,
         metadata: None,
@@ -229,7 +236,7 @@ pub fn import_image(
 fn ensure_layer<'p>(
     store: &Store,
     new: &NewLayer,
-    diff_id: &str,
+    diff_id: &Digest,
     (blob_descriptor, what): (&Descriptor, &str),
     open: impl FnOnce() -> Result<ProgressReader<'p>>,
 ) -> Result<(LayerRecord, bool)> {
@@ -240,7 +247,7 @@ fn ensure_layer<'p>(
             // The id is the chain id, so a layer by this id holds these
             // diffs, unless someone made it by hand under this id.
             if let Some(diff) = &existing.diff
-                && diff.uncompressed_digest != diff_id
+                && &diff.uncompressed_digest != diff_id
             {
                 return Err(CoreError::Corrupt(format!(
                     "layer {} exists with diff id {}, not {diff_id} as its id says",

@@ -4,37 +4,39 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
 
 pub use super::files::{BlobReader, SizeFault};
 use super::files::{LayoutDir, Refusal};
 use super::parse::{self, Picked};
+pub use super::parse::{Blob, Listed};
 use super::shown::{self, json_error, shown};
 pub use super::spec::{
-    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, Index, LAYOUT_VERSION, MAX_LAYERS,
-    MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST, Platform, REF_NAME,
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, ImageIndex, ImageManifest, LAYOUT_VERSION,
+    MAX_LAYERS, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST,
+    MediaType, REF_NAME, digest_of, layout_digest, ref_name,
 };
-use crate::archive::Sha256Digest;
 use crate::error::{CoreError, Result};
+use crate::ids::Digest;
 
-/// An image manifest as import reads it: the descriptors' annotations are
-/// skipped, and more than `MAX_LAYERS` layers are refused while parsing
-/// (see `parse`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// An image manifest as import reads it, before its digests are checked
+/// (each [`Blob`] becomes an OCI [`Descriptor`] once checked): the
+/// descriptors' annotations are skipped, and more than `MAX_LAYERS` layers
+/// are refused while parsing (see `parse`). What export writes is oci-spec's
+/// own [`ImageManifest`].
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     /// The format version, 2; import does not check it.
     pub schema_version: u32,
     /// [`MEDIA_TYPE_MANIFEST`] or [`DOCKER_MANIFEST`], if the manifest says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub media_type: Option<String>,
     /// The image's config blob.
-    #[serde(deserialize_with = "parse::blob_descriptor")]
-    pub config: Descriptor,
+    pub config: Blob,
     /// The layer blobs, base layer first.
-    #[serde(default, deserialize_with = "parse::layer_descriptors")]
-    pub layers: Vec<Descriptor>,
+    #[serde(default, deserialize_with = "parse::layer_blobs")]
+    pub layers: Vec<Blob>,
 }
 
 /// What of a config strata reads: the layers' diff ids.
@@ -104,33 +106,16 @@ pub fn oci_arch() -> &'static str {
 
 /// The chain ids of a stack of diff ids: the first is the first diff id,
 /// each next one the sha256 of `"<previous chain id> <diff id>"`.
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut chain: Vec<Digest> = Vec::with_capacity(diff_ids.len());
     for diff_id in diff_ids {
         let next = match chain.last() {
             None => diff_id.clone(),
-            Some(previous) => {
-                Sha256Digest::of(format!("{previous} {diff_id}").as_bytes()).to_string()
-            }
+            Some(previous) => Digest::of_bytes(format!("{previous} {diff_id}").as_bytes()),
         };
         chain.push(next);
     }
     chain
-}
-
-/// The hex part of a `sha256:` digest, refusing anything else.
-pub fn digest_hex(digest: &str) -> Result<&str> {
-    match digest.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
-        {
-            Ok(hex)
-        }
-        _ => Err(CoreError::InvalidImage(format!(
-            "digest '{}' is not sha256:<64 lowercase hex digits> (only sha256 is supported)",
-            shown(digest)
-        ))),
-    }
 }
 
 /// The most bytes of `index.json` read: an index names images, a few
@@ -191,7 +176,7 @@ fn read_file(root: &LayoutDir, name: &str, limit: u64) -> Result<Vec<u8>, FileEr
 
 /// The index of the layout `root` (opened from `dir`), or None if it has no
 /// `index.json`.
-fn read_index(root: &LayoutDir, dir: &Path) -> Result<Option<Index>> {
+fn read_index(root: &LayoutDir, dir: &Path) -> Result<Option<ImageIndex>> {
     let bytes = match read_file(root, "index.json", MAX_INDEX_SIZE) {
         Ok(bytes) => bytes,
         Err(FileError::Refused(Refusal::Missing)) => return Ok(None),
@@ -215,7 +200,7 @@ fn read_index(root: &LayoutDir, dir: &Path) -> Result<Option<Index>> {
 /// The index of the existing layout in `dir` that an export adds to, read
 /// as import reads it (a hostile one cannot hang the export or fill its
 /// memory); None if it has none yet.
-pub(super) fn existing_index(dir: &Path) -> Result<Option<Index>> {
+pub(super) fn existing_index(dir: &Path) -> Result<Option<ImageIndex>> {
     let root = LayoutDir::open(dir).map_err(|e| CoreError::io("open", dir, e))?;
     read_index(&root, dir)
 }
@@ -294,38 +279,30 @@ impl Layout {
     /// `blobs/sha256/<hex>` under [`dir`](Self::dir). InvalidImage if the
     /// digest is not `sha256:` and 64 lowercase hex digits.
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        Ok(self.dir.join("blobs/sha256").join(digest_hex(digest)?))
+        Ok(self
+            .dir
+            .join("blobs/sha256")
+            .join(layout_digest(digest)?.encoded()))
     }
 
     /// Opens the blob `descriptor` names, checking it is a regular file in
     /// the layout of the declared size; `what` says what it is in errors
     /// ("layer 2 of 5"). What is read from it stops at the declared size.
     pub fn open_blob(&self, descriptor: &Descriptor, what: &str) -> Result<BlobReader> {
-        let hex = digest_hex(&descriptor.digest)?;
-        let named = || {
-            format!(
-                "blob {} ({what}) in {}",
-                descriptor.digest,
-                self.dir.display()
-            )
-        };
+        let digest = digest_of(descriptor)?;
+        let declared = descriptor.size();
+        let named = || format!("blob {digest} ({what}) in {}", self.dir.display());
         let (file, size) = self
             .root
-            .open_regular(&format!("blobs/sha256/{hex}"))
+            .open_regular(&format!("blobs/sha256/{}", digest.encoded()))
             .map_err(|refusal| CoreError::InvalidImage(format!("{} {refusal}", named())))?;
-        if size != descriptor.size {
+        if size != declared {
             return Err(CoreError::InvalidImage(format!(
-                "blob {} ({what}) is {size} bytes, {} than the {} bytes its descriptor declares: refused",
-                descriptor.digest,
-                if size > descriptor.size {
-                    "longer"
-                } else {
-                    "shorter"
-                },
-                descriptor.size
+                "blob {digest} ({what}) is {size} bytes, {} than the {declared} bytes its descriptor declares: refused",
+                if size > declared { "longer" } else { "shorter" },
             )));
         }
-        Ok(BlobReader::new(file, descriptor.size))
+        Ok(BlobReader::new(file, declared))
     }
 
     /// The error for a blob whose read stopped at a size fault.
@@ -333,11 +310,13 @@ impl Layout {
         CoreError::InvalidImage(match fault {
             SizeFault::Longer => format!(
                 "blob {} ({what}) is longer than the {} bytes its descriptor declares (it grew while being read): refused",
-                descriptor.digest, descriptor.size
+                descriptor.digest(),
+                descriptor.size()
             ),
             SizeFault::Shorter(read) => format!(
                 "blob {} ({what}) ends after {read} bytes, shorter than the {} bytes its descriptor declares (it shrank while being read): refused",
-                descriptor.digest, descriptor.size
+                descriptor.digest(),
+                descriptor.size()
             ),
         })
     }
@@ -346,31 +325,28 @@ impl Layout {
     /// `limit` bytes (refused from its descriptor, before it is opened),
     /// checking its digest.
     pub fn read_blob(&self, descriptor: &Descriptor, what: &str, limit: u64) -> Result<Vec<u8>> {
-        digest_hex(&descriptor.digest)?;
-        if descriptor.size > limit {
+        let digest = digest_of(descriptor)?;
+        if descriptor.size() > limit {
             return Err(CoreError::InvalidImage(format!(
-                "blob {} ({what}) declares {} bytes; strata reads at most {} of it: refused",
-                descriptor.digest,
-                descriptor.size,
+                "blob {digest} ({what}) declares {} bytes; strata reads at most {} of it: refused",
+                descriptor.size(),
                 shown::size(limit)
             )));
         }
         let mut reader = self.open_blob(descriptor, what)?;
-        let mut bytes = Vec::with_capacity(descriptor.size as usize);
+        let mut bytes = Vec::with_capacity(descriptor.size() as usize);
         if let Err(e) = reader.read_to_end(&mut bytes) {
             return Err(match reader.fault() {
                 Some(fault) => Layout::size_fault(descriptor, what, fault),
-                None => CoreError::InvalidImage(format!(
-                    "blob {} ({what}) cannot be read: {e}",
-                    descriptor.digest
-                )),
+                None => {
+                    CoreError::InvalidImage(format!("blob {digest} ({what}) cannot be read: {e}"))
+                }
             });
         }
-        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        if actual != descriptor.digest {
+        let actual = Digest::of_bytes(&bytes);
+        if actual != digest {
             return Err(CoreError::InvalidImage(format!(
-                "blob {} ({what}) does not match its digest: its content hashes to {actual}",
-                descriptor.digest
+                "blob {digest} ({what}) does not match its digest: its content hashes to {actual}"
             )));
         }
         Ok(bytes)
@@ -389,7 +365,7 @@ impl Layout {
         let value = serde_json::from_slice(&bytes).map_err(|e| {
             CoreError::InvalidImage(format!(
                 "blob {} is not a valid {what}: {}",
-                descriptor.digest,
+                descriptor.digest(),
                 json_error(&e)
             ))
         })?;
@@ -401,9 +377,9 @@ impl Layout {
     /// platform. Its digest is checked to be a sha256 before it is returned.
     pub fn find_manifest(&self, tag: Option<&str>) -> Result<Descriptor> {
         let bytes = self.index_bytes()?;
-        let choose: &dyn Fn(&Descriptor) -> bool = match tag {
-            Some(tag) => &move |d: &Descriptor| d.ref_name() == Some(tag),
-            None => &|_: &Descriptor| true,
+        let choose: &dyn Fn(&Listed) -> bool = match tag {
+            Some(tag) => &move |d: &Listed| d.ref_name.as_deref() == Some(tag),
+            None => &|_: &Listed| true,
         };
         let picked = parse::pick(&bytes, choose).map_err(|e| {
             CoreError::InvalidImage(format!(
@@ -440,19 +416,18 @@ impl Layout {
         self.platform_manifest(chosen, 0)
     }
 
-    fn platform_manifest(&self, descriptor: Descriptor, depth: usize) -> Result<Descriptor> {
+    fn platform_manifest(&self, listed: Listed, depth: usize) -> Result<Descriptor> {
         // Checked here, so that every message after shows a digest that is
         // one (64 hex digits), not whatever the index held.
-        digest_hex(&descriptor.digest)?;
-        if descriptor.media_type != MEDIA_TYPE_INDEX
-            && descriptor.media_type != DOCKER_MANIFEST_LIST
-        {
+        let descriptor = listed.descriptor()?;
+        let media_type = descriptor.media_type().as_ref();
+        if media_type != MEDIA_TYPE_INDEX && media_type != DOCKER_MANIFEST_LIST {
             return Ok(descriptor);
         }
         if depth > 4 {
             return Err(CoreError::InvalidImage(format!(
                 "index {} nests indexes too deeply",
-                descriptor.digest
+                descriptor.digest()
             )));
         }
         let what = "image index";
@@ -466,14 +441,14 @@ impl Layout {
         .map_err(|e| {
             CoreError::InvalidImage(format!(
                 "blob {} is not a valid {what}: {}",
-                descriptor.digest,
+                descriptor.digest(),
                 json_error(&e)
             ))
         })?;
         let found = picked.chosen.ok_or_else(|| {
             CoreError::InvalidImage(format!(
                 "index {} has no image for linux/{arch}",
-                descriptor.digest
+                descriptor.digest()
             ))
         })?;
         self.platform_manifest(found, depth + 1)
@@ -502,17 +477,18 @@ mod tests {
 
     #[test]
     fn chain_ids_follow_the_oci_rule() {
-        let a = format!("sha256:{}", "a".repeat(64));
-        let b = format!("sha256:{}", "b".repeat(64));
+        use sha2::{Digest as _, Sha256};
+        let a = Digest::new(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        let b = Digest::new(&format!("sha256:{}", "b".repeat(64))).unwrap();
         let chain = chain_ids(&[a.clone(), b.clone()]);
         assert_eq!(chain[0], a);
         let expected = format!("sha256:{}", hex::encode(Sha256::digest(format!("{a} {b}"))));
-        assert_eq!(chain[1], expected);
+        assert_eq!(chain[1].as_str(), expected);
     }
 
     #[test]
     fn digests_other_than_sha256_hex_are_refused() {
-        assert!(digest_hex(&format!("sha256:{}", "0".repeat(64))).is_ok());
+        assert!(layout_digest(&format!("sha256:{}", "0".repeat(64))).is_ok());
         for bad in [
             "sha512:00",
             "sha256:../../etc/passwd",
@@ -520,7 +496,8 @@ mod tests {
             "",
             "sha256:",
         ] {
-            assert!(digest_hex(bad).is_err(), "{bad}");
+            let refused = layout_digest(bad).unwrap_err();
+            assert_eq!(refused.kind(), crate::ErrorKind::InvalidInput, "{bad}");
         }
     }
 

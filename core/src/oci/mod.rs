@@ -11,4 +11,6 @@ mod spec;
 
 pub use export::{ExportReport, export_image};
 pub use import::{ImportProgress, ImportReport, NoProgress, import_image};
-pub use layout::{Descriptor, ImageLocation, Index, Manifest, chain_ids};
+pub use layout::{
+    Descriptor, ImageIndex, ImageLocation, ImageManifest, Manifest, MediaType, chain_ids,
+};

@@ -21,45 +21,49 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::spec::{Descriptor, MAX_LAYERS, Platform, REF_NAME};
+use super::spec::{self, Descriptor, MAX_LAYERS, REF_NAME};
+use crate::error::Result as CoreResult;
 
 /// The most tags an index pass keeps for messages.
 pub const TAGS_KEPT: usize = 20;
 
-/// An index entry as import reads it.
-#[derive(Deserialize)]
+/// An index entry as import reads it: its digest as the index wrote it,
+/// checked when the entry becomes a [`Descriptor`].
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Entry {
-    media_type: String,
-    digest: String,
-    size: u64,
+pub struct Listed {
+    /// What the entry is: a manifest or a nested index.
+    pub media_type: String,
+    /// Its digest, unchecked.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The platform it is for, in an index listing several.
     #[serde(default)]
-    platform: Option<EntryPlatform>,
+    pub platform: Option<ListedPlatform>,
+    /// Its tag: the only annotation kept.
     #[serde(default, rename = "annotations", deserialize_with = "ref_name_only")]
-    ref_name: Option<String>,
+    pub ref_name: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct EntryPlatform {
-    architecture: String,
-    os: String,
+/// The platform of an index entry, as import reads it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ListedPlatform {
+    /// The CPU architecture, as OCI names it ("amd64", "arm64").
+    pub architecture: String,
+    /// The operating system, such as "linux".
+    pub os: String,
 }
 
-impl Entry {
-    fn into_descriptor(self) -> Descriptor {
-        Descriptor {
-            media_type: self.media_type,
-            digest: self.digest,
-            size: self.size,
-            annotations: self
-                .ref_name
-                .map(|name| [(REF_NAME.to_string(), name)].into()),
-            platform: self.platform.map(|p| Platform {
-                architecture: p.architecture,
-                os: p.os,
-                variant: None,
-            }),
+impl Listed {
+    /// The entry as an OCI descriptor, its digest checked to be a sha256,
+    /// with its tag as its only annotation.
+    pub fn descriptor(&self) -> CoreResult<Descriptor> {
+        let mut descriptor = spec::descriptor(&self.media_type, &self.digest, self.size)?;
+        if let Some(name) = &self.ref_name {
+            descriptor.set_annotations(Some([(REF_NAME.to_string(), name.clone())].into()));
         }
+        Ok(descriptor)
     }
 }
 
@@ -99,7 +103,7 @@ fn ref_name_only<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<St
 #[derive(Debug, Default)]
 pub struct Picked {
     /// The first entry `choose` accepted.
-    pub chosen: Option<Descriptor>,
+    pub chosen: Option<Listed>,
     /// How many entries the index lists.
     pub count: usize,
     /// The first `TAGS_KEPT` tags, as they are (escape them to show them).
@@ -109,7 +113,7 @@ pub struct Picked {
 }
 
 /// Walks the index in `bytes`, keeping the first entry `choose` accepts.
-pub fn pick(bytes: &[u8], choose: &dyn Fn(&Descriptor) -> bool) -> serde_json::Result<Picked> {
+pub fn pick(bytes: &[u8], choose: &dyn Fn(&Listed) -> bool) -> serde_json::Result<Picked> {
     let mut picked = Picked::default();
     let mut de = serde_json::Deserializer::from_slice(bytes);
     IndexSeed {
@@ -123,7 +127,7 @@ pub fn pick(bytes: &[u8], choose: &dyn Fn(&Descriptor) -> bool) -> serde_json::R
 
 struct IndexSeed<'a> {
     picked: &'a mut Picked,
-    choose: &'a dyn Fn(&Descriptor) -> bool,
+    choose: &'a dyn Fn(&Listed) -> bool,
 }
 
 impl<'de> DeserializeSeed<'de> for IndexSeed<'_> {
@@ -174,7 +178,7 @@ impl<'de> Visitor<'de> for IndexSeed<'_> {
 
 struct EntriesSeed<'a> {
     picked: &'a mut Picked,
-    choose: &'a dyn Fn(&Descriptor) -> bool,
+    choose: &'a dyn Fn(&Listed) -> bool,
 }
 
 impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
@@ -191,18 +195,17 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         // One entry at a time: only the chosen one outlives its turn.
-        while let Some(entry) = seq.next_element::<Entry>()? {
+        while let Some(entry) = seq.next_element::<Listed>()? {
             let picked = &mut *self.picked;
             picked.count += 1;
-            let descriptor = entry.into_descriptor();
-            if let Some(tag) = descriptor.ref_name() {
+            if let Some(tag) = &entry.ref_name {
                 picked.tag_count += 1;
                 if picked.tags.len() < TAGS_KEPT {
-                    picked.tags.push(tag.to_string());
+                    picked.tags.push(tag.clone());
                 }
             }
-            if picked.chosen.is_none() && (self.choose)(&descriptor) {
-                picked.chosen = Some(descriptor);
+            if picked.chosen.is_none() && (self.choose)(&entry) {
+                picked.chosen = Some(entry);
             }
         }
         Ok(())
@@ -210,37 +213,30 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
 }
 
 /// A descriptor in a manifest as import reads it: annotations, platform
-/// and anything else skipped.
-#[derive(Deserialize)]
+/// and anything else skipped; its digest as the manifest wrote it, checked
+/// when it becomes a [`Descriptor`].
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Blob {
-    media_type: String,
-    digest: String,
-    size: u64,
+pub struct Blob {
+    /// What the blob is.
+    pub media_type: String,
+    /// Its digest, unchecked.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
-impl From<Blob> for Descriptor {
-    fn from(blob: Blob) -> Descriptor {
-        Descriptor {
-            media_type: blob.media_type,
-            digest: blob.digest,
-            size: blob.size,
-            annotations: None,
-            platform: None,
-        }
+impl Blob {
+    /// The blob as an OCI descriptor, its digest checked to be a sha256.
+    pub fn descriptor(&self) -> CoreResult<Descriptor> {
+        spec::descriptor(&self.media_type, &self.digest, self.size)
     }
-}
-
-/// A manifest's config descriptor, without its annotations.
-pub fn blob_descriptor<'de, D: Deserializer<'de>>(d: D) -> Result<Descriptor, D::Error> {
-    Blob::deserialize(d).map(Descriptor::from)
 }
 
 /// A manifest's layer descriptors, at most `MAX_LAYERS`, without their
 /// annotations.
-pub fn layer_descriptors<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Descriptor>, D::Error> {
+pub fn layer_blobs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Blob>, D::Error> {
     at_most::<Blob, D>(d, "layer descriptors")
-        .map(|v| v.into_iter().map(Descriptor::from).collect())
 }
 
 /// A config's diff ids, at most `MAX_LAYERS`.
@@ -298,7 +294,7 @@ mod tests {
             "manifests": [d("one"), d("two"), { "mediaType": "m", "digest": "d", "size": 1, "annotations": null }],
         });
         let bytes = serde_json::to_vec(&index).unwrap();
-        let picked = pick(&bytes, &|d| d.ref_name() == Some("two")).unwrap();
+        let picked = pick(&bytes, &|d| d.ref_name.as_deref() == Some("two")).unwrap();
         assert_eq!(picked.chosen.unwrap().digest, "d-two");
         assert_eq!((picked.count, picked.tag_count), (3, 2));
         assert_eq!(picked.tags, ["one", "two"]);

@@ -3,9 +3,9 @@
 //! Both the bounded parser (`parse`) and the layout reader (`layout`) build on
 //! it, neither on the other's types.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
+use super::shown::shown;
+use crate::error::{CoreError, Result};
+use crate::ids::Digest;
 
 /// The media type of an OCI image index: `index.json`, or an index blob
 /// listing one image per platform (followed to this machine's on import).
@@ -28,63 +28,45 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// and the one written.
 pub const LAYOUT_VERSION: &str = "1.0.0";
 
-/// An OCI content descriptor: what a blob is, where it is and how large.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    /// What the blob is, such as [`MEDIA_TYPE_MANIFEST`].
-    pub media_type: String,
-    /// The blob's digest, `sha256:<hex>` (other algorithms are refused when
-    /// the blob is opened); it names the file in `blobs/sha256/`.
-    pub digest: String,
-    /// The blob's length in bytes; a blob of any other length is refused.
-    pub size: u64,
-    /// The descriptor's annotations, such as [`REF_NAME`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
-    /// The platform the image is for, in an index listing several.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
+/// The OCI image-spec's own types, from oci-spec: what export writes and
+/// import hands on once its bounded parser (`parse`) has checked what it
+/// read.
+pub use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+
+/// The tag `descriptor` carries (its [`REF_NAME`] annotation), if any.
+pub fn ref_name(descriptor: &Descriptor) -> Option<&str> {
+    descriptor
+        .annotations()
+        .as_ref()?
+        .get(REF_NAME)
+        .map(String::as_str)
 }
 
-impl Descriptor {
-    /// The tag the descriptor carries (its [`REF_NAME`] annotation), if any.
-    pub fn ref_name(&self) -> Option<&str> {
-        self.annotations.as_ref()?.get(REF_NAME).map(String::as_str)
-    }
+/// The digest `text`, checked to be `sha256:` and 64 lowercase hex digits
+/// (the only algorithm strata verifies); InvalidImage otherwise, showing
+/// the text escaped and cut short.
+pub fn layout_digest(text: &str) -> Result<Digest> {
+    Digest::new(text).map_err(|_| {
+        CoreError::InvalidImage(format!(
+            "digest '{}' is not sha256:<64 lowercase hex digits> (only sha256 is supported)",
+            shown(text)
+        ))
+    })
 }
 
-/// The platform an image of an index is for.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Platform {
-    /// The CPU architecture, as OCI names it ("amd64", "arm64"; see
-    /// [`oci_arch`](super::layout::oci_arch)).
-    pub architecture: String,
-    /// The operating system, such as "linux".
-    pub os: String,
-    /// The CPU variant, such as "v8"; not read on import.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+/// A descriptor of the blob `digest` (checked), of `media_type` and `size`.
+pub fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor> {
+    let digest = layout_digest(digest)?;
+    Ok(Descriptor::new(
+        MediaType::from(media_type),
+        size,
+        oci_spec::image::Digest::from(digest),
+    ))
 }
 
-/// An OCI image index: a layout's `index.json`, as export reads and
-/// writes it whole.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Index {
-    /// The format version: 2 in every index strata writes; not checked
-    /// when one is read.
-    pub schema_version: u32,
-    /// [`MEDIA_TYPE_INDEX`], if the index says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    /// The manifests (or nested indexes) the layout holds, each tagged by
-    /// its [`REF_NAME`] annotation.
-    #[serde(default)]
-    pub manifests: Vec<Descriptor>,
-    /// The index's own annotations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
+/// The digest of `descriptor`, checked as [`layout_digest`] checks text.
+pub fn digest_of(descriptor: &Descriptor) -> Result<Digest> {
+    layout_digest(descriptor.digest().as_ref())
 }
 
 /// The most layers an image may have. More than any driver stacks (overlay
