@@ -199,6 +199,45 @@ fn automatic_choice_says_why_each_driver_was_passed_over() {
 }
 
 #[test]
+fn btrfs_is_chosen_on_btrfs_and_passed_over_elsewhere_saying_why() {
+    let mut setup = Setup::new();
+    fs::copy(
+        build_plugin("strata-driver-btrfs"),
+        setup.drivers.join("libstrata_driver_btrfs.so"),
+    )
+    .unwrap();
+    // Off btrfs (on a tmpfs, whatever the temporary directory is on).
+    let tmpfs = strata_testkit::mounts::ScratchTmpfs::new(16 << 20)
+        .expect("mount a tmpfs for the graph root (needs root)");
+    setup.roots = tmpfs.path().to_path_buf();
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["--json", "status"]))).unwrap();
+    assert_eq!(status["driver"], "vfs", "{status}");
+    let btrfs = status["passed_over"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["driver"] == "btrfs")
+        .unwrap_or_else(|| panic!("btrfs is not among those passed over: {status}"));
+    let reason = btrfs["reason"].as_str().unwrap();
+    assert!(reason.contains("is on tmpfs, not btrfs"), "{reason}");
+    assert!(
+        !setup.roots.join("graph/btrfs").exists(),
+        "the refusing driver made its home"
+    );
+    // On btrfs.
+    let btrfs_fs = strata_testkit::mounts::LoopFilesystem::new(
+        strata_testkit::mounts::LoopFsKind::Btrfs,
+        256 << 20,
+    )
+    .expect("a loop btrfs (needs root)");
+    setup.roots = btrfs_fs.path().to_path_buf();
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["--json", "status"]))).unwrap();
+    assert_eq!(status["driver"], "btrfs", "{status}");
+}
+
+#[test]
 fn a_driver_answering_not_supported_is_passed_over_and_nothing_is_left() {
     let setup = Setup::new();
     // vfs refuses to start when told to reflink on a filesystem that cannot.

@@ -182,3 +182,13 @@ fn four_processes_on_overlay() {
 fn eight_processes_on_overlay() {
     many_processes("overlay", 8, 4);
 }
+
+#[test]
+fn two_processes_on_btrfs() {
+    many_processes("btrfs", 2, 8);
+}
+
+#[test]
+fn four_processes_on_btrfs() {
+    many_processes("btrfs", 4, 6);
+}

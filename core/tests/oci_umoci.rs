@@ -11,6 +11,7 @@ use std::process::Command;
 
 use strata_core::oci::{ImageLocation, NoProgress, export_image, import_image};
 use strata_core::store::Store;
+use strata_testkit::mounts::{LoopFilesystem, LoopFsKind};
 use strata_testkit::plugins::build_plugin;
 use strata_testkit::skip;
 use strata_testkit::tree::{Compare, build_every_kind, compare_trees_with};
@@ -115,6 +116,12 @@ impl Drop for Emptied<'_> {
 }
 
 fn round_trip(driver: &str) {
+    round_trip_on(driver, None)
+}
+
+/// The round trip with the graph root on a fresh loop filesystem of `kind`
+/// (made and torn down here), or in /var/tmp.
+fn round_trip_on(driver: &str, kind: Option<LoopFsKind>) {
     let missing: Vec<&str> = ["umoci", "skopeo"]
         .into_iter()
         .filter(|tool| !skip::have_tool(tool))
@@ -129,9 +136,24 @@ fn round_trip(driver: &str) {
         );
         return;
     }
+    let backing = match kind {
+        Some(kind) if !skip::is_root() => {
+            skip::cannot_run(
+                &format!("the umoci round trip on {driver}"),
+                &format!("needs root to make a loop {kind:?} filesystem"),
+            );
+            return;
+        }
+        Some(kind) => Some(LoopFilesystem::new(kind, 2 << 30).expect("a loop filesystem")),
+        None => None,
+    };
     let scratch = tempfile::Builder::new()
         .prefix("strata-umoci-")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(
+            backing
+                .as_ref()
+                .map_or(Path::new("/var/tmp"), |fs| fs.path()),
+        )
         .unwrap();
     let scratch = scratch.path();
     let layout = scratch.join("layout");
@@ -258,4 +280,9 @@ fn umoci_images_on_vfs() {
 #[test]
 fn umoci_images_on_overlay() {
     round_trip("overlay");
+}
+
+#[test]
+fn umoci_images_on_btrfs() {
+    round_trip_on("btrfs", Some(LoopFsKind::Btrfs));
 }

@@ -7,12 +7,17 @@
 //! links and its mount (statx's mount id, which tells a bind mount of the same
 //! filesystem apart; the device where the kernel has no mount ids) compared
 //! with the tree's; a directory on another mount is refused (EBUSY),
-//! untouched.
+//! untouched. On btrfs a subvolume inside the tree (a container may make
+//! them) is deleted as one, with those nested in it (see `subvolume`).
 
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use crate::fs_type::FsType;
+use crate::subvolume;
 
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 
@@ -34,13 +39,49 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
         return rustix::fs::unlink(path).map_err(Into::into);
     }
     let dir = rustix::fs::openat(CWD, path, DIR_FLAGS, Mode::empty())?;
-    let mount = mount_of(&dir)?;
-    empty_dir(&dir, mount, path)?;
+    if crate::fs_type::of_fd(&dir)? == FsType::Btrfs && subvolume::is_subvolume_root(&dir)? {
+        // A subvolume goes as one, through the directory that holds it.
+        drop(dir);
+        let (holder, name) = holder_of(path)?;
+        return subvolume::delete(&holder, &name, path.parent().unwrap_or(path));
+    }
+    empty(&dir, path)?;
     drop(dir);
     match rustix::fs::rmdir(path) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The directory holding `path`, open, and `path`'s last component.
+fn holder_of(path: &Path) -> io::Result<(OwnedFd, CString)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let name =
+        CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let holder = rustix::fs::openat(CWD, parent, DIR_FLAGS, Mode::empty())?;
+    Ok((holder, name))
+}
+
+/// Deletes what the open directory `dir` holds (on its own mount, btrfs
+/// subvolumes as one), leaving `dir` itself; `shown` names it in errors.
+pub(crate) fn empty(dir: &OwnedFd, shown: &Path) -> io::Result<()> {
+    let mount = mount_of(dir)?;
+    let on_btrfs = crate::fs_type::of_fd(dir)? == FsType::Btrfs;
+    empty_dir(dir, Walk { mount, on_btrfs }, shown)
+}
+
+/// What every directory of one deletion shares: the mount it must stay on,
+/// and whether that is btrfs (where a directory may be a subvolume).
+#[derive(Clone, Copy)]
+struct Walk {
+    mount: MountOf,
+    on_btrfs: bool,
 }
 
 /// Which mount an open directory is on: its mount id, or its device where
@@ -68,8 +109,8 @@ fn mount_of(dir: &OwnedFd) -> io::Result<MountOf> {
     }
 }
 
-/// Deletes the contents of `dir` (on mount `mount`).
-fn empty_dir(dir: &OwnedFd, mount: MountOf, shown: &Path) -> io::Result<()> {
+/// Deletes the contents of `dir` (on the walk's mount).
+fn empty_dir(dir: &OwnedFd, walk: Walk, shown: &Path) -> io::Result<()> {
     // Names first, then deletions: changing a directory while reading it
     // may skip entries.
     let mut names: Vec<(CString, FileType)> = Vec::new();
@@ -81,7 +122,7 @@ fn empty_dir(dir: &OwnedFd, mount: MountOf, shown: &Path) -> io::Result<()> {
         }
     }
     for (name, kind) in names {
-        remove_entry(dir, &name, kind, mount, shown)?;
+        remove_entry(dir, &name, kind, walk, shown)?;
     }
     Ok(())
 }
@@ -90,7 +131,7 @@ fn remove_entry(
     parent: &OwnedFd,
     name: &CStr,
     kind: FileType,
-    mount: MountOf,
+    walk: Walk,
     shown: &Path,
 ) -> io::Result<()> {
     let kind = match kind {
@@ -107,7 +148,7 @@ fn remove_entry(
         };
     }
     let child = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())?;
-    if mount_of(&child)? != mount {
+    if mount_of(&child)? != walk.mount {
         return Err(io::Error::new(
             io::ErrorKind::ResourceBusy,
             format!(
@@ -117,7 +158,11 @@ fn remove_entry(
             ),
         ));
     }
-    empty_dir(&child, mount, shown)?;
+    if walk.on_btrfs && subvolume::is_subvolume_root(&child)? {
+        drop(child);
+        return subvolume::delete(parent, name, shown);
+    }
+    empty_dir(&child, walk, shown)?;
     drop(child);
     match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),

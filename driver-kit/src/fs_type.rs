@@ -65,6 +65,12 @@ pub fn of(path: &Path) -> std::io::Result<FsType> {
     Ok(FsType::from_magic(statfs.f_type as u64))
 }
 
+/// The filesystem the open file `fd` is on.
+pub fn of_fd(fd: impl std::os::fd::AsFd) -> std::io::Result<FsType> {
+    let statfs = rustix::fs::fstatfs(fd)?;
+    Ok(FsType::from_magic(statfs.f_type as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

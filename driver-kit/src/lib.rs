@@ -16,6 +16,8 @@
 //!   copying a directory's own metadata ([`xattr::copy_root_metadata`]).
 //! * [`delete`]: deleting a tree without crossing into what is mounted in it.
 //! * [`fs_type`]: what filesystem a path is on.
+//! * [`subvolume`]: btrfs subvolumes met in a tree: deleted as one, nested
+//!   ones first, read-only ones too; their read-only flag.
 //! * [`mounts`]: mount points from `/proc/self/mountinfo`, and taking down
 //!   what a killed process left mounted under a directory.
 //! * [`options`]: driver options with unknown keys refused and values checked.
@@ -32,6 +34,7 @@ pub mod home;
 pub mod lock;
 pub mod mounts;
 pub mod options;
+pub mod subvolume;
 pub mod xattr;
 
 pub use home::{LayerHome, Staging};

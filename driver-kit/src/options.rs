@@ -64,6 +64,45 @@ impl<'a> DriverOptions<'a> {
         }
         Ok(items)
     }
+
+    /// A size in bytes: a number with an optional binary unit (`k`, `m`,
+    /// `g`, `t`, any case, optionally followed by `b` or `ib`: "20M",
+    /// "1GiB", "4096"), as `docker run --storage-opt size=` reads it;
+    /// `None` when absent. Zero and values past 2^64 are refused.
+    pub fn size(&self, key: &str) -> Result<Option<u64>> {
+        let Some(text) = self.values.get(key) else {
+            return Ok(None);
+        };
+        parse_size(text).map(Some).ok_or_else(|| {
+            DriverError::invalid_input(format!(
+                "{} '{key}' must be a size such as 10G, 512M or 1048576, not '{text}'",
+                self.what
+            ))
+        })
+    }
+}
+
+/// "20M" as 20 MiB; see [`DriverOptions::size`].
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    let bytes = number.checked_mul(1u64 << shift)?;
+    (bytes > 0).then_some(bytes)
 }
 
 /// "a, b or c".
@@ -78,6 +117,17 @@ fn or_list(choices: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("20M"), Some(20 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("2gb"), Some(2 << 30));
+        for bad in ["", "0", "M", "1X", "-1", "99999999999T", "1.5G"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
     use strata_plugin_abi::ErrorKind;
 
     fn values(pairs: &[(&str, &str)]) -> KeyValues {

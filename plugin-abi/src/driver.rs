@@ -63,6 +63,16 @@ pub trait GraphDriver: Send + Sync {
     /// mount away, so the path is no longer a mount point afterwards. Options
     /// it cannot honour (`ro` where it cannot make a read-only tree) are
     /// refused, never ignored.
+    ///
+    /// **Filling a read-only layer.** The host writes a layer it is making
+    /// (an image layer, created without `read_write`) through a native diff
+    /// directory where the driver has one, and otherwise through one `get`
+    /// with the `rw` option, before it records the layer as made. A driver
+    /// that claims [`Capabilities::READ_ONLY_LAYERS`] without native diffs
+    /// gives a writable tree for that `get` and seals the layer at the `put`
+    /// that follows: from then on its tree rejects writes and `rw` is
+    /// refused. Without `rw`, an image layer's tree is read-only at every
+    /// mount, the first included.
     fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf>;
 
     /// Releases what `get` made available (unmounts, for a driver that

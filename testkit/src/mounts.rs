@@ -86,8 +86,22 @@ impl LoopFilesystem {
         let image_dir = tempfile::tempdir()?;
         let image = image_dir.path().join("fs.img");
         std::fs::File::create(&image)?.set_len(size)?;
-        let device = loopdev::LoopControl::open()?.next_free()?;
-        device.with().autoclear(true).attach(&image)?;
+        // Another test (or process) may take the free device between
+        // finding and attaching it: then the next free one is tried.
+        let mut attempts = 0;
+        let device = loop {
+            let device = loopdev::LoopControl::open()?.next_free()?;
+            match device.with().autoclear(true).attach(&image) {
+                Ok(()) => break device,
+                Err(e)
+                    if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error())
+                        && attempts < 20 =>
+                {
+                    attempts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut fs = LoopFilesystem {
             mountpoint: tempfile::tempdir()?,
             device: Some(device),

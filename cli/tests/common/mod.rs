@@ -4,15 +4,19 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use strata_testkit::mounts::{LoopFilesystem, LoopFsKind};
 use strata_testkit::plugins::build_plugin;
 
 /// A store in a scratch directory of its own, on one driver.
 pub struct Store {
     pub scratch: tempfile::TempDir,
     pub driver: &'static str,
+    /// The loop filesystem the scratch directory is on, for a driver that
+    /// needs its own (btrfs); dropped last, after the scratch directory.
+    pub backing: Option<LoopFilesystem>,
 }
 
 impl Drop for Store {
@@ -28,13 +32,27 @@ impl Drop for Store {
 
 impl Store {
     /// A new store on `driver`, in `/var/tmp/<prefix>...` (overlay cannot
-    /// put upper directories on an overlay `/tmp`).
+    /// put upper directories on an overlay `/tmp`), or for btrfs on a loop
+    /// btrfs made for it.
     pub fn on(prefix: &str, driver: &'static str) -> Store {
+        // btrfs needs btrfs: a loop-mounted one of its own (these tests
+        // run as root, as every test that mounts does).
+        let backing = (driver == "btrfs").then(|| {
+            LoopFilesystem::new(LoopFsKind::Btrfs, 4 << 30).expect("a loop btrfs for the store")
+        });
         let scratch = tempfile::Builder::new()
             .prefix(prefix)
-            .tempdir_in("/var/tmp")
+            .tempdir_in(
+                backing
+                    .as_ref()
+                    .map_or(Path::new("/var/tmp"), |fs| fs.path()),
+            )
             .unwrap();
-        Store { scratch, driver }
+        Store {
+            scratch,
+            driver,
+            backing,
+        }
     }
 
     /// The graph root.

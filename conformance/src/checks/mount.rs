@@ -50,6 +50,11 @@ pub fn checks() -> Vec<Check> {
             read_only_layer_rejects_writes,
         ),
         check(
+            "mount/read-only-layer-is-filled-once",
+            "For drivers claiming read-only-layers without native diffs: the host fills an image layer through one get with 'rw'; the put after it seals the layer (writes fail, its files stay) and a later 'rw' is refused.",
+            read_only_layer_is_filled_once,
+        ),
+        check(
             "mount/deep-stack-reads-back-every-layer",
             "Each layer of a 128-layer stack mounts and reads exactly its own and its ancestors' files, the nearest layer's write winning.",
             deep_stack,
@@ -346,6 +351,56 @@ fn read_only_layer_rejects_writes(suite: &Suite) -> CheckOutcome {
     );
     ensure!(content == b"original", "a read-only layer's file changed");
     Ok(())
+}
+
+fn read_only_layer_is_filled_once(suite: &Suite) -> CheckOutcome {
+    let capabilities = suite.driver.capabilities();
+    if !capabilities.contains(Capabilities::READ_ONLY_LAYERS) {
+        return Err(Verdict::Skip(
+            "the driver does not claim read-only layers (capability read-only-layers)".into(),
+        ));
+    }
+    if capabilities.contains(Capabilities::NATIVE_DIFF) {
+        return Err(Verdict::Skip(
+            "the host fills this driver's image layers through their native diffs".into(),
+        ));
+    }
+    let mut layers = Layers::new(suite.driver);
+    layers.create("conformance-fill-base", None)?;
+    layers.create_with(
+        "conformance-fill",
+        Some("conformance-fill-base"),
+        &CreateOptions::default(),
+    )?;
+    let fill = MountOptions {
+        options: vec!["rw".to_string()],
+        ..Default::default()
+    };
+    let path = suite
+        .driver
+        .get("conformance-fill", &fill)
+        .map_err(|e| Verdict::Fail(format!("the filling get ('rw') was refused: {e}")))?;
+    let filled = fs::write(path.join("filled"), b"by the host");
+    layers.unmount("conformance-fill")?;
+    io("write into the layer being filled", filled)?;
+    let path = layers.mount("conformance-fill")?;
+    let after = fs::write(path.join("after"), b"x");
+    let kept = fs::read(path.join("filled")).unwrap_or_default();
+    layers.unmount("conformance-fill")?;
+    ensure!(after.is_err(), "a sealed image layer took a new file");
+    ensure!(
+        kept == b"by the host",
+        "what the host filled in was lost at the seal"
+    );
+    match suite.driver.get("conformance-fill", &fill) {
+        Ok(_) => {
+            let _ = suite.driver.put("conformance-fill");
+            Err(Verdict::Fail(
+                "a sealed image layer was opened read-write again".into(),
+            ))
+        }
+        Err(_) => Ok(()),
+    }
 }
 
 /// 128 layers, each adding a file of its own and shadowing one file of its

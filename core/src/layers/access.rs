@@ -58,6 +58,21 @@ pub(super) fn mount_counted(
     counts.acquire(id, || Ok(driver.get(id, &MountOptions::default())?))
 }
 
+/// Mounts the layer to write its files (counted like [`mount_counted`]):
+/// `get` with the `rw` option, by which a driver enforcing read-only layers
+/// opens an image layer the host is making, until the `put` that ends it.
+pub(super) fn mount_to_fill(
+    driver: &dyn GraphDriver,
+    counts: &MountCounts,
+    id: &str,
+) -> Result<PathBuf> {
+    let writable = MountOptions {
+        options: vec!["rw".to_string()],
+        ..MountOptions::default()
+    };
+    counts.acquire(id, || Ok(driver.get(id, &writable)?))
+}
+
 pub(super) fn unmount_counted(
     driver: &dyn GraphDriver,
     counts: &MountCounts,

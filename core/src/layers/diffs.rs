@@ -59,7 +59,7 @@ impl LayerStore<'_> {
         if self.diff_method == DiffMethod::DriverStream {
             return self.apply_driver_stream(id, parent, diff);
         }
-        let files = LayerFiles::open(driver, &self.counts, self.native_dir(id)?, id)?;
+        let files = LayerFiles::open(driver, &self.counts, self.native_dir(id)?, id, true)?;
         // Into a native diff, directories written into take their metadata
         // from the tree below: the parent, mounted for the length of the apply.
         let parent = match (&files, parent) {
@@ -208,7 +208,7 @@ impl LayerStore<'_> {
         if let Some(split_path) =
             split_path.filter(|_| record.as_ref().is_some_and(|r| r.diff.is_some()))
         {
-            let files = LayerFiles::open(driver, &self.counts, self.native_dir(id)?, id)?;
+            let files = LayerFiles::open(driver, &self.counts, self.native_dir(id)?, id, false)?;
             let root = files.path().to_path_buf();
             let rebuild = |out: &mut dyn Write| {
                 let record = self.tar_splits.open(id)?.ok_or_else(|| {
@@ -343,17 +343,23 @@ pub(super) enum LayerFiles<'d> {
 
 impl<'d> LayerFiles<'d> {
     /// The layer's native diff directory if `native` names one, otherwise
-    /// its tree, mounted (counted) until [`close`](Self::close).
+    /// its tree, mounted (counted) until [`close`](Self::close); `to_fill`
+    /// when the files are to be written (see `mount_to_fill`).
     pub(super) fn open(
         driver: &'d dyn GraphDriver,
         counts: &'d MountCounts,
         native: Option<(PathBuf, archive::WhiteoutFormat)>,
         id: &str,
+        to_fill: bool,
     ) -> Result<Self> {
         if let Some((native, format)) = native {
             return Ok(LayerFiles::Native(native, format));
         }
-        let path = mount_counted(driver, counts, id)?;
+        let path = if to_fill {
+            mount_to_fill(driver, counts, id)?
+        } else {
+            mount_counted(driver, counts, id)?
+        };
         Ok(LayerFiles::Mounted {
             driver,
             counts,

@@ -58,7 +58,7 @@ use crate::ids::{Digest, LayerId};
 use crate::mounts::MountCounts;
 use crate::sessions::Sessions;
 
-use access::{mount_counted, unmount_counted, with_trees};
+use access::{mount_counted, mount_to_fill, unmount_counted, with_trees};
 pub use diff_method::{DiffMethod, NATIVE_DIFF_WHITEOUTS_KEY};
 pub use diffs::DiffSource;
 pub(crate) use records::{
