@@ -69,6 +69,15 @@ pub fn probe(dir: &Path) -> io::Result<()> {
     sealed.and(deleted)
 }
 
+/// Whether this process holds CAP_SYS_ADMIN, under which the kernel
+/// allows every subvolume operation.
+pub fn has_sys_admin() -> bool {
+    rustix::thread::capabilities(None).is_ok_and(|caps| {
+        caps.effective
+            .contains(rustix::thread::CapabilitySet::SYS_ADMIN)
+    })
+}
+
 /// Whether quota accounting is on for the filesystem of `path`.
 pub fn quota_on(path: &Path) -> io::Result<bool> {
     let fd = open_dir(path)?;
