@@ -13,12 +13,13 @@ libs=("$dir"/libstrata_driver_*.so)
 # The backends each driver runs on; a driver not named here runs on a plain
 # directory. vfs also runs on btrfs, where it clones extents; overlay also on
 # xfs (d_type on, the filesystem containers/storage recommends under overlay);
-# btrfs needs btrfs, on a loop device.
+# btrfs needs btrfs, on a loop device; zfs a pool, zfs-fuse on a file.
 backends_for() {
     case "$1" in
         vfs) echo "none loop-btrfs" ;;
         overlay) echo "none loop-xfs" ;;
         btrfs) echo "loop-btrfs" ;;
+        zfs) echo "zfs-fuse" ;;
         *) echo "none" ;;
     esac
 }

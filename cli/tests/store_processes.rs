@@ -192,3 +192,8 @@ fn two_processes_on_btrfs() {
 fn four_processes_on_btrfs() {
     many_processes("btrfs", 4, 6);
 }
+
+#[test]
+fn two_processes_on_zfs() {
+    many_processes("zfs", 2, 4);
+}

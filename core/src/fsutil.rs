@@ -35,9 +35,25 @@ fn write_renamed(path: &Path, bytes: &[u8], replace: bool, durable: bool) -> io:
     } else {
         rustix::fs::RenameFlags::NOREPLACE
     };
-    rustix::fs::renameat_with(rustix::fs::CWD, &*temp_path, rustix::fs::CWD, path, flags)?;
-    // The temp file is now `path`; nothing left to delete.
-    std::mem::forget(temp_path);
+    match rustix::fs::renameat_with(rustix::fs::CWD, &*temp_path, rustix::fs::CWD, path, flags) {
+        Ok(()) => {
+            // The temp file is now `path`; nothing left to delete.
+            std::mem::forget(temp_path);
+        }
+        // FUSE filesystems (zfs-fuse) answer EINVAL to RENAME_NOREPLACE:
+        // a hard link is just as atomic and fails the same way on an
+        // existing `path`; the temp name then goes with `temp_path`.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if !replace => {
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                &*temp_path,
+                rustix::fs::CWD,
+                path,
+                rustix::fs::AtFlags::empty(),
+            )?;
+        }
+        Err(e) => return Err(e.into()),
+    }
     if durable {
         fs::File::open(dir)?.sync_all()?;
     }

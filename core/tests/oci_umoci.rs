@@ -11,7 +11,7 @@ use std::process::Command;
 
 use strata_core::oci::{ImageLocation, NoProgress, export_image, import_image};
 use strata_core::store::Store;
-use strata_testkit::mounts::{LoopFilesystem, LoopFsKind};
+use strata_testkit::mounts::{LoopFilesystem, LoopFsKind, ZfsFusePool};
 use strata_testkit::plugins::build_plugin;
 use strata_testkit::skip;
 use strata_testkit::tree::{Compare, build_every_kind, compare_trees_with};
@@ -27,7 +27,7 @@ fn umoci(args: &[&str]) -> String {
 /// Makes, in `layout`, image `base` from a tree holding every kind of file,
 /// and image `child` on it that deletes, modifies and adds files and
 /// directories (a directory deleted and made again among them).
-fn make_umoci_images(scratch: &Path, layout: &Path) {
+fn make_umoci_images(scratch: &Path, layout: &Path, xattrs: bool) {
     let spec = |tag: &str| format!("{}:{tag}", layout.display());
     umoci(&["init", "--layout", layout.to_str().unwrap()]);
     umoci(&["new", "--image", &spec("base")]);
@@ -41,6 +41,9 @@ fn make_umoci_images(scratch: &Path, layout: &Path) {
     // hostile_content.rs), which umoci unpack would set: the image carries
     // none, so the two trees are comparable.
     fixtures::remove_xattrs_layers_drop(&rootfs);
+    if !xattrs {
+        remove_every_xattr(&rootfs);
+    }
     fs::create_dir_all(rootfs.join("opt/app/lib")).unwrap();
     fs::write(rootfs.join("opt/app/lib/old.so"), b"old").unwrap();
     fs::write(rootfs.join("opt/app/config"), b"v1").unwrap();
@@ -74,6 +77,24 @@ fn make_umoci_images(scratch: &Path, layout: &Path) {
         &spec("child"),
         bundle.to_str().unwrap(),
     ]);
+}
+
+/// Takes every xattr off everything under `root`.
+fn remove_every_xattr(root: &Path) {
+    let mut names = vec![0u8; 4096];
+    let mut paths = vec![root.to_path_buf()];
+    while let Some(path) = paths.pop() {
+        let length = rustix::fs::llistxattr(&path, &mut names).unwrap();
+        for name in names[..length].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            let name = std::ffi::CString::new(name).unwrap();
+            rustix::fs::lremovexattr(&path, name.as_c_str()).unwrap();
+        }
+        if fs::symlink_metadata(&path).unwrap().is_dir() {
+            for entry in fs::read_dir(&path).unwrap() {
+                paths.push(entry.unwrap().path());
+            }
+        }
+    }
 }
 
 fn open_store(scratch: &Path, driver: &str) -> Store {
@@ -116,12 +137,37 @@ impl Drop for Emptied<'_> {
 }
 
 fn round_trip(driver: &str) {
-    round_trip_on(driver, None)
+    round_trip_on(driver, Backing::VarTmp)
+}
+
+/// Where a round trip's graph root goes.
+enum Backing {
+    /// A directory in /var/tmp.
+    VarTmp,
+    /// A fresh loop filesystem of this kind, made and torn down here.
+    Loop(LoopFsKind),
+    /// A fresh zfs-fuse pool, made and destroyed here.
+    ZfsFuse,
+}
+
+/// What holds a round trip's graph root until the end of the test.
+enum Backed {
+    Loop(LoopFilesystem),
+    Zfs(ZfsFusePool),
+}
+
+impl Backed {
+    fn path(&self) -> &Path {
+        match self {
+            Backed::Loop(fs) => fs.path(),
+            Backed::Zfs(pool) => pool.path(),
+        }
+    }
 }
 
 /// The round trip with the graph root on a fresh loop filesystem of `kind`
 /// (made and torn down here), or in /var/tmp.
-fn round_trip_on(driver: &str, kind: Option<LoopFsKind>) {
+fn round_trip_on(driver: &str, backing: Backing) {
     let missing: Vec<&str> = ["umoci", "skopeo"]
         .into_iter()
         .filter(|tool| !skip::have_tool(tool))
@@ -136,29 +182,39 @@ fn round_trip_on(driver: &str, kind: Option<LoopFsKind>) {
         );
         return;
     }
-    let backing = match kind {
-        Some(kind) if !skip::is_root() => {
-            skip::cannot_run(
-                &format!("the umoci round trip on {driver}"),
-                &format!("needs root to make a loop {kind:?} filesystem"),
-            );
-            return;
-        }
-        Some(kind) => Some(LoopFilesystem::new(kind, 2 << 30).expect("a loop filesystem")),
-        None => None,
+    if !matches!(backing, Backing::VarTmp) && !skip::is_root() {
+        skip::cannot_run(
+            &format!("the umoci round trip on {driver}"),
+            "needs root to make the filesystem under its graph root",
+        );
+        return;
+    }
+    let backing = match backing {
+        Backing::VarTmp => None,
+        Backing::Loop(kind) => Some(Backed::Loop(
+            LoopFilesystem::new(kind, 2 << 30).expect("a loop filesystem"),
+        )),
+        Backing::ZfsFuse => Some(Backed::Zfs(
+            ZfsFusePool::new(2 << 30).expect("a zfs-fuse pool"),
+        )),
     };
+    // The images and umoci's trees in /var/tmp; the store where the
+    // backing says.
     let scratch = tempfile::Builder::new()
         .prefix("strata-umoci-")
-        .tempdir_in(
-            backing
-                .as_ref()
-                .map_or(Path::new("/var/tmp"), |fs| fs.path()),
-        )
+        .tempdir_in("/var/tmp")
         .unwrap();
     let scratch = scratch.path();
+    let store_dir = tempfile::Builder::new()
+        .prefix("strata-umoci-store-")
+        .tempdir_in(backing.as_ref().map_or(Path::new("/var/tmp"), Backed::path))
+        .unwrap();
     let layout = scratch.join("layout");
-    make_umoci_images(scratch, &layout);
-    let store = open_store(scratch, driver);
+    // zfs-fuse keeps no xattrs on most files: the images carry none there,
+    // so that what the store holds can be the tree umoci unpacks.
+    let xattrs = !matches!(backing, Some(Backed::Zfs(_)));
+    make_umoci_images(scratch, &layout, xattrs);
+    let store = open_store(store_dir.path(), driver);
     let _emptied = Emptied(&store);
     let location = |tag: &str| ImageLocation {
         dir: layout.clone(),
@@ -284,5 +340,10 @@ fn umoci_images_on_overlay() {
 
 #[test]
 fn umoci_images_on_btrfs() {
-    round_trip_on("btrfs", Some(LoopFsKind::Btrfs));
+    round_trip_on("btrfs", Backing::Loop(LoopFsKind::Btrfs));
+}
+
+#[test]
+fn umoci_images_on_zfs() {
+    round_trip_on("zfs", Backing::ZfsFuse);
 }

@@ -42,6 +42,11 @@ impl<'a> DriverOptions<'a> {
             })
     }
 
+    /// A value taken as it is, if given.
+    pub fn text(&self, key: &str) -> Option<&'a str> {
+        self.values.get(key)
+    }
+
     /// A boolean (true/false, yes/no, 1/0); `default` when absent.
     pub fn bool(&self, key: &str, default: bool) -> Result<bool> {
         Ok(self.values.get_bool(&self.what, key)?.unwrap_or(default))

@@ -160,14 +160,26 @@ impl Drop for LoopFilesystem {
 
 /// A ZFS pool on a sparse file, served by zfs-fuse (userspace ZFS; this
 /// machine's kernel has no zfs), mounted on a temporary directory. Starts the
-/// zfs-fuse daemon if none runs and stops it again if it started it. Dropping
-/// it destroys the pool, failure or not.
+/// zfs-fuse daemon if none runs and stops it again once the last pool of
+/// this process is dropped, if this process started it (tests run pools on
+/// several threads at once). Dropping a pool destroys it, failure or not.
 pub struct ZfsFusePool {
     name: String,
     mountpoint: tempfile::TempDir,
-    started_daemon: Option<PathBuf>,
     _image_dir: tempfile::TempDir,
 }
+
+/// The zfs-fuse daemon as this process uses it: how many pools of ours are
+/// alive, and the pid file of the daemon if we started it.
+struct Daemon {
+    pools: usize,
+    started: Option<tempfile::TempDir>,
+}
+
+static DAEMON: std::sync::Mutex<Daemon> = std::sync::Mutex::new(Daemon {
+    pools: 0,
+    started: None,
+});
 
 fn zfs_command(program: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
     std::process::Command::new(program)
@@ -180,39 +192,84 @@ fn zfs_daemon_answers() -> bool {
     zfs_command("zpool", &["list", "-H"]).is_ok_and(|o| o.status.success())
 }
 
+/// Starts zfs-fuse unless it answers; returns the directory holding its pid
+/// file if this call started it.
+fn start_daemon() -> std::io::Result<Option<tempfile::TempDir>> {
+    if zfs_daemon_answers() {
+        return Ok(None);
+    }
+    let dir = tempfile::tempdir()?;
+    let pidfile = dir.path().join("zfs-fuse.pid");
+    let out = zfs_command(
+        "zfs-fuse",
+        &["--no-kstat-mount", "-p", &pidfile.to_string_lossy()],
+    )?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "start zfs-fuse: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    // The daemon forks; wait until it answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !zfs_daemon_answers() {
+        if std::time::Instant::now() > deadline {
+            return Err(std::io::Error::other(
+                "zfs-fuse did not start answering in 15 s",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(Some(dir))
+}
+
+/// Stops the daemon whose pid file is in `dir`.
+fn stop_daemon(dir: &tempfile::TempDir) {
+    let Some(pid) = std::fs::read_to_string(dir.path().join("zfs-fuse.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    for _ in 0..100 {
+        if rustix::process::test_kill_process(pid).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+}
+
 impl ZfsFusePool {
     /// Makes a pool of `size` bytes (needs root and the zfs-fuse package).
     pub fn new(size: u64) -> std::io::Result<ZfsFusePool> {
-        let image_dir = tempfile::tempdir()?;
-        let mountpoint = tempfile::tempdir()?;
-        let started_daemon = if zfs_daemon_answers() {
-            None
-        } else {
-            let pidfile = image_dir.path().join("zfs-fuse.pid");
-            let out = zfs_command(
-                "zfs-fuse",
-                &["--no-kstat-mount", "-p", &pidfile.to_string_lossy()],
-            )?;
-            if !out.status.success() {
-                return Err(std::io::Error::other(format!(
-                    "start zfs-fuse: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )));
+        {
+            let mut daemon = DAEMON.lock().unwrap_or_else(|e| e.into_inner());
+            if (daemon.pools == 0 || !zfs_daemon_answers())
+                && let Some(started) = start_daemon()?
+            {
+                daemon.started = Some(started);
             }
-            // The daemon forks; wait until it answers.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-            while !zfs_daemon_answers() {
-                if std::time::Instant::now() > deadline {
-                    return Err(std::io::Error::other(
-                        "zfs-fuse did not start answering in 15 s",
-                    ));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
+            daemon.pools += 1;
+        }
+        // Counted from here: a failure before the pool value exists counts
+        // it out here, one after it when the value is dropped.
+        let files = (|| -> std::io::Result<_> {
+            let image_dir = tempfile::tempdir()?;
+            let mountpoint = tempfile::tempdir()?;
+            let image = image_dir.path().join("pool.img");
+            std::fs::File::create(&image)?.set_len(size)?;
+            Ok((image_dir, mountpoint, image))
+        })();
+        let (image_dir, mountpoint, image) = match files {
+            Ok(files) => files,
+            Err(e) => {
+                DAEMON.lock().unwrap_or_else(|e| e.into_inner()).pools -= 1;
+                return Err(e);
             }
-            Some(pidfile)
         };
-        let image = image_dir.path().join("pool.img");
-        std::fs::File::create(&image)?.set_len(size)?;
         let name = format!(
             "strata-{}-{}",
             std::process::id(),
@@ -228,7 +285,6 @@ impl ZfsFusePool {
         let pool = ZfsFusePool {
             name,
             mountpoint,
-            started_daemon,
             _image_dir: image_dir,
         };
         let out = zfs_command(
@@ -265,20 +321,12 @@ impl Drop for ZfsFusePool {
                 _ => std::thread::sleep(std::time::Duration::from_millis(200)),
             }
         }
-        if let Some(pidfile) = &self.started_daemon
-            && let Some(pid) = std::fs::read_to_string(pidfile)
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-                .and_then(rustix::process::Pid::from_raw)
+        let mut daemon = DAEMON.lock().unwrap_or_else(|e| e.into_inner());
+        daemon.pools -= 1;
+        if daemon.pools == 0
+            && let Some(started) = daemon.started.take()
         {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            for _ in 0..100 {
-                if rustix::process::test_kill_process(pid).is_err() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            stop_daemon(&started);
         }
     }
 }

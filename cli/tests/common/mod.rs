@@ -7,16 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use strata_testkit::mounts::{LoopFilesystem, LoopFsKind};
+use strata_testkit::mounts::{LoopFilesystem, LoopFsKind, ZfsFusePool};
 use strata_testkit::plugins::build_plugin;
 
 /// A store in a scratch directory of its own, on one driver.
 pub struct Store {
     pub scratch: tempfile::TempDir,
     pub driver: &'static str,
-    /// The loop filesystem the scratch directory is on, for a driver that
-    /// needs its own (btrfs); dropped last, after the scratch directory.
-    pub backing: Option<LoopFilesystem>,
+    /// The filesystem the scratch directory is on, for a driver that needs
+    /// its own (btrfs, zfs); dropped last, after the scratch directory.
+    pub backing: Option<Backing>,
 }
 
 impl Drop for Store {
@@ -30,22 +30,45 @@ impl Drop for Store {
     }
 }
 
+/// What a store's scratch directory is on, held until the store goes.
+pub enum Backing {
+    Loop(LoopFilesystem),
+    Zfs(ZfsFusePool),
+}
+
+impl Backing {
+    pub fn path(&self) -> &Path {
+        match self {
+            Backing::Loop(fs) => fs.path(),
+            Backing::Zfs(pool) => pool.path(),
+        }
+    }
+}
+
 impl Store {
     /// A new store on `driver`, in `/var/tmp/<prefix>...` (overlay cannot
     /// put upper directories on an overlay `/tmp`), or for btrfs on a loop
     /// btrfs made for it.
     pub fn on(prefix: &str, driver: &'static str) -> Store {
-        // btrfs needs btrfs: a loop-mounted one of its own (these tests
-        // run as root, as every test that mounts does).
-        let backing = (driver == "btrfs").then(|| {
-            LoopFilesystem::new(LoopFsKind::Btrfs, 4 << 30).expect("a loop btrfs for the store")
-        });
+        // btrfs needs btrfs (a loop-mounted one of its own), zfs a pool
+        // (zfs-fuse's, on a file); these tests run as root, as every test
+        // that mounts does.
+        let backing = match driver {
+            "btrfs" => Some(Backing::Loop(
+                LoopFilesystem::new(LoopFsKind::Btrfs, 4 << 30)
+                    .expect("a loop btrfs for the store"),
+            )),
+            "zfs" => Some(Backing::Zfs(
+                ZfsFusePool::new(4 << 30).expect("a zfs-fuse pool for the store"),
+            )),
+            _ => None,
+        };
         let scratch = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir_in(
                 backing
                     .as_ref()
-                    .map_or(Path::new("/var/tmp"), |fs| fs.path()),
+                    .map_or(Path::new("/var/tmp"), Backing::path),
             )
             .unwrap();
         Store {
