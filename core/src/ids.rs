@@ -228,11 +228,12 @@ impl ImageId {
 /// recognise it, never a whole hostile input.
 const SHOWN: usize = 80;
 
-/// `text`, cut to [`SHOWN`] characters for an error message.
+/// `text`, cut to [`SHOWN`] characters and with control characters escaped,
+/// for an error message (a terminal never gets raw escapes from input).
 pub(crate) fn shorten(text: &str) -> String {
     match text.char_indices().nth(SHOWN) {
-        Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_owned(),
+        Some((end, _)) => format!("{}...", text[..end].escape_debug()),
+        None => text.escape_debug().to_string(),
     }
 }
 
@@ -445,9 +446,11 @@ mod tests {
     }
 
     #[test]
-    fn refused_text_is_cut_short_in_messages() {
+    fn refused_text_is_cut_short_and_escaped_in_messages() {
         let long = "x/".repeat(10_000);
         let message = LayerId::new(long).unwrap_err().to_string();
         assert!(message.len() < 300, "{message}");
+        let message = ImageId::new("\u{1b}[31mred").unwrap_err().to_string();
+        assert!(!message.contains('\u{1b}'), "{message}");
     }
 }
