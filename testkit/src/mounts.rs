@@ -167,7 +167,14 @@ pub struct ZfsFusePool {
     name: String,
     mountpoint: tempfile::TempDir,
     _image_dir: tempfile::TempDir,
+    // Dropped last, after the pool is destroyed: one pool at a time in a
+    // process. zfs-fuse wedged (every FUSE request and `zpool list` waiting
+    // for ever) with three test pools in use at once under load.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Held by the one live pool of this process.
+static ONE_POOL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The zfs-fuse daemon as this process uses it: how many pools of ours are
 /// alive, and the pid file of the daemon if we started it.
@@ -245,6 +252,9 @@ fn stop_daemon(dir: &tempfile::TempDir) {
 impl ZfsFusePool {
     /// Makes a pool of `size` bytes (needs root and the zfs-fuse package).
     pub fn new(size: u64) -> std::io::Result<ZfsFusePool> {
+        // A test that failed while holding it leaves it poisoned: the pool
+        // it held was still destroyed by its drop.
+        let turn = ONE_POOL_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut daemon = DAEMON.lock().unwrap_or_else(|e| e.into_inner());
             if (daemon.pools == 0 || !zfs_daemon_answers())
@@ -286,6 +296,7 @@ impl ZfsFusePool {
             name,
             mountpoint,
             _image_dir: image_dir,
+            _turn: turn,
         };
         let out = zfs_command(
             "zpool",
