@@ -60,37 +60,7 @@ for input in $inputs; do
     esac
     gzip -1 -c "$src/$input.tar" >"$src/$input.tar.gz"
     # A one-layer OCI image of it, for import.
-    python3 - "$src/$input.tar" "$src/$input.tar.gz" "$src/oci-$input" <<'PY'
-import hashlib, json, os, shutil, sys
-tar, gz, out = sys.argv[1:4]
-def sha(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-blobs = os.path.join(out, "blobs", "sha256")
-os.makedirs(blobs)
-def put(data):
-    d = hashlib.sha256(data).hexdigest()
-    open(os.path.join(blobs, d), "wb").write(data)
-    return d, len(data)
-layer = sha(gz)
-shutil.copy(gz, os.path.join(blobs, layer))
-config = json.dumps({"architecture": "amd64", "os": "linux",
-                     "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(tar)]}}).encode()
-cd, cs = put(config)
-manifest = json.dumps({"schemaVersion": 2,
-    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + cd, "size": cs},
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": "sha256:" + layer, "size": os.path.getsize(gz)}]}).encode()
-md, ms = put(manifest)
-json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "digest": "sha256:" + md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "bench"}}]},
-    open(os.path.join(out, "index.json"), "w"))
-open(os.path.join(out, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
-PY
+    bench_oci_layout "$src/$input.tar" "$src/$input.tar.gz" "$src/oci-$input"
     printf '%-7s %6s members, %s tar\n' "$input" "$(tar -tf "$src/$input.tar" | wc -l)" "$(du -h "$src/$input.tar" | cut -f1)"
 done
 

@@ -41,6 +41,42 @@ for p in range(3000):
 PY
 }
 
+# bench_oci_layout TAR GZ OUT: a one-layer OCI image layout in OUT whose
+# layer is GZ (TAR gzip'd), tagged "bench".
+bench_oci_layout() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import hashlib, json, os, shutil, sys
+tar, gz, out = sys.argv[1:4]
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+blobs = os.path.join(out, "blobs", "sha256")
+os.makedirs(blobs)
+def put(data):
+    d = hashlib.sha256(data).hexdigest()
+    open(os.path.join(blobs, d), "wb").write(data)
+    return d, len(data)
+layer = sha(gz)
+shutil.copy(gz, os.path.join(blobs, layer))
+config = json.dumps({"architecture": "amd64", "os": "linux",
+                     "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(tar)]}}).encode()
+cd, cs = put(config)
+manifest = json.dumps({"schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + cd, "size": cs},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": "sha256:" + layer, "size": os.path.getsize(gz)}]}).encode()
+md, ms = put(manifest)
+json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "digest": "sha256:" + md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "bench"}}]},
+    open(os.path.join(out, "index.json"), "w"))
+open(os.path.join(out, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
+PY
+}
+
 now() { date +%s%N; }
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 ms() { awk -v n="$1" 'BEGIN { printf "%.1f", n / 1e6 }'; }
