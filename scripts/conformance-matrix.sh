@@ -13,13 +13,15 @@ libs=("$dir"/libstrata_driver_*.so)
 # The backends each driver runs on; a driver not named here runs on a plain
 # directory. vfs also runs on btrfs, where it clones extents; overlay also on
 # xfs (d_type on, the filesystem containers/storage recommends under overlay);
-# btrfs needs btrfs, on a loop device; zfs a pool, zfs-fuse on a file.
+# btrfs needs btrfs, on a loop device; zfs a pool, zfs-fuse on a file;
+# devicemapper a kernel with dm-thin-pool, so a VM (scripts/in-vm.sh).
 backends_for() {
     case "$1" in
         vfs) echo "none loop-btrfs" ;;
         overlay) echo "none loop-xfs" ;;
         btrfs) echo "loop-btrfs" ;;
         zfs) echo "zfs-fuse" ;;
+        devicemapper) echo "qemu-dm" ;;
         *) echo "none" ;;
     esac
 }
@@ -29,6 +31,7 @@ restart_options_for() {
     case "$1" in
         vfs) echo "--restart-option reflink=never" ;;
         overlay) echo "--restart-option mount_method=legacy --restart-option mountopt=nodev,nosuid" ;;
+        devicemapper) echo "--restart-option mountopt=nodev,noatime" ;;
         *) echo "" ;;
     esac
 }

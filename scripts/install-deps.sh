@@ -6,8 +6,14 @@
 #   zfs-fuse: userspace ZFS, the conformance runner's zfs-fuse backend
 #   umoci, skopeo: real OCI clients the image tests and benches check strata against
 #   time: GNU time, the peak RSS of commands the tests and benches run
+#   libdevmapper-dev: the devicemapper crate's build (its headers; nothing
+#     links libdevmapper at run time)
+#   busybox-static, cpio: the initramfs of the test VM (scripts/in-vm.sh)
+#   qemu-system-x86: the test VM, which boots Debian's kernel for the
+#     devicemapper driver (the kernel package is fetched by in-vm.sh)
 set -euo pipefail
-packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap zfs-fuse umoci skopeo time)
+packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap zfs-fuse umoci skopeo time
+    libdevmapper-dev busybox-static cpio qemu-system-x86)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,7 +22,19 @@ if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    others=()
+    for p in "${missing[@]}"; do [ "$p" = qemu-system-x86 ] || others+=("$p"); done
+    ((${#others[@]} == 0)) || apt-get install -y -qq "${others[@]}" >/dev/null
+    if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]]; then
+        # From the release the machine's qemu-utils comes from (backports on
+        # these machines): qemu-system-common must match it.
+        qemu_release=$(apt-cache policy qemu-utils | awk '/\*\*\*/ {getline; print $3; exit}' | cut -d/ -f1)
+        apt-get install -y -qq --no-install-recommends ${qemu_release:+-t "$qemu_release"} \
+            qemu-system-x86 >/dev/null
+    fi
 fi
+# The test VM's kernel and initramfs, made once per machine (in-vm.sh does
+# it on first use too; here it is out of the way of the tests' timings).
+STRATA_VM_PREPARE_ONLY=1 "$(dirname "$0")/in-vm.sh" true
 # Tests make loop devices; make sure the loop driver is there.
 modprobe loop 2>/dev/null || true

@@ -238,6 +238,43 @@ fn btrfs_is_chosen_on_btrfs_and_passed_over_elsewhere_saying_why() {
 }
 
 #[test]
+fn devicemapper_is_passed_over_on_a_kernel_without_it_saying_why() {
+    if std::path::Path::new("/dev/mapper/control").exists() {
+        // Its selection where device-mapper exists is proven in the VM
+        // (drivers/devicemapper/tests/in_vm.rs).
+        strata_testkit::skip::cannot_run(
+            "devicemapper_is_passed_over_on_a_kernel_without_it_saying_why",
+            "this kernel has device-mapper",
+        );
+        return;
+    }
+    let setup = Setup::new();
+    fs::copy(
+        build_plugin("strata-driver-devicemapper"),
+        setup.drivers.join("libstrata_driver_devicemapper.so"),
+    )
+    .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["--json", "status"]))).unwrap();
+    assert_eq!(status["driver"], "vfs", "{status}");
+    let devicemapper = status["passed_over"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["driver"] == "devicemapper")
+        .unwrap_or_else(|| panic!("devicemapper is not among those passed over: {status}"));
+    let reason = devicemapper["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("device-mapper is not in this kernel (no /dev/mapper/control)"),
+        "{reason}"
+    );
+    assert!(
+        !setup.roots.join("graph/devicemapper").exists(),
+        "the refusing driver made its home"
+    );
+}
+
+#[test]
 fn a_driver_answering_not_supported_is_passed_over_and_nothing_is_left() {
     let setup = Setup::new();
     // vfs refuses to start when told to reflink on a filesystem that cannot.

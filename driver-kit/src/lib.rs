@@ -18,6 +18,8 @@
 //! * [`fs_type`]: what filesystem a path is on.
 //! * [`subvolume`]: btrfs subvolumes met in a tree: deleted as one, nested
 //!   ones first, read-only ones too; their read-only flag.
+//! * [`image_layer`]: the filling contract of read-only image layers: the
+//!   access a `get` asks for, the marks, sealing in a kill-safe order.
 //! * [`mounts`]: mount points from `/proc/self/mountinfo`, and taking down
 //!   what a killed process left mounted under a directory.
 //! * [`options`]: driver options with unknown keys refused and values checked.
@@ -31,6 +33,7 @@ pub mod copy;
 pub mod delete;
 pub mod fs_type;
 pub mod home;
+pub mod image_layer;
 pub mod lock;
 pub mod mounts;
 pub mod options;

@@ -15,6 +15,7 @@ pub mod mounts;
 pub mod plugins;
 pub mod skip;
 pub mod tree;
+pub mod vm;
 
 use std::path::PathBuf;
 

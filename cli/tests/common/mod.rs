@@ -84,12 +84,20 @@ impl Store {
     }
 
     /// `strata ARGS` on this store, its driver library found through
-    /// `STRATA_DRIVER_PATH` and no configuration file read.
+    /// `STRATA_DRIVER_PATH` and no configuration file read. The library is
+    /// built first, unless `STRATA_TEST_DRIVER_DIR` names where it is (in
+    /// the test VM, whose view of the build directory is read-only).
     pub fn command(&self, args: &[&str]) -> Command {
-        let drivers = build_plugin(&format!("strata-driver-{}", self.driver));
+        let drivers = match std::env::var_os("STRATA_TEST_DRIVER_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => build_plugin(&format!("strata-driver-{}", self.driver))
+                .parent()
+                .unwrap()
+                .to_path_buf(),
+        };
         let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
         command
-            .env("STRATA_DRIVER_PATH", drivers.parent().unwrap())
+            .env("STRATA_DRIVER_PATH", &drivers)
             .env_remove("STRATA_CONFIG")
             .arg("--root")
             .arg(self.graph())

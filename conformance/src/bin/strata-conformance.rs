@@ -45,7 +45,9 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
     /// Set up the backend the driver needs and put its home there, torn down
-    /// afterwards: none, tmpfs, loop-ext4, loop-btrfs, loop-xfs, zfs-fuse
+    /// afterwards: none, tmpfs, loop-ext4, loop-btrfs, loop-xfs, zfs-fuse;
+    /// qemu-dm runs the whole suite in a VM booting Debian's kernel (which
+    /// has device-mapper thin pools), the home on the VM's own ext4 disk
     #[arg(long, value_name = "NAME", default_value = "none")]
     backend: String,
     /// Another documented driver option to restart the driver with
@@ -106,6 +108,9 @@ fn main() -> ExitCode {
     if let Some(task) = &cli.worker {
         return run_worker(&cli, &library_path, task);
     }
+    if cli.backend == "qemu-dm" {
+        return run_in_vm(&cli);
+    }
     // The backend lives until the end of main, after the driver's cleanup.
     let backend = match Backend::set_up(&cli.backend) {
         Ok(backend) => backend,
@@ -155,11 +160,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Inside the VM the backend is a plain directory on the VM's disk; the
+    // line names the backend the user asked for.
+    let backend_label = std::env::var(VM_BACKEND_LABEL).unwrap_or_else(|_| cli.backend.clone());
     println!(
-        "driver {} from {} (backend: {})",
+        "driver {} from {} (backend: {backend_label})",
         driver.name(),
         library_path.display(),
-        cli.backend
     );
     let library = std::sync::Arc::new(library);
     let (reopen_library, reopen_args) = (library.clone(), args.clone());
@@ -231,6 +238,91 @@ fn main() -> ExitCode {
     }
 }
 
+/// Set in the VM: the backend the user asked for, for the first line.
+const VM_BACKEND_LABEL: &str = "STRATA_CONFORMANCE_BACKEND";
+
+/// `--backend qemu-dm`: this runner again, with the same arguments but the
+/// backend `none`, inside a VM (testkit's `vm`, `scripts/in-vm.sh`). The
+/// VM's lines are this run's lines and its exit status this run's; a VM
+/// that could not start or run exits with a failure saying so.
+fn run_in_vm(cli: &Cli) -> ExitCode {
+    if let Some(why) = strata_testkit::vm::unavailable() {
+        eprintln!("strata-conformance: backend qemu-dm cannot run here: {why}");
+        return ExitCode::FAILURE;
+    }
+    if cli.home.is_some() {
+        eprintln!(
+            "strata-conformance: backend qemu-dm: the home is on the VM's own disk; --home cannot be given"
+        );
+        return ExitCode::FAILURE;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("strata-conformance: backend qemu-dm: find this runner: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The same arguments, with the backend replaced and paths made
+    // absolute: the guest sees the host's root at the same paths, but its
+    // own /tmp and /var/tmp.
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut raw = std::env::args_os().skip(1);
+    let absolute = |path: std::ffi::OsString| -> std::ffi::OsString {
+        std::path::absolute(&path).map_or(path, |p| p.into_os_string())
+    };
+    while let Some(arg) = raw.next() {
+        match arg.to_str() {
+            Some("--backend") => {
+                raw.next();
+                args.extend(["--backend".into(), "none".into()]);
+            }
+            Some(text) if text.starts_with("--backend=") => args.push("--backend=none".into()),
+            Some(flag @ ("--driver" | "--junit")) => {
+                args.push(flag.into());
+                if let Some(path) = raw.next() {
+                    args.push(absolute(path));
+                }
+            }
+            _ => args.push(arg),
+        }
+    }
+    let runner = match strata_testkit::vm::InVm::new() {
+        Ok(runner) => runner,
+        Err(e) => {
+            eprintln!("strata-conformance: backend qemu-dm: write the VM runner: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut command = runner.command(&exe, &args);
+    command.env(VM_BACKEND_LABEL, "qemu-dm");
+    // The guest has no udev: the devicemapper crate must not wait for it.
+    command.env("DM_DISABLE_UDEV", "1");
+    if let Some(parent) = cli
+        .junit
+        .as_ref()
+        .and_then(|p| std::path::absolute(p).ok())
+        .and_then(|p| p.parent().map(PathBuf::from))
+    {
+        command.env("STRATA_VM_SHARE", parent);
+    }
+    match command.status() {
+        Ok(status) => match status.code() {
+            Some(0) => ExitCode::SUCCESS,
+            Some(125) => {
+                eprintln!("strata-conformance: backend qemu-dm: the VM did not run the suite");
+                ExitCode::FAILURE
+            }
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            None => ExitCode::FAILURE,
+        },
+        Err(e) => {
+            eprintln!("strata-conformance: backend qemu-dm: start the VM: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The driver's own error when it refused to start, else the load error as
 /// one.
 fn driver_error(e: strata_plugin_abi::LoadError) -> strata_plugin_abi::DriverError {
@@ -295,7 +387,7 @@ impl Backend {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!(
-                        "unknown backend '{other}' (known: none, tmpfs, loop-ext4, loop-btrfs, loop-xfs, zfs-fuse)"
+                        "unknown backend '{other}' (known: none, tmpfs, loop-ext4, loop-btrfs, loop-xfs, zfs-fuse, qemu-dm)"
                     ),
                 ));
             }

@@ -32,6 +32,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use strata_driver_kit::fs_type::{self, FsType};
+use strata_driver_kit::image_layer::{self, Access};
 use strata_driver_kit::{DriverOptions, LayerHome, home};
 use strata_plugin_abi::{
     Capabilities, CreateOptions, DriverError, DriverPlugin, GraphDriver, InitArgs, KeyValues,
@@ -40,10 +41,6 @@ use strata_plugin_abi::{
 
 /// The layer's subvolume, inside its directory.
 const TREE: &str = "root";
-/// Marks an image layer: read-only once made.
-const READ_ONLY_MARK: &str = "read-only";
-/// Marks an image layer that is made: read-only for good.
-const SEALED_MARK: &str = "sealed";
 
 /// The btrfs driver.
 pub struct BtrfsDriver {
@@ -132,8 +129,7 @@ impl BtrfsDriver {
             }
         }
         if !read_write {
-            fs::write(dir.join(READ_ONLY_MARK), b"")
-                .map_err(self.io(format!("{}: mark it read-only", op())))?;
+            image_layer::mark_image(dir, id, "create")?;
         }
         if let Some(bytes) = size {
             ioctl::limit(&tree, bytes).map_err(self.io(format!(
@@ -234,7 +230,7 @@ impl GraphDriver for BtrfsDriver {
         values.push("subvolume id", facts.id.to_string());
         values.push("generation", facts.generation.to_string());
         values.push("read-only", facts.read_only.to_string());
-        values.push("image layer", dir.join(READ_ONLY_MARK).exists().to_string());
+        values.push("image layer", image_layer::is_image(&dir).to_string());
         if let Some(usage) = facts.usage {
             values.push("referenced bytes", usage.referenced.to_string());
             values.push("exclusive bytes", usage.exclusive.to_string());
@@ -277,25 +273,10 @@ impl GraphDriver for BtrfsDriver {
     fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
         let dir = self.layers.existing(id, "mount")?;
         let tree = dir.join(TREE);
-        let mut writable = false;
-        for option in &options.options {
-            match option.as_str() {
-                "rw" => writable = true,
-                "ro" if dir.join(READ_ONLY_MARK).exists() => {}
-                other => {
-                    return Err(DriverError::not_supported(format!(
-                        "mount layer {id}: the btrfs driver gives the layer's subvolume itself, \
-                         without a mount, and cannot honour '{other}'"
-                    )));
-                }
-            }
-        }
-        if writable && dir.join(READ_ONLY_MARK).exists() {
-            if dir.join(SEALED_MARK).exists() {
-                return Err(DriverError::invalid_input(format!(
-                    "mount layer {id} read-write: it is an image layer, read-only once made"
-                )));
-            }
+        // The layer's subvolume itself is given, without a mount: no mount
+        // option but rw (and ro for an image layer) can be honoured.
+        let access = image_layer::access(&dir, id, &options.options, "btrfs", false, |_| false)?;
+        if access == Access::Fill {
             // The host filling the layer it is making: writable until `put`.
             let _layer = self.layers.lock_layer(id, "mount")?;
             ioctl::set_read_only(&tree, false).map_err(self.io(format!(
@@ -308,23 +289,17 @@ impl GraphDriver for BtrfsDriver {
 
     fn put(&self, id: &str) -> Result<()> {
         let dir = self.layers.existing(id, "unmount")?;
-        if !dir.join(READ_ONLY_MARK).exists() {
+        if !image_layer::is_image(&dir) {
             return Ok(());
         }
         let tree = dir.join(TREE);
         let _layer = self.layers.lock_layer(id, "unmount")?;
-        // Sealed in this order: the mark, then the flag. A kill between
-        // leaves a sealed layer not yet read-only, which this put (or any
-        // later one) makes read-only; the reverse order could leave a
-        // read-only layer that a filling `get` would open again.
-        if !dir.join(SEALED_MARK).exists() {
-            fs::write(dir.join(SEALED_MARK), b"")
-                .map_err(self.io(format!("unmount layer {id}: mark it sealed")))?;
-        }
-        ioctl::set_read_only(&tree, true).map_err(self.io(format!(
-            "unmount layer {id}: make {} read-only",
-            tree.display()
-        )))
+        image_layer::seal(&dir, id, || {
+            ioctl::set_read_only(&tree, true).map_err(self.io(format!(
+                "unmount layer {id}: make {} read-only",
+                tree.display()
+            )))
+        })
     }
 
     fn exists(&self, id: &str) -> Result<bool> {

@@ -43,6 +43,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use strata_driver_kit::fs_type::{self, FsType};
+use strata_driver_kit::image_layer::{self, Access};
 use strata_driver_kit::{DriverOptions, LayerHome, home, mounts};
 use strata_plugin_abi::{
     Capabilities, CreateOptions, DriverError, DriverPlugin, GraphDriver, InitArgs, KeyValues,
@@ -54,10 +55,6 @@ use tool::Tool;
 const DATASET_FILE: &str = "dataset";
 /// Where a layer's dataset is mounted, in its directory.
 const TREE: &str = "root";
-/// Marks an image layer: read-only once made.
-const READ_ONLY_MARK: &str = "read-only";
-/// Marks an image layer that is made.
-const SEALED_MARK: &str = "sealed";
 /// The user property naming the home a dataset belongs to.
 const HOME_PROPERTY: &str = "strata:home";
 
@@ -216,8 +213,7 @@ impl ZfsDriver {
         fs::create_dir(dir.join(TREE))
             .map_err(|e| DriverError::io(format!("{op}: create its mount point"), &e))?;
         if !read_write {
-            fs::write(dir.join(READ_ONLY_MARK), b"")
-                .map_err(|e| DriverError::io(format!("{op}: mark it read-only"), &e))?;
+            image_layer::mark_image(dir, id, "create")?;
         }
         let properties = self.properties(read_write, size);
         let mut args: Vec<&str> = Vec::new();
@@ -492,29 +488,11 @@ impl GraphDriver for ZfsDriver {
 
     fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
         let dir = self.layers.existing(id, "mount")?;
-        let image = dir.join(READ_ONLY_MARK).exists();
-        let mut writable = false;
-        for option in &options.options {
-            match option.as_str() {
-                "rw" => writable = true,
-                "ro" if image => {}
-                other => {
-                    return Err(DriverError::not_supported(format!(
-                        "mount layer {id}: the zfs driver cannot honour '{other}' (rw, and ro for \
-                         an image layer, are what it knows)"
-                    )));
-                }
-            }
-        }
+        let access = image_layer::access(&dir, id, &options.options, "zfs", false, |_| false)?;
         let dataset = self.dataset_of(id, &dir, "mount")?;
         let tree = dir.join(TREE);
         let _layer = self.layers.lock_layer(id, "mount")?;
-        if writable && image {
-            if dir.join(SEALED_MARK).exists() {
-                return Err(DriverError::invalid_input(format!(
-                    "mount layer {id} read-write: it is an image layer, read-only once made"
-                )));
-            }
+        if access == Access::Fill {
             self.tool
                 .zfs(&["set", "readonly=off", &dataset])
                 .map_err(|f| f.into_error(&format!("mount layer {id} to fill it")))?;
@@ -533,18 +511,12 @@ impl GraphDriver for ZfsDriver {
         if self.is_mounted(&tree)? {
             self.unmount(id, &dataset, &tree)?;
         }
-        if dir.join(READ_ONLY_MARK).exists() {
-            // The mark first, then the property: see the btrfs driver.
-            if !dir.join(SEALED_MARK).exists() {
-                fs::write(dir.join(SEALED_MARK), b"").map_err(|e| {
-                    DriverError::io(format!("unmount layer {id}: mark it sealed"), &e)
-                })?;
-            }
+        image_layer::seal(&dir, id, || {
             self.tool
                 .zfs(&["set", "readonly=on", &dataset])
-                .map_err(|f| f.into_error(&format!("unmount layer {id}: seal it")))?;
-        }
-        Ok(())
+                .map_err(|f| f.into_error(&format!("unmount layer {id}: seal it")))
+                .map(|_| ())
+        })
     }
 
     fn exists(&self, id: &str) -> Result<bool> {
