@@ -6,7 +6,9 @@
 # so tests can reach kernel features this host lacks (device-mapper thin
 # pools). The VM sees the host's root read-only over virtio-9p - the same
 # binaries, libraries and tools - with a fresh, empty ext4 disk on /tmp and
-# /var/tmp. COMMAND runs as root in the host's current directory; its output
+# /var/tmp (the directory under /tmp or /var/tmp holding the current
+# directory, and the one holding COMMAND, stay visible: a checkout there
+# runs). COMMAND runs as root in the host's current directory; its output
 # streams to stdout and its exit status is this script's. Nothing is left
 # behind: the VM, its disk and its scratch directory go when the script ends,
 # whether the command passed, failed, hung past the timeout or was interrupted.
@@ -130,6 +132,20 @@ trap 'exit 130' INT TERM HUP
     echo
 } >"$scratch/command"
 truncate -s "${STRATA_VM_DISK:-24G}" "$scratch/disk"
+# The top directory under /tmp or /var/tmp holding PATH, if it is there.
+tmp_top() {
+    local path
+    path=$(realpath -m "$1")
+    case "$path" in
+    /var/tmp/?*) echo "/var/tmp/$(cut -d/ -f4 <<<"$path")" ;;
+    /tmp/?*) echo "/tmp/$(cut -d/ -f3 <<<"$path")" ;;
+    esac
+}
+program=$(command -v "$1" || echo "$1")
+{
+    tmp_top "$PWD"
+    tmp_top "$program"
+} | sort -u >"$scratch/visible"
 share_args=()
 n=0
 IFS=: read -r -a shares <<<"${STRATA_VM_SHARE:-}"
