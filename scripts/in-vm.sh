@@ -37,7 +37,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 command -v qemu-system-x86_64 >/dev/null ||
     { echo "in-vm.sh: qemu-system-x86_64 not found (Debian package qemu-system-x86)" >&2; exit 2; }
 busybox=/bin/busybox
-[ -x "$busybox" ] && "$busybox" --list | grep -qx depmod ||
+[ -x "$busybox" ] && "$busybox" --list | grep -x depmod >/dev/null ||
     { echo "in-vm.sh: $busybox is not busybox-static (Debian package busybox-static)" >&2; exit 2; }
 
 cache=${STRATA_VM_CACHE:-/var/cache/strata-vm}
