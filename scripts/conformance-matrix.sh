@@ -44,7 +44,8 @@ for lib in "${libs[@]}"; do
         # shellcheck disable=SC2046 # the options are separate words
         out=$("$runner" --driver "$lib" --backend "$backend" $(restart_options_for "$name") 2>&1); rc=$?
         echo "$out"
-        summary=$(echo "$out" | tail -n 1)
+        # The closing line (the VM runner says a line of its own after it).
+        summary=$(echo "$out" | grep -E '^[0-9]+ passed, ' | tail -n 1)
         if [ $rc -ne 0 ]; then status=1; fi
         read -r passed _ failed _ skipped _ <<<"$(echo "$summary" | tr -d ',')"
         rows+=("$(printf '%-14s %-11s %7s %7s %8s' "$name" "$backend" "${passed:-?}" "${failed:-?}" "${skipped:-?}")")

@@ -91,13 +91,18 @@ build_kernel_files() {
     mv "$work/vmlinuz" "$work/initramfs.cpio.gz" "$dest/"
 }
 # The initramfs depends on vm/init too: a changed init makes a new one.
-init_sum=$(sha256sum "$here/vm/init" "$0" | sha256sum | cut -c1-12)
+# (Contents only: the runner is written to a new directory by every test.)
+init_sum=$(cat "$here/vm/init" "$0" | sha256sum | cut -c1-12)
 files="$cache/$kernel_package-$init_sum"
 (
     flock 9
     if [ ! -f "$files/initramfs.cpio.gz" ]; then
         echo "in-vm.sh: preparing $kernel_package for the VM in $files" >&2
         build_kernel_files "$files"
+        # Older initramfs builds of this kernel go.
+        for old in "$cache/$kernel_package"-*; do
+            [ "$old" = "$files" ] || rm -rf "$old"
+        done
     fi
 ) 9>"$cache/.lock"
 [ "${STRATA_VM_PREPARE_ONLY:-}" != 1 ] || exit 0
@@ -141,11 +146,14 @@ tmp_top() {
     /tmp/?*) echo "/tmp/$(cut -d/ -f3 <<<"$path")" ;;
     esac
 }
-program=$(command -v "$1" || echo "$1")
+case "$1" in
+*/*) program=$1 ;;
+*) program=$(type -P "$1" || true) ;;
+esac
 {
     tmp_top "$PWD"
-    tmp_top "$program"
-} | sort -u >"$scratch/visible"
+    [ -z "$program" ] || tmp_top "$program"
+} | sort -u | while read -r dir; do [ ! -d "$dir" ] || echo "$dir"; done >"$scratch/visible"
 share_args=()
 n=0
 IFS=: read -r -a shares <<<"${STRATA_VM_SHARE:-}"
