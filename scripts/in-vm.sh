@@ -133,8 +133,12 @@ trap 'exit 130' INT TERM HUP
     done
     printf 'export PATH=%q HOME=%q\n' "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "/root"
     printf 'cd %q\n' "$PWD"
-    printf '%q ' exec "$@"
+    echo "set +e"
+    printf '%q ' "$@"
     echo
+    echo 'status=$?'
+    echo 'echo "$status" >/run/strata-vm/status'
+    echo 'exit "$status"'
 } >"$scratch/command"
 truncate -s "${STRATA_VM_DISK:-24G}" "$scratch/disk"
 # The top directory under /tmp or /var/tmp holding PATH, if it is there.

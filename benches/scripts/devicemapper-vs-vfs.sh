@@ -65,7 +65,7 @@ reset() { # strata takes back what it made; the last process lets the pool go
             python3 -c 'import json, sys; print(" ".join(i["id"] for i in json.load(sys.stdin)))'); do
             S "$driver" image delete "$image" >/dev/null
         done
-        for layer in $(S "$driver" layer list); do S "$driver" layer delete "$layer" >/dev/null; done
+        S "$driver" prune >/dev/null
     fi
     rm -rf "${work:?}/$driver" "$work/run-$driver"
 }
