@@ -57,8 +57,6 @@ ext4 xfs loop dm_mod dm_thin_pool overlay"
 build_kernel_files() {
     local dest=$1 work
     work=$(mktemp -d "$cache/build.XXXXXX")
-    # shellcheck disable=SC2064 # expand now: the path is fixed
-    trap "rm -rf '$work'" RETURN
     (cd "$work" && apt-get download -q "$kernel_package" >/dev/null 2>&1) ||
         { echo "in-vm.sh: cannot download $kernel_package" >&2; return 1; }
     dpkg-deb -x "$work"/"$kernel_package"_*.deb "$work/pkg"
@@ -68,7 +66,7 @@ build_kernel_files() {
     local root="$work/initramfs" mods="$work/pkg/lib/modules/$version"
     mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,host,lib/modules/"$version"}
     cp "$busybox" "$root/bin/busybox"
-    for applet in sh mount umount modprobe chroot mkdir chmod cat echo stty sync poweroff sleep; do
+    for applet in sh mount umount modprobe chroot mkdir chmod cat echo stty sync poweroff sleep kill; do
         ln -s busybox "$root/bin/$applet"
     done
     ln -s ../bin/modprobe "$root/sbin/modprobe"
@@ -96,6 +94,10 @@ init_sum=$(cat "$here/vm/init" "$0" | sha256sum | cut -c1-12)
 files="$cache/$kernel_package-$init_sum"
 (
     flock 9
+    # Under the lock no other build runs: what a failed or killed one left
+    # goes, on any exit.
+    trap 'rm -rf "$cache"/build.*' EXIT
+    rm -rf "$cache"/build.*
     if [ ! -f "$files/initramfs.cpio.gz" ]; then
         echo "in-vm.sh: preparing $kernel_package for the VM in $files" >&2
         build_kernel_files "$files"
@@ -120,7 +122,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# The command, run by the guest's /bin/sh from the host's root.
+# The command, run by the host's bash in the guest (printf %q quotes for bash).
 {
     echo "set -e"
     for var in $(compgen -e); do
@@ -164,7 +166,8 @@ IFS=: read -r -a shares <<<"${STRATA_VM_SHARE:-}"
 for dir in "${shares[@]}"; do
     [ -n "$dir" ] || continue
     dir=$(cd "$dir" && pwd) || { echo "in-vm.sh: no directory $dir to share" >&2; exit 2; }
-    share_args+=(-fsdev "local,id=share$n,path=$dir,security_model=passthrough"
+    # qemu's option syntax doubles a comma inside a value.
+    share_args+=(-fsdev "local,id=share$n,path=${dir//,/,,},security_model=passthrough"
         -device "virtio-9p-pci,fsdev=share$n,mount_tag=share$n")
     printf 'share%s %s\n' "$n" "$dir" >>"$scratch/shares"
     n=$((n + 1))

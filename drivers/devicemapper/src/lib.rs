@@ -57,7 +57,7 @@ use strata_plugin_abi::{
 
 use filesystem::Filesystem;
 use pool::{Deactivated, Pool};
-use records::{BaseDevice, PoolConfig, PoolRecords, Thin};
+use records::{BaseDevice, Mark, PoolConfig, PoolRecords, Thin};
 
 /// Where a layer's device is mounted, in its directory.
 const TREE: &str = "root";
@@ -124,22 +124,7 @@ impl DevicemapperDriver {
 
     /// Makes sure the pool is active; the caller holds the pool lock.
     fn ensure_pool(&self, config: &PoolConfig) -> Result<()> {
-        if self.pool.device()?.is_some() {
-            return Ok(());
-        }
-        if !self.pool.is_owned() {
-            return Err(DriverError::not_found(format!(
-                "thin pool {} is not active",
-                self.pool.name()
-            )));
-        }
-        tracing::debug!(pool = %self.pool.name(), "activating the thin pool");
-        if let Err(e) = self.pool.activate_owned(self.records.dir(), config) {
-            // Whatever part came up goes again (its loop devices with it).
-            let _ = self.pool.deactivate_owned();
-            return Err(e);
-        }
-        Ok(())
+        bring_up(&self.pool, &self.records, config)
     }
 
     /// Runs `change` on the pool's record under the pool lock, with the
@@ -163,43 +148,67 @@ impl DevicemapperDriver {
     /// recorded. A kill after (3) leaves a pending id the next sweep deletes
     /// (unless a live maker's staging directory names it); a kill before
     /// leaves nothing in the pool.
+    ///
+    /// A pool that refuses the id as taken (a shared pool named by
+    /// `thinpooldev` whose other users made it) gets the next one; a refused
+    /// id's mark goes at once, so no sweep ever deletes another's device.
     fn new_thin(
         &self,
         staging: Option<&Path>,
         source: Source,
         size: u64,
         op: &str,
-    ) -> Result<Thin> {
+    ) -> Result<(Thin, Mark)> {
         self.with_pool(|config| {
-            let thin = Thin {
-                id: config.next_thin_id,
-                size,
-            };
-            config.next_thin_id += 1;
-            self.records.write_config(config)?;
-            if let Some(dir) = staging {
-                thin.write(dir)
-                    .map_err(|e| DriverError::io(format!("{op}: record its thin device"), &e))?;
-            }
-            self.records.add_pending(thin.id)?;
-            match source {
-                Source::Fresh => self.pool.message(&format!("create_thin {}", thin.id))?,
-                Source::Snapshot(origin) => {
-                    // An active origin is suspended (its filesystem frozen)
-                    // around the snapshot, so the snapshot is consistent.
-                    let suspended = self.pool.suspend_thin(origin, op)?;
-                    let made = self
-                        .pool
-                        .message(&format!("create_snap {} {origin}", thin.id));
-                    if suspended {
-                        self.pool.resume_thin(origin, op)?;
+            let mut tries = 0;
+            loop {
+                let thin = Thin {
+                    id: config.next_thin_id,
+                    size,
+                };
+                config.next_thin_id += 1;
+                self.records.write_config(config)?;
+                if let Some(dir) = staging {
+                    thin.write(dir).map_err(|e| {
+                        DriverError::io(format!("{op}: record its thin device"), &e)
+                    })?;
+                }
+                let mark = self.records.add_pending(thin.id)?;
+                let made = match source {
+                    Source::Fresh => self.pool.message(&format!("create_thin {}", thin.id)),
+                    Source::Snapshot(origin) => {
+                        // An active origin is suspended (its filesystem
+                        // frozen) around the snapshot, so the snapshot is
+                        // consistent; activations happen under the same
+                        // lock, so none comes between.
+                        let suspended = self.pool.suspend_thin(origin, op)?;
+                        let made = self
+                            .pool
+                            .message(&format!("create_snap {} {origin}", thin.id));
+                        if suspended {
+                            self.pool.resume_thin(origin, op)?;
+                        }
+                        made
                     }
-                    made?;
+                };
+                match made {
+                    Ok(()) => {
+                        config.transaction_id = self.pool.next_transaction()?;
+                        self.records.write_config(config)?;
+                        return Ok((thin, mark));
+                    }
+                    Err(e) => {
+                        // Refused: the pool holds nothing of ours by this id.
+                        self.records.remove_mark(&mark);
+                        if e.kind() == ErrorKind::AlreadyExists && tries < 64 {
+                            tries += 1;
+                            tracing::debug!(thin_id = thin.id, "thin id taken in the pool; next");
+                            continue;
+                        }
+                        return Err(e.context(op));
+                    }
                 }
             }
-            config.transaction_id = self.pool.next_transaction()?;
-            self.records.write_config(config)?;
-            Ok(thin)
         })
     }
 
@@ -226,27 +235,41 @@ impl DevicemapperDriver {
             }
             config.transaction_id = self.pool.next_transaction()?;
             self.records.write_config(config)?;
-            self.records.remove_pending(n);
-            Ok(())
+            self.records.remove_pending(n)
         })
     }
 
     /// The thin ids some layer, staging directory or the base device owns.
-    fn owned_thin_ids(&self) -> std::collections::HashSet<u64> {
+    /// Anything unreadable (other than a directory or record that is not
+    /// there) fails the whole answer: a sweep must never take an id whose
+    /// owner it could not read for one nobody owns.
+    fn owned_thin_ids(&self) -> Result<std::collections::HashSet<u64>> {
+        let failed = |e: std::io::Error| DriverError::io("read which thin ids layers own", &e);
         let mut owned = std::collections::HashSet::from([self.base.thin_id]);
         for dir in [self.layers.layers_dir(), self.layers.staging_dir()] {
-            let Ok(entries) = fs::read_dir(dir) else {
-                continue;
+            let entries = match fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(failed(e)),
             };
-            for entry in entries.flatten() {
-                if let Ok(text) = fs::read_to_string(entry.path().join(records::THIN_FILE))
-                    && let Some(n) = text.split_whitespace().next().and_then(|n| n.parse().ok())
-                {
+            for entry in entries {
+                let entry = entry.map_err(failed)?;
+                let text = match fs::read_to_string(entry.path().join(records::THIN_FILE)) {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e)
+                        if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => return Err(failed(e)),
+                };
+                if let Some(n) = text.split_whitespace().next().and_then(|n| n.parse().ok()) {
                     owned.insert(n);
                 }
             }
         }
-        owned
+        Ok(owned)
     }
 
     /// Deletes pending thin ids nobody owns (what killed makers and removals
@@ -260,13 +283,12 @@ impl DevicemapperDriver {
         let owned = if pending.is_empty() {
             Default::default()
         } else {
-            self.owned_thin_ids()
+            self.owned_thin_ids()?
         };
         let mut deleted = 0;
         self.with_pool(|config| {
-            self.pool.resume_suspended()?;
             self.records.collect_temporaries();
-            for &n in pending.iter().filter(|n| !owned.contains(n)) {
+            for &n in pending.keys().filter(|n| !owned.contains(n)) {
                 tracing::info!(thin_id = n, "deleting a thin device no layer owns");
                 let op = format!("sweep thin id {n}");
                 let gone = match self.pool.deactivate_thin(n, false, &op) {
@@ -280,7 +302,7 @@ impl DevicemapperDriver {
                     },
                 };
                 if gone {
-                    self.records.remove_pending(n);
+                    self.records.remove_pending(n)?;
                     deleted += 1;
                 } else {
                     tracing::debug!(thin_id = n, "still busy: deletion stays deferred");
@@ -338,7 +360,7 @@ impl DevicemapperDriver {
         parent: Option<&str>,
         size: Option<u64>,
         read_write: bool,
-    ) -> Result<Thin> {
+    ) -> Result<(Thin, Mark)> {
         let op = format!("create layer {id}");
         let (source, origin_size) = match parent {
             Some(parent) => {
@@ -369,7 +391,7 @@ impl DevicemapperDriver {
         if !read_write {
             image_layer::mark_image(dir, id, "create")?;
         }
-        let thin = self.new_thin(Some(dir), source, size, &op)?;
+        let (thin, mark) = self.new_thin(Some(dir), source, size, &op)?;
         let filled = match source {
             Source::Fresh => self.make_filesystem(thin, &tree, &op),
             Source::Snapshot(_) if size > origin_size => self.grow_filesystem(thin, &tree, &op),
@@ -381,7 +403,7 @@ impl DevicemapperDriver {
             }
             return Err(e);
         }
-        Ok(thin)
+        Ok((thin, mark))
     }
 
     /// Makes the base device if the record has none; under the pool lock.
@@ -403,18 +425,7 @@ impl DevicemapperDriver {
             return Ok(base);
         }
         let op = "make the base device";
-        if pool.device()?.is_none() {
-            if !pool.is_owned() {
-                return Err(DriverError::not_found(format!(
-                    "thin pool {} is not active",
-                    pool.name()
-                )));
-            }
-            if let Err(e) = pool.activate_owned(records.dir(), &config) {
-                let _ = pool.deactivate_owned();
-                return Err(e);
-            }
-        }
+        bring_up(pool, records, &config)?;
         // The same steps as a layer's thin id (see `new_thin`): a kill
         // leaves a pending id the next start deletes, then makes the base
         // again.
@@ -424,8 +435,13 @@ impl DevicemapperDriver {
         };
         config.next_thin_id += 1;
         records.write_config(&config)?;
-        records.add_pending(base.thin_id)?;
-        pool.message(&format!("create_thin {}", base.thin_id))?;
+        let mark = records.add_pending(base.thin_id)?;
+        if let Err(e) = pool.message(&format!("create_thin {}", base.thin_id)) {
+            // Refused: nothing of ours by that id (a shared pool's other
+            // user may hold it: the next start takes the next id).
+            records.remove_mark(&mark);
+            return Err(e.context(op));
+        }
         config.transaction_id = pool.next_transaction()?;
         records.write_config(&config)?;
         let node = pool.activate_thin(base.thin_id, base.size, op)?;
@@ -439,7 +455,7 @@ impl DevicemapperDriver {
         made?;
         config.base = Some(base);
         records.write_config(&config)?;
-        records.remove_pending(base.thin_id);
+        records.remove_mark(&mark);
         tracing::debug!(
             thin_id = base.thin_id,
             size = base.size,
@@ -449,31 +465,81 @@ impl DevicemapperDriver {
     }
 
     /// Takes the driver's own pool down if no other instance runs and no
-    /// layer is mounted (active).
+    /// layer is mounted (see [`release_if_alone`]).
     fn release_pool(&self) -> Result<()> {
         if !self.pool.is_owned() {
             return Ok(());
         }
         let _pool = self.pool_lock()?;
         let users = self.users.lock().expect("not poisoned");
-        let Some(fd) = users.as_ref() else {
-            return Ok(());
-        };
-        // Alone if the shared lock can become exclusive. Converting a flock
-        // may drop it first; it is taken shared again in every case.
-        let alone = rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive).is_ok();
-        let result = if alone && self.pool.active_thins()?.is_empty() {
-            if self.pool.device()?.is_some() {
-                tracing::debug!(pool = %self.pool.name(), "taking the idle thin pool down");
-            }
-            self.pool.deactivate_owned()
-        } else {
-            Ok(())
-        };
-        rustix::fs::flock(fd, FlockOperation::LockShared)
-            .map_err(|e| DriverError::io("take the pool's users lock", &e.into()))?;
-        result
+        match users.as_ref() {
+            Some(fd) => release_if_alone(&self.pool, fd),
+            None => Ok(()),
+        }
     }
+}
+
+/// Makes sure the pool is up with a live table, and resumes devices a
+/// killed snapshot left suspended; the caller holds the pool lock. Every
+/// suspend happens under that lock, so a suspended device seen under it is
+/// a dead process's: resumed here, before anything waits on it (an unmount
+/// of its filesystem would wait for ever, holding whatever lock its caller
+/// holds).
+fn bring_up(pool: &Pool, records: &PoolRecords, config: &PoolConfig) -> Result<()> {
+    if !pool.is_live()? {
+        if !pool.is_owned() {
+            return Err(DriverError::not_found(format!(
+                "thin pool {} is not active",
+                pool.name()
+            )));
+        }
+        tracing::debug!(pool = %pool.name(), "activating the thin pool");
+        // What a killed activation or take-down left goes first: a pool
+        // without a table, linear devices, loop devices not clearing
+        // themselves.
+        pool.deactivate_owned()?;
+        pool.detach_stale_loops(records.dir());
+        if let Err(e) = pool.activate_owned(records.dir(), config) {
+            // Whatever part came up goes again (its loop devices with it).
+            let _ = pool.deactivate_owned();
+            return Err(e);
+        }
+    }
+    pool.resume_suspended()?;
+    Ok(())
+}
+
+/// Takes the driver's own pool down if `users` (this instance's shared
+/// lock) can become exclusive, so no other instance runs: first thin
+/// devices nobody holds open (what killed activations and unmounts left),
+/// then, if no thin device is active (a layer mounted), the pool itself.
+/// The caller holds the pool lock.
+fn release_if_alone(pool: &Pool, users: &OwnedFd) -> Result<()> {
+    if !pool.is_owned() {
+        return Ok(());
+    }
+    // Converting a flock may drop it first; it is taken shared again in
+    // every case.
+    let alone = rustix::fs::flock(users, FlockOperation::NonBlockingLockExclusive).is_ok();
+    let result = (|| {
+        if !alone {
+            return Ok(());
+        }
+        for n in pool.idle_thins()? {
+            tracing::debug!(thin_id = n, "deactivating an idle thin device");
+            pool.deactivate_thin(n, false, "release the idle pool")?;
+        }
+        if pool.active_thins()?.is_empty() {
+            if pool.device()?.is_some() {
+                tracing::debug!(pool = %pool.name(), "taking the idle thin pool down");
+            }
+            pool.deactivate_owned()?;
+        }
+        Ok(())
+    })();
+    rustix::fs::flock(users, FlockOperation::LockShared)
+        .map_err(|e| DriverError::io("take the pool's users lock", &e.into()))?;
+    result
 }
 
 /// The init options that shape a new pool.
@@ -618,7 +684,17 @@ impl DriverPlugin for DevicemapperDriver {
         }
         wanted.base_size = config.base.map_or(wanted.base_size, |b| b.size);
         let pool = Pool::new(dm, &config)?;
-        let base = Self::ensure_base(&wanted, &records, &pool)?;
+        let base = match Self::ensure_base(&wanted, &records, &pool) {
+            Ok(base) => base,
+            Err(e) => {
+                // A pool brought up for nothing goes again if nobody else
+                // uses it (a refusal leaves no device behind).
+                if let Ok(_pool) = lock::exclusive_file(&records.dir().join("lock")) {
+                    let _ = release_if_alone(&pool, &users);
+                }
+                return Err(e);
+            }
+        };
         let (mount_flags, mount_data) = mount_options(&mount_list);
         let driver = DevicemapperDriver {
             layers,
@@ -687,7 +763,7 @@ impl GraphDriver for DevicemapperDriver {
                 format!(
                     "thin ids {} (busy; deleted once free)",
                     deferred
-                        .iter()
+                        .keys()
                         .map(u64::to_string)
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -748,7 +824,7 @@ impl GraphDriver for DevicemapperDriver {
             )));
         }
         let staging = self.layers.stage(id, "create")?;
-        let thin = self.build(id, staging.path(), parent, size, options.read_write)?;
+        let (thin, mark) = self.build(id, staging.path(), parent, size, options.read_write)?;
         // Placed, the layer owns its thin id; only then is it taken off the
         // pending list (a kill between leaves a pending id a layer owns,
         // which the sweep leaves alone).
@@ -758,7 +834,7 @@ impl GraphDriver for DevicemapperDriver {
             }
             return Err(e);
         }
-        self.records.remove_pending(thin.id);
+        self.records.remove_mark(&mark);
         Ok(())
     }
 
@@ -774,7 +850,7 @@ impl GraphDriver for DevicemapperDriver {
         // kill after (2) leaves a pending id no layer owns, which the next
         // sweep deletes; deleting first would leave, killed before the
         // rename, a layer whose device is gone.
-        self.records.add_pending(thin.id)?;
+        let mark = self.records.add_pending(thin.id)?;
         let removed = self.layers.remove(id, "remove", |dir| {
             let tree = dir.join(TREE);
             if mounts::is_mount_point(&tree)
@@ -789,7 +865,8 @@ impl GraphDriver for DevicemapperDriver {
         });
         if let Err(e) = removed {
             if self.layers.exists(id) {
-                self.records.remove_pending(thin.id);
+                // Still the layer's: this removal's mark alone goes.
+                self.records.remove_mark(&mark);
             }
             return Err(e);
         }
@@ -821,15 +898,10 @@ impl GraphDriver for DevicemapperDriver {
         {
             return Ok(tree);
         }
-        {
-            let _pool = self.pool_lock()?;
-            let config = self
-                .records
-                .config()?
-                .ok_or_else(|| DriverError::other("the pool record is missing"))?;
-            self.ensure_pool(&config)?;
-        }
-        let node = self.pool.activate_thin(thin.id, thin.size, &op)?;
+        // Activated under the pool lock, which every snapshot holds: an
+        // origin is never activated (nor a snapshot's suspend undone)
+        // between a snapshot's suspend and its `create_snap`.
+        let node = self.with_pool(|_| self.pool.activate_thin(thin.id, thin.size, &op))?;
         if let Err(e) = self
             .filesystem
             .mount(&node, &tree, flags, &self.mount_data, &op)
@@ -854,10 +926,12 @@ impl GraphDriver for DevicemapperDriver {
         {
             filesystem::unmount(&tree, &op)?;
         }
-        self.pool.deactivate_thin(thin.id, false, &op)?;
-        // An image layer is sealed by its mark alone: every later `get`
-        // mounts it read-only.
-        image_layer::seal(&dir, id, || Ok(()))
+        // An image layer is sealed by its mark alone (every later `get`
+        // mounts it read-only), before anything that may fail.
+        image_layer::seal(&dir, id, || Ok(()))?;
+        // A device something else still holds open goes when it closes.
+        self.pool.deactivate_thin(thin.id, true, &op)?;
+        Ok(())
     }
 
     fn exists(&self, id: &str) -> Result<bool> {

@@ -118,6 +118,43 @@ impl Pool {
         }
     }
 
+    /// Whether the pool is up with a live table: not there at all, or
+    /// there without one (a killed activation's), are both `false`.
+    pub fn is_live(&self) -> Result<bool> {
+        match self.dm.device_info(&DevId::Name(&self.pool_name)) {
+            Ok(info) => Ok(info.flags().contains(DmFlags::DM_ACTIVE_PRESENT)),
+            Err(e) if errno_of(&e) == Some(rustix::io::Errno::NXIO.raw_os_error()) => Ok(false),
+            Err(e) => Err(dm_error(format!("look for pool {}", &*self.pool_name), &e)),
+        }
+    }
+
+    /// Detaches loop devices still attached to the pool's files in `dir`
+    /// with nothing above them: a kill between attaching one and marking it
+    /// to clear itself leaves one attached for good. Called under the pool
+    /// lock with the pool and its linear devices down.
+    pub fn detach_stale_loops(&self, dir: &Path) {
+        let ours: Vec<PathBuf> = ["data", "metadata"]
+            .iter()
+            .filter_map(|f| dir.join(f).canonicalize().ok())
+            .collect();
+        let Ok(entries) = fs::read_dir("/sys/block") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(backing) = fs::read_to_string(entry.path().join("loop/backing_file")) else {
+                continue;
+            };
+            if !ours.iter().any(|p| Path::new(backing.trim()) == p) {
+                continue;
+            }
+            let node = Path::new("/dev").join(entry.file_name());
+            tracing::info!(device = %node.display(), "detaching a loop device a killed start left");
+            if let Err(e) = loopdev::LoopDevice::open(&node).and_then(|d| d.detach()) {
+                tracing::warn!(device = %node.display(), error = %e, "could not detach");
+            }
+        }
+    }
+
     /// The pool's device, if it is active.
     pub fn device(&self) -> Result<Option<Device>> {
         self.info(&self.pool_name)
@@ -268,10 +305,17 @@ impl Pool {
 
     /// Thin device `n`'s device and state flags, if the device exists.
     fn thin_info(&self, n: u64) -> Result<Option<(Device, DmFlags)>> {
+        Ok(self
+            .thin_state(n)?
+            .map(|(device, flags, _)| (device, flags)))
+    }
+
+    /// Thin device `n`'s device, state flags and open count, if it exists.
+    fn thin_state(&self, n: u64) -> Result<Option<(Device, DmFlags, i32)>> {
         let thin_buf = self.thin_name(n)?;
         let thin_name: &DmName = &thin_buf;
         match self.dm.device_info(&DevId::Name(thin_name)) {
-            Ok(info) => Ok(Some((info.device(), info.flags()))),
+            Ok(info) => Ok(Some((info.device(), info.flags(), info.open_count()))),
             Err(e) if errno_of(&e) == Some(rustix::io::Errno::NXIO.raw_os_error()) => Ok(None),
             Err(e) => Err(dm_error(format!("look for {thin_name}"), &e)),
         }
@@ -403,6 +447,18 @@ impl Pool {
             .device_suspend(&DevId::Name(thin_name), DmOptions::default())
             .map(|_| ())
             .map_err(|e| dm_error(format!("{operation}: resume {thin_name}"), &e))
+    }
+
+    /// The thin ids of this home's active thin devices nobody holds open
+    /// (no mount, no process): what killed activations and unmounts left.
+    pub fn idle_thins(&self) -> Result<Vec<u64>> {
+        let mut idle = Vec::new();
+        for n in self.active_thins()? {
+            if let Some((_, _, 0)) = self.thin_state(n)? {
+                idle.push(n);
+            }
+        }
+        Ok(idle)
     }
 
     /// The thin ids of this home's active thin devices.

@@ -5,7 +5,8 @@
 //! <home>/pool/data, metadata  the pool's sparse files (a pool the driver made)
 //! <home>/pool/lock            flock: every change to the pool and its record
 //! <home>/pool/users           flock, shared by every live driver instance
-//! <home>/pool/pending/<n>     thin id n may be in the pool with no layer owning it
+//! <home>/pool/pending/<n>.<r> thin id n may be in the pool with no layer owning
+//!                             it (one mark per operation)
 //! <home>/layers/<id>/thin     the layer's thin id and device size in bytes
 //! ```
 //!
@@ -15,6 +16,7 @@
 //! pool is owned by a layer, by a live maker's staging directory, or is
 //! pending; the sweep at start deletes pending ids nobody owns.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -142,18 +144,52 @@ impl PoolRecords {
             .map_err(|e| DriverError::io("write the pool record", &e))
     }
 
-    /// Notes that thin id `n` may be in the pool with no owner.
-    /// The mark is an empty file: made in one step, nothing to write
-    /// through a temporary (which a kill could leave).
-    pub fn add_pending(&self, n: u64) -> Result<()> {
+    /// Notes that thin id `n` may be in the pool with no owner, for one
+    /// operation: each operation has a mark of its own (`<n>.<random>`), so
+    /// one taking its mark away never takes another's. The mark is an empty
+    /// file, made in one step (nothing a kill could leave half written).
+    pub fn add_pending(&self, n: u64) -> Result<Mark> {
         let dir = self.dir.join("pending");
+        let path = dir.join(format!("{n}.{}", strata_driver_kit::home::random_hex()));
         fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
+            .create_new(true)
             .write(true)
-            .open(dir.join(n.to_string()))
+            .open(&path)
             .and_then(|_| fs::File::open(&dir)?.sync_all())
-            .map_err(|e| DriverError::io(format!("note thin id {n} as pending"), &e))
+            .map_err(|e| DriverError::io(format!("note thin id {n} as pending"), &e))?;
+        Ok(Mark { n, path })
+    }
+
+    /// Takes one operation's mark away.
+    pub fn remove_mark(&self, mark: &Mark) {
+        remove_file(&mark.path, mark.n);
+    }
+
+    /// Takes every mark of thin id `n` away (it is deleted from the pool,
+    /// or owned by a layer for good).
+    pub fn remove_pending(&self, n: u64) -> Result<()> {
+        for path in self.pending()?.remove(&n).unwrap_or_default() {
+            remove_file(&path, n);
+        }
+        Ok(())
+    }
+
+    /// The pending thin ids, each with its marks.
+    pub fn pending(&self) -> Result<BTreeMap<u64, Vec<PathBuf>>> {
+        let entries = fs::read_dir(self.dir.join("pending"))
+            .map_err(|e| DriverError::io("list the pending thin ids", &e))?;
+        let mut ids: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| DriverError::io("list the pending thin ids", &e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            // `<n>.<random>`, or `<n>` as the first version wrote them.
+            let number = name.split('.').next().unwrap_or(name);
+            if let Ok(n) = number.parse() {
+                ids.entry(n).or_default().push(entry.path());
+            }
+        }
+        Ok(ids)
     }
 
     /// Deletes the temporaries of record writes a kill interrupted. The
@@ -174,26 +210,21 @@ impl PoolRecords {
             }
         }
     }
+}
 
-    /// Takes thin id `n` off the pending list.
-    pub fn remove_pending(&self, n: u64) {
-        match fs::remove_file(self.dir.join("pending").join(n.to_string())) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(thin_id = n, error = %e, "could not clear a pending thin id"),
-        }
-    }
+/// One operation's pending mark on a thin id.
+#[derive(Debug)]
+pub struct Mark {
+    /// The thin id.
+    pub n: u64,
+    path: PathBuf,
+}
 
-    /// The pending thin ids.
-    pub fn pending(&self) -> Result<Vec<u64>> {
-        let entries = fs::read_dir(self.dir.join("pending"))
-            .map_err(|e| DriverError::io("list the pending thin ids", &e))?;
-        let mut ids: Vec<u64> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        ids.sort_unstable();
-        Ok(ids)
+fn remove_file(path: &Path, n: u64) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(thin_id = n, error = %e, "could not clear a pending mark"),
     }
 }
 
@@ -247,11 +278,16 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let records = PoolRecords::open(home.path()).unwrap();
         assert!(records.config().unwrap().is_none());
-        for n in [12, 3, 5] {
-            records.add_pending(n).unwrap();
-        }
-        records.remove_pending(5);
-        records.remove_pending(99);
-        assert_eq!(records.pending().unwrap(), vec![3, 12]);
+        let marks: Vec<Mark> = [12, 3, 5, 3]
+            .into_iter()
+            .map(|n| records.add_pending(n).unwrap())
+            .collect();
+        records.remove_pending(5).unwrap();
+        records.remove_pending(99).unwrap();
+        // One operation's mark goes; another's on the same id stays.
+        records.remove_mark(&marks[1]);
+        let pending = records.pending().unwrap();
+        assert_eq!(pending.keys().copied().collect::<Vec<_>>(), vec![3, 12]);
+        assert_eq!(pending[&3].len(), 1);
     }
 }
