@@ -41,9 +41,6 @@ mkdir -p "$bmnt"
 mount "$btrfs_loop" "$bmnt"
 trap 'bench_cleanup; losetup -d "$btrfs_loop" 2>/dev/null || true' EXIT
 
-declare -A times
-record() { times[$1]+="$2 "; }
-med() { tr ' ' '\n' <<<"${times[$1]}" | grep . | median; }
 xtar() { tar --numeric-owner --xattrs --xattrs-include='*' "$@"; }
 
 echo "== inputs"

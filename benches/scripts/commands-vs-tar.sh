@@ -30,9 +30,6 @@ debian_tar=$PWD/target/bench-fixtures/debian-bookworm-minbase.tar
 
 . benches/scripts/lib.sh
 bench_loop_ext4 24G
-declare -A times
-record() { times[$1]+="$2 "; }
-med() { tr ' ' '\n' <<<"${times[$1]}" | grep . | median; }
 xtar() { tar --numeric-owner --xattrs --xattrs-include='*' "$@"; }
 
 echo "== inputs"

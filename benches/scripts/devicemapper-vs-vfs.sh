@@ -54,9 +54,6 @@ strata=$PWD/target/release/strata
 export STRATA_DRIVER_PATH=$PWD/target/release
 work=$(mktemp -d /var/tmp/strata-dm-bench.XXXXXX)
 
-declare -A times
-record() { times[$1]+="$2 "; }
-med() { tr ' ' '\n' <<<"${times[$1]}" | grep . | median; }
 S() { local driver=$1; shift; "$strata" --root "$work/$driver/graph" --run-root "$work/run-$driver" --driver "$driver" "$@"; }
 reset() { # strata takes back what it made; the last process lets the pool go
     local driver=$1

@@ -73,9 +73,6 @@ reset_cs() {
     rm -rf "$croot"
 }
 
-declare -A times
-record() { times[$1]+="$2 "; }
-med() { tr ' ' '\n' <<<"${times[$1]}" | grep . | median; }
 
 echo "== import: $rounds alternating rounds"
 for round in $(seq "$rounds"); do

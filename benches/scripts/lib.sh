@@ -80,4 +80,8 @@ PY
 now() { date +%s%N; }
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 ms() { awk -v n="$1" 'BEGIN { printf "%.1f", n / 1e6 }'; }
+# Timings by name: record NAME NANOSECONDS, med NAME (their median).
+declare -A times
+record() { times[$1]+="$2 "; }
+med() { tr ' ' '\n' <<<"${times[$1]}" | grep . | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }

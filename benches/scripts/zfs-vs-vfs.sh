@@ -55,9 +55,6 @@ fi
 gzip -1 -c "$src/$input.tar" >"$src/$input.tar.gz"
 bench_oci_layout "$src/$input.tar" "$src/$input.tar.gz" "$src/oci"
 
-declare -A times
-record() { times[$1]+="$2 "; }
-med() { tr ' ' '\n' <<<"${times[$1]}" | grep . | median; }
 S() { local driver=$1; shift; "$strata" --root "$work/pool/$driver/graph" --run-root "$work/run-$driver" --driver "$driver" "$@"; }
 reset() { # strata takes back what it made (read-only datasets and subvolumes included)
     local driver=$1

@@ -853,9 +853,7 @@ impl GraphDriver for DevicemapperDriver {
         let mark = self.records.add_pending(thin.id)?;
         let removed = self.layers.remove(id, "remove", |dir| {
             let tree = dir.join(TREE);
-            if mounts::is_mount_point(&tree)
-                .map_err(|e| DriverError::io(format!("{op}: look for its mount"), &e))?
-            {
+            if is_mounted(&tree, &op)? {
                 filesystem::unmount(&tree, &op)?;
             }
             if self.pool.deactivate_thin(thin.id, true, &op)? == Deactivated::Deferred {
@@ -893,9 +891,7 @@ impl GraphDriver for DevicemapperDriver {
         let tree = dir.join(TREE);
         let op = format!("mount layer {id}");
         let _layer = self.layers.lock_layer(id, "mount")?;
-        if mounts::is_mount_point(&tree)
-            .map_err(|e| DriverError::io(format!("{op}: look for its mount"), &e))?
-        {
+        if is_mounted(&tree, &op)? {
             return Ok(tree);
         }
         // Activated under the pool lock, which every snapshot holds: an
@@ -921,9 +917,7 @@ impl GraphDriver for DevicemapperDriver {
         let tree = dir.join(TREE);
         let op = format!("unmount layer {id}");
         let _layer = self.layers.lock_layer(id, "unmount")?;
-        if mounts::is_mount_point(&tree)
-            .map_err(|e| DriverError::io(format!("{op}: look for its mount"), &e))?
-        {
+        if is_mounted(&tree, &op)? {
             filesystem::unmount(&tree, &op)?;
         }
         // An image layer is sealed by its mark alone (every later `get`
@@ -959,6 +953,12 @@ impl Drop for DevicemapperDriver {
             tracing::debug!(error = %e, "could not take the idle pool down");
         }
     }
+}
+
+/// Whether a layer's tree is mounted on.
+fn is_mounted(tree: &Path, op: &str) -> Result<bool> {
+    mounts::is_mount_point(tree)
+        .map_err(|e| DriverError::io(format!("{op}: look for its mount"), &e))
 }
 
 /// The names of the flag mount options in `flags`.

@@ -295,12 +295,9 @@ impl Pool {
 
     /// The node of thin device `n` if it is active.
     pub fn thin_node(&self, n: u64) -> Result<Option<PathBuf>> {
-        let thin_buf = self.thin_name(n)?;
-        let thin_name: &DmName = &thin_buf;
-        let device = self
-            .info(thin_name)
-            .map_err(|e| dm_error(format!("look for {thin_name}"), &e))?;
-        Ok(device.map(|d| PathBuf::from(format!("/dev/dm-{}", d.minor))))
+        Ok(self
+            .thin_info(n)?
+            .map(|(d, _)| PathBuf::from(format!("/dev/dm-{}", d.minor))))
     }
 
     /// Thin device `n`'s device and state flags, if the device exists.
