@@ -5,10 +5,17 @@
 # library the workspace builds, and a bounded run of the layer-apply fuzzer.
 set -euo pipefail
 cd "$(dirname "$0")"
-./scripts/install-deps.sh
-cargo fmt --all --check
-cargo clippy --workspace --all-targets -- -D warnings
-cargo build --workspace
-cargo test --workspace
-./scripts/conformance-matrix.sh target/debug
-./scripts/fuzz.sh 45
+# Each stage says how long it took, so a CI log shows where the time goes.
+stage() {
+    local started=$SECONDS
+    echo "== stage: $*"
+    "$@"
+    echo "== stage done in $((SECONDS - started)) s: $*"
+}
+stage ./scripts/install-deps.sh
+stage cargo fmt --all --check
+stage cargo clippy --workspace --all-targets -- -D warnings
+stage cargo build --workspace
+stage cargo test --workspace
+stage ./scripts/conformance-matrix.sh target/debug
+stage ./scripts/fuzz.sh 45

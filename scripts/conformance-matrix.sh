@@ -35,15 +35,33 @@ restart_options_for() {
         *) echo "" ;;
     esac
 }
+# The longest one run may take before it is stopped (a wedged backend must
+# fail the matrix, not hang CI): the VM's run takes about 11 minutes under
+# emulation, every other run under 3.
+limit_for() {
+    case "$1" in
+        qemu-dm) echo 1800 ;;
+        *) echo 900 ;;
+    esac
+}
 status=0
 rows=()
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 for lib in "${libs[@]}"; do
     name=$(basename "$lib" .so); name=${name#libstrata_driver_}
     for backend in $(backends_for "$name"); do
         echo "== conformance: $name on $backend"
+        started=$SECONDS
+        # Streamed as it runs (a CI log shows how far a run got), kept for
+        # the summary.
         # shellcheck disable=SC2046 # the options are separate words
-        out=$("$runner" --driver "$lib" --backend "$backend" $(restart_options_for "$name") 2>&1); rc=$?
-        echo "$out"
+        timeout -k 30 "$(limit_for "$backend")" \
+            "$runner" --driver "$lib" --backend "$backend" $(restart_options_for "$name") 2>&1 | tee "$log"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" -eq 124 ] && echo "stopped after $(limit_for "$backend") s: the run did not finish"
+        echo "== $name on $backend: exit $rc after $((SECONDS - started)) s"
+        out=$(cat "$log")
         # The closing line (the VM runner says a line of its own after it).
         summary=$(echo "$out" | grep -E '^[0-9]+ passed, ' | tail -n 1)
         if [ $rc -ne 0 ]; then status=1; fi

@@ -16,6 +16,7 @@ pub mod plugins;
 pub mod skip;
 pub mod tree;
 pub mod vm;
+pub mod zfs_fuse;
 
 use std::path::PathBuf;
 

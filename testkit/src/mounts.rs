@@ -158,186 +158,60 @@ impl Drop for LoopFilesystem {
     }
 }
 
-/// A ZFS pool on a sparse file, served by zfs-fuse (userspace ZFS; this
-/// machine's kernel has no zfs), mounted on a temporary directory. Starts the
-/// zfs-fuse daemon if none runs and stops it again once the last pool of
-/// this process is dropped, if this process started it (tests run pools on
-/// several threads at once). Dropping a pool destroys it, failure or not.
-pub struct ZfsFusePool {
-    name: String,
-    mountpoint: tempfile::TempDir,
-    _image_dir: tempfile::TempDir,
-    // Dropped last, after the pool is destroyed: one pool at a time in a
-    // process. zfs-fuse wedged (every FUSE request and `zpool list` waiting
-    // for ever) with three test pools in use at once under load.
-    _turn: std::sync::MutexGuard<'static, ()>,
-}
+pub use crate::zfs_fuse::ZfsFusePool;
 
-/// Held by the one live pool of this process.
-static ONE_POOL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// The zfs-fuse daemon as this process uses it: how many pools of ours are
-/// alive, and the pid file of the daemon if we started it.
-struct Daemon {
-    pools: usize,
-    started: Option<tempfile::TempDir>,
-}
-
-static DAEMON: std::sync::Mutex<Daemon> = std::sync::Mutex::new(Daemon {
-    pools: 0,
-    started: None,
-});
-
-fn zfs_command(program: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| std::io::Error::other(format!("run {program}: {e} (is zfs-fuse installed?)")))
-}
-
-fn zfs_daemon_answers() -> bool {
-    zfs_command("zpool", &["list", "-H"]).is_ok_and(|o| o.status.success())
-}
-
-/// Starts zfs-fuse unless it answers; returns the directory holding its pid
-/// file if this call started it.
-fn start_daemon() -> std::io::Result<Option<tempfile::TempDir>> {
-    if zfs_daemon_answers() {
-        return Ok(None);
+/// Detaches every mount at or beneath `path`, deepest first (lazily, so a
+/// mount whose daemon died goes too); returns how many there were.
+pub(crate) fn lazy_unmount_beneath(path: &Path) -> std::io::Result<usize> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut points: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mount_point(field)))
+        .filter(|point| point.starts_with(path))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    points.dedup();
+    for point in &points {
+        let _ = rustix::mount::unmount(point, UnmountFlags::DETACH);
     }
-    let dir = tempfile::tempdir()?;
-    let pidfile = dir.path().join("zfs-fuse.pid");
-    let out = zfs_command(
-        "zfs-fuse",
-        &["--no-kstat-mount", "-p", &pidfile.to_string_lossy()],
-    )?;
-    if !out.status.success() {
-        return Err(std::io::Error::other(format!(
-            "start zfs-fuse: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    // The daemon forks; wait until it answers.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !zfs_daemon_answers() {
-        if std::time::Instant::now() > deadline {
-            return Err(std::io::Error::other(
-                "zfs-fuse did not start answering in 15 s",
-            ));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Ok(Some(dir))
+    Ok(points.len())
 }
 
-/// Stops the daemon whose pid file is in `dir`.
-fn stop_daemon(dir: &tempfile::TempDir) {
-    let Some(pid) = std::fs::read_to_string(dir.path().join("zfs-fuse.pid"))
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    for _ in 0..100 {
-        if rustix::process::test_kill_process(pid).is_err() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-}
-
-impl ZfsFusePool {
-    /// Makes a pool of `size` bytes (needs root and the zfs-fuse package).
-    pub fn new(size: u64) -> std::io::Result<ZfsFusePool> {
-        // A test that failed while holding it leaves it poisoned: the pool
-        // it held was still destroyed by its drop.
-        let turn = ONE_POOL_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// A mount point as mountinfo writes it: space, tab, newline and backslash
+/// as three octal digits after a backslash.
+fn unescape_mount_point(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Some(digits) = field.get(i + 1..i + 4)
+            && let Ok(code) = u8::from_str_radix(digits, 8)
         {
-            let mut daemon = DAEMON.lock().unwrap_or_else(|e| e.into_inner());
-            if (daemon.pools == 0 || !zfs_daemon_answers())
-                && let Some(started) = start_daemon()?
-            {
-                daemon.started = Some(started);
-            }
-            daemon.pools += 1;
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
-        // Counted from here: a failure before the pool value exists counts
-        // it out here, one after it when the value is dropped.
-        let files = (|| -> std::io::Result<_> {
-            let image_dir = tempfile::tempdir()?;
-            let mountpoint = tempfile::tempdir()?;
-            let image = image_dir.path().join("pool.img");
-            std::fs::File::create(&image)?.set_len(size)?;
-            Ok((image_dir, mountpoint, image))
-        })();
-        let (image_dir, mountpoint, image) = match files {
-            Ok(files) => files,
-            Err(e) => {
-                DAEMON.lock().unwrap_or_else(|e| e.into_inner()).pools -= 1;
-                return Err(e);
-            }
-        };
-        let name = format!(
-            "strata-{}-{}",
-            std::process::id(),
-            image_dir
-                .path()
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .trim_start_matches('.')
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_mount_point;
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(unescape_mount_point("/tmp/a\\040b"), "/tmp/a b");
+        assert_eq!(
+            unescape_mount_point("/tmp/back\\134slash"),
+            "/tmp/back\\slash"
         );
-        let mount = mountpoint.path().to_string_lossy().into_owned();
-        let image_text = image.to_string_lossy().into_owned();
-        let pool = ZfsFusePool {
-            name,
-            mountpoint,
-            _image_dir: image_dir,
-            _turn: turn,
-        };
-        let out = zfs_command(
-            "zpool",
-            &["create", "-f", "-m", &mount, &pool.name, &image_text],
-        )?;
-        if !out.status.success() {
-            return Err(std::io::Error::other(format!(
-                "zpool create: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(pool)
-    }
-
-    /// Where the pool's root dataset is mounted.
-    pub fn path(&self) -> &Path {
-        self.mountpoint.path()
-    }
-
-    /// The pool's name, for drivers that manage datasets in it.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl Drop for ZfsFusePool {
-    fn drop(&mut self) {
-        // A pool just used can answer "busy" for a moment while zfs-fuse
-        // settles its FUSE mounts; try for a while before giving up.
-        for _ in 0..50 {
-            match zfs_command("zpool", &["destroy", "-f", &self.name]) {
-                Ok(out) if out.status.success() => break,
-                _ => std::thread::sleep(std::time::Duration::from_millis(200)),
-            }
-        }
-        let mut daemon = DAEMON.lock().unwrap_or_else(|e| e.into_inner());
-        daemon.pools -= 1;
-        if daemon.pools == 0
-            && let Some(started) = daemon.started.take()
-        {
-            stop_daemon(&started);
-        }
+        assert_eq!(unescape_mount_point("/plain"), "/plain");
+        assert_eq!(unescape_mount_point("/end\\"), "/end\\");
     }
 }
