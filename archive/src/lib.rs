@@ -10,18 +10,29 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// Applying, computing and exporting changes work on a directory tree
+// through Linux's *at calls and openat2; the stream side (members, digests,
+// compression, measuring) is portable and builds for Windows too, where a
+// driver that owns its format reads layer streams with it.
+#[cfg(unix)]
 mod apply;
+#[cfg(unix)]
 pub mod beneath;
+#[cfg(unix)]
 mod bounded;
+#[cfg(unix)]
 pub mod changes;
 pub mod compression;
 pub mod digest;
+#[cfg(unix)]
 mod export;
 mod measure;
-mod members;
+pub mod members;
 mod pipeline;
+#[cfg(unix)]
 mod record;
 pub mod tarsplit;
+#[cfg(unix)]
 pub mod whiteout;
 
 use std::io;
@@ -39,12 +50,16 @@ pub struct IdMap {
     pub size: u32,
 }
 
+#[cfg(unix)]
 pub use apply::{ApplyOptions, ApplyReport, ApplyTarget, apply_layer};
+#[cfg(unix)]
 pub use changes::{Change, ChangeKind, changes, diff_dir_changes, overlay_changes, stream_changes};
 pub use compression::Compression;
 pub use digest::Sha256Digest;
+#[cfg(unix)]
 pub use export::{ExportReport, export_changes};
 pub use measure::{FeedError, Measured, feed_measured};
+#[cfg(unix)]
 pub use whiteout::WhiteoutFormat;
 
 /// "1 MiB", "64 KiB": a limit as the messages give it.
@@ -109,6 +124,8 @@ pub enum ArchiveError {
     },
 }
 
+// Made by the tree side, which Windows builds leave out.
+#[cfg_attr(not(unix), allow(dead_code))]
 impl ArchiveError {
     pub(crate) fn unsafe_entry(entry: &str, reason: &str) -> Self {
         ArchiveError::Unsafe {

@@ -19,15 +19,78 @@
 //!
 //! Member data is never buffered: the caller reads it through [`Data`], and
 //! whatever it leaves (a directory's "data", a skipped member's) is read
-//! past in small chunks. Every byte still goes through the [`TarTap`], so it
-//! is digested and recorded.
+//! past in small chunks. Every byte still goes through the [`TarSource`]
+//! (when applying, the recording [`TarTap`], so it is digested and recorded).
+//!
+//! Public (as `strata_archive::members`) for readers of layer formats built
+//! on tar, such as the Windows layer format, which get the same bounds.
 
 use std::io::{self, Read};
 
 use tar::{EntryType, GnuExtSparseHeader, Header};
 
 use super::human;
+#[cfg(unix)]
 use super::record::TarTap;
+
+/// Where members are read from: the stream, and how far into it the reader
+/// is. Shared (`&self`), so a member's [`Data`] and the reader can both hold
+/// it.
+pub trait TarSource {
+    /// Reads as [`Read::read`] does.
+    fn read_tar(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Bytes given to the reader so far.
+    fn consumed(&self) -> u64;
+}
+
+#[cfg(unix)]
+impl<R: Read> TarSource for TarTap<R> {
+    fn read_tar(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut reader = self;
+        reader.read(buf)
+    }
+
+    fn consumed(&self) -> u64 {
+        TarTap::consumed(self)
+    }
+}
+
+/// A tar stream read as it is, for readers that record nothing.
+pub struct PlainTar<R> {
+    inner: std::cell::RefCell<R>,
+    consumed: std::cell::Cell<u64>,
+}
+
+impl<R: Read> PlainTar<R> {
+    /// Reads `inner`.
+    pub fn new(inner: R) -> Self {
+        PlainTar {
+            inner: std::cell::RefCell::new(inner),
+            consumed: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl<R: Read> TarSource for PlainTar<R> {
+    fn read_tar(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.borrow_mut().read(buf)?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
+    }
+
+    fn consumed(&self) -> u64 {
+        self.consumed.get()
+    }
+}
+
+/// A [`TarSource`] as a reader.
+struct SourceReader<'t, S>(&'t S);
+
+impl<S: TarSource> Read for SourceReader<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_tar(buf)
+    }
+}
 
 /// The largest PAX extended header (`x` or `g` member) accepted, in bytes.
 pub const MAX_PAX_HEADER: u64 = 1 << 20;
@@ -58,7 +121,9 @@ fn cut_short(message: String) -> io::Error {
 /// A sparse member's layout: the data regions (offset and length in the
 /// file), stored one after the other in the member's data.
 pub struct SparseMap {
+    /// Offset and length of each region.
     pub regions: Vec<(u64, u64)>,
+    /// The file's size, holes included.
     pub real_size: u64,
 }
 
@@ -68,6 +133,7 @@ pub struct Member {
     pub header: Header,
     /// Where its data starts, and how many bytes of it the stream holds.
     pub data_start: u64,
+    /// How many bytes of data the stream holds for it.
     pub size: u64,
     /// Its name: the GNU long name, else the PAX `path`, else the header's.
     pub name: Vec<u8>,
@@ -76,6 +142,7 @@ pub struct Member {
     pub link: Option<Vec<u8>>,
     /// Owner from PAX records, which take precedence over the header's.
     pub pax_uid: Option<u64>,
+    /// Group from PAX records, which take precedence over the header's.
     pub pax_gid: Option<u64>,
     /// The PAX records that apply to it (already checked well formed).
     pax: Vec<u8>,
@@ -84,6 +151,7 @@ pub struct Member {
 }
 
 impl Member {
+    /// The member's type (its own header's).
     pub fn kind(&self) -> EntryType {
         self.header.entry_type()
     }
@@ -203,8 +271,8 @@ fn strip_nul(mut bytes: Vec<u8>) -> Vec<u8> {
 }
 
 /// Reads the members of the tar stream going through `tap`.
-pub struct Members<'t, R> {
-    tap: &'t TarTap<R>,
+pub struct Members<'t, S> {
+    tap: &'t S,
     /// Where the next header starts.
     next: u64,
     /// A zero block ended the archive.
@@ -215,8 +283,9 @@ pub struct Members<'t, R> {
     scratch: Vec<u8>,
 }
 
-impl<'t, R: Read> Members<'t, R> {
-    pub fn new(tap: &'t TarTap<R>) -> Self {
+impl<'t, S: TarSource> Members<'t, S> {
+    /// Reads the members of the stream `tap` gives.
+    pub fn new(tap: &'t S) -> Self {
         Members {
             tap,
             next: 0,
@@ -242,10 +311,9 @@ impl<'t, R: Read> Members<'t, R> {
     /// many there were before the stream ended.
     fn discard(&mut self, mut n: u64) -> io::Result<u64> {
         let mut done = 0;
-        let mut reader = self.tap;
         while n > 0 {
             let want = n.min(self.scratch.len() as u64) as usize;
-            let got = match reader.read(&mut self.scratch[..want]) {
+            let got = match self.tap.read_tar(&mut self.scratch[..want]) {
                 Ok(0) => break,
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -278,9 +346,8 @@ impl<'t, R: Read> Members<'t, R> {
     /// Reads a whole block; `false` if the stream ended before its first byte.
     fn read_block(&mut self, block: &mut [u8; 512]) -> io::Result<bool> {
         let mut filled = 0;
-        let mut reader = self.tap;
         while filled < block.len() {
-            match reader.read(&mut block[filled..]) {
+            match self.tap.read_tar(&mut block[filled..]) {
                 Ok(0) if filled == 0 => return Ok(false),
                 Ok(0) => {
                     return Err(cut_short(format!(
@@ -317,8 +384,7 @@ impl<'t, R: Read> Members<'t, R> {
             )));
         }
         let mut bytes = Vec::with_capacity(size as usize);
-        let reader = self.tap;
-        reader.take(size).read_to_end(&mut bytes)?;
+        SourceReader(self.tap).take(size).read_to_end(&mut bytes)?;
         if bytes.len() as u64 != size {
             return Err(cut_short(format!(
                 "the stream ends inside the {what} at byte {at}"
@@ -498,7 +564,7 @@ impl<'t, R: Read> Members<'t, R> {
     }
 
     /// The member's data, to be read before the next member is asked for.
-    pub fn data(&self, member: &Member) -> Data<'t, R> {
+    pub fn data(&self, member: &Member) -> Data<'t, S> {
         Data {
             tap: self.tap,
             left: member.size,
@@ -553,12 +619,12 @@ fn header_size(header: &Header, at: u64) -> io::Result<u64> {
 }
 
 /// A member's data, read from the stream as it comes.
-pub struct Data<'t, R> {
-    tap: &'t TarTap<R>,
+pub struct Data<'t, S> {
+    tap: &'t S,
     left: u64,
 }
 
-impl<R: Read> Read for Data<'_, R> {
+impl<S: TarSource> Read for Data<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.left == 0 || buf.is_empty() {
             return Ok(0);
@@ -566,8 +632,7 @@ impl<R: Read> Read for Data<'_, R> {
         let want = buf
             .len()
             .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let mut reader = self.tap;
-        let n = reader.read(&mut buf[..want])?;
+        let n = self.tap.read_tar(&mut buf[..want])?;
         self.left -= n as u64;
         Ok(n)
     }

@@ -15,13 +15,18 @@
 //! tar holds (sparse maps and their data, extension headers, hard links'
 //! bodies) is kept in segments, so the rebuilt stream is exact.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Write};
+#[cfg(unix)]
+use std::io::{BufRead, Read};
+#[cfg(unix)]
 use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+#[cfg(unix)]
 use serde::Deserialize;
 
+#[cfg(unix)]
 use super::beneath::{Root, normalize};
 
 /// CRC-64 with the ISO polynomial, as Go's `hash/crc64` (crc64.ISO) computes it
@@ -121,6 +126,7 @@ impl<W: Write> TarSplitWriter<W> {
     }
 }
 
+#[cfg(unix)]
 #[derive(Deserialize)]
 struct Record {
     #[serde(rename = "type")]
@@ -135,6 +141,7 @@ struct Record {
 /// JSON lines) and the files under `root`, writing it to `out`. Every file's
 /// data is checked against its recorded CRC, so a file changed since the
 /// layer was applied is an error, not a silently different stream.
+#[cfg(unix)]
 pub fn reassemble(record: impl BufRead, root: &Path, out: impl Write) -> io::Result<u64> {
     let root = Root::open(root)?;
     // Headers come 512 bytes at a time: gather them into large writes.

@@ -58,7 +58,7 @@ impl Applier<'_> {
     pub(super) fn apply_entry<R: Read>(
         &mut self,
         member: &Member,
-        data: &mut Data<'_, R>,
+        data: &mut Data<'_, crate::record::TarTap<R>>,
         tap: &record::TarTap<R>,
     ) -> Result<(), ArchiveError> {
         self.entries += 1;
@@ -228,7 +228,7 @@ impl Applier<'_> {
     fn make_regular<R: Read>(
         &mut self,
         member: &Member,
-        data: &mut Data<'_, R>,
+        data: &mut Data<'_, crate::record::TarTap<R>>,
         tap: &record::TarTap<R>,
         parent: &ParentDir,
         cname: &std::ffi::CStr,

@@ -1,0 +1,490 @@
+//! Round trips and refusals across the whole format: backup streams ->
+//! layer tar -> backup streams -> layer tar.
+
+use std::io::Write;
+
+use crate::backup::{BackupStreamWriter, SPARSE_ATTRIBUTE, StreamHeader, id};
+use crate::ea::{self, ExtendedAttribute};
+use crate::reparse::{self, ReparsePoint};
+use crate::*;
+
+/// What a sink saw, in order.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Whiteout(String),
+    Link(String, String),
+    File(String, FileBasicInfo, Vec<u8>),
+}
+
+#[derive(Default)]
+struct Collect(Vec<Seen>);
+
+impl LayerSink for Collect {
+    fn whiteout(&mut self, path: &str) -> std::io::Result<()> {
+        self.0.push(Seen::Whiteout(path.into()));
+        Ok(())
+    }
+    fn hard_link(&mut self, path: &str, target: &str) -> std::io::Result<()> {
+        self.0.push(Seen::Link(path.into(), target.into()));
+        Ok(())
+    }
+    fn begin_file(&mut self, path: &str, info: &FileBasicInfo) -> std::io::Result<()> {
+        self.0.push(Seen::File(path.into(), *info, Vec::new()));
+        Ok(())
+    }
+    fn stream(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self.0.last_mut() {
+            Some(Seen::File(_, _, stream)) => stream.extend_from_slice(bytes),
+            _ => panic!("stream bytes outside a file"),
+        }
+        Ok(())
+    }
+    fn end_file(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A self-relative security descriptor: owner S-1-5-18, an empty DACL.
+const SD: [u8; 40] = [
+    1, 0, 4, 0x80, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, //
+    1, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0, //
+    2, 0, 8, 0, 0, 0, 0, 0,
+];
+
+fn info(attributes: u32, seconds: i64) -> FileBasicInfo {
+    let t = filetime::from_unix(seconds, 123_456_700).unwrap();
+    FileBasicInfo {
+        creation_time: t - 10,
+        last_access_time: t + 20,
+        last_write_time: t,
+        change_time: t + 30,
+        file_attributes: attributes,
+    }
+}
+
+/// Builds a backup stream from (header, body) pairs.
+fn stream(parts: &[(StreamHeader, &[u8])]) -> Vec<u8> {
+    let mut w = BackupStreamWriter::new(Vec::new());
+    for (header, body) in parts {
+        w.write_stream(header, body).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+enum Item {
+    File(&'static str, u64, FileBasicInfo, Vec<u8>),
+    Whiteout(&'static str),
+    Link(&'static str, &'static str, FileBasicInfo),
+}
+
+/// A layer with every kind of record the format has.
+fn every_kind() -> Vec<Item> {
+    let eas = ea::encode(&[
+        ExtendedAttribute {
+            name: b"$KERNEL.PURGE.X".to_vec(),
+            value: vec![0, 1, 2, 255],
+            flags: 0,
+        },
+        ExtendedAttribute {
+            name: b"USER.NOTE".to_vec(),
+            value: b"kept".to_vec(),
+            flags: 0,
+        },
+    ])
+    .unwrap();
+    let symlink = reparse::encode(&ReparsePoint {
+        target: r"..\config\app.ini".into(),
+        mount_point: false,
+    })
+    .unwrap();
+    let junction = reparse::encode(&ReparsePoint {
+        target: r"C:\ProgramData".into(),
+        mount_point: true,
+    })
+    .unwrap();
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let long_name: &'static str =
+        Box::leak(format!("Files/{}/deep.txt", "long-directory-name".repeat(8)).into_boxed_str());
+    vec![
+        Item::File(
+            "Files",
+            0,
+            info(0x10, 1_600_000_000),
+            stream(&[(StreamHeader::new(id::SECURITY_DATA, 40), &SD)]),
+        ),
+        Item::File(
+            "Files/Windows",
+            0,
+            info(0x10, 1_600_000_001),
+            stream(&[
+                (StreamHeader::new(id::SECURITY_DATA, 40), &SD),
+                (StreamHeader::alternate(":dirstream:$DATA", 3), b"dir"),
+            ]),
+        ),
+        Item::Whiteout("Files/Windows/old.log"),
+        Item::File(
+            "Files/Windows/app.exe",
+            big.len() as u64,
+            info(0x20, 1_700_000_000),
+            stream(&[
+                (StreamHeader::new(id::SECURITY_DATA, 40), &SD),
+                (StreamHeader::new(id::EA_DATA, eas.len() as u64), &eas),
+                (StreamHeader::new(id::DATA, big.len() as u64), &big),
+                (
+                    StreamHeader::alternate(":Zone.Identifier:$DATA", 26),
+                    b"[ZoneTransfer]\r\nZoneId=3\r\n",
+                ),
+                (StreamHeader::alternate(":empty:$DATA", 0), b""),
+            ]),
+        ),
+        Item::File(
+            "Files/Windows/empty.txt",
+            0,
+            info(0x80, 1_700_000_100),
+            stream(&[(StreamHeader::new(id::DATA, 0), b"")]),
+        ),
+        Item::File(
+            "Files/Windows/link.ini",
+            0,
+            info(0x420, 1_700_000_200),
+            stream(&[(
+                StreamHeader::new(id::REPARSE_DATA, symlink.len() as u64),
+                &symlink,
+            )]),
+        ),
+        Item::File(
+            "Files/ProgramDataLink",
+            0,
+            info(0x410, 1_700_000_300),
+            stream(&[(
+                StreamHeader::new(id::REPARSE_DATA, junction.len() as u64),
+                &junction,
+            )]),
+        ),
+        Item::Link(
+            "Files/Windows/app-copy.exe",
+            "Files/Windows/app.exe",
+            info(0x20, 1_700_000_000),
+        ),
+        Item::File(
+            long_name,
+            5,
+            info(0x20, 1_700_000_400),
+            stream(&[(StreamHeader::new(id::DATA, 5), "ünï".as_bytes())]),
+        ),
+        Item::File(
+            "Files/Pré-1970.txt",
+            1,
+            FileBasicInfo {
+                last_write_time: filetime::UNIX_EPOCH - 5_000_000,
+                ..info(0x20, 0)
+            },
+            stream(&[(StreamHeader::new(id::DATA, 1), b"x")]),
+        ),
+        Item::File("Hives", 0, info(0x10, 1_700_000_500), Vec::new()),
+        Item::File(
+            "Hives/System_Delta",
+            4,
+            info(0x20, 1_700_000_500),
+            stream(&[(StreamHeader::new(id::DATA, 4), b"regf")]),
+        ),
+        Item::File("UtilityVM", 0, info(0x10, 1_700_000_600), Vec::new()),
+        Item::File("UtilityVM/Files", 0, info(0x10, 1_700_000_600), Vec::new()),
+        Item::Whiteout("UtilityVM/Files/gone.sys"),
+    ]
+}
+
+fn write_layer(items: &[Item]) -> Vec<u8> {
+    let mut w = LayerTarWriter::new(Vec::new());
+    for item in items {
+        match item {
+            Item::File(path, size, info, backup) => w.file(path, *size, info, &backup[..]).unwrap(),
+            Item::Whiteout(path) => w.whiteout(path).unwrap(),
+            Item::Link(path, target, info) => w.hard_link(path, target, info).unwrap(),
+        }
+    }
+    w.finish().unwrap()
+}
+
+fn read(tar: &[u8]) -> Result<Vec<Seen>, FormatError> {
+    let mut sink = Collect::default();
+    read_layer(tar, &mut sink)?;
+    Ok(sink.0)
+}
+
+#[test]
+fn tar_to_backup_streams_to_tar_is_byte_identical() {
+    let items = every_kind();
+    let tar = write_layer(&items);
+    let seen = read(&tar).unwrap();
+    // Every file's backup stream comes back exactly as it went in (the
+    // order the reader writes streams in is the order BackupRead gives).
+    let mut again = LayerTarWriter::new(Vec::new());
+    let mut expected = items.iter();
+    for seen in &seen {
+        let item = expected.next().expect("no more than was written");
+        match (seen, item) {
+            (Seen::File(path, got_info, got), Item::File(want_path, size, want_info, want)) => {
+                assert_eq!(path, want_path);
+                assert_eq!(got_info, want_info, "{path}");
+                assert_eq!(got, want, "the backup stream of {path}");
+                again.file(path, *size, got_info, &got[..]).unwrap();
+            }
+            (Seen::Whiteout(path), Item::Whiteout(want)) => {
+                assert_eq!(path, want);
+                again.whiteout(path).unwrap();
+            }
+            (Seen::Link(path, target), Item::Link(want, want_target, info)) => {
+                assert_eq!(
+                    (path, target),
+                    (&want.to_string(), &want_target.to_string())
+                );
+                again.hard_link(path, target, info).unwrap();
+            }
+            (seen, _) => panic!("out of order: {seen:?}"),
+        }
+    }
+    assert!(expected.next().is_none(), "the reader saw fewer items");
+    assert_eq!(
+        again.finish().unwrap(),
+        tar,
+        "the second tar differs from the first"
+    );
+}
+
+#[test]
+fn the_tar_carries_the_documented_records() {
+    let tar = write_layer(&every_kind());
+    let mut archive = tar::Archive::new(&tar[..]);
+    let mut found = std::collections::BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+        let kind = entry.header().entry_type();
+        let mode = entry.header().mode().unwrap();
+        let mut records = Vec::new();
+        if let Some(pax) = entry.pax_extensions().unwrap() {
+            for r in pax {
+                let r = r.unwrap();
+                records.push(format!("{}={}", r.key().unwrap(), r.value().unwrap()));
+            }
+        }
+        let link = entry
+            .link_name()
+            .unwrap()
+            .map(|l| l.to_string_lossy().into_owned());
+        found.insert(name, (kind, mode, records, link));
+    }
+    let app = &found["Files/Windows/app.exe"];
+    assert_eq!((app.0, app.1), (tar::EntryType::Regular, 0o100000));
+    assert!(
+        app.2.contains(&"MSWINDOWS.fileattr=32".to_string()),
+        "{:?}",
+        app.2
+    );
+    assert!(app.2.contains(
+        &"MSWINDOWS.rawsd=AQAEgBQAAAAAAAAAAAAAACAAAAABAQAAAAAABRIAAAACAAgAAAAAAA==".to_string()
+    ));
+    assert!(
+        app.2
+            .contains(&"MSWINDOWS.xattr.USER.NOTE=a2VwdA==".to_string())
+    );
+    assert!(
+        app.2
+            .contains(&"LIBARCHIVE.creationtime=1700000000.1234557".to_string()),
+        "{:?}",
+        app.2
+    );
+    assert!(app.2.contains(&"mtime=1700000000.1234567".to_string()));
+    assert!(found.contains_key("Files/Windows/app.exe:Zone.Identifier"));
+    assert!(found.contains_key("Files/Windows:dirstream"));
+    let link = &found["Files/Windows/link.ini"];
+    assert_eq!(
+        (link.0, link.3.as_deref()),
+        (tar::EntryType::Symlink, Some(r"..\config\app.ini"))
+    );
+    let junction = &found["Files/ProgramDataLink"];
+    assert_eq!(junction.1, 0o160000);
+    assert!(junction.2.contains(&"MSWINDOWS.mountpoint=1".to_string()));
+    let whiteout = &found["Files/Windows/.wh.old.log"];
+    assert_eq!(
+        (whiteout.0, whiteout.1, whiteout.2.len()),
+        (tar::EntryType::Regular, 0, 0)
+    );
+    assert_eq!(found["Files/Windows/app-copy.exe"].0, tar::EntryType::Link);
+    assert_eq!(found["Files"].0, tar::EntryType::Directory);
+}
+
+#[test]
+fn sparse_data_is_written_whole() {
+    let end = StreamHeader {
+        offset: 8192,
+        ..StreamHeader::new(id::SPARSE_BLOCK, 0)
+    };
+    let block = StreamHeader {
+        offset: 4096,
+        ..StreamHeader::new(id::SPARSE_BLOCK, 2)
+    };
+    let data = StreamHeader {
+        attributes: SPARSE_ATTRIBUTE,
+        ..StreamHeader::new(id::DATA, 0)
+    };
+    let backup = stream(&[(data, b""), (block, b"xy"), (end, b"")]);
+    let mut w = LayerTarWriter::new(Vec::new());
+    w.file(
+        "Files/sparse.bin",
+        8192,
+        &info(0x220, 1_700_000_000),
+        &backup[..],
+    )
+    .unwrap();
+    let tar = w.finish().unwrap();
+    let seen = read(&tar).unwrap();
+    let Seen::File(_, _, back) = &seen[0] else {
+        panic!()
+    };
+    let mut expected = vec![0u8; 8192];
+    expected[4096..4098].copy_from_slice(b"xy");
+    let whole = stream(&[(StreamHeader::new(id::DATA, 8192), &expected)]);
+    assert_eq!(back, &whole);
+}
+
+/// PAX records as a test writes them.
+type Records<'a> = &'a [(&'a str, &'a [u8])];
+
+/// A hand-made tar of `members` (name, type, PAX records, data).
+fn hostile(members: &[(&str, tar::EntryType, Records<'_>, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, records, data) in members {
+        if !records.is_empty() {
+            b.append_pax_extensions(records.iter().copied()).unwrap();
+        }
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn refusal(tar: &[u8]) -> String {
+    read(tar)
+        .expect_err("a hostile layer was accepted")
+        .to_string()
+}
+
+#[test]
+fn members_outside_the_layer_roots_are_refused_and_named() {
+    use tar::EntryType::*;
+    for (name, kind, expect) in [
+        ("Files/../../etc/passwd", Regular, "'..'"),
+        ("/Files/x", Regular, "absolute"),
+        ("Windows/System32/x", Regular, "outside Files/"),
+        ("UtilityVM/boot.sys", Regular, "UtilityVM/Files"),
+        ("Files/a\\..\\..\\b", Regular, "cannot hold"),
+        ("Files/dev", Char, "no form"),
+        ("Files/.wh..wh..opq", Regular, "opaque"),
+        ("Hives/.wh.System", Regular, "whiteout outside"),
+    ] {
+        let message = refusal(&hostile(&[(name, kind, &[], b"")]));
+        assert!(message.contains(expect), "{name}: {message}");
+        assert!(
+            message.contains(&format!("{name:?}")) || message.contains("refused member"),
+            "{message}"
+        );
+    }
+    let link = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "Files/link", "../../etc/shadow")
+            .unwrap();
+        b.into_inner().unwrap()
+    };
+    assert!(
+        refusal(&link).contains("outside the layer"),
+        "{}",
+        refusal(&link)
+    );
+}
+
+#[test]
+fn malformed_windows_records_are_refused_and_named() {
+    use tar::EntryType::*;
+    let cases: [(Records<'_>, &str); 5] = [
+        (&[("MSWINDOWS.fileattr", b"0x20")], "32-bit decimal"),
+        (&[("MSWINDOWS.rawsd", b"not base64!")], "base64"),
+        (&[("MSWINDOWS.xattr.A", b"%%%")], "base64"),
+        (&[("LIBARCHIVE.creationtime", b"yesterday")], "not a time"),
+        (&[("MSWINDOWS.sd", b"O:SYG:SYD:")], "SDDL"),
+    ];
+    for (records, expect) in cases {
+        let message = refusal(&hostile(&[("Files/x.txt", Regular, records, b"data")]));
+        assert!(
+            message.contains(expect) && message.contains("Files/x.txt"),
+            "{message}"
+        );
+        assert!(!message.contains("data\""), "contents echoed: {message}");
+    }
+    // An alternate stream that does not follow its file.
+    let message = refusal(&hostile(&[
+        ("Files/a.txt", Regular, &[], b"a"),
+        ("Files/b.txt", Regular, &[], b"b"),
+        ("Files/a.txt:s", Regular, &[], b"s"),
+    ]));
+    assert!(message.contains("does not directly follow"), "{message}");
+    // A tar cut inside a member's data.
+    let whole = hostile(&[("Files/a.txt", Regular, &[], &[7u8; 2000])]);
+    assert!(read(&whole[..1200]).is_err());
+    // A PAX header past strata-archive's limit is refused before it is read.
+    let mut huge = tar::Header::new_ustar();
+    huge.set_entry_type(tar::EntryType::XHeader);
+    huge.set_size(1 << 40);
+    huge.set_cksum();
+    let message = refusal(huge.as_bytes());
+    assert!(message.contains("more than"), "{message}");
+}
+
+#[test]
+fn malformed_backup_streams_are_refused_when_writing() {
+    let w = |backup: Vec<u8>, size: u64| {
+        let mut w = LayerTarWriter::new(Vec::new());
+        w.file("Files/x", size, &info(0x20, 1), &backup[..])
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let data = |n: u64, body: &[u8]| stream(&[(StreamHeader::new(id::DATA, n), body)]);
+    assert!(
+        w(data(3, b"abc"), 4)
+            .unwrap_err()
+            .contains("data stream of 3 bytes")
+    );
+    let mut cut = data(3, b"abc");
+    cut.pop();
+    assert!(w(cut, 3).unwrap_err().contains("Files/x"));
+    let late_sd = stream(&[
+        (StreamHeader::new(id::DATA, 1), b"a"),
+        (StreamHeader::new(id::SECURITY_DATA, 40), &SD),
+    ]);
+    assert!(w(late_sd, 1).unwrap_err().contains("cannot carry"));
+    let unknown = stream(&[(StreamHeader::new(42, 1), b"?")]);
+    assert!(w(unknown, 0).unwrap_err().contains("id 42"));
+    let bad_reparse = stream(&[(StreamHeader::new(id::REPARSE_DATA, 4), b"\x01\x02\x03\x04")]);
+    assert!(w(bad_reparse, 0).unwrap_err().contains("reparse"));
+    let mut sink = Vec::new();
+    let mut lw = LayerTarWriter::new(&mut sink);
+    assert!(lw.whiteout("Hives/x").is_err());
+    assert!(
+        lw.hard_link("Files/a", "Hives/b", &FileBasicInfo::default())
+            .is_err()
+    );
+    assert!(
+        lw.file("Files/../x", 0, &FileBasicInfo::default(), &b""[..])
+            .is_err()
+    );
+    let _ = sink.flush();
+}
