@@ -68,7 +68,13 @@ for lib in "${libs[@]}"; do
         timeout -k 30 "$(limit_for "$backend")" \
             "$runner" --driver "$lib" --backend "$backend" $(restart_options_for "$name") 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
-        [ "$rc" -eq 124 ] && echo "stopped after $(limit_for "$backend") s: the run did not finish"
+        if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+            echo "stopped after $(limit_for "$backend") s: the run did not finish"
+            # A killed runner drops nothing: stop the zfs-fuse daemon it
+            # started (known by the options only testkit gives it), so the
+            # runs after this one do not wait on a wedged one.
+            [ "$backend" = zfs-fuse ] && pkill -KILL -f "zfs-fuse --no-kstat-mount --max-arc-size" || true
+        fi
         echo "== $name on $backend: exit $rc after $((SECONDS - started)) s"
         out=$(cat "$log")
         # The closing line (the VM runner says a line of its own after it).

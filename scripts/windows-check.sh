@@ -25,7 +25,10 @@ cargo clippy --target "$target" "${packages[@]}" --all-targets -- -D warnings
 dll=target/$target/debug/strata_driver_windows.dll
 # The driver must load where computestorage.dll is missing: it may not
 # import it (it finds it at run time).
-if x86_64-w64-mingw32-objdump -p "$dll" | grep -qi "DLL Name: computestorage"; then
+# (Read whole first: grep -q closing a pipe early would fail objdump, which
+# pipefail would take for "not found".)
+imports=$(x86_64-w64-mingw32-objdump -p "$dll")
+if grep -qi "DLL Name: computestorage" <<<"$imports"; then
     echo "$dll imports computestorage.dll: it would not load without the Containers feature" >&2
     exit 1
 fi
@@ -47,6 +50,6 @@ x86_64-w64-mingw32-gcc -O2 -shared -s -o "$prefix/drive_c/windows/system32/bcryp
 # the test run, and stays until the cleanup stops it.
 "$wine_dir/wineserver" -k 2>/dev/null || true
 "$wine_dir/wineserver" -w
-"$wine_dir/wineserver" -p
+"$wine_dir/wineserver" -p </dev/null >/dev/null 2>&1
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=$wine_dir/wine64
 RUSTFLAGS="-D warnings" cargo test --target "$target" "${packages[@]}"

@@ -41,6 +41,8 @@ pub struct ZfsFusePool {
     name: String,
     mountpoint: tempfile::TempDir,
     _image_dir: tempfile::TempDir,
+    /// `zpool create` succeeded: there is a pool to destroy.
+    created: bool,
     // Dropped last, after the pool is destroyed: one pool at a time in a
     // process. zfs-fuse wedged (every FUSE request and `zpool list` waiting
     // for ever) with three test pools in use at once under load.
@@ -132,21 +134,27 @@ fn start_daemon() -> std::io::Result<Started> {
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    // The daemon forks; wait until it answers.
+    let read_pid = || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+    };
+    // The daemon forks; wait until it answers. One that never does is
+    // killed, not left for a later start to adopt.
     let deadline = Instant::now() + Duration::from_secs(15);
     while !daemon_answers() {
         if Instant::now() > deadline {
+            if let Some(pid) = read_pid() {
+                signal_daemon(pid, rustix::process::Signal::KILL);
+            }
             return Err(std::io::Error::other(
                 "zfs-fuse did not start answering in 15 s",
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pid = std::fs::read_to_string(&pidfile)
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| std::io::Error::other("zfs-fuse wrote no pid file"))?;
+    let pid = read_pid().ok_or_else(|| std::io::Error::other("zfs-fuse wrote no pid file"))?;
     let watching = Arc::new(AtomicBool::new(true));
     let flag = watching.clone();
     std::thread::Builder::new()
@@ -157,6 +165,20 @@ fn start_daemon() -> std::io::Result<Started> {
         pid,
         watching,
     })
+}
+
+/// Whether `pid` is still a zfs-fuse process: the daemon is not our child
+/// (it forks away), so once it dies its pid can be anyone's.
+fn is_zfs_fuse(pid: rustix::process::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/comm", pid.as_raw_nonzero()))
+        .is_ok_and(|comm| comm.trim_end() == "zfs-fuse")
+}
+
+/// Sends `signal` to the daemon `pid` if it is still zfs-fuse.
+fn signal_daemon(pid: rustix::process::Pid, signal: rustix::process::Signal) {
+    if is_zfs_fuse(pid) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
 }
 
 /// The watchdog: kills the daemon `pid` once it stops answering, until
@@ -177,12 +199,12 @@ fn watch(pid: rustix::process::Pid, watching: &AtomicBool) {
                         "zfs-fuse (pid {}) is wedged: {e}; killing it so that what waits on it fails instead of hanging",
                         pid.as_raw_nonzero()
                     );
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    signal_daemon(pid, rustix::process::Signal::KILL);
                 }
                 return;
             }
             // Gone (stopped, or died): nothing left to watch.
-            _ if rustix::process::test_kill_process(pid).is_err() => return,
+            _ if !is_zfs_fuse(pid) => return,
             _ => {}
         }
     }
@@ -192,14 +214,14 @@ fn watch(pid: rustix::process::Pid, watching: &AtomicBool) {
 fn stop_daemon(started: Started) {
     started.watching.store(false, Ordering::Release);
     let pid = started.pid;
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    signal_daemon(pid, rustix::process::Signal::TERM);
     for _ in 0..100 {
-        if rustix::process::test_kill_process(pid).is_err() {
+        if !is_zfs_fuse(pid) {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    signal_daemon(pid, rustix::process::Signal::KILL);
 }
 
 impl ZfsFusePool {
@@ -243,10 +265,11 @@ impl ZfsFusePool {
         );
         let mount = mountpoint.path().to_string_lossy().into_owned();
         let image_text = image.to_string_lossy().into_owned();
-        let pool = ZfsFusePool {
+        let mut pool = ZfsFusePool {
             name,
             mountpoint,
             _image_dir: image_dir,
+            created: false,
             _turn: turn,
         };
         let out = zpool(&[
@@ -267,6 +290,7 @@ impl ZfsFusePool {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
+        pool.created = true;
         Ok(pool)
     }
 
@@ -328,7 +352,9 @@ fn count_out() {
 
 impl Drop for ZfsFusePool {
     fn drop(&mut self) {
-        self.let_go();
+        if self.created {
+            self.let_go();
+        }
         // Whatever the daemon did, no FUSE mount of the pool outlives it.
         let _ = crate::mounts::lazy_unmount_beneath(self.mountpoint.path());
         count_out();

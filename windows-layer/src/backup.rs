@@ -85,7 +85,9 @@ impl StreamHeader {
             .flat_map(u16::to_le_bytes)
             .collect();
         let sparse = self.id == id::SPARSE_BLOCK;
-        let size = self.size + if sparse { 8 } else { 0 };
+        // A sparse block's size counts its offset; writers refuse a size
+        // that leaves no room for it (see BackupStreamWriter::write_header).
+        let size = self.size.wrapping_add(if sparse { 8 } else { 0 });
         let mut out = Vec::with_capacity(HEADER_LEN + name.len() + 8);
         out.extend_from_slice(&self.id.to_le_bytes());
         out.extend_from_slice(&self.attributes.to_le_bytes());
@@ -241,6 +243,9 @@ impl<W: Write> BackupStreamWriter<W> {
                 "a stream header while {} bytes of the last stream's body are due",
                 self.left
             )));
+        }
+        if header.id == id::SPARSE_BLOCK && header.size > u64::MAX - 8 {
+            return Err(io::Error::other("a sparse block too large for its header"));
         }
         self.inner.write_all(&header.to_bytes())?;
         self.left = header.size;

@@ -54,6 +54,32 @@ pub fn check_path(name: &str) -> Result<&str, FormatError> {
     Ok(path)
 }
 
+/// Checks an alternate data stream's name (without `:` and `:$DATA`):
+/// what both directions accept, so neither writes what the other refuses.
+pub(crate) fn check_stream_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.contains([':', '/', '\\']) || name.chars().any(|c| c < ' ') {
+        return Err(
+            "an alternate data stream name that is empty or holds ':', a slash or a control character",
+        );
+    }
+    if name.encode_utf16().count() > 255 {
+        return Err("an alternate data stream name longer than NTFS's 255 characters");
+    }
+    Ok(())
+}
+
+/// Refuses a file or link whose base name would read back as a whiteout.
+pub(crate) fn not_a_whiteout_name(path: &str) -> Result<(), FormatError> {
+    let base = path.rsplit_once('/').map_or(path, |(_, base)| base);
+    if base.starts_with(crate::read::WHITEOUT_PREFIX) {
+        return Err(FormatError::refused(
+            path,
+            "a name starting with .wh., which a layer tar reads as a whiteout",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `path` (already checked) may hold whiteouts and hard links:
 /// below `Files/` or `UtilityVM/Files/`, not a root itself.
 pub(crate) fn in_file_tree(path: &str) -> bool {

@@ -15,7 +15,7 @@ use tar::EntryType;
 
 use crate::backup::{BackupStreamWriter, StreamHeader, id};
 use crate::ea::{self, ExtendedAttribute};
-use crate::path::{check_path, in_file_tree};
+use crate::path::{check_path, check_stream_name, in_file_tree};
 use crate::reparse::{self, ReparsePoint};
 use crate::{ATTRIBUTE_DIRECTORY, FileBasicInfo, FormatError, filetime, pax};
 
@@ -192,12 +192,7 @@ fn split_alternate_stream(name: &str) -> Result<Option<(&str, &str)>, FormatErro
         return Ok(None);
     };
     let stream = stream.strip_suffix(":$DATA").unwrap_or(stream);
-    if stream.is_empty() || stream.contains([':', '/', '\\']) || stream.chars().any(|c| c < ' ') {
-        return Err(FormatError::refused(
-            name,
-            "a ':' that does not name an alternate data stream",
-        ));
-    }
+    check_stream_name(stream).map_err(|why| FormatError::refused(name, why))?;
     Ok(Some((file, stream)))
 }
 
@@ -289,8 +284,20 @@ impl WindowsMember {
                     )));
                 }
                 pax::MOUNT_POINT => mount_point = true,
+                _ if key.starts_with("GNU.sparse.") => {
+                    return Err(FormatError::refused(
+                        name,
+                        "a GNU sparse member, which Windows layers have no form for",
+                    ));
+                }
                 _ => {
                     if let Some(ea_name) = key.strip_prefix(pax::EXTENDED_ATTRIBUTE_PREFIX) {
+                        if extended_attributes
+                            .iter()
+                            .any(|ea: &ExtendedAttribute| ea.name == ea_name.as_bytes())
+                        {
+                            return Err(bad(format!("PAX record {key} twice")));
+                        }
                         let value = BASE64
                             .decode(value)
                             .map_err(|_| bad(format!("PAX record {key} is not base64")))?;
@@ -330,8 +337,10 @@ impl WindowsMember {
             let link = member.link.as_deref().unwrap_or_default();
             let target = std::str::from_utf8(link)
                 .map_err(|_| bad("a link target that is not UTF-8".into()))?;
-            if target.is_empty() {
-                return Err(bad("a symbolic link without a target".into()));
+            if target.is_empty() || target.chars().any(|c| c < ' ') {
+                return Err(bad(
+                    "a symbolic link whose target is empty or holds a control character".into(),
+                ));
             }
             Some(ReparsePoint {
                 target: target.to_string(),

@@ -415,12 +415,23 @@ fn members_outside_the_layer_roots_are_refused_and_named() {
 #[test]
 fn malformed_windows_records_are_refused_and_named() {
     use tar::EntryType::*;
-    let cases: [(Records<'_>, &str); 5] = [
+    let cases: [(Records<'_>, &str); 7] = [
         (&[("MSWINDOWS.fileattr", b"0x20")], "32-bit decimal"),
         (&[("MSWINDOWS.rawsd", b"not base64!")], "base64"),
         (&[("MSWINDOWS.xattr.A", b"%%%")], "base64"),
         (&[("LIBARCHIVE.creationtime", b"yesterday")], "not a time"),
         (&[("MSWINDOWS.sd", b"O:SYG:SYD:")], "SDDL"),
+        (
+            &[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0")],
+            "GNU sparse",
+        ),
+        (
+            &[
+                ("MSWINDOWS.xattr.A", b"YQ=="),
+                ("MSWINDOWS.xattr.A", b"Yg=="),
+            ],
+            "twice",
+        ),
     ];
     for (records, expect) in cases {
         let message = refusal(&hostile(&[("Files/x.txt", Regular, records, b"data")]));
@@ -477,6 +488,16 @@ fn malformed_backup_streams_are_refused_when_writing() {
     assert!(w(bad_reparse, 0).unwrap_err().contains("reparse"));
     let mut sink = Vec::new();
     let mut lw = LayerTarWriter::new(&mut sink);
+    // A name the reader would take for a whiteout.
+    assert!(
+        lw.file("Files/.wh.x", 0, &FileBasicInfo::default(), &b""[..])
+            .is_err()
+    );
+    assert!(lw.whiteout("Files/.wh.x").is_err());
+    assert!(
+        lw.hard_link("Files/.wh.l", "Files/a", &FileBasicInfo::default())
+            .is_err()
+    );
     assert!(lw.whiteout("Hives/x").is_err());
     assert!(
         lw.hard_link("Files/a", "Hives/b", &FileBasicInfo::default())

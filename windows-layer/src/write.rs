@@ -13,7 +13,7 @@ use tar::{EntryType, Header};
 
 use crate::backup::{BackupStreamReader, SPARSE_ATTRIBUTE, StreamHeader, id};
 use crate::ea::{self, ExtendedAttribute};
-use crate::path::{check_path, in_file_tree};
+use crate::path::{check_path, check_stream_name, in_file_tree, not_a_whiteout_name};
 use crate::read::WHITEOUT_PREFIX;
 use crate::reparse::{self, ReparsePoint};
 use crate::{FileBasicInfo, FormatError, filetime, pax};
@@ -209,6 +209,7 @@ impl<W: Write> LayerTarWriter<W> {
                 "a whiteout outside Files/ and UtilityVM/Files/",
             ));
         }
+        not_a_whiteout_name(path)?;
         let (dir, base) = path.rsplit_once('/').unwrap_or(("", path));
         let name = format!("{dir}/{WHITEOUT_PREFIX}{base}");
         self.member(Fields::new(&name, EntryType::Regular, 0, 0, 0), |_| Ok(()))
@@ -229,6 +230,7 @@ impl<W: Write> LayerTarWriter<W> {
                 "a hard link outside Files/ and UtilityVM/Files/",
             ));
         }
+        not_a_whiteout_name(path)?;
         let mut records = basic_records(info);
         let mtime = time_records(info, &mut records);
         let fields = Fields {
@@ -252,6 +254,7 @@ impl<W: Write> LayerTarWriter<W> {
         backup: impl Read,
     ) -> Result<(), FormatError> {
         let path = check_path(path)?;
+        not_a_whiteout_name(path)?;
         let bad = |why: String| FormatError::malformed(path, why);
         let backup_error = |e: io::Error| bad(format!("its backup stream: {e}"));
         let mut reader = BackupStreamReader::new(backup);
@@ -307,7 +310,14 @@ impl<W: Write> LayerTarWriter<W> {
         }
         for ea in extended_attributes.iter().flatten() {
             let name = std::str::from_utf8(&ea.name)
-                .map_err(|_| bad("an extended attribute name that is not UTF-8".into()))?;
+                .ok()
+                .filter(|n| !n.contains(['=', '\n']))
+                .ok_or_else(|| {
+                    bad(
+                        "an extended attribute name that is not UTF-8 or holds '=' or a newline"
+                            .into(),
+                    )
+                })?;
             records.push((
                 format!("{}{name}", pax::EXTENDED_ATTRIBUTE_PREFIX),
                 BASE64.encode(&ea.value).into_bytes(),
@@ -385,7 +395,7 @@ impl<W: Write> LayerTarWriter<W> {
                         .name
                         .strip_prefix(':')
                         .map(|s| s.strip_suffix(":$DATA").unwrap_or(s))
-                        .filter(|s| !s.is_empty() && !s.contains([':', '/', '\\']))
+                        .filter(|s| check_stream_name(s).is_ok())
                         .ok_or_else(|| {
                             bad(format!("an alternate data stream named {:?}", header.name))
                         })?;

@@ -11,9 +11,9 @@
 //!
 //! The function types are written here, but each is checked against
 //! windows-sys's declaration (generated from Microsoft's metadata) by a
-//! constant that coerces the declared function to our type: a mismatch is a
-//! compile error, and an unused constant is never code-generated, so no
-//! import of computestorage.dll is emitted.
+//! constant, beside its lookup, that coerces the declared function to our
+//! type: a mismatch is a compile error, and an unused constant is never
+//! code-generated, so no import of computestorage.dll is emitted.
 
 use std::sync::OnceLock;
 
@@ -38,14 +38,6 @@ pub type AttachLayerStorageFilter = unsafe extern "system" fn(PCWSTR, PCWSTR) ->
 pub type DetachLayerStorageFilter = unsafe extern "system" fn(PCWSTR) -> HRESULT;
 /// `HcsSetupBaseOSLayer(layerPath, vhdHandle, options)`.
 pub type SetupBaseOsLayer = unsafe extern "system" fn(PCWSTR, HANDLE, PCWSTR) -> HRESULT;
-
-const _: ImportLayer = declared::HcsImportLayer;
-const _: ExportLayer = declared::HcsExportLayer;
-const _: DestroyLayer = declared::HcsDestroyLayer;
-const _: InitializeWritableLayer = declared::HcsInitializeWritableLayer;
-const _: AttachLayerStorageFilter = declared::HcsAttachLayerStorageFilter;
-const _: DetachLayerStorageFilter = declared::HcsDetachLayerStorageFilter;
-const _: SetupBaseOsLayer = declared::HcsSetupBaseOSLayer;
 
 /// The storage functions of computestorage.dll.
 #[allow(dead_code)] // Called by the layer operations, which come next.
@@ -91,40 +83,46 @@ fn load() -> Result<ComputeStorage, String> {
         ));
     }
     // The module stays loaded for the life of the process (never freed), so
-    // the pointers below stay valid.
+    // the pointers below stay valid. One identifier names both the export
+    // looked up and Microsoft's declaration it is checked against, so no
+    // function can be looked up under another's type.
     macro_rules! function {
-        ($name:literal, $type:ty) => {{
+        ($name:ident, $type:ty) => {{
+            // Checked at compile time, never code-generated: no import.
+            const _: $type = declared::$name;
             // SAFETY: `module` is a loaded module and the name is a
             // NUL-terminated ASCII string.
-            let found = unsafe { GetProcAddress(module, concat!($name, "\0").as_ptr()) };
+            let found =
+                unsafe { GetProcAddress(module, concat!(stringify!($name), "\0").as_ptr()) };
             match found {
-                // SAFETY: the export named $name has the type $type, which
-                // the constants above check against Microsoft's declaration.
+                // SAFETY: the export $name has the type of Microsoft's
+                // declaration of it, which the constant above proves equal
+                // to $type.
                 Some(pointer) => unsafe {
                     std::mem::transmute::<unsafe extern "system" fn() -> isize, $type>(pointer)
                 },
                 None => {
                     return Err(format!(
-                        "computestorage.dll has no {}: Windows too old for this driver",
-                        $name
+                        "computestorage.dll has no {}: this Windows is too old for the driver",
+                        stringify!($name)
                     ));
                 }
             }
         }};
     }
     Ok(ComputeStorage {
-        import_layer: function!("HcsImportLayer", ImportLayer),
-        export_layer: function!("HcsExportLayer", ExportLayer),
-        destroy_layer: function!("HcsDestroyLayer", DestroyLayer),
-        initialize_writable_layer: function!("HcsInitializeWritableLayer", InitializeWritableLayer),
+        import_layer: function!(HcsImportLayer, ImportLayer),
+        export_layer: function!(HcsExportLayer, ExportLayer),
+        destroy_layer: function!(HcsDestroyLayer, DestroyLayer),
+        initialize_writable_layer: function!(HcsInitializeWritableLayer, InitializeWritableLayer),
         attach_layer_storage_filter: function!(
-            "HcsAttachLayerStorageFilter",
+            HcsAttachLayerStorageFilter,
             AttachLayerStorageFilter
         ),
         detach_layer_storage_filter: function!(
-            "HcsDetachLayerStorageFilter",
+            HcsDetachLayerStorageFilter,
             DetachLayerStorageFilter
         ),
-        setup_base_os_layer: function!("HcsSetupBaseOSLayer", SetupBaseOsLayer),
+        setup_base_os_layer: function!(HcsSetupBaseOSLayer, SetupBaseOsLayer),
     })
 }
