@@ -12,10 +12,14 @@
 //! * the daemon we start gets an ARC of 1 GiB instead of the 100 MiB
 //!   Debian's zfsrc sets (hundreds of datasets, snapshots and clones made in
 //!   a minute had it stall under memory pressure);
-//! * a watchdog asks the daemon we started for its pools every few seconds
-//!   and kills it when it has not answered for [`WEDGED_AFTER`]: waiting
-//!   requests then fail at once, so the tests fail and say why instead of
-//!   hanging. Every `zpool` command here is bounded the same way.
+//! * a watchdog asks the daemon we started for its pools, and each live
+//!   pool's mount for its size (a FUSE request: zfs-fuse has wedged with
+//!   its FUSE side stuck while `zpool` still answered), every few seconds,
+//!   and kills it when either has gone unanswered for [`WEDGED_AFTER`]:
+//!   waiting requests then fail at once, so the tests fail and say why
+//!   (the line names zfs-fuse as wedged, which the conformance matrix looks
+//!   for) instead of hanging. Every `zpool` command here is bounded the
+//!   same way.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -48,6 +52,9 @@ pub struct ZfsFusePool {
     // for ever) with three test pools in use at once under load.
     _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Where this process's live pools are mounted, for the watchdog.
+static MOUNTS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 /// Held by the one live pool of this process.
 static ONE_POOL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -192,7 +199,13 @@ fn watch(pid: rustix::process::Pid, watching: &AtomicBool) {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        match zpool(&["list", "-H"]) {
+        let mounts = MOUNTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let fuse_probe = mounts.iter().try_for_each(|mount| {
+            let mount = mount.to_string_lossy();
+            run_bounded("stat", &["-f", "-c", "%b", &mount], WEDGED_AFTER).map(drop)
+        });
+        let probe = fuse_probe.and_then(|()| zpool(&["list", "-H"]));
+        match probe {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 if watching.load(Ordering::Acquire) {
                     eprintln!(
@@ -291,6 +304,10 @@ impl ZfsFusePool {
             )));
         }
         pool.created = true;
+        MOUNTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pool.mountpoint.path().to_path_buf());
         Ok(pool)
     }
 
@@ -352,6 +369,10 @@ fn count_out() {
 
 impl Drop for ZfsFusePool {
     fn drop(&mut self) {
+        MOUNTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|mount| mount != self.mountpoint.path());
         if self.created {
             self.let_go();
         }
