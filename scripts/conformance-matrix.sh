@@ -51,6 +51,23 @@ status=0
 rows=()
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# One run of the suite: LIB NAME BACKEND LABEL. Streamed as it runs (a CI log
+# shows how far a run got) and kept in $log for the summary; sets rc.
+run_suite() {
+    local lib=$1 name=$2 backend=$3 label=$4 started=$SECONDS
+    # shellcheck disable=SC2046 # the options are separate words
+    timeout -k 30 "$(limit_for "$backend")" \
+        "$runner" --driver "$lib" --backend "$backend" $(restart_options_for "$name") 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        echo "stopped after $(limit_for "$backend") s: the run did not finish"
+        # A killed runner drops nothing: stop the zfs-fuse daemon it started
+        # (known by the options only testkit gives it), so the runs after
+        # this one do not wait on a wedged one.
+        [ "$backend" = zfs-fuse ] && pkill -KILL -f "zfs-fuse --no-kstat-mount --max-arc-size" || true
+    fi
+    echo "== $name on $backend$label: exit $rc after $((SECONDS - started)) s"
+}
 for lib in "${libs[@]}"; do
     name=$(basename "$lib" .so); name=${name#libstrata_driver_}
     backends=$(backends_for "$name")
@@ -61,21 +78,7 @@ for lib in "${libs[@]}"; do
     fi
     for backend in $backends; do
         echo "== conformance: $name on $backend"
-        started=$SECONDS
-        # Streamed as it runs (a CI log shows how far a run got), kept for
-        # the summary.
-        # shellcheck disable=SC2046 # the options are separate words
-        timeout -k 30 "$(limit_for "$backend")" \
-            "$runner" --driver "$lib" --backend "$backend" $(restart_options_for "$name") 2>&1 | tee "$log"
-        rc=${PIPESTATUS[0]}
-        if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-            echo "stopped after $(limit_for "$backend") s: the run did not finish"
-            # A killed runner drops nothing: stop the zfs-fuse daemon it
-            # started (known by the options only testkit gives it), so the
-            # runs after this one do not wait on a wedged one.
-            [ "$backend" = zfs-fuse ] && pkill -KILL -f "zfs-fuse --no-kstat-mount --max-arc-size" || true
-        fi
-        echo "== $name on $backend: exit $rc after $((SECONDS - started)) s"
+        run_suite "$lib" "$name" "$backend" ""
         # zfs-fuse itself can wedge under the suite's parallel processes (its
         # FUSE side stops answering; the runner's watchdog then kills it and
         # says "zfs-fuse ... is wedged"). That is a fault of the backend, not
@@ -83,12 +86,7 @@ for lib in "${libs[@]}"; do
         # second wedge fails the matrix.
         if [ "$rc" -ne 0 ] && [ "$backend" = zfs-fuse ] && grep -q "zfs-fuse (pid [0-9]*) is wedged" "$log"; then
             echo "== zfs-fuse wedged under the run (a zfs-fuse fault, not the driver's): running it again once"
-            started=$SECONDS
-            # shellcheck disable=SC2046 # the options are separate words
-            timeout -k 30 "$(limit_for "$backend")" \
-                "$runner" --driver "$lib" --backend "$backend" $(restart_options_for "$name") 2>&1 | tee "$log"
-            rc=${PIPESTATUS[0]}
-            echo "== $name on $backend (again): exit $rc after $((SECONDS - started)) s"
+            run_suite "$lib" "$name" "$backend" " (again)"
         fi
         out=$(cat "$log")
         # The closing line (the VM runner says a line of its own after it).
