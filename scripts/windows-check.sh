@@ -6,22 +6,36 @@
 # a throwaway prefix:
 #   * strata-windows-layer's tests (the layer format: golden bytes, round
 #     trips, refusals), so the Windows build of that code is tested too;
+#   * strata-core's unit tests that need no Linux tree (records database,
+#     lock files and sessions on LockFileEx, atomic writes, configuration,
+#     ids, the OCI layout opener, mount counts);
 #   * the windows driver's DLL loaded through the plugin ABI, answering
 #     "not supported" because computestorage.dll is missing, as on any
-#     Windows without the Containers feature.
+#     Windows without the Containers feature;
+#   * strata.exe and strata-conformance.exe (core, CLI and the runner, built
+#     for Windows): `strata.exe drivers` finds the DLL beside it, loads it
+#     through the ABI and reports it not supported with the HCS reason;
+#     `strata.exe status` says no driver works here and why;
+#     `strata-conformance.exe --driver strata_driver_windows.dll` says why it
+#     cannot run.
 # What needs a real Windows host (HCS itself) is listed in the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-pc-windows-gnu
 wine_dir=/usr/lib/wine
+# Tested under Wine (cargo test): the format and the driver's DLL.
 packages=(-p strata-windows-layer -p strata-driver-windows)
+# Built (and their Windows-only code linted): core, the CLI, the runner.
+programs=(-p strata-core -p strata-cli -p strata-conformance)
 [ -x "$wine_dir/wine64" ] || { echo "wine64 is missing: scripts/install-deps.sh installs it" >&2; exit 1; }
 command -v x86_64-w64-mingw32-gcc >/dev/null || { echo "mingw-w64 is missing: scripts/install-deps.sh installs it" >&2; exit 1; }
 rustup target list --installed | grep -qx "$target" \
     || { echo "the $target target is missing: rustup target add $target" >&2; exit 1; }
 
-RUSTFLAGS="-D warnings" cargo build --target "$target" "${packages[@]}"
+RUSTFLAGS="-D warnings" cargo build --target "$target" "${packages[@]}" "${programs[@]}"
 cargo clippy --target "$target" "${packages[@]}" --all-targets -- -D warnings
+# Their tests are Linux's (they build trees, mounts and backends): lib and bins.
+cargo clippy --target "$target" "${programs[@]}" -- -D warnings
 dll=target/$target/debug/strata_driver_windows.dll
 # The driver must load where computestorage.dll is missing: it may not
 # import it (it finds it at run time).
@@ -53,3 +67,42 @@ x86_64-w64-mingw32-gcc -O2 -shared -s -o "$prefix/drive_c/windows/system32/bcryp
 "$wine_dir/wineserver" -p </dev/null >/dev/null 2>&1
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=$wine_dir/wine64
 RUSTFLAGS="-D warnings" cargo test --target "$target" "${packages[@]}"
+RUSTFLAGS="-D warnings" cargo test --target "$target" -p strata-core --lib
+
+# The programs, as a user on Windows runs them: strata.exe finds drivers
+# beside itself.
+bin=target/$target/debug
+expect() { # expect WHAT PATTERN OUTPUT
+    if ! grep -q -- "$2" <<<"$3"; then
+        printf '%s: expected output matching "%s", got:\n%s\n' "$1" "$2" "$3" >&2
+        exit 1
+    fi
+}
+run_wine() { # run_wine EXPECTED_STATUS PROGRAM ARGS... ; prints stdout+stderr
+    local want=$1 status=0 out
+    shift
+    out=$(cd "$bin" && timeout 300 "$wine_dir/wine64" "$@" 2>&1) || status=$?
+    if [ "$status" != "$want" ]; then
+        printf '%s: exit %s, expected %s; output:\n%s\n' "$*" "$status" "$want" "$out" >&2
+        exit 1
+    fi
+    printf '%s\n' "$out"
+}
+root='C:\strata-check\root'
+runroot='C:\strata-check\run'
+out=$(run_wine 0 ./strata.exe --root "$root" --run-root "$runroot" drivers)
+echo "$out"
+expect "strata.exe drivers" 'strata_driver_windows.dll' "$out"
+expect "strata.exe drivers" 'ABI: *strata-plugin-abi 1\.' "$out"
+expect "strata.exe drivers" 'not supported: .*computestorage.dll not found.*Windows Containers feature' "$out"
+out=$(run_wine 1 ./strata.exe --root "$root" --run-root "$runroot" status)
+echo "$out"
+expect "strata.exe status" 'no storage driver works here' "$out"
+expect "strata.exe status" 'windows: .*computestorage.dll not found' "$out"
+out=$(run_wine 1 ./strata-conformance.exe --driver strata_driver_windows.dll)
+echo "$out"
+expect "strata-conformance.exe" 'cannot run here, so no check ran: .*computestorage.dll not found' "$out"
+out=$(run_wine 0 ./strata-conformance.exe --list)
+expect "strata-conformance.exe --list" '^lifecycle/create-exists-list-remove' "$out"
+expect "strata-conformance.exe --list" '^content/\* *The content area: Linux only' "$out"
+echo "windows-check: the Windows build, its format tests and the programs under Wine passed"

@@ -12,7 +12,7 @@
 //! * [`PathSet`] keeps a 64-bit keyed hash of each path (SipHash with a key
 //!   random per apply, so no layer can aim for a collision): 9 bytes a path.
 //!   All sets of one apply share one [`PathBudget`] of
-//!   [`MAX_TRACKED_PATHS`]; a layer needing more is refused, naming the
+//!   [`MAX_TRACKED_PATHS`](crate::MAX_TRACKED_PATHS); a layer needing more is refused, naming the
 //!   member where it ran out. With 1,500,000 paths the chance that two
 //!   paths share a hash is about 6 in 100 million; if they did, a lower
 //!   layer's file under a whiteout could survive.
@@ -30,10 +30,6 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use rustix::fs::{Timespec, Timestamps};
-
-/// The most paths one apply tracks (made, hidden and written into, all
-/// together): about 20 MiB of hash sets at most.
-pub const MAX_TRACKED_PATHS: usize = 1_500_000;
 
 /// How many paths an apply's sets hold together, and the key they hash with.
 #[derive(Clone)]
@@ -269,6 +265,7 @@ fn decode(input: &mut impl Read) -> io::Result<Option<DirRecord>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MAX_TRACKED_PATHS;
 
     fn record(rel: &str, n: i64) -> DirRecord {
         DirRecord {

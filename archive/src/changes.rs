@@ -12,43 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::whiteout::WhiteoutFormat;
 
-/// What happened at a path: exported as the entry itself for `Add` and
-/// `Modify`, as a whiteout for `Delete`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ChangeKind {
-    /// The parent does not have the path; the layer brings it.
-    Add,
-    /// Both have the path and the layer's version replaces the parent's
-    /// (a tree comparison also lists every directory above another change
-    /// this way, so its metadata travels with the diff).
-    Modify,
-    /// The parent has the path and the layer deletes it, with everything
-    /// under it.
-    Delete,
-}
-
-/// One change, at a path relative to the layer's root.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    /// Where, relative to the layer's root; the empty path is the root.
-    pub path: PathBuf,
-    /// Whether the path was added, modified or deleted, which decides how
-    /// it is exported.
-    pub kind: ChangeKind,
-    /// A directory whose lower contents are all hidden (re-created, or marked
-    /// opaque in an overlay upper directory).
-    pub opaque: bool,
-}
-
-impl Change {
-    fn new(path: PathBuf, kind: ChangeKind) -> Self {
-        Change {
-            path,
-            kind,
-            opaque: false,
-        }
-    }
-}
+pub use crate::change::{Change, ChangeKind};
 
 fn sorted_names(dir: &Path) -> io::Result<Vec<OsString>> {
     let mut names: Vec<OsString> = fs::read_dir(dir)?

@@ -16,15 +16,7 @@ use super::changes::{Change, ChangeKind};
 use super::whiteout::OPAQUE_WHITEOUT;
 use super::whiteout::WhiteoutFormat;
 
-/// What the export wrote.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExportReport {
-    /// Regular file bytes, hard links once: the same count `apply` returns.
-    pub size: u64,
-    /// Changes written, one per change, a whiteout counting as one (sockets,
-    /// which a tar cannot hold, are skipped and not counted).
-    pub entries: u64,
-}
+pub use crate::change::ExportReport;
 
 /// Writes `changes` of the tree at `root` (a layer's tree, or a diff
 /// directory) as a tar stream to `out`.

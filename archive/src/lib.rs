@@ -12,18 +12,24 @@
 
 // Applying, computing and exporting changes work on a directory tree
 // through Linux's *at calls and openat2; the stream side (members, digests,
-// compression, measuring) is portable and builds for Windows too, where a
-// driver that owns its format reads layer streams with it.
+// compression, measuring) and the data the tree side is asked for and
+// reports are portable and build for Windows too, where a driver that owns
+// its format reads layer streams with it. Elsewhere the tree side's
+// functions exist and answer that they do not work there (`elsewhere`).
 #[cfg(unix)]
 mod apply;
+mod apply_options;
 #[cfg(unix)]
 pub mod beneath;
 #[cfg(unix)]
 mod bounded;
+pub mod change;
 #[cfg(unix)]
 pub mod changes;
 pub mod compression;
 pub mod digest;
+#[cfg(not(unix))]
+mod elsewhere;
 #[cfg(unix)]
 mod export;
 mod measure;
@@ -32,7 +38,6 @@ mod pipeline;
 #[cfg(unix)]
 mod record;
 pub mod tarsplit;
-#[cfg(unix)]
 pub mod whiteout;
 
 use std::io;
@@ -51,15 +56,20 @@ pub struct IdMap {
 }
 
 #[cfg(unix)]
-pub use apply::{ApplyOptions, ApplyReport, ApplyTarget, apply_layer};
+pub use apply::apply_layer;
+pub use apply_options::{ApplyOptions, ApplyReport, ApplyTarget, MAX_TRACKED_PATHS};
+pub use change::{Change, ChangeKind, ExportReport};
 #[cfg(unix)]
-pub use changes::{Change, ChangeKind, changes, diff_dir_changes, overlay_changes, stream_changes};
+pub use changes::{changes, diff_dir_changes, overlay_changes, stream_changes};
 pub use compression::Compression;
 pub use digest::Sha256Digest;
+#[cfg(not(unix))]
+pub use elsewhere::{
+    apply_layer, changes, diff_dir_changes, export_changes, overlay_changes, stream_changes,
+};
 #[cfg(unix)]
-pub use export::{ExportReport, export_changes};
+pub use export::export_changes;
 pub use measure::{FeedError, Measured, feed_measured};
-#[cfg(unix)]
 pub use whiteout::WhiteoutFormat;
 
 /// "1 MiB", "64 KiB": a limit as the messages give it.

@@ -222,6 +222,9 @@ pub fn reassemble(record: impl BufRead, root: &Path, out: impl Write) -> io::Res
     Ok(written)
 }
 
+#[cfg(not(unix))]
+pub use crate::elsewhere::reassemble;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,11 +3,16 @@
 //! in. Everything that knows one filesystem's convention is here, behind
 //! [`WhiteoutFormat`], so the generic apply, changes and export code does not.
 
+#[cfg(unix)]
 use std::fs::Metadata;
+#[cfg(unix)]
 use std::os::fd::{AsFd, OwnedFd};
+#[cfg(unix)]
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+#[cfg(unix)]
 use std::path::Path;
 
+#[cfg(unix)]
 use rustix::fs::{FileType, Mode, XattrFlags};
 
 /// `.wh.NAME` deletes NAME of the lower layers (OCI image layers, AUFS).
@@ -48,6 +53,28 @@ impl WhiteoutFormat {
         }
     }
 
+    /// Whether an opaque mark on the diff directory's own root is honoured
+    /// by whatever merges it; where it is not, each entry of the lower root
+    /// must be whited out one by one.
+    pub fn opaque_root_honoured(self) -> bool {
+        match self {
+            WhiteoutFormat::Overlay => false,
+        }
+    }
+
+    /// Whether xattrs named `name` are this format's bookkeeping rather than
+    /// a file's content (left out of exports).
+    pub fn is_bookkeeping_xattr(self, name: &[u8]) -> bool {
+        match self {
+            WhiteoutFormat::Overlay => name.starts_with(b"trusted.overlay."),
+        }
+    }
+}
+
+/// How each format's whiteouts and opaque marks are read and made in a
+/// Linux tree.
+#[cfg(unix)]
+impl WhiteoutFormat {
     /// Whether an entry with this status is a whiteout.
     pub fn is_whiteout(self, stat: &rustix::fs::Stat) -> bool {
         match self {
@@ -94,23 +121,6 @@ impl WhiteoutFormat {
                 let mut value = [0u8; 4];
                 matches!(rustix::fs::lgetxattr(path, OVERLAY_OPAQUE_XATTR, &mut value[..]), Ok(1) if value[0] == b'y')
             }
-        }
-    }
-
-    /// Whether an opaque mark on the diff directory's own root is honoured
-    /// by whatever merges it; where it is not, each entry of the lower root
-    /// must be whited out one by one.
-    pub fn opaque_root_honoured(self) -> bool {
-        match self {
-            WhiteoutFormat::Overlay => false,
-        }
-    }
-
-    /// Whether xattrs named `name` are this format's bookkeeping rather than
-    /// a file's content (left out of exports).
-    pub fn is_bookkeeping_xattr(self, name: &[u8]) -> bool {
-        match self {
-            WhiteoutFormat::Overlay => name.starts_with(b"trusted.overlay."),
         }
     }
 }

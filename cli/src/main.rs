@@ -38,7 +38,8 @@ pub(crate) struct Cli {
     /// Storage driver; "" chooses the first that works here [env: STRATA_DRIVER]
     #[arg(long, global = true, value_name = "NAME")]
     driver: Option<String>,
-    /// Configuration file [env: STRATA_CONFIG; default: /etc/strata/storage.toml if present]
+    /// Configuration file [env: STRATA_CONFIG; default: /etc/strata/storage.toml if present;
+    /// on Windows C:\ProgramData\strata\storage.toml]
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print machine-readable JSON

@@ -30,11 +30,13 @@
 #![deny(missing_docs)]
 
 pub mod checks;
+#[cfg(unix)]
 pub mod harness;
 pub mod worker;
 
 /// Scratch filesystems for backends, and the reference tree and its
 /// comparison: shared with strata's own tests through the testkit.
+#[cfg(unix)]
 pub use strata_testkit::{mounts as backend, tree};
 
 use std::collections::BTreeSet;
@@ -296,8 +298,20 @@ fn run_one(
     let start = Instant::now();
     let suite = Suite { driver, options };
     // umask is the whole process's: checks run one at a time.
+    #[cfg(unix)]
     let saved = umask.map(|mask| rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask)));
+    // Elsewhere there is no umask to set: a run asked for one says so.
+    #[cfg(not(unix))]
+    if umask.is_some() {
+        return CheckResult {
+            name: check.name,
+            umask,
+            outcome: Outcome::Skipped("a umask exists only on Linux".into()),
+            duration: start.elapsed(),
+        };
+    }
     let outcome = catch_unwind(AssertUnwindSafe(|| (check.run)(&suite)));
+    #[cfg(unix)]
     if let Some(saved) = saved {
         rustix::process::umask(saved);
     }
@@ -364,12 +378,12 @@ fn walk_outside(dir: &Path, own: &[&Path], out: &mut BTreeSet<PathBuf>) {
         let stamp = meta
             .as_ref()
             .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                format!(
-                    "{}:{}",
-                    m.size(),
-                    m.mtime_nsec() + m.mtime() * 1_000_000_000
-                )
+                let modified = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                format!("{}:{modified}", m.len())
             })
             .unwrap_or_default();
         // The entry and its size and time, so a write into an existing file
@@ -452,6 +466,8 @@ fn leftovers(
         }
         Err(e) => found.push(format!("(list failed: {e})")),
     }
+    // (Windows: a layer is a volume of its own, never mounted under the home.)
+    #[cfg(unix)]
     if let Some(home) = home
         && let Ok(mounted) = strata_driver_kit::mounts::mounted_beneath(home)
         && !mounted.is_empty()

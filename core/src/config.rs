@@ -19,6 +19,9 @@
 //! | graph root  | `--root`     | `STRATA_ROOT`        | `storage.graphroot`    | `/var/lib/strata`  |
 //! | run root    | `--run-root` | `STRATA_RUN_ROOT`    | `storage.runroot`      | `/run/strata`      |
 //! | driver dirs |              | `STRATA_DRIVER_PATH` (searched after the file's) | `storage.driver_dirs` | beside the binary |
+//!
+//! On Windows the defaults are under `C:\ProgramData\strata`: `storage.toml`,
+//! `root` and `run`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,11 +33,26 @@ use crate::error::{CoreError, Result};
 
 /// The configuration file read when none is named by `--config` or
 /// `$STRATA_CONFIG`; it is skipped if it does not exist.
+#[cfg(unix)]
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/strata/storage.toml";
 /// The graph root used when none is configured.
+#[cfg(unix)]
 pub const DEFAULT_GRAPHROOT: &str = "/var/lib/strata";
 /// The run root used when none is configured.
+#[cfg(unix)]
 pub const DEFAULT_RUNROOT: &str = "/run/strata";
+/// The configuration file read when none is named by `--config` or
+/// `$STRATA_CONFIG`; it is skipped if it does not exist. Windows keeps
+/// machine-wide service data under ProgramData, as Docker and containerd do.
+#[cfg(windows)]
+pub const DEFAULT_CONFIG_FILE: &str = r"C:\ProgramData\strata\storage.toml";
+/// The graph root used when none is configured.
+#[cfg(windows)]
+pub const DEFAULT_GRAPHROOT: &str = r"C:\ProgramData\strata\root";
+/// The run root used when none is configured (Windows has no tmpfs: mount
+/// counts there outlive a reboot and are found stale by `strata check`).
+#[cfg(windows)]
+pub const DEFAULT_RUNROOT: &str = r"C:\ProgramData\strata\run";
 
 /// The settings strata runs with, after every source is applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -246,13 +264,26 @@ mod tests {
         path
     }
 
+    /// An absolute path on this platform: `/a/b`, or `C:\a\b` on Windows.
+    fn abs(rel: &str) -> PathBuf {
+        if cfg!(windows) {
+            PathBuf::from(format!(r"C:\{}", rel.replace('/', "\\")))
+        } else {
+            PathBuf::from(format!("/{rel}"))
+        }
+    }
+
     #[test]
     fn flag_beats_environment_beats_file_beats_default() {
         let dir = tempfile::tempdir().unwrap();
         let file = write_config(
             dir.path(),
-            "[storage]\ndriver = \"overlay\"\ngraphroot = \"/file/root\"\ndriver_dirs = [\"/file/drivers\"]\n\
-             [storage.options.vfs]\nreflink = \"never\"\nignore_chown_errors = true\n",
+            &format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = '{}'\ndriver_dirs = ['{}']\n\
+                 [storage.options.vfs]\nreflink = \"never\"\nignore_chown_errors = true\n",
+                abs("file/root").display(),
+                abs("file/drivers").display()
+            ),
         );
         let no_env = FakeEnv(HashMap::new());
         let from_file = Config::load_with(
@@ -264,9 +295,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(from_file.driver.as_deref(), Some("overlay"));
-        assert_eq!(from_file.graphroot, PathBuf::from("/file/root"));
+        assert_eq!(from_file.graphroot, abs("file/root"));
         assert_eq!(from_file.runroot, PathBuf::from(DEFAULT_RUNROOT));
-        assert_eq!(from_file.driver_dirs, vec![PathBuf::from("/file/drivers")]);
+        assert_eq!(from_file.driver_dirs, vec![abs("file/drivers")]);
         assert_eq!(from_file.options_for("vfs").get("reflink"), Some("never"));
         assert_eq!(
             from_file.options_for("vfs").get("ignore_chown_errors"),
@@ -276,30 +307,33 @@ mod tests {
         let env = FakeEnv(HashMap::from([
             ("STRATA_CONFIG", file.display().to_string()),
             ("STRATA_DRIVER", "vfs".to_string()),
-            ("STRATA_ROOT", "/env/root".to_string()),
-            ("STRATA_DRIVER_PATH", "/env/a:/env/b".to_string()),
+            ("STRATA_ROOT", abs("env/root").display().to_string()),
+            (
+                "STRATA_DRIVER_PATH",
+                std::env::join_paths([abs("env/a"), abs("env/b")])
+                    .unwrap()
+                    .into_string()
+                    .unwrap(),
+            ),
         ]));
         let from_env = Config::load_with(&Overrides::default(), &env).unwrap();
         assert_eq!(from_env.driver.as_deref(), Some("vfs"));
-        assert_eq!(from_env.graphroot, PathBuf::from("/env/root"));
-        assert_eq!(
-            from_env.env_driver_dirs,
-            vec![PathBuf::from("/env/a"), PathBuf::from("/env/b")]
-        );
+        assert_eq!(from_env.graphroot, abs("env/root"));
+        assert_eq!(from_env.env_driver_dirs, vec![abs("env/a"), abs("env/b")]);
 
         let from_flags = Config::load_with(
             &Overrides {
                 driver: Some("btrfs".into()),
-                graphroot: Some("/flag/root".into()),
-                runroot: Some("/flag/run".into()),
+                graphroot: Some(abs("flag/root")),
+                runroot: Some(abs("flag/run")),
                 ..Default::default()
             },
             &env,
         )
         .unwrap();
         assert_eq!(from_flags.driver.as_deref(), Some("btrfs"));
-        assert_eq!(from_flags.graphroot, PathBuf::from("/flag/root"));
-        assert_eq!(from_flags.runroot, PathBuf::from("/flag/run"));
+        assert_eq!(from_flags.graphroot, abs("flag/root"));
+        assert_eq!(from_flags.runroot, abs("flag/run"));
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl Database {
         let records = |source| CoreError::Records {
             operation: "open".into(),
             path: path.clone(),
-            source,
+            source: Box::new(source),
         };
         // Setting the journal mode (and reading it while another process
         // opens or closes the database) can answer "busy" without waiting
@@ -209,7 +209,7 @@ impl Database {
         CoreError::Records {
             operation: operation.to_string(),
             path: self.path.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -448,12 +448,13 @@ pub(crate) fn now() -> u64 {
 /// A new random 64-hex-digit id, as container ids are.
 pub(crate) fn random_id() -> Result<String> {
     let mut bytes = [0u8; 32];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        filled +=
-            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
-                .map_err(|e| CoreError::io("read random bytes for", "a new id", e.into()))?;
-    }
+    getrandom::fill(&mut bytes).map_err(|e| {
+        CoreError::io(
+            "read random bytes for",
+            "a new id",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
     Ok(hex::encode(bytes))
 }
 

@@ -1,5 +1,5 @@
-//! Finding driver libraries: `libstrata_driver_<name>.so` files in the
-//! configured directories, then `$STRATA_DRIVER_PATH`, then beside the running
+//! Finding driver libraries: `libstrata_driver_<name>.so` files
+//! (`strata_driver_<name>.dll` on Windows) in the configured directories, then `$STRATA_DRIVER_PATH`, then beside the running
 //! `strata` binary and in its `../lib/strata/drivers`. The first file for a
 //! name wins; later ones are reported as shadowed.
 
@@ -10,9 +10,19 @@ use serde::Serialize;
 use crate::config::Config;
 
 /// How a driver library's file name starts; the driver's name follows.
+/// Cargo names a `cdylib` crate `strata-driver-x` this way on each platform.
+#[cfg(unix)]
 pub const LIBRARY_PREFIX: &str = "libstrata_driver_";
+/// How a driver library's file name starts; the driver's name follows.
+/// Cargo names a `cdylib` crate `strata-driver-x` this way on each platform.
+#[cfg(windows)]
+pub const LIBRARY_PREFIX: &str = "strata_driver_";
 /// How a driver library's file name ends.
+#[cfg(unix)]
 pub const LIBRARY_SUFFIX: &str = ".so";
+/// How a driver library's file name ends.
+#[cfg(windows)]
+pub const LIBRARY_SUFFIX: &str = ".dll";
 
 /// A directory searched for drivers, and why it is searched.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -135,6 +145,7 @@ pub fn find_plugin(dirs: &[SearchDir], name: &str) -> Option<FoundPlugin> {
 /// another user, or writable by its group or by everyone, or in a directory
 /// others can write to (without the sticky bit, which keeps them from
 /// replacing files they do not own), could be replaced by someone else.
+#[cfg(unix)]
 pub fn untrusted_because(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
@@ -179,6 +190,24 @@ pub fn untrusted_because(path: &Path) -> Option<String> {
     None
 }
 
+/// Why the library at `path` must not be loaded, if it must not. On Windows
+/// who may replace a file is said by its ACL, which this version does not
+/// read: only a library that is missing, or not a plain file (a symlink or
+/// junction whose target could change), is refused. Installing drivers where
+/// only administrators can write (beside `strata.exe` under Program Files)
+/// is what keeps them safe there.
+#[cfg(windows)]
+pub fn untrusted_because(path: &Path) -> Option<String> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) => Some(format!("cannot stat it: {e}")),
+        Ok(meta) if meta.file_type().is_symlink() => {
+            Some("it is a symbolic link or junction, whose target could be changed".to_string())
+        }
+        Ok(meta) if !meta.is_file() => Some("it is not a file".to_string()),
+        Ok(_) => None,
+    }
+}
+
 /// The search path in words, for error messages.
 pub fn describe(dirs: &[SearchDir]) -> String {
     dirs.iter()
@@ -187,7 +216,7 @@ pub fn describe(dirs: &[SearchDir]) -> String {
         .join(", ")
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -57,7 +57,11 @@ pub enum CoreError {
     #[error("configuration: {0}")]
     Setting(String),
 
-    #[error("unknown driver '{name}': no libstrata_driver_{name}.so in {searched}{available}")]
+    #[error(
+        "unknown driver '{name}': no {}{name}{} in {searched}{available}",
+        crate::discovery::LIBRARY_PREFIX,
+        crate::discovery::LIBRARY_SUFFIX
+    )]
     /// The driver asked for (configured, or recorded by the graph root) has
     /// no library on the driver search path.
     UnknownDriver {
@@ -204,9 +208,10 @@ pub enum CoreError {
         operation: String,
         /// The database file.
         path: PathBuf,
-        /// SQLite's error.
+        /// SQLite's error (boxed: it is large, and every `Result` of the
+        /// crate carries this enum).
         #[source]
-        source: rusqlite::Error,
+        source: Box<rusqlite::Error>,
     },
 
     /// A database error not yet given its operation (inside a transaction;
@@ -261,15 +266,8 @@ impl CoreError {
             CoreError::InUse(_) => Kind::InUse,
             CoreError::Corrupt(_) => Kind::Corrupt,
             CoreError::Unsupported(_) => Kind::NotSupported,
-            CoreError::Records { source, .. } | CoreError::Sql(source) => match source {
-                rusqlite::Error::SqliteFailure(e, _)
-                    if e.code == rusqlite::ErrorCode::DatabaseCorrupt
-                        || e.code == rusqlite::ErrorCode::NotADatabase =>
-                {
-                    Kind::Corrupt
-                }
-                _ => Kind::Io,
-            },
+            CoreError::Records { source, .. } => sql_kind(source),
+            CoreError::Sql(source) => sql_kind(source),
             CoreError::Io { .. } => Kind::Io,
         }
     }
@@ -287,3 +285,16 @@ impl CoreError {
 
 /// The result of strata-core's operations.
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// What kind of failure an SQLite error is: a damaged database, or I/O.
+fn sql_kind(source: &rusqlite::Error) -> Kind {
+    match source {
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.code == rusqlite::ErrorCode::DatabaseCorrupt
+                || e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            Kind::Corrupt
+        }
+        _ => Kind::Io,
+    }
+}

@@ -39,6 +39,7 @@ impl MountRecord {
 
 /// Whether `path` is a mount point: its mount differs from its parent's
 /// (mount ids, so a bind mount of the same filesystem counts too).
+#[cfg(unix)]
 pub fn is_mount_point(path: &Path) -> bool {
     let mount_id = |p: &Path| {
         rustix::fs::statx(
@@ -54,6 +55,14 @@ pub fn is_mount_point(path: &Path) -> bool {
         (Some(own), Some(parent)) => own != parent,
         _ => false,
     }
+}
+
+/// Whether `path` is a mount point. On Windows a layer is made available as
+/// a volume (the storage filter's `\\?\Volume{…}\`): a volume root that
+/// still answers is mounted.
+#[cfg(windows)]
+pub fn is_mount_point(path: &Path) -> bool {
+    path.parent().is_none() && path.has_root() && std::fs::metadata(path).is_ok()
 }
 
 #[derive(Default, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! An explicit driver (flag, environment or file) is used or the command fails.
 //! Without one, a graph root that remembers its driver gets that driver; a new
 //! graph root gets the first of btrfs, zfs, overlay, devicemapper, vfs that
-//! starts here. A driver answering "not supported" is passed over, with the
+//! starts here (on Windows: windows). A driver answering "not supported" is passed over, with the
 //! reason logged; any other failure stops the choice, since a driver that is
 //! present but broken should be fixed rather than silently replaced.
 
@@ -20,7 +20,12 @@ use crate::graphroot;
 
 /// The order automatic selection tries drivers in: those that share data
 /// between layers natively first, the copying vfs last.
-pub const PRIORITY: [&str; 5] = ["btrfs", "zfs", "overlay", "devicemapper", "vfs"];
+#[cfg(unix)]
+pub const PRIORITY: &[&str] = &["btrfs", "zfs", "overlay", "devicemapper", "vfs"];
+/// The order automatic selection tries drivers in: on Windows only the
+/// windows driver's layers (the Host Compute Service's) are container layers.
+#[cfg(windows)]
+pub const PRIORITY: &[&str] = &["windows"];
 
 /// A running driver and how it came to be chosen.
 pub struct SelectedDriver {
@@ -123,7 +128,7 @@ fn choose(config: &Config, dirs: &[SearchDir]) -> Result<SelectedDriver> {
             reason,
         });
     };
-    for name in PRIORITY {
+    for &name in PRIORITY {
         let Some(plugin) = discovery::find_plugin(dirs, name) else {
             pass(name, "not installed".to_string());
             continue;

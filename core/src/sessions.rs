@@ -3,7 +3,7 @@
 //! A store that starts a change the records cannot finish in one
 //! transaction (making a layer, importing an image) first takes a session: a
 //! file in `<graphroot>/<driver>-sessions/` under a random name, locked
-//! (flock) for as long as the store is open. The rows such a change leaves
+//! (flock; LockFileEx on Windows) for as long as the store is open. The rows such a change leaves
 //! part done carry the session's name. A session whose file nobody holds
 //! belongs to a process that died: its rows are leftovers the next process
 //! finishes or undoes. Locks, not process ids, say who is alive, so a
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::db::random_id;
 use crate::error::{CoreError, Result};
-use crate::fsutil::FileLock;
+use crate::fsutil::{FileLock, TryExisting};
 
 /// The sessions of one graph root and driver, and this store's own.
 pub(crate) struct Sessions {
@@ -65,19 +65,11 @@ enum Holder {
 }
 
 fn probe(path: &Path) -> Result<Holder> {
-    let fd = match rustix::fs::open(
-        path,
-        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(Holder::Missing),
-        Err(e) => return Err(CoreError::io("open", path, e.into())),
-    };
-    match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Holder::Dead(FileLock::from_fd(fd))),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(Holder::Alive),
-        Err(e) => Err(CoreError::io("lock", path, e.into())),
+    match FileLock::try_exclusive_existing(path) {
+        Ok(TryExisting::Missing) => Ok(Holder::Missing),
+        Ok(TryExisting::Held) => Ok(Holder::Alive),
+        Ok(TryExisting::Taken(lock)) => Ok(Holder::Dead(lock)),
+        Err(e) => Err(CoreError::io("lock", path, e)),
     }
 }
 

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+#[cfg(unix)]
 use strata_conformance::backend::{LoopFilesystem, LoopFsKind, ScratchTmpfs, ZfsFusePool};
 use strata_conformance::{Outcome, SuiteOptions, checks, run_with};
 use strata_plugin_abi::{GraphDriver, InitArgs, KeyValues, PluginLibrary};
@@ -55,8 +56,8 @@ struct Cli {
     #[arg(long = "restart-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     restart_options: Vec<(String, String)>,
     /// The umasks every check runs under, comma-separated octal; "default"
-    /// is the runner's own
-    #[arg(long, value_name = "LIST", default_value = "default,000,077", value_parser = parse_umasks)]
+    /// is the runner's own (Linux only: on Windows only "default")
+    #[arg(long, value_name = "LIST", default_value = DEFAULT_UMASKS, value_parser = parse_umasks)]
     umasks: Umasks,
     /// Run one worker task on the home given with --home and exit
     #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true, value_name = "TASK")]
@@ -66,10 +67,19 @@ struct Cli {
 #[derive(Clone, Debug)]
 struct Umasks(Vec<Option<u32>>);
 
+/// Every check runs under the process's umask and the two extremes: a
+/// driver that lets the umask decide modes fails one of them.
+#[cfg(unix)]
+const DEFAULT_UMASKS: &str = "default,000,077";
+/// Windows has no umask.
+#[cfg(not(unix))]
+const DEFAULT_UMASKS: &str = "default";
+
 fn parse_umasks(text: &str) -> Result<Umasks, String> {
     text.split(',')
         .map(|m| match m.trim() {
             "default" => Ok(None),
+            _ if cfg!(not(unix)) => Err("a umask exists only on Linux: give 'default'".into()),
             octal => u32::from_str_radix(octal, 8)
                 .ok()
                 .filter(|m| *m <= 0o777)
@@ -108,6 +118,7 @@ fn main() -> ExitCode {
     if let Some(task) = &cli.worker {
         return run_worker(&cli, &library_path, task);
     }
+    #[cfg(unix)]
     if cli.backend == "qemu-dm" {
         return run_in_vm(&cli);
     }
@@ -156,7 +167,10 @@ fn main() -> ExitCode {
     let driver = match library.init(&args) {
         Ok(driver) => driver,
         Err(e) => {
-            eprintln!("strata-conformance: {e}");
+            eprintln!(
+                "strata-conformance: the driver in {} cannot run here, so no check ran: {e}",
+                library_path.display()
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -230,6 +244,8 @@ fn main() -> ExitCode {
         eprintln!("strata-conformance: write {}: {e}", path.display());
         return ExitCode::FAILURE;
     }
+    // Torn down after the driver's cleanup (a no-op where it owns nothing).
+    #[cfg_attr(not(unix), allow(clippy::drop_non_drop))]
     drop(backend);
     if report.failed() > 0 || report.results.is_empty() {
         ExitCode::FAILURE
@@ -245,6 +261,7 @@ const VM_BACKEND_LABEL: &str = "STRATA_CONFORMANCE_BACKEND";
 /// backend `none`, inside a VM (testkit's `vm`, `scripts/in-vm.sh`). The
 /// VM's lines are this run's lines and its exit status this run's; a VM
 /// that could not start or run exits with a failure saying so.
+#[cfg(unix)]
 fn run_in_vm(cli: &Cli) -> ExitCode {
     if let Some(why) = strata_testkit::vm::unavailable() {
         eprintln!("strata-conformance: backend qemu-dm cannot run here: {why}");
@@ -369,12 +386,29 @@ fn run_worker(cli: &Cli, library_path: &std::path::Path, task: &[String]) -> Exi
 /// A backend the runner set up for the driver, torn down when dropped.
 enum Backend {
     None,
+    #[cfg(unix)]
     Tmpfs(ScratchTmpfs),
+    #[cfg(unix)]
     Loop(LoopFilesystem),
+    #[cfg(unix)]
     Zfs(ZfsFusePool),
 }
 
 impl Backend {
+    /// Elsewhere the driver's home is a plain directory: every backend the
+    /// runner can make (tmpfs, loop devices, zfs-fuse, the VM) is Linux's.
+    #[cfg(not(unix))]
+    fn set_up(name: &str) -> std::io::Result<Backend> {
+        match name {
+            "none" => Ok(Backend::None),
+            other => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("backend '{other}' exists only on Linux; on this platform only 'none'"),
+            )),
+        }
+    }
+
+    #[cfg(unix)]
     fn set_up(name: &str) -> std::io::Result<Backend> {
         Ok(match name {
             "none" => Backend::None,
@@ -397,8 +431,11 @@ impl Backend {
     fn path(&self) -> Option<&std::path::Path> {
         match self {
             Backend::None => None,
+            #[cfg(unix)]
             Backend::Tmpfs(fs) => Some(fs.path()),
+            #[cfg(unix)]
             Backend::Loop(fs) => Some(fs.path()),
+            #[cfg(unix)]
             Backend::Zfs(pool) => Some(pool.path()),
         }
     }

@@ -3,13 +3,20 @@
 
 mod abi;
 mod concurrency;
+// The areas that build and compare Linux trees (modes, owners, xattrs,
+// device nodes, the mount table) and apply Linux layer tars: on other
+// platforms each is one check that says so (`linux_only`).
+#[cfg(unix)]
 mod content;
+#[cfg(unix)]
 mod diff;
 mod lifecycle;
+#[cfg(unix)]
 mod mount;
 mod processes;
 mod quota;
 mod restart;
+#[cfg(unix)]
 mod scenarios;
 
 use std::path::{Path, PathBuf};
@@ -24,16 +31,40 @@ use crate::{Check, CheckOutcome, Suite, Verdict};
 pub fn all() -> Vec<Check> {
     let mut checks = Vec::new();
     checks.extend(lifecycle::checks());
-    checks.extend(mount::checks());
-    checks.extend(content::checks());
-    checks.extend(diff::checks());
-    checks.extend(scenarios::checks());
+    #[cfg(unix)]
+    {
+        checks.extend(mount::checks());
+        checks.extend(content::checks());
+        checks.extend(diff::checks());
+        checks.extend(scenarios::checks());
+    }
+    #[cfg(not(unix))]
+    checks.extend(linux_only());
     checks.extend(quota::checks());
     checks.extend(concurrency::checks());
     checks.extend(processes::checks());
     checks.extend(restart::checks());
     checks.extend(abi::checks());
     checks
+}
+
+/// The Linux-only areas where they cannot run: one check each, skipped
+/// with the reason, so a run says what it did not prove.
+#[cfg(not(unix))]
+fn linux_only() -> Vec<Check> {
+    fn skip(_: &Suite) -> CheckOutcome {
+        Err(Verdict::Skip(
+            "this area builds and compares Linux trees and layer tars (modes, owners, xattrs, \
+             device nodes, the mount table); it runs only on Linux"
+                .into(),
+        ))
+    }
+    vec![
+        check("mount/*", "The mount area: Linux only.", skip),
+        check("content/*", "The content area: Linux only.", skip),
+        check("diff/*", "The diff area: Linux only.", skip),
+        check("scenarios/*", "The scenarios area: Linux only.", skip),
+    ]
 }
 
 /// The layers a check made, removed (children first) when dropped, so a
@@ -166,6 +197,7 @@ pub(crate) fn io<T>(
     result.map_err(|e| Verdict::Fail(format!("{what}: {e}")))
 }
 
+#[cfg(unix)]
 pub(crate) fn needs_root() -> CheckOutcome {
     if rustix::process::geteuid().is_root() {
         Ok(())
@@ -192,6 +224,7 @@ pub(crate) fn check(
 
 /// The mount points of this process's mount namespace (the driver kit
 /// reads them from `/proc/self/mountinfo`, escapes undone).
+#[cfg(unix)]
 pub(crate) fn mount_points() -> Result<Vec<PathBuf>, Verdict> {
     io(
         "read /proc/self/mountinfo",
@@ -200,6 +233,7 @@ pub(crate) fn mount_points() -> Result<Vec<PathBuf>, Verdict> {
 }
 
 /// How many mounts sit exactly on `path` (0: it is not a mount point).
+#[cfg(unix)]
 pub(crate) fn mounts_on(path: &Path) -> Result<usize, Verdict> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     Ok(mount_points()?.iter().filter(|p| **p == path).count())
@@ -207,6 +241,7 @@ pub(crate) fn mounts_on(path: &Path) -> Result<usize, Verdict> {
 
 /// The mount points at or under `dir` (the driver's home), to see that a
 /// refused or released mount left nothing behind.
+#[cfg(unix)]
 pub(crate) fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, Verdict> {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut found = io(
@@ -217,8 +252,28 @@ pub(crate) fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, Verdict> {
     Ok(found)
 }
 
+/// How many mounts sit on `path`: Windows has no mount table to read (a
+/// layer is a volume, not a mount on a directory), so a check counting
+/// mounts is skipped there with that reason.
+#[cfg(not(unix))]
+pub(crate) fn mounts_on(_path: &Path) -> Result<usize, Verdict> {
+    Err(Verdict::Skip(
+        "counts mounts in the Linux mount table; Windows has none (a layer there is a volume)"
+            .into(),
+    ))
+}
+
+/// The mounts under the driver's home: none can be on Windows, where a
+/// layer is made available as a volume of its own, never mounted on a
+/// directory under the home.
+#[cfg(not(unix))]
+pub(crate) fn mounts_under(_dir: &Path) -> Result<Vec<PathBuf>, Verdict> {
+    Ok(Vec::new())
+}
+
 /// Sets a path's modification and access times (not following symlinks), so
 /// trees built at different moments compare equal.
+#[cfg(unix)]
 pub(crate) fn set_mtime(path: &Path, seconds: i64) -> CheckOutcome {
     let at = rustix::fs::Timespec {
         tv_sec: seconds,

@@ -38,6 +38,16 @@ impl DiffMethod {
         if capabilities.contains(Capabilities::OWNS_DIFF_FORMAT) {
             return Ok(DiffMethod::DriverStream);
         }
+        // The other two methods apply, compare and export Linux trees
+        // (openat2, Unix modes, xattrs): refused here, when the store opens,
+        // rather than when the first layer is made.
+        if cfg!(not(unix)) {
+            return Err(CoreError::Unsupported(format!(
+                "driver '{}' does not own its layer format, and only such drivers work on this \
+                 platform: applying and exporting layer trees works only on Linux",
+                driver.name()
+            )));
+        }
         if !capabilities.contains(Capabilities::NATIVE_DIFF) {
             return Ok(DiffMethod::TreeWalk);
         }

@@ -418,6 +418,7 @@ impl LayerStore<'_> {
     /// later ctime than the record, so `diff` can tell a changed writable
     /// layer from an untouched one. File times come from a coarse clock;
     /// without this, a change in the same tick would look like none.
+    #[cfg(unix)]
     fn settle_after_record(&self, id: &str) {
         let Some(Ok(written)) = self
             .tar_splits
@@ -437,10 +438,16 @@ impl LayerStore<'_> {
             std::thread::sleep(std::time::Duration::from_micros(500));
         }
     }
+
+    /// Elsewhere no layer has a tar-split record (only drivers that own
+    /// their format work there), so nothing waits.
+    #[cfg(not(unix))]
+    fn settle_after_record(&self, _id: &str) {}
 }
 
 /// Whether anything in the tree at `root` (not crossing into other mounts)
 /// changed status (its ctime) after `reference`. Stops at the first one.
+#[cfg(unix)]
 fn changed_after(root: &Path, reference: std::time::SystemTime) -> io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let since_epoch = reference
@@ -470,6 +477,16 @@ fn changed_after(root: &Path, reference: std::time::SystemTime) -> io::Result<bo
         }
     }
     Ok(false)
+}
+
+/// Elsewhere a tree has no ctime to ask; no layer there has a tar-split
+/// record to compare with anyway (only drivers that own their format work).
+#[cfg(not(unix))]
+fn changed_after(_root: &Path, _reference: std::time::SystemTime) -> io::Result<bool> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "telling whether a layer's tree changed works only on Linux",
+    ))
 }
 
 pub(super) struct CountingSink(u64);

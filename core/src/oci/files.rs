@@ -12,18 +12,24 @@
 
 use std::fs;
 use std::io::{self, Read};
+#[cfg(unix)]
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+#[cfg(unix)]
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, Stat};
+#[cfg(unix)]
 use rustix::io::Errno;
 
+#[cfg(unix)]
 use super::shown::shown;
 
+#[cfg(unix)]
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 
 /// Why a file of the layout was not opened, said of the file ("is a FIFO").
 #[derive(Debug)]
+#[cfg_attr(not(unix), allow(dead_code))]
 pub enum Refusal {
     Missing,
     /// Not a regular file: what it is instead.
@@ -73,6 +79,7 @@ impl std::fmt::Display for Refusal {
 }
 
 /// What a file is, as an error message says it ("is a FIFO").
+#[cfg(unix)]
 fn kind_name(kind: FileType) -> &'static str {
     match kind {
         FileType::RegularFile => "a regular file",
@@ -87,10 +94,12 @@ fn kind_name(kind: FileType) -> &'static str {
 }
 
 /// The layout's directory, held open: every file is found beneath it.
+#[cfg(unix)]
 pub struct LayoutDir {
     fd: OwnedFd,
 }
 
+#[cfg(unix)]
 impl LayoutDir {
     /// Opens `dir`, the layout as the user named it (a symlink there is the
     /// user's own choice and is followed).
@@ -182,12 +191,14 @@ impl LayoutDir {
     }
 }
 
+#[cfg(unix)]
 fn fstat(fd: &OwnedFd) -> Result<Stat, Refusal> {
     rustix::fs::fstat(fd).map_err(|e| Refusal::Io(e.into()))
 }
 
 /// Why resolving a path in the layout failed, for its last component taken
 /// as it is (O_NOFOLLOW).
+#[cfg(unix)]
 fn path_refusal(e: Errno) -> Refusal {
     match e {
         Errno::NOENT => Refusal::Missing,
@@ -195,6 +206,87 @@ fn path_refusal(e: Errno) -> Refusal {
         // of the layout, or loops.
         Errno::XDEV | Errno::LOOP => Refusal::PathOut,
         e => Refusal::Io(e.into()),
+    }
+}
+
+/// The layout's directory on Windows, where openat2 does not exist. No
+/// reparse point is followed at all (a symbolic link or junction inside
+/// the layout is refused even when it stays inside, which Linux allows):
+/// each directory on a file's path is checked not to be one, and the file is
+/// opened with `FILE_FLAG_OPEN_REPARSE_POINT`, so a file swapped for a link
+/// after the check opens as the link and is refused. A directory on the path
+/// swapped for a junction between its check and the open is not caught; the
+/// Linux path (openat2 beneath the layout) has no such window.
+#[cfg(windows)]
+pub struct LayoutDir {
+    dir: std::path::PathBuf,
+}
+
+#[cfg(windows)]
+impl LayoutDir {
+    /// Opens `dir`, the layout as the user named it (a link there is the
+    /// user's own choice and is followed).
+    pub fn open(dir: &Path) -> io::Result<LayoutDir> {
+        let dir = dir.canonicalize()?;
+        if !fs::metadata(&dir)?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "not a directory",
+            ));
+        }
+        Ok(LayoutDir { dir })
+    }
+
+    /// Opens the regular file `rel` (a path inside the layout, `/`-separated)
+    /// for reading and returns it with its size.
+    pub fn open_regular(&self, rel: &str) -> Result<(fs::File, u64), Refusal> {
+        use std::os::windows::fs::OpenOptionsExt;
+        // FILE_FLAG_OPEN_REPARSE_POINT: open a link itself, never its target.
+        const OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+        let parts: Vec<&str> = rel.split('/').collect();
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains(['\\', ':']))
+        {
+            return Err(Refusal::PathOut);
+        }
+        let mut path = self.dir.clone();
+        for (i, part) in parts.iter().enumerate() {
+            path.push(part);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Refusal::Missing),
+                Err(e) => return Err(Refusal::Io(e)),
+            };
+            let last = i + 1 == parts.len();
+            if meta.file_type().is_symlink() {
+                return Err(if last {
+                    Refusal::NotRegular("a symbolic link or junction (not followed on Windows)")
+                } else {
+                    Refusal::PathOut
+                });
+            }
+            if last && !meta.is_file() {
+                return Err(Refusal::NotRegular(if meta.is_dir() {
+                    "a directory"
+                } else {
+                    "a file of unknown type"
+                }));
+            }
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(OPEN_REPARSE_POINT)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Refusal::Changed,
+                _ => Refusal::Io(e),
+            })?;
+        let opened = file.metadata().map_err(Refusal::Io)?;
+        if !opened.is_file() || opened.file_type().is_symlink() {
+            return Err(Refusal::Changed);
+        }
+        Ok((file, opened.len()))
     }
 }
 
@@ -288,7 +380,7 @@ impl Read for BlobReader {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
@@ -369,5 +461,38 @@ mod tests {
         let mut short = reader(20);
         assert!(short.read_to_end(&mut Vec::new()).is_err());
         assert!(matches!(short.fault(), Some(SizeFault::Shorter(10))));
+    }
+}
+
+/// What both platforms' openers must do alike.
+#[cfg(test)]
+mod portable_tests {
+    use super::*;
+
+    #[test]
+    fn regular_files_open_and_everything_else_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        fs::write(dir.path().join("blobs/sha256/aa"), b"hello").unwrap();
+        let layout = LayoutDir::open(dir.path()).unwrap();
+        let (mut file, size) = layout.open_regular("blobs/sha256/aa").unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        assert_eq!((text.as_str(), size), ("hello", 5));
+        assert!(matches!(
+            layout.open_regular("blobs/sha256/bb"),
+            Err(Refusal::Missing)
+        ));
+        assert!(matches!(
+            layout.open_regular("blobs/sha256"),
+            Err(Refusal::NotRegular("a directory"))
+        ));
+        // The layout's own parent directory exists for sure.
+        let parent = dir.path().parent().unwrap().file_name().unwrap();
+        let climbing = format!("../../{}", parent.to_str().unwrap());
+        assert!(
+            matches!(layout.open_regular(&climbing), Err(Refusal::PathOut)),
+            "a path climbing out of the layout was not refused as such"
+        );
     }
 }
