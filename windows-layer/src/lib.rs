@@ -31,6 +31,7 @@ pub mod filetime;
 mod path;
 mod read;
 pub mod reparse;
+pub mod transport;
 mod write;
 
 pub use path::{WINDOWS_LAYER_ROOTS, check_path};

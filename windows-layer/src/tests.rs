@@ -509,3 +509,174 @@ fn malformed_backup_streams_are_refused_when_writing() {
     );
     let _ = sink.flush();
 }
+
+/// The layer of [`every_kind`] without its UtilityVM part, which the
+/// transport folder of this version refuses.
+fn without_utility_vm() -> Vec<Item> {
+    every_kind()
+        .into_iter()
+        .filter(|item| match item {
+            Item::File(path, ..) | Item::Whiteout(path) => !path.starts_with("UtilityVM"),
+            Item::Link(..) => true,
+        })
+        .collect()
+}
+
+/// The file entries a tar's reading gives, by path: attributes, write time
+/// and backup stream (the other times are the platform's to keep).
+fn files_by_path(seen: Vec<Seen>) -> std::collections::BTreeMap<String, (u32, i64, Vec<u8>)> {
+    seen.into_iter()
+        .filter_map(|s| match s {
+            Seen::File(path, info, stream) => {
+                Some((path, (info.file_attributes, info.last_write_time, stream)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn import_folder_has_the_transport_layout() {
+    let tar = write_layer(&without_utility_vm());
+    let read_back = files_by_path(read(&tar).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("import");
+    let plan = transport::write_import_folder(&tar[..], &folder).unwrap();
+
+    assert_eq!(plan.tombstones, vec!["Files/Windows/old.log".to_string()]);
+    assert_eq!(
+        plan.hard_links,
+        vec![(
+            "Files/Windows/app-copy.exe".to_string(),
+            "Files/Windows/app.exe".to_string()
+        )]
+    );
+    assert!(folder.join("Files").is_dir() && folder.join("Hives").is_dir());
+    // A directory: real, its attributes and stream beside it.
+    assert!(folder.join("Files/Windows").is_dir());
+    let record = std::fs::read(folder.join("Files/Windows.$wcidirs$")).unwrap();
+    let (attributes, _, stream) = &read_back["Files/Windows"];
+    assert_eq!(record[..4], attributes.to_le_bytes());
+    assert_eq!(&record[4..], &stream[..]);
+    // A file: its attributes, then its whole backup stream.
+    for path in [
+        "Files/Windows/app.exe",
+        "Files/Windows/link.ini",
+        "Files/Windows/empty.txt",
+    ] {
+        let file = std::fs::read(folder.join(path)).unwrap();
+        let (attributes, write_time, stream) = &read_back[path];
+        assert_eq!(file[..4], attributes.to_le_bytes(), "{path}");
+        assert_eq!(&file[4..], &stream[..], "{path}");
+        let modified = std::fs::metadata(folder.join(path))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let since = modified.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let expected = filetime::to_unix(*write_time);
+        assert_eq!(
+            (since.as_secs() as i64, since.subsec_nanos()),
+            expected,
+            "{path}: the transport file keeps the entry's write time"
+        );
+    }
+    // A hive: a real file holding its data.
+    assert_eq!(
+        std::fs::read(folder.join("Hives/System_Delta")).unwrap(),
+        b"regf"
+    );
+    let names: Vec<_> = std::fs::read_dir(folder.join("Hives"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["System_Delta"],
+        "nothing else is left in Hives/"
+    );
+    assert_eq!(plan.summary.whiteouts, 1);
+    assert_eq!(plan.summary.hard_links, 1);
+
+    // Applied to an imported layer: the whiteout deletes, the link is made.
+    let layer = dir.path().join("layer");
+    std::fs::create_dir_all(layer.join("Files/Windows")).unwrap();
+    std::fs::write(layer.join("Files/Windows/old.log"), b"lower").unwrap();
+    std::fs::write(layer.join("Files/Windows/app.exe"), b"app").unwrap();
+    plan.apply_to(&layer).unwrap();
+    assert!(!layer.join("Files/Windows/old.log").exists());
+    assert_eq!(
+        std::fs::read(layer.join("Files/Windows/app-copy.exe")).unwrap(),
+        b"app"
+    );
+    plan.apply_to(&layer)
+        .expect_err("a second link onto an existing name is refused");
+}
+
+#[test]
+fn export_folder_reads_back_as_the_layer() {
+    let tar = write_layer(&without_utility_vm());
+    let original = files_by_path(read(&tar).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("export");
+    transport::write_import_folder(&tar[..], &folder).unwrap();
+    // What an export adds: its deletions, listed.
+    std::fs::write(
+        folder.join(transport::TOMBSTONES_FILE),
+        "\u{feff}Version 1.0\r\n\\Windows\\old.log\r\n",
+    )
+    .unwrap();
+    let mut exported = Vec::new();
+    transport::write_tar_from_export_folder(&folder, &mut exported).unwrap();
+    let seen = read(&exported).unwrap();
+    // The whiteout comes right after its directory.
+    let at = seen
+        .iter()
+        .position(|s| matches!(s, Seen::File(p, ..) if p == "Files/Windows"))
+        .unwrap();
+    assert_eq!(seen[at + 1], Seen::Whiteout("Files/Windows/old.log".into()));
+    let exported = files_by_path(seen);
+    for (path, (attributes, write_time, stream)) in &original {
+        // The layer roots and hives are real files: their security and
+        // alternate streams are not the transport's to carry.
+        if !path.starts_with("Files/") {
+            continue;
+        }
+        let Some((a, w, s)) = exported.get(path) else {
+            panic!("{path} is missing from the export's tar");
+        };
+        assert_eq!((a, w), (attributes, write_time), "{path}");
+        assert_eq!(s, stream, "{path}: its backup stream");
+    }
+    let (_, _, hive) = &exported["Hives/System_Delta"];
+    assert_eq!(hive, &original["Hives/System_Delta"].2);
+    // Extra entries are only the directories the layer's paths imply.
+    for path in exported.keys().filter(|p| !original.contains_key(*p)) {
+        assert!(
+            original.keys().any(|o| o.starts_with(&format!("{path}/"))),
+            "{path} was not in the layer"
+        );
+    }
+}
+
+#[test]
+fn transport_refusals_name_the_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let uvm = write_layer(&[Item::File("UtilityVM", 0, info(0x10, 1), Vec::new())]);
+    let err = transport::write_import_folder(&uvm[..], &dir.path().join("a")).unwrap_err();
+    assert!(
+        err.to_string().contains("\"UtilityVM\"") && err.to_string().contains("not supported"),
+        "{err}"
+    );
+    let outside_link = write_layer(&[
+        Item::File("Files", 0, info(0x10, 1), Vec::new()),
+        Item::Link("Files/a", "Files/lower.dll", info(0x20, 1)),
+    ]);
+    let err = transport::write_import_folder(&outside_link[..], &dir.path().join("b")).unwrap_err();
+    assert!(err.to_string().contains("Files/lower.dll"), "{err}");
+    // An export whose tombstones file is not one.
+    let folder = dir.path().join("c");
+    std::fs::create_dir_all(folder.join("Files")).unwrap();
+    std::fs::write(folder.join(transport::TOMBSTONES_FILE), "Version 2\n").unwrap();
+    let err = transport::write_tar_from_export_folder(&folder, Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("tombstones.txt"), "{err}");
+}
