@@ -176,6 +176,16 @@ pub fn read_layer(tar: impl Read, sink: &mut dyn LayerSink) -> Result<LayerSumma
             .map_err(|e| sink_error("(the last member)", e))?;
     }
     members.finish().map_err(input)?;
+    // Docker's, containerd's and our writers all end a layer with the
+    // end-of-archive blocks: a stream that stops after a whole member
+    // without them may have been cut there.
+    if !members.saw_end_marker() {
+        return Err(input(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the stream stops after a whole member, without the end-of-archive blocks: it \
+             may have been cut short",
+        )));
+    }
     Ok(summary)
 }
 

@@ -680,3 +680,19 @@ fn transport_refusals_name_the_member() {
     let err = transport::write_tar_from_export_folder(&folder, Vec::new()).unwrap_err();
     assert!(err.to_string().contains("tombstones.txt"), "{err}");
 }
+
+#[test]
+fn a_stream_cut_between_members_is_refused() {
+    let tar = write_layer(&without_utility_vm());
+    // Cut after the first member (a 512-byte PAX header, its records, then
+    // the directory's header): whole members, no end-of-archive blocks.
+    let mut members = tar::Archive::new(&tar[..]);
+    let first_end = {
+        let mut entries = members.entries().unwrap();
+        let first = entries.next().unwrap().unwrap();
+        (first.raw_file_position() + first.size()).div_ceil(512) * 512
+    };
+    let err = read(&tar[..first_end as usize]).unwrap_err();
+    assert!(err.to_string().contains("cut short"), "{err}");
+    read(&tar).expect("the whole stream reads");
+}

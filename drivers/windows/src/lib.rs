@@ -1,22 +1,31 @@
 //! # strata-driver-windows
 //!
-//! Windows container layers through the Host Compute Service. This version
-//! is the first part of that driver: the library builds for
-//! `x86_64-pc-windows-gnu` (and, answering "not supported", everywhere
-//! else), loads through the plugin ABI, finds computestorage.dll at run
-//! time and says why it cannot work where it is missing; the layer format
-//! it will own (Windows layer tars to and from backup streams) is
-//! `strata-windows-layer`. The layer operations on HCS are not built yet,
-//! so even where HCS is present the driver answers "not supported" and
-//! says so: selection passes over it rather than picking a driver that
-//! cannot make a layer.
+//! Windows container layers through the Host Compute Service
+//! (computestorage.dll). An image layer is imported by HCS from the
+//! transport folder its Windows layer tar becomes (`HcsImportLayer`); a
+//! container's layer is a writable layer over its image's chain
+//! (`HcsInitializeWritableLayer`), whose merged view `get` attaches
+//! (`HcsAttachLayerStorageFilter`) and `put` detaches; a layer's diff is
+//! HCS's export of it (`HcsExportLayer`) written back as a tar; remove is
+//! `HcsDestroyLayer`. The driver owns its layer format
+//! (`OWNS_DIFF_FORMAT`): the conversion is `strata-windows-layer`, with no
+//! Windows API, tested on every platform; the layer bookkeeping is
+//! [`store`], tested on every platform against a stand-in for HCS; only
+//! `hcs.rs` calls Windows.
+//!
+//! computestorage.dll is found at run time, so the library loads where it
+//! is missing (Windows without the Containers feature, Wine) and answers
+//! "not supported" with the reason; on other systems it always does.
 
 #[cfg(windows)]
 mod hcs;
+pub mod layer_data;
+pub mod store;
 
 /// The layer format the driver owns.
 pub use strata_windows_layer as layer_format;
 
+use std::io::Read;
 use std::path::PathBuf;
 
 use strata_plugin_abi::{
@@ -24,36 +33,64 @@ use strata_plugin_abi::{
     MountOptions, Result,
 };
 
-/// The driver (never constructed until its layer operations exist: `init`
-/// answers why it cannot run here).
-pub struct WindowsDriver {
-    _home: PathBuf,
+use store::LayerStore;
+
+/// The Host Compute Service, where there is one.
+#[cfg(windows)]
+type Service = hcs::HostComputeService;
+
+/// No Host Compute Service: nothing of this type exists, so a driver is
+/// never made (`init` answers why).
+#[cfg(not(windows))]
+pub enum Service {}
+
+#[cfg(not(windows))]
+use std::path::Path;
+
+#[cfg(not(windows))]
+impl store::Hcs for Service {
+    fn layer_guid(&self, _: &str) -> Result<String> {
+        match *self {}
+    }
+    fn initialize_writable_layer(&self, _: &Path, _: &layer_data::LayerData) -> Result<()> {
+        match *self {}
+    }
+    fn import_layer(&self, _: &Path, _: &Path, _: &layer_data::LayerData) -> Result<()> {
+        match *self {}
+    }
+    fn export_layer(&self, _: &Path, _: &Path, _: &layer_data::LayerData, _: bool) -> Result<()> {
+        match *self {}
+    }
+    fn attach_filter(&self, _: &Path, _: &layer_data::LayerData) -> Result<()> {
+        match *self {}
+    }
+    fn detach_filter(&self, _: &Path) -> Result<()> {
+        match *self {}
+    }
+    fn destroy_layer(&self, _: &Path) -> Result<()> {
+        match *self {}
+    }
 }
 
-/// Why the driver does not run on this system.
-pub fn unavailable_reason() -> String {
+/// The driver: the layers of one home.
+pub struct WindowsDriver {
+    store: LayerStore<Service>,
+}
+
+/// Why the driver does not run on this system, if it does not.
+pub fn unavailable_reason() -> Option<String> {
     #[cfg(windows)]
     {
-        match hcs::ComputeStorage::get() {
-            Err(missing) => format!(
+        hcs::HostComputeService::get().err().map(|missing| {
+            format!(
                 "{missing} — enable the Windows Containers feature (Windows Server, or Windows 10/11 Pro with Containers)"
-            ),
-            Ok(_) => "the Host Compute Service is here, but this version of the windows driver does not \
-                      make layers yet (it loads, probes and owns the layer format; layer operations come next)"
-                .to_string(),
-        }
+            )
+        })
     }
     #[cfg(not(windows))]
     {
-        "the windows driver runs only on Windows: it drives the Host Compute Service (computestorage.dll)".to_string()
+        Some("the windows driver runs only on Windows: it drives the Host Compute Service (computestorage.dll)".to_string())
     }
-}
-
-fn not_here(operation: &str, id: &str) -> DriverError {
-    DriverError::not_supported(format!(
-        "{operation} of layer {id}: {}",
-        unavailable_reason()
-    ))
 }
 
 impl DriverPlugin for WindowsDriver {
@@ -61,11 +98,26 @@ impl DriverPlugin for WindowsDriver {
     const DESCRIPTION: &'static str = "Windows container layers through the Host Compute Service";
 
     fn init(args: &InitArgs) -> Result<Self> {
-        tracing::debug!(home = %args.home.display(), "windows driver probed");
-        Err(DriverError::not_supported(format!(
-            "init windows: {}",
-            unavailable_reason()
-        )))
+        if let Some(reason) = unavailable_reason() {
+            return Err(DriverError::not_supported(format!(
+                "init windows: {reason}"
+            )));
+        }
+        if let Some((key, _)) = args.options.iter().next() {
+            return Err(DriverError::invalid_input(format!(
+                "init windows: unknown option '{key}' (the windows driver takes none)"
+            )));
+        }
+        #[cfg(windows)]
+        {
+            let service = hcs::HostComputeService::get()
+                .map_err(|e| DriverError::not_supported(format!("init windows: {e}")))?;
+            let store =
+                LayerStore::open(&args.home, service).map_err(|e| e.context("init windows"))?;
+            Ok(WindowsDriver { store })
+        }
+        #[cfg(not(windows))]
+        unreachable!("unavailable_reason answers on every other system")
     }
 }
 
@@ -75,7 +127,12 @@ impl GraphDriver for WindowsDriver {
     }
 
     fn status(&self) -> KeyValues {
-        KeyValues::default()
+        let mut status = KeyValues::default();
+        status.push(
+            "layers",
+            self.store.list().map_or(0, |l| l.len()).to_string(),
+        );
+        status
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -83,34 +140,92 @@ impl GraphDriver for WindowsDriver {
     }
 
     fn metadata(&self, id: &str) -> Result<KeyValues> {
-        Err(not_here("metadata", id))
+        let record = self.store.record(id, "read the metadata of")?;
+        let mut facts = KeyValues::default();
+        facts.push(
+            "folder",
+            self.store.folder(id, "read")?.display().to_string(),
+        );
+        facts.push("read_write", record.read_write.to_string());
+        if let Some(parent) = record.parent {
+            facts.push("parent", parent);
+        }
+        Ok(facts)
     }
 
-    fn create(&self, id: &str, _parent: Option<&str>, _options: &CreateOptions) -> Result<()> {
-        Err(not_here("create", id))
+    fn create(&self, id: &str, parent: Option<&str>, options: &CreateOptions) -> Result<()> {
+        if let Some((key, _)) = options.storage_opts.iter().next() {
+            return Err(DriverError::invalid_input(format!(
+                "create layer {id}: unknown storage option '{key}' (the windows driver takes none)"
+            )));
+        }
+        self.store.create(id, parent, options.read_write)
     }
 
     fn remove(&self, id: &str) -> Result<()> {
-        Err(not_here("remove", id))
+        self.store.remove(id)
     }
 
-    fn get(&self, id: &str, _options: &MountOptions) -> Result<PathBuf> {
-        Err(not_here("get", id))
+    fn get(&self, id: &str, options: &MountOptions) -> Result<PathBuf> {
+        if let Some(option) = options.options.iter().find(|o| o.as_str() != "rw") {
+            return Err(DriverError::invalid_input(format!(
+                "mount layer {id}: option '{option}' is not one a Windows layer takes"
+            )));
+        }
+        self.store.get(id)
     }
 
     fn put(&self, id: &str) -> Result<()> {
-        Err(not_here("put", id))
+        self.store.put(id)
     }
 
     fn exists(&self, id: &str) -> Result<bool> {
-        Err(not_here("exists", id))
+        Ok(self.store.exists(id))
     }
 
     fn list(&self) -> Result<Vec<String>> {
-        Err(not_here("list", "(all)"))
+        self.store.list()
     }
 
     fn cleanup(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn diff(&self, id: &str, parent: Option<&str>) -> Result<Box<dyn Read + Send>> {
+        self.check_parent(id, parent, "diff")?;
+        self.store.diff(id)
+    }
+
+    fn apply_diff(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        diff: &mut (dyn Read + Send),
+    ) -> Result<u64> {
+        self.check_parent(id, parent, "apply a diff to")?;
+        self.store.apply_diff(id, diff)
+    }
+
+    fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
+        let mut diff = self.diff(id, parent)?;
+        std::io::copy(&mut diff, &mut std::io::sink())
+            .map_err(|e| DriverError::io(format!("diff size of layer {id}"), &e))
+    }
+}
+
+impl WindowsDriver {
+    /// A diff is always against the layer's own parent (HCS exports and
+    /// imports a layer over its chain): another parent is refused.
+    fn check_parent(&self, id: &str, parent: Option<&str>, operation: &str) -> Result<()> {
+        let record = self.store.record(id, operation)?;
+        if record.parent.as_deref() != parent {
+            return Err(DriverError::not_supported(format!(
+                "{operation} layer {id} against {}: a Windows layer's diff is against its own \
+                 parent ({})",
+                parent.unwrap_or("no parent"),
+                record.parent.as_deref().unwrap_or("none")
+            )));
+        }
         Ok(())
     }
 }
