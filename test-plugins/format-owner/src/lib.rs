@@ -18,6 +18,12 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
+#[cfg(windows)]
+mod plain_home;
+
+#[cfg(windows)]
+use plain_home::LayerHome;
+#[cfg(unix)]
 use strata_driver_kit::{DriverOptions, LayerHome};
 use strata_plugin_abi::{
     Capabilities, CreateOptions, DriverError, DriverPlugin, GraphDriver, InitArgs, KeyValues,
@@ -57,7 +63,14 @@ impl DriverPlugin for FormatOwner {
     const DESCRIPTION: &'static str = "keeps each layer's stream as given (tests only)";
 
     fn init(args: &InitArgs) -> Result<Self> {
+        #[cfg(unix)]
         DriverOptions::new("format-owner option", &args.options, &["declare"])?;
+        #[cfg(windows)]
+        if let Some((key, _)) = args.options.iter().find(|(k, _)| *k != "declare") {
+            return Err(DriverError::invalid_input(format!(
+                "unknown format-owner option '{key}' (known: declare)"
+            )));
+        }
         let declared = args.options.get("declare").unwrap_or("owns-format");
         let native_whiteouts = match declared.split_once(':') {
             None if declared == "owns-format" => None,
