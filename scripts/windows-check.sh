@@ -25,8 +25,9 @@ target=x86_64-pc-windows-gnu
 wine_dir=/usr/lib/wine
 # Tested under Wine (cargo test): the format and the driver's DLL.
 packages=(-p strata-windows-layer -p strata-driver-windows)
-# Built (and their Windows-only code linted): core, the CLI, the runner.
-programs=(-p strata-core -p strata-cli -p strata-conformance)
+# Built (and their Windows-only code linted): core, the CLI, the runner, and
+# the format-owner test plugin the store runs on below.
+programs=(-p strata-core -p strata-cli -p strata-conformance -p strata-test-format-owner)
 [ -x "$wine_dir/wine64" ] || { echo "wine64 is missing: scripts/install-deps.sh installs it" >&2; exit 1; }
 command -v x86_64-w64-mingw32-gcc >/dev/null || { echo "mingw-w64 is missing: scripts/install-deps.sh installs it" >&2; exit 1; }
 rustup target list --installed | grep -qx "$target" \
@@ -111,7 +112,6 @@ expect "strata-conformance.exe --list" '^content/\* *The content area: Linux onl
 # Windows with a plain home of its own): records, lock files, sessions, OCI
 # import and export through the driver's stream, containers and mounts
 # counted, two processes at once, and check -- everything but HCS itself.
-cargo build --target "$target" -p strata-test-format-owner
 drive=$prefix/drive_c
 mkdir -p "$drive/strata-drivers"
 cp "$bin/strata_test_format_owner.dll" "$drive/strata-drivers/strata_driver_format-owner.dll"
