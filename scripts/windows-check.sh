@@ -100,9 +100,11 @@ out=$(run_wine 1 ./strata.exe --root "$root" --run-root "$runroot" status)
 echo "$out"
 expect "strata.exe status" 'no storage driver works here' "$out"
 expect "strata.exe status" 'windows: .*computestorage.dll not found' "$out"
-out=$(run_wine 1 ./strata-conformance.exe --driver strata_driver_windows.dll)
+out=$(run_wine 2 ./strata-conformance.exe --driver strata_driver_windows.dll --junit 'C:\not-run.xml')
 echo "$out"
 expect "strata-conformance.exe" 'cannot run here, so no check ran: .*computestorage.dll not found' "$out"
+junit=$(cat "$prefix/drive_c/not-run.xml")
+expect "strata-conformance.exe --junit" '<failure message="the driver in .*computestorage.dll not found' "$junit"
 out=$(run_wine 0 ./strata-conformance.exe --list)
 expect "strata-conformance.exe --list" '^lifecycle/create-exists-list-remove' "$out"
 expect "strata-conformance.exe --list" '^content/\* *The content area: Linux only' "$out"

@@ -8,7 +8,7 @@ use strata_core::store::Store;
 use strata_core::{Config, CoreError};
 use strata_plugin_abi::{CreateOptions, MountOptions};
 
-use crate::output::{print_json, print_lines, short};
+use crate::output::{outln, print_json, print_lines, short};
 use crate::{Cli, parse_key_value};
 
 #[derive(Subcommand)]
@@ -61,9 +61,9 @@ pub(crate) fn run(
             };
             let record = store.create_container(image, names, &options)?;
             if cli.json {
-                print_json(json!(record));
+                print_json(json!(record))?;
             } else {
-                println!("{}", record.id);
+                outln!("{}", record.id);
             }
         }
         ContainerCommand::Mount { container, options } => {
@@ -78,9 +78,9 @@ pub(crate) fn run(
                     "id": record.id,
                     "path": path,
                     "mounts": store.layers.mount_count(&record.layer)?,
-                }));
+                }))?;
             } else {
-                println!("{}", path.display());
+                outln!("{}", path.display());
             }
         }
         ContainerCommand::Unmount { container } => {
@@ -89,15 +89,15 @@ pub(crate) fn run(
         ContainerCommand::Delete { container } => {
             let record = store.delete_container(container)?;
             if !cli.json {
-                println!("{}", record.id);
+                outln!("{}", record.id);
             } else {
-                print_json(json!(record));
+                print_json(json!(record))?;
             }
         }
         ContainerCommand::List => {
             let containers = store.containers.list()?;
             if cli.json {
-                print_json(json!(containers));
+                print_json(json!(containers))?;
             } else {
                 let header = format!("{:<12}  {:<12}  NAMES", "ID", "IMAGE");
                 print_lines(std::iter::once(header).chain(containers.iter().map(|c| {

@@ -9,7 +9,7 @@ use strata_core::store::Store;
 use strata_core::{Config, CoreError};
 
 use crate::Cli;
-use crate::output::{diff_json, print_json, print_lines, short};
+use crate::output::{diff_json, outln, print_json, print_lines, short};
 use crate::progress::ProgressBars;
 
 #[derive(Subcommand)]
@@ -52,7 +52,7 @@ pub(crate) fn run(
     let store = Store::open(config)?;
     match command {
         ImageCommand::Import { location, names } => {
-            let location = ImageLocation::parse(location);
+            let location = ImageLocation::from_transport(location)?;
             let bars;
             let progress: &dyn ImportProgress =
                 if !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -70,13 +70,13 @@ pub(crate) fn run(
                     "created_layers": report.created_layers,
                     "reused_layers": report.reused_layers,
                     "already_present": report.already_present,
-                }));
+                }))?;
             } else {
-                println!("{}", report.image.id);
+                outln!("{}", report.image.id);
             }
         }
         ImageCommand::Export { image, location } => {
-            let location = ImageLocation::parse(location);
+            let location = ImageLocation::from_transport(location)?;
             let report = strata_core::oci::export_image(&store, image, &location)?;
             if cli.json {
                 print_json(json!({
@@ -90,9 +90,9 @@ pub(crate) fn run(
                         "diff_id": l.diff_id,
                         "original": l.original,
                     })).collect::<Vec<_>>(),
-                }));
+                }))?;
             } else {
-                println!("{}", report.manifest.digest());
+                outln!("{}", report.manifest.digest());
             }
         }
         ImageCommand::List if !cli.json => {
@@ -125,7 +125,7 @@ pub(crate) fn run(
                         "head": family.children(&i.id).next().is_none(),
                     }))
                     .collect::<Vec<_>>()
-            ));
+            ))?;
         }
         ImageCommand::Inspect { image } => {
             let record = store.image(image)?;
@@ -154,14 +154,14 @@ pub(crate) fn run(
                 "metadata": record.metadata,
                 "manifest": item(strata_core::images::MANIFEST_KEY),
                 "config": item(strata_core::images::CONFIG_KEY),
-            }));
+            }))?;
         }
         ImageCommand::Delete { image } => {
             let (deleted, layers) = store.delete_image(image)?;
             if cli.json {
-                print_json(json!({ "id": deleted.id, "deleted_layers": layers }));
+                print_json(json!({ "id": deleted.id, "deleted_layers": layers }))?;
             } else {
-                println!("{}", deleted.id);
+                outln!("{}", deleted.id);
             }
         }
         ImageCommand::Tag { image, names } => {

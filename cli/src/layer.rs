@@ -10,7 +10,7 @@ use strata_core::store::Store;
 use strata_core::{Config, CoreError, LayerId};
 use strata_plugin_abi::{CreateOptions, MountOptions};
 
-use crate::output::{diff_json, print_json, print_lines};
+use crate::output::{diff_json, outln, print_json, print_lines};
 use crate::{Cli, open_input, parse_key_value};
 
 #[derive(Subcommand)]
@@ -109,9 +109,9 @@ pub(crate) fn run(
             if cli.json {
                 print_json(
                     json!({ "id": record.id, "parent": record.parent, "diff": record.diff.map(diff_json) }),
-                );
+                )?;
             } else {
-                println!("{}", record.id);
+                outln!("{}", record.id);
             }
         }
         LayerCommand::Apply { id, file } => {
@@ -119,11 +119,13 @@ pub(crate) fn run(
             let mut input = open_input(file)?;
             let applied = full.apply_to_layer(id, &mut input)?;
             if cli.json {
-                print_json(json!({ "id": id, "diff": diff_json(applied) }));
+                print_json(json!({ "id": id, "diff": diff_json(applied) }))?;
             } else {
-                println!(
+                outln!(
                     "{} {} bytes ({} compressed)",
-                    applied.uncompressed_digest, applied.size, applied.compression
+                    applied.uncompressed_digest,
+                    applied.size,
+                    applied.compression
                 );
             }
         }
@@ -139,10 +141,10 @@ pub(crate) fn run(
                 print_json(json!(changes
                     .iter()
                     .map(|c| json!({ "path": format!("/{}", c.path.display()), "kind": letter(c.kind) }))
-                    .collect::<Vec<_>>()));
+                    .collect::<Vec<_>>()))?;
             } else {
                 for change in changes {
-                    println!("{} /{}", letter(change.kind), change.path.display());
+                    outln!("{} /{}", letter(change.kind), change.path.display());
                 }
             }
         }
@@ -192,9 +194,9 @@ pub(crate) fn run(
             let id = &store.resolve(id)?;
             let path = store.mount(id, &options)?;
             if cli.json {
-                print_json(json!({ "id": id, "path": path, "mounts": store.mount_count(id)? }));
+                print_json(json!({ "id": id, "path": path, "mounts": store.mount_count(id)? }))?;
             } else {
-                println!("{}", path.display());
+                outln!("{}", path.display());
             }
         }
         LayerCommand::Unmount { id } => {
@@ -214,7 +216,7 @@ pub(crate) fn run(
             let mut ids = driver.list()?;
             ids.sort();
             if cli.json {
-                print_json(json!(ids));
+                print_json(json!(ids))?;
             } else {
                 print_lines(ids)?;
             }
@@ -222,12 +224,12 @@ pub(crate) fn run(
         LayerCommand::Exists { id } => {
             let exists = store.resolve(id).is_ok();
             if cli.json {
-                print_json(json!({ "id": id, "exists": exists }));
+                print_json(json!({ "id": id, "exists": exists }))?;
             } else {
-                println!("{exists}");
+                outln!("{exists}");
             }
             if !exists {
-                return Ok(ExitCode::FAILURE);
+                return Ok(ExitCode::from(crate::output::EXIT_NO));
             }
         }
     }

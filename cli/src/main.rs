@@ -103,16 +103,21 @@ pub(crate) fn parse_key_value(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colour only for a person at a terminal, and never when NO_COLOR is
+    // set (https://no-color.org): a log file or a CI log gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_max_level(cli.log_level)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(true)
         .init();
     match run(&cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("strata: {err}");
-            ExitCode::FAILURE
+            ExitCode::from(output::EXIT_ERROR)
         }
     }
 }

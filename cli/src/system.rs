@@ -9,7 +9,7 @@ use strata_core::store::Store;
 use strata_core::{Config, CoreError, GraphDriver, open_driver, survey};
 
 use crate::Cli;
-use crate::output::{human_size, key_values_json, print_json};
+use crate::output::{human_size, key_values_json, outln, print_json};
 
 #[derive(Subcommand)]
 pub(crate) enum SystemCommand {
@@ -35,19 +35,22 @@ pub(crate) fn check(cli: &Cli, config: &Config, repair: bool) -> Result<ExitCode
             "findings": report.findings,
             "repaired": repair,
             "left": left.findings,
-        }));
+        }))?;
     } else if report.is_clean() {
-        println!("no inconsistencies found");
+        outln!("no inconsistencies found");
     } else {
         for f in &report.findings {
             let verb = if repair { "repaired" } else { "repair would" };
-            println!(
+            outln!(
                 "{} {}: {} ({verb}: {})",
-                f.kind, f.subject, f.problem, f.repair
+                f.kind,
+                f.subject,
+                f.problem,
+                f.repair
             );
         }
         if repair {
-            println!(
+            outln!(
                 "{} found, {} left",
                 report.findings.len(),
                 left.findings.len()
@@ -57,7 +60,7 @@ pub(crate) fn check(cli: &Cli, config: &Config, repair: bool) -> Result<ExitCode
     Ok(if left.is_clean() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(crate::output::EXIT_NO)
     })
 }
 
@@ -65,10 +68,10 @@ pub(crate) fn prune(cli: &Cli, config: &Config, dry_run: bool) -> Result<ExitCod
     let store = Store::open(config)?;
     let layers = store.prune(dry_run)?;
     if cli.json {
-        print_json(json!({ "dry_run": dry_run, "layers": layers }));
+        print_json(json!({ "dry_run": dry_run, "layers": layers }))?;
     } else {
         for layer in &layers {
-            println!("{layer}");
+            outln!("{layer}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -78,19 +81,23 @@ pub(crate) fn disk_usage(cli: &Cli, config: &Config) -> Result<ExitCode, CoreErr
     let store = Store::open(config)?;
     let usage = store.disk_usage()?;
     if cli.json {
-        print_json(json!(usage));
+        print_json(json!(usage))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<12}{:>8}{:>8}{:>14}{:>14}",
-        "TYPE", "TOTAL", "UNUSED", "SIZE", "RECLAIMABLE"
+        "TYPE",
+        "TOTAL",
+        "UNUSED",
+        "SIZE",
+        "RECLAIMABLE"
     );
     for (name, line) in [
         ("Images", &usage.images),
         ("Containers", &usage.containers),
         ("Layers", &usage.layers),
     ] {
-        println!(
+        outln!(
             "{:<12}{:>8}{:>8}{:>14}{:>14}",
             name,
             line.count,
@@ -108,29 +115,29 @@ pub(crate) fn drivers(cli: &Cli, config: &Config) -> Result<ExitCode, CoreError>
         print_json(json!({
             "host_abi_version": strata_plugin_abi::HOST_ABI_VERSION,
             "drivers": reports,
-        }));
+        }))?;
         return Ok(ExitCode::SUCCESS);
     }
     if reports.is_empty() {
-        println!(
+        outln!(
             "no driver libraries found (searched {})",
             strata_core::discovery::describe(&strata_core::discovery::search_dirs(config))
         );
         return Ok(ExitCode::SUCCESS);
     }
     for r in &reports {
-        println!("{}", r.name);
-        println!("  path:        {}", r.path.display());
-        println!("  found via:   {}", r.origin);
+        outln!("{}", r.name);
+        outln!("  path:        {}", r.path.display());
+        outln!("  found via:   {}", r.origin);
         if let Some(abi) = &r.abi_version {
-            println!("  ABI:         strata-plugin-abi {abi}");
+            outln!("  ABI:         strata-plugin-abi {abi}");
         }
         if let Some(description) = &r.description {
-            println!("  description: {description}");
+            outln!("  description: {description}");
         }
         match &r.detail {
-            Some(detail) => println!("  here:        {}: {detail}", r.state),
-            None => println!("  here:        {}", r.state),
+            Some(detail) => outln!("  here:        {}: {detail}", r.state),
+            None => outln!("  here:        {}", r.state),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -156,22 +163,22 @@ pub(crate) fn status(cli: &Cli, config: &Config) -> Result<ExitCode, CoreError> 
             "diff_method": diff_method,
             "layers": layers,
             "status": key_values_json(&status),
-        }));
+        }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("driver:       {}", selected.name);
-    println!("chosen:       {}", selected.reason);
+    outln!("driver:       {}", selected.name);
+    outln!("chosen:       {}", selected.reason);
     for p in &selected.passed_over {
-        println!("  passed over {}: {}", p.driver, p.reason);
+        outln!("  passed over {}: {}", p.driver, p.reason);
     }
-    println!("library:      {}", selected.library.display());
-    println!("graph root:   {}", config.graphroot.display());
-    println!("run root:     {}", config.runroot.display());
+    outln!("library:      {}", selected.library.display());
+    outln!("graph root:   {}", config.graphroot.display());
+    outln!("run root:     {}", config.runroot.display());
     match &config.source {
-        Some(path) => println!("config file:  {}", path.display()),
-        None => println!("config file:  none (built-in defaults)"),
+        Some(path) => outln!("config file:  {}", path.display()),
+        None => outln!("config file:  none (built-in defaults)"),
     }
-    println!(
+    outln!(
         "capabilities: {}",
         if capabilities.is_empty() {
             "none".to_string()
@@ -179,10 +186,10 @@ pub(crate) fn status(cli: &Cli, config: &Config) -> Result<ExitCode, CoreError> 
             capabilities.join(", ")
         }
     );
-    println!("diff method:  {diff_method}");
-    println!("layers:       {layers}");
+    outln!("diff method:  {diff_method}");
+    outln!("layers:       {layers}");
     for (key, value) in status.iter() {
-        println!("{key}: {value}");
+        outln!("{key}: {value}");
     }
     Ok(ExitCode::SUCCESS)
 }

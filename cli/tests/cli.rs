@@ -52,6 +52,12 @@ impl Setup {
     }
 
     fn strata(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        retry_busy(|| cmd.output())
+    }
+
+    /// The command `strata` runs as, not started.
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.binary);
         for (key, _) in std::env::vars() {
             if key.starts_with("STRATA_") {
@@ -64,7 +70,7 @@ impl Setup {
             .arg("--run-root")
             .arg(self.scratch.path().join("run"))
             .args(args);
-        retry_busy(|| cmd.output())
+        cmd
     }
 }
 
@@ -165,8 +171,34 @@ fn a_stack_of_layers_with_the_chosen_driver() {
     assert_eq!(ok(setup.strata(&["layer", "list"])), "base\ntop\n");
     assert_eq!(ok(setup.strata(&["layer", "exists", "top"])), "true\n");
     let missing = setup.strata(&["layer", "exists", "nope"]);
-    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing.status.code(), Some(1), "1 says no");
     assert_eq!(stdout(&missing), "false\n");
+    // An error is 2: a script tells "no" from "could not tell".
+    let config = setup.scratch.path().join("broken.toml");
+    fs::write(&config, "[storage\n").unwrap();
+    let broken = setup.strata(&[
+        "--config",
+        config.to_str().unwrap(),
+        "layer",
+        "exists",
+        "top",
+    ]);
+    assert_eq!(broken.status.code(), Some(2), "{}", stderr(&broken));
+    assert!(stdout(&broken).is_empty());
+    // A reader that goes away ends a listing quietly (no panic, no
+    // message), as it ends any line-printing tool.
+    let mut listing = setup.command(&["layer", "list"]);
+    listing
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = retry_busy(|| listing.spawn());
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), stderr(&out).as_str()),
+        (Some(0), ""),
+        "a closed pipe"
+    );
 
     let status: serde_json::Value =
         serde_json::from_str(&ok(setup.strata(&["--json", "status"]))).unwrap();
@@ -195,6 +227,10 @@ fn automatic_choice_says_why_each_driver_was_passed_over() {
     assert!(
         log.contains("driver passed over") && log.contains("storage driver chosen"),
         "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal: {log:?}"
     );
 }
 

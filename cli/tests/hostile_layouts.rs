@@ -146,7 +146,7 @@ impl Outcome {
     /// on stdout, no control character and nothing of `hidden` on stderr.
     fn assert_refused(&self, named: &[&str], hidden: &[&str]) {
         let err = &self.stderr;
-        assert_eq!(self.code, Some(1), "the import must fail: {err}");
+        assert_eq!(self.code, Some(2), "the import must fail: {err}");
         assert!(self.stdout.is_empty(), "stdout: {}", self.stdout);
         for name in named {
             assert!(

@@ -450,7 +450,7 @@ fn the_command_reports_a_broken_import_and_leaves_nothing() {
     };
     let location = format!("{}:app", layout.display());
     let out = strata(&["image", "import", &location]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&written.layers[1]) && stderr.contains("layer 2 of 2"),
@@ -458,7 +458,7 @@ fn the_command_reports_a_broken_import_and_leaves_nothing() {
     );
     assert!(out.stdout.is_empty(), "nothing printed as if it worked");
     let out = strata(&["image", "inspect", "app"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'app'"));
     let out = strata(&["--json", "layer", "list"]);
     assert!(out.status.success());

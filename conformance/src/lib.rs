@@ -187,43 +187,97 @@ impl Report {
 
     /// The report as JUnit XML, one test case per check, for CI systems.
     pub fn junit(&self, suite_name: &str) -> String {
-        let escape = |text: &str| {
-            text.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-                .replace('"', "&quot;")
-        };
-        let total: f64 = self.results.iter().map(|r| r.duration.as_secs_f64()).sum();
-        let mut xml = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\">\n",
-            escape(suite_name),
+        // Sum from +0.0: an empty sum of floats is -0.0.
+        let total = self
+            .results
+            .iter()
+            .fold(0.0f64, |sum, r| sum + r.duration.as_secs_f64());
+        let mut xml = junit_head(
+            suite_name,
             self.results.len(),
             self.failed(),
-            self.skipped()
+            self.skipped(),
+            total,
         );
         for r in &self.results {
             let label = r.label();
             let (group, name) = label.split_once('/').unwrap_or(("", label.as_str()));
-            xml.push_str(&format!(
-                "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
-                escape(group),
-                escape(name),
-                r.duration.as_secs_f64()
-            ));
+            let time = r.duration.as_secs_f64();
             match &r.outcome {
-                Outcome::Passed => xml.push_str("/>\n"),
-                Outcome::Failed(why) => xml.push_str(&format!(
-                    "><failure message=\"{}\"/></testcase>\n",
-                    escape(why)
-                )),
-                Outcome::Skipped(why) => xml.push_str(&format!(
-                    "><skipped message=\"{}\"/></testcase>\n",
-                    escape(why)
-                )),
+                Outcome::Passed => xml.push_str(&junit_case(group, name, time, None)),
+                Outcome::Failed(why) => {
+                    xml.push_str(&junit_case(group, name, time, Some(("failure", why))))
+                }
+                Outcome::Skipped(why) => {
+                    xml.push_str(&junit_case(group, name, time, Some(("skipped", why))))
+                }
             }
         }
         xml.push_str("</testsuite>\n");
         xml
+    }
+
+    /// A JUnit report for a run in which no check could run (the driver
+    /// would not load, the backend could not be set up): one failing case,
+    /// `runner/driver-starts`, saying why, so CI shows the reason rather
+    /// than a missing file.
+    pub fn junit_not_run(suite_name: &str, why: &str) -> String {
+        let mut xml = junit_head(suite_name, 1, 1, 0, 0.0);
+        xml.push_str(&junit_case(
+            "runner",
+            "driver-starts",
+            0.0,
+            Some(("failure", why)),
+        ));
+        xml.push_str("</testsuite>\n");
+        xml
+    }
+}
+
+/// Text as XML 1.0 can hold it: markup escaped, and control characters
+/// (which XML 1.0 cannot carry at all) written as `\u{..}`.
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn junit_head(name: &str, tests: usize, failures: usize, skipped: usize, time: f64) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{time:.3}\">\n",
+        xml_escape(name)
+    )
+}
+
+/// One test case; a failure or skip gives its first line as the message
+/// and the whole text as the element's body, where CI shows it as written
+/// (an attribute would fold its lines into one).
+fn junit_case(group: &str, name: &str, time: f64, outcome: Option<(&str, &str)>) -> String {
+    let open = format!(
+        "  <testcase classname=\"{}\" name=\"{}\" time=\"{time:.3}\"",
+        xml_escape(group),
+        xml_escape(name)
+    );
+    match outcome {
+        None => format!("{open}/>\n"),
+        Some((element, why)) => {
+            let first = why.lines().next().unwrap_or("");
+            format!(
+                "{open}><{element} message=\"{}\">{}</{element}></testcase>\n",
+                xml_escape(first).replace('\n', " "),
+                xml_escape(why)
+            )
+        }
     }
 }
 
@@ -495,4 +549,67 @@ fn leftovers(
         }
     }
     (!found.is_empty()).then(|| found.join("; "))
+}
+
+#[cfg(test)]
+mod junit_tests {
+    use super::*;
+
+    fn result(name: &'static str, outcome: Outcome) -> CheckResult {
+        CheckResult {
+            name,
+            umask: None,
+            outcome,
+            duration: Duration::from_millis(1500),
+        }
+    }
+
+    #[test]
+    fn failures_keep_their_lines_in_the_body_and_xml_stays_valid() {
+        let report = Report {
+            results: vec![
+                result("content/a", Outcome::Passed),
+                result(
+                    "content/b",
+                    Outcome::Failed("trees differ:\n  /x: mode 644 <> 600\n  bell \u{7}".into()),
+                ),
+                result("quota/c", Outcome::Skipped("no quota".into())),
+            ],
+        };
+        let xml = report.junit("suite \"x\"");
+        assert!(
+            xml.contains(
+                r#"name="suite &quot;x&quot;" tests="3" failures="1" skipped="1" time="4.500""#
+            ),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(
+                r#"<failure message="trees differ:">trees differ:
+  /x: mode 644 &lt;&gt; 600
+  bell \u{7}</failure>"#
+            ),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<skipped message="no quota">no quota</skipped>"#),
+            "{xml}"
+        );
+        assert!(!xml.chars().any(|c| c.is_control() && c != '\n'), "{xml:?}");
+    }
+
+    #[test]
+    fn an_empty_run_takes_no_negative_time_and_a_run_that_never_started_says_why() {
+        let empty = Report { results: vec![] }.junit("s");
+        assert!(
+            empty.contains(r#"tests="0" failures="0" skipped="0" time="0.000""#),
+            "{empty}"
+        );
+        let not_run = Report::junit_not_run("s", "the driver would not load: no such file");
+        assert!(not_run.contains(r#"tests="1" failures="1""#), "{not_run}");
+        assert!(
+            not_run.contains(r#"name="driver-starts" time="0.000"><failure message="the driver would not load: no such file">"#),
+            "{not_run}"
+        );
+    }
 }

@@ -34,6 +34,51 @@ fn the_runner_passes_the_vfs_library() {
     }
 }
 
+/// A driver that fails a check exits 1; one the suite cannot even start
+/// exits 2, and its JUnit file is still written, saying why.
+#[test]
+fn exit_status_tells_a_failed_check_from_a_run_that_never_started() {
+    let library = strata_testkit::plugins::build_plugin("strata-test-plugin");
+    let runner = || std::process::Command::new(env!("CARGO_BIN_EXE_strata-conformance"));
+    let failed = runner()
+        .arg("--driver")
+        .arg(&library)
+        .args([
+            "--umasks",
+            "default",
+            "--filter",
+            "mount/get-put-counts-references",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("report.xml");
+    let missing = dir.path().join("libstrata_driver_gone.so");
+    let not_run = runner()
+        .arg("--driver")
+        .arg(&missing)
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert_eq!(not_run.status.code(), Some(2), "{not_run:?}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains(r#"tests="1" failures="1""#)
+            && xml.contains("driver-starts")
+            && xml.contains("libstrata_driver_gone.so"),
+        "{xml}"
+    );
+    let nothing = runner()
+        .arg("--driver")
+        .arg(&library)
+        .args(["--filter", "no-check-is-called-this"])
+        .output()
+        .unwrap();
+    assert_eq!(nothing.status.code(), Some(2), "{nothing:?}");
+}
+
 /// Each fault planted in the template fails the check that enforces its
 /// contract, for the reason the check gives. The faults stand for the ways a
 /// driver goes wrong: content, leftovers, parents, restarts, mount options,

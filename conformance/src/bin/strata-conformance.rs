@@ -8,6 +8,11 @@
 //!
 //! For the process checks it runs itself again as a worker on the same home
 //! (`--worker TASK...`, not for people).
+//!
+//! Exit status: 0 every check that ran passed; 1 a check failed; 2 the
+//! suite could not run at all (the driver would not load or start, the
+//! backend could not be set up, bad arguments), with `--junit` still
+//! written, holding one failing case that says why.
 
 #![forbid(unsafe_code)]
 
@@ -62,6 +67,31 @@ struct Cli {
     /// Run one worker task on the home given with --home and exit
     #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true, value_name = "TASK")]
     worker: Option<Vec<String>>,
+}
+
+/// A check failed.
+const EXIT_FAILED: u8 = 1;
+/// The suite could not run (see the module's documentation).
+const EXIT_NOT_RUN: u8 = 2;
+
+/// The suite could not run: says why on stderr and in the JUnit file if
+/// one was asked for, and exits [`EXIT_NOT_RUN`].
+fn not_run(cli: &Cli, why: String) -> ExitCode {
+    eprintln!("strata-conformance: {why}");
+    if let Some(path) = &cli.junit {
+        let name = format!(
+            "strata-conformance {}",
+            cli.driver
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"))
+                .display()
+        );
+        if let Err(e) = std::fs::write(path, strata_conformance::Report::junit_not_run(&name, &why))
+        {
+            eprintln!("strata-conformance: write {}: {e}", path.display());
+        }
+    }
+    ExitCode::from(EXIT_NOT_RUN)
 }
 
 #[derive(Clone, Debug)]
@@ -125,19 +155,13 @@ fn main() -> ExitCode {
     // The backend lives until the end of main, after the driver's cleanup.
     let backend = match Backend::set_up(&cli.backend) {
         Ok(backend) => backend,
-        Err(e) => {
-            eprintln!("strata-conformance: backend {}: {e}", cli.backend);
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return not_run(&cli, format!("backend {}: {e}", cli.backend)),
     };
     let scratch = match (&cli.home, backend.path()) {
         (Some(_), _) | (None, Some(_)) => None,
         (None, None) => match tempfile::tempdir() {
             Ok(dir) => Some(dir),
-            Err(e) => {
-                eprintln!("strata-conformance: cannot make a scratch home: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return not_run(&cli, format!("cannot make a scratch home: {e}")),
         },
     };
     let base = cli
@@ -153,25 +177,28 @@ fn main() -> ExitCode {
     };
     for dir in [&args.home, &args.run_root] {
         if let Err(e) = std::fs::create_dir_all(dir) {
-            eprintln!("strata-conformance: create {}: {e}", dir.display());
-            return ExitCode::FAILURE;
+            return not_run(&cli, format!("create {}: {e}", dir.display()));
         }
     }
     let library = match PluginLibrary::open(&library_path) {
         Ok(library) => library,
         Err(e) => {
-            eprintln!("strata-conformance: {e}");
-            return ExitCode::FAILURE;
+            return not_run(
+                &cli,
+                format!("the driver would not load, so no check ran: {e}"),
+            );
         }
     };
     let driver = match library.init(&args) {
         Ok(driver) => driver,
         Err(e) => {
-            eprintln!(
-                "strata-conformance: the driver in {} cannot run here, so no check ran: {e}",
-                library_path.display()
+            return not_run(
+                &cli,
+                format!(
+                    "the driver in {} cannot run here, so no check ran: {e}",
+                    library_path.display()
+                ),
             );
-            return ExitCode::FAILURE;
         }
     };
     // Inside the VM the backend is a plain directory on the VM's disk; the
@@ -247,8 +274,17 @@ fn main() -> ExitCode {
     // Torn down after the driver's cleanup (a no-op where it owns nothing).
     #[cfg_attr(not(unix), allow(clippy::drop_non_drop))]
     drop(backend);
-    if report.failed() > 0 || report.results.is_empty() {
-        ExitCode::FAILURE
+    if report.results.is_empty() {
+        eprintln!(
+            "strata-conformance: no check matched{}",
+            cli.filter
+                .as_deref()
+                .map(|f| format!(" --filter {f:?}"))
+                .unwrap_or_default()
+        );
+        ExitCode::from(EXIT_NOT_RUN)
+    } else if report.failed() > 0 {
+        ExitCode::from(EXIT_FAILED)
     } else {
         ExitCode::SUCCESS
     }
@@ -264,20 +300,18 @@ const VM_BACKEND_LABEL: &str = "STRATA_CONFORMANCE_BACKEND";
 #[cfg(unix)]
 fn run_in_vm(cli: &Cli) -> ExitCode {
     if let Some(why) = strata_testkit::vm::unavailable() {
-        eprintln!("strata-conformance: backend qemu-dm cannot run here: {why}");
-        return ExitCode::FAILURE;
+        return not_run(cli, format!("backend qemu-dm cannot run here: {why}"));
     }
     if cli.home.is_some() {
-        eprintln!(
-            "strata-conformance: backend qemu-dm: the home is on the VM's own disk; --home cannot be given"
+        return not_run(
+            cli,
+            "backend qemu-dm: the home is on the VM's own disk; --home cannot be given".to_string(),
         );
-        return ExitCode::FAILURE;
     }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
-            eprintln!("strata-conformance: backend qemu-dm: find this runner: {e}");
-            return ExitCode::FAILURE;
+            return not_run(cli, format!("backend qemu-dm: find this runner: {e}"));
         }
     };
     // The same arguments, with the backend replaced and paths made
@@ -307,8 +341,7 @@ fn run_in_vm(cli: &Cli) -> ExitCode {
     let runner = match strata_testkit::vm::InVm::new() {
         Ok(runner) => runner,
         Err(e) => {
-            eprintln!("strata-conformance: backend qemu-dm: write the VM runner: {e}");
-            return ExitCode::FAILURE;
+            return not_run(cli, format!("backend qemu-dm: write the VM runner: {e}"));
         }
     };
     let mut command = runner.command(&exe, &args);
@@ -326,17 +359,14 @@ fn run_in_vm(cli: &Cli) -> ExitCode {
     match command.status() {
         Ok(status) => match status.code() {
             Some(0) => ExitCode::SUCCESS,
-            Some(125) => {
-                eprintln!("strata-conformance: backend qemu-dm: the VM did not run the suite");
-                ExitCode::FAILURE
-            }
+            Some(125) => not_run(
+                cli,
+                "backend qemu-dm: the VM did not run the suite".to_string(),
+            ),
             Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             None => ExitCode::FAILURE,
         },
-        Err(e) => {
-            eprintln!("strata-conformance: backend qemu-dm: start the VM: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => not_run(cli, format!("backend qemu-dm: start the VM: {e}")),
     }
 }
 

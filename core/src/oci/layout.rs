@@ -81,7 +81,7 @@ impl ImageLocation {
         if !Path::new(text).exists()
             && let Some((dir, tag)) = text.rsplit_once(':')
             && !tag.is_empty()
-            && !tag.contains('/')
+            && !tag.contains(['/', '\\'])
         {
             return ImageLocation {
                 dir: PathBuf::from(dir),
@@ -92,6 +92,49 @@ impl ImageLocation {
             dir: PathBuf::from(text),
             tag: None,
         }
+    }
+}
+
+impl ImageLocation {
+    /// A location as skopeo, podman and buildah write one: `oci:DIR[:TAG]`,
+    /// or a bare `DIR[:TAG]` (an OCI layout either way). The transports
+    /// strata does not read are refused with what to run instead: a
+    /// registry (`docker://`) is skopeo's job, and the other transports
+    /// are skopeo's to turn into a layout.
+    pub fn from_transport(text: &str) -> Result<ImageLocation> {
+        if let Some(rest) = text.strip_prefix("oci:") {
+            return Ok(ImageLocation::parse(rest));
+        }
+        if text.starts_with("docker://") {
+            return Err(CoreError::InvalidInput(format!(
+                "{}: strata reads no registries; fetching is skopeo's job: \
+                 skopeo copy {} oci:DIR:TAG, then strata image import oci:DIR:TAG",
+                shown(text),
+                shown(text)
+            )));
+        }
+        // Other transports skopeo knows, named before the first ':' (one
+        // letter is a Windows drive, not a transport).
+        const OTHERS: [&str; 6] = [
+            "oci-archive",
+            "docker-archive",
+            "docker-daemon",
+            "containers-storage",
+            "dir",
+            "sif",
+        ];
+        if let Some((transport, _)) = text.split_once(':')
+            && OTHERS.contains(&transport)
+            && !Path::new(text).exists()
+        {
+            return Err(CoreError::Unsupported(format!(
+                "{}: this version of strata reads OCI layouts only (DIR, DIR:TAG or \
+                 oci:DIR:TAG); make one with: skopeo copy {} oci:DIR:TAG",
+                shown(text),
+                shown(text)
+            )));
+        }
+        Ok(ImageLocation::parse(text))
     }
 }
 
@@ -498,6 +541,39 @@ mod tests {
         ] {
             let refused = layout_digest(bad).unwrap_err();
             assert_eq!(refused.kind(), crate::ErrorKind::InvalidInput, "{bad}");
+        }
+    }
+
+    #[test]
+    fn transports_as_skopeo_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let text = format!("oci:{}:app", layout.display());
+        let location = ImageLocation::from_transport(&text).unwrap();
+        assert_eq!(
+            (location.dir, location.tag.as_deref()),
+            (layout.clone(), Some("app"))
+        );
+        let bare = ImageLocation::from_transport(layout.to_str().unwrap()).unwrap();
+        assert_eq!((bare.dir, bare.tag), (layout, None));
+        let registry = ImageLocation::from_transport("docker://example/app:1").unwrap_err();
+        assert!(
+            registry
+                .to_string()
+                .contains("skopeo copy docker://example/app:1 oci:DIR:TAG"),
+            "{registry}"
+        );
+        for other in [
+            "oci-archive:/tmp/a.tar",
+            "docker-archive:/tmp/a.tar:app",
+            "dir:/tmp/x",
+        ] {
+            let err = ImageLocation::from_transport(other).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("skopeo copy {other} oci:DIR:TAG")),
+                "{err}"
+            );
         }
     }
 
