@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::json;
 use strata_core::oci::{ImageLocation, ImportProgress, NoProgress};
-use strata_core::store::Store;
+use strata_core::store::{ImageRemoval, Store};
 use strata_core::{Config, CoreError};
 
 use crate::Cli;
@@ -32,8 +32,14 @@ pub(crate) enum ImageCommand {
     List,
     /// An image's record, layers, relations, manifest and config
     Inspect { image: String },
-    /// Delete an image and the layers nothing else uses
-    Delete { image: String },
+    /// Delete an image and the layers nothing else uses; named by one of
+    /// several names, only that name goes (as podman's rmi)
+    Delete {
+        image: String,
+        /// Delete the image whichever of its names is given
+        #[arg(long, short)]
+        force: bool,
+    },
     /// Give an image more names (a name another image has moves here)
     Tag {
         image: String,
@@ -156,14 +162,22 @@ pub(crate) fn run(
                 "config": item(strata_core::images::CONFIG_KEY),
             }))?;
         }
-        ImageCommand::Delete { image } => {
-            let (deleted, layers) = store.delete_image(image)?;
-            if cli.json {
-                print_json(json!({ "id": deleted.id, "deleted_layers": layers }))?;
-            } else {
-                outln!("{}", deleted.id);
+        ImageCommand::Delete { image, force } => match store.remove_image(image, *force)? {
+            ImageRemoval::Untagged { id, name } => {
+                if cli.json {
+                    print_json(json!({ "id": id, "untagged": name }))?;
+                } else {
+                    outln!("untagged: {name}");
+                }
             }
-        }
+            ImageRemoval::Deleted(deleted, layers) => {
+                if cli.json {
+                    print_json(json!({ "id": deleted.id, "deleted_layers": layers }))?;
+                } else {
+                    outln!("{}", deleted.id);
+                }
+            }
+        },
         ImageCommand::Tag { image, names } => {
             let id = store.images.resolve(image)?;
             store.images.add_names(&id, names)?;

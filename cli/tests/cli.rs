@@ -683,6 +683,56 @@ fn a_read_only_layer_refuses_apply_naming_the_images_on_it() {
 }
 
 #[test]
+fn deleting_one_of_several_names_takes_only_that_name_as_podman_does() {
+    let setup = Setup::new();
+    let layout = setup.scratch.path().join("layout");
+    let base = fixtures::RawTar::new()
+        .file("etc/hostname", b"x\n")
+        .finish();
+    fixtures::layout::write_image(
+        &layout,
+        "v1",
+        &[fixtures::layout::Layer::plain(&base)],
+        "app",
+    );
+    let location = format!("oci:{}:v1", layout.display());
+    let id = ok(setup.strata(&["image", "import", &location, "--name", "a", "--name", "b"]));
+    let id = id.trim();
+    assert_eq!(ok(setup.strata(&["image", "delete", "a"])), "untagged: a\n");
+    let left: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["--json", "image", "inspect", id]))).unwrap();
+    assert_eq!(left["names"], serde_json::json!(["b"]));
+    // The last name deletes the image.
+    assert_eq!(
+        ok(setup.strata(&["image", "delete", "b"])),
+        format!("{id}\n")
+    );
+    assert_eq!(ok(setup.strata(&["layer", "list"])), "");
+    // --force, or the id, deletes it whatever its names.
+    ok(setup.strata(&["image", "import", &location, "--name", "c", "--name", "d"]));
+    assert_eq!(
+        ok(setup.strata(&["image", "delete", "--force", "c"])),
+        format!("{id}\n")
+    );
+    ok(setup.strata(&["image", "import", &location, "--name", "e", "--name", "f"]));
+    assert_eq!(
+        ok(setup.strata(&["image", "delete", id])),
+        format!("{id}\n")
+    );
+    assert_eq!(
+        ok(setup.strata(&["image", "list"])).lines().count(),
+        1,
+        "the header alone"
+    );
+    // A registry is skopeo's job, said with the command to run.
+    let err = fails(setup.strata(&["image", "import", "docker://example/app:1"]));
+    assert!(
+        err.contains("skopeo copy docker://example/app:1 oci:DIR:TAG"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_layer_being_made_by_another_process_is_not_deleted_under_it() {
     use std::io::Write;
     let setup = Setup::new();

@@ -37,6 +37,21 @@ use crate::layers::{
 };
 use crate::sessions::Sessions;
 
+/// What [`Store::remove_image`] did.
+#[derive(Debug)]
+pub enum ImageRemoval {
+    /// The image had other names: only this one was taken away.
+    Untagged {
+        /// The image, which stays.
+        id: ImageId,
+        /// The name taken away.
+        name: String,
+    },
+    /// The image was deleted, and the layers nothing else used (those the
+    /// driver removed).
+    Deleted(ImageRecord, Vec<LayerId>),
+}
+
 /// A store: one running driver and the records of its layers, images and
 /// containers, in the graph root's database. Any number of processes may
 /// have the same store open at once.
@@ -455,10 +470,38 @@ impl Store {
     /// kill after (1) leaves layers being deleted by a dead session: the
     /// next open finishes them.
     pub fn delete_image(&self, reference: &str) -> Result<(ImageRecord, Vec<LayerId>)> {
+        match self.remove_image_or_name(reference, false)? {
+            ImageRemoval::Deleted(image, layers) => Ok((image, layers)),
+            ImageRemoval::Untagged { .. } => unreachable!("only a name is untagged"),
+        }
+    }
+
+    /// Removes an image as podman's `rmi` does: named by one of its several
+    /// names, only that name goes; by its last name, by its id, or with
+    /// `force`, the image goes ([`delete_image`](Self::delete_image)). The
+    /// choice is made in the same transaction as the change, so a name
+    /// added meanwhile by another process is seen.
+    pub fn remove_image(&self, reference: &str, force: bool) -> Result<ImageRemoval> {
+        self.remove_image_or_name(reference, !force)
+    }
+
+    fn remove_image_or_name(&self, reference: &str, name_only: bool) -> Result<ImageRemoval> {
         let _exclusive = self.hold_layers_exclusively()?;
         let me = self.layers.session()?;
-        let (image, marked) = self.db.write(&format!("delete image {reference}"), |tx| {
+        let decided = self.db.write(&format!("delete image {reference}"), |tx| {
             let id = resolve_image(tx, reference)?;
+            let image = read_image(tx, &id)?
+                .ok_or_else(|| CoreError::NotFound(format!("delete image {id}: no such image")))?;
+            if name_only && image.names.len() > 1 && image.names.iter().any(|n| n == reference) {
+                tx.prepare_cached(
+                    "DELETE FROM names WHERE kind = 'image' AND owner = ?1 AND name = ?2",
+                )?
+                .execute(params![id, reference])?;
+                return Ok(ImageRemoval::Untagged {
+                    id,
+                    name: reference.to_string(),
+                });
+            }
             let users = containers_of_image(tx, &id)?;
             if !users.is_empty() {
                 return Err(CoreError::InUse(format!(
@@ -466,8 +509,6 @@ impl Store {
                     users.join(", ")
                 )));
             }
-            let image = read_image(tx, &id)?
-                .ok_or_else(|| CoreError::NotFound(format!("delete image {id}: no such image")))?;
             delete_image_rows(tx, &id)?;
             let mut marked: Vec<LayerId> = Vec::new();
             let mut cursor = image.top_layer.clone();
@@ -482,8 +523,11 @@ impl Store {
                 cursor = row_parent(tx, &layer)?;
                 marked.push(layer);
             }
-            Ok((image, marked))
+            Ok(ImageRemoval::Deleted(image, marked))
         })?;
+        let ImageRemoval::Deleted(image, marked) = decided else {
+            return Ok(decided);
+        };
         let mut deleted = Vec::new();
         for (index, layer) in marked.iter().enumerate() {
             if let Err(e) = self.layers.finish_delete(layer, true) {
@@ -495,7 +539,7 @@ impl Store {
             }
             deleted.push(layer.clone());
         }
-        Ok((image, deleted))
+        Ok(ImageRemoval::Deleted(image, deleted))
     }
 
     /// Marks layers this process marked for deletion as made again.
