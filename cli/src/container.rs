@@ -29,7 +29,8 @@ pub(crate) enum ContainerCommand {
     /// Mount the container's tree and print its path
     Mount {
         container: String,
-        /// Mount option such as nodev (repeatable)
+        /// Mount option the driver takes, such as ro (repeatable); one it
+        /// cannot honour is refused, never ignored
         #[arg(long = "option", short = 'o', value_name = "OPTION")]
         options: Vec<String>,
     },

@@ -20,7 +20,8 @@ pub(crate) enum LayerCommand {
     /// Make a layer's tree available and print its path
     Mount {
         id: String,
-        /// Mount option such as ro or nodev (repeatable)
+        /// Mount option the driver takes, such as ro (repeatable); one it
+        /// cannot honour is refused, never ignored
         #[arg(long = "option", short = 'o', value_name = "OPTION")]
         options: Vec<String>,
     },

@@ -28,6 +28,19 @@ pub struct MountRecord {
     /// reboot with a run root that is not tmpfs), and the count is stale.
     #[serde(default)]
     pub mounted: bool,
+    /// The mount options of the first mount, which every later user shares
+    /// (`rw` left out: it is what no option means); `None` in a record an
+    /// earlier strata wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<String>>,
+}
+
+/// Mount options as compared: sorted, once each, without `rw` (the default).
+fn normalized(options: &[String]) -> Vec<String> {
+    let mut options: Vec<String> = options.iter().filter(|o| *o != "rw").cloned().collect();
+    options.sort();
+    options.dedup();
+    options
 }
 
 impl MountRecord {
@@ -114,14 +127,36 @@ impl MountCounts {
     }
 
     /// Counts one more user of layer `id`, calling `mount` only for the first.
-    pub fn acquire(&self, id: &str, mount: impl FnOnce() -> Result<PathBuf>) -> Result<PathBuf> {
+    /// `options` are the mount options a user asked for: a layer mounted
+    /// already with others is refused (the second user would get the first
+    /// one's mount, read-only where it asked for writable, say). `None` is
+    /// the store's own short mounts (reading a tree), which share any mount.
+    pub fn acquire(
+        &self,
+        id: &str,
+        options: Option<&[String]>,
+        mount: impl FnOnce() -> Result<PathBuf>,
+    ) -> Result<PathBuf> {
         let _lock = self.lock()?;
         let mut records = self.load()?;
         if let Some(record) = records.mounts.get_mut(id) {
             if !record.is_stale() {
+                if let (Some(asked), Some(held)) = (options, &record.options)
+                    && normalized(asked) != *held
+                {
+                    return Err(CoreError::InUse(format!(
+                        "mount layer {id}: it is mounted already, with options [{}]; a mount \
+                         with [{}] would share that mount. Mount it with the same options, or \
+                         unmount it everywhere first ({} mount(s) held)",
+                        held.join(","),
+                        normalized(asked).join(","),
+                        record.count
+                    )));
+                }
                 record.count += 1;
-                let path = record.path.clone();
+                let (path, count) = (record.path.clone(), record.count);
                 self.save(&records)?;
+                tracing::debug!(layer = id, count, "mount counted");
                 return Ok(path);
             }
             // Its mount went behind our back: mounted again below, and
@@ -136,9 +171,11 @@ impl MountCounts {
                 mounted: is_mount_point(&path),
                 path: path.clone(),
                 count: 1,
+                options: Some(normalized(options.unwrap_or_default())),
             },
         );
         self.save(&records)?;
+        tracing::debug!(layer = id, path = %path.display(), "mounted");
         Ok(path)
     }
 
@@ -203,6 +240,30 @@ mod tests {
     use std::cell::Cell;
 
     #[test]
+    fn a_second_mount_with_other_options_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let counts = MountCounts::open(dir.path(), "vfs").unwrap();
+        let ro = ["ro".to_string()];
+        counts
+            .acquire("a", Some(&ro), || Ok(PathBuf::from("/mnt/a")))
+            .unwrap();
+        let err = counts
+            .acquire("a", Some(&[]), || unreachable!())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("mounted already, with options [ro]"),
+            "{err}"
+        );
+        // The same options, in another order or with rw spelled out, share it.
+        let same = ["rw".to_string(), "ro".to_string(), "ro".to_string()];
+        counts.acquire("a", Some(&same), || unreachable!()).unwrap();
+        // The store's own reading mounts share any mount.
+        counts.acquire("a", None, || unreachable!()).unwrap();
+        assert_eq!(counts.count("a").unwrap(), 3);
+    }
+
+    #[test]
     fn only_the_first_mount_and_the_last_unmount_reach_the_driver() {
         let dir = tempfile::tempdir().unwrap();
         let counts = MountCounts::open(dir.path(), "vfs").unwrap();
@@ -212,9 +273,12 @@ mod tests {
             mounts.set(mounts.get() + 1);
             Ok(PathBuf::from("/mnt/a"))
         };
-        assert_eq!(counts.acquire("a", mount).unwrap(), PathBuf::from("/mnt/a"));
         assert_eq!(
-            counts.acquire("a", || unreachable!()).unwrap(),
+            counts.acquire("a", None, mount).unwrap(),
+            PathBuf::from("/mnt/a")
+        );
+        assert_eq!(
+            counts.acquire("a", None, || unreachable!()).unwrap(),
             PathBuf::from("/mnt/a")
         );
         assert_eq!(counts.count("a").unwrap(), 2);

@@ -27,7 +27,8 @@ impl LayerStore<'_> {
         if options.mount_label.is_none() {
             options.mount_label = self.get(id)?.and_then(|r| r.mount_label);
         }
-        self.counts.acquire(id, || Ok(driver.get(id, &options)?))
+        self.counts
+            .acquire(id, Some(&options.options), || Ok(driver.get(id, &options)?))
     }
 
     /// Releases one mount of the layer named by id or by its mount path;
@@ -55,7 +56,7 @@ pub(super) fn mount_counted(
     counts: &MountCounts,
     id: &str,
 ) -> Result<PathBuf> {
-    counts.acquire(id, || Ok(driver.get(id, &MountOptions::default())?))
+    counts.acquire(id, None, || Ok(driver.get(id, &MountOptions::default())?))
 }
 
 /// Mounts the layer to write its files (counted like [`mount_counted`]):
@@ -70,7 +71,7 @@ pub(super) fn mount_to_fill(
         options: vec!["rw".to_string()],
         ..MountOptions::default()
     };
-    counts.acquire(id, || Ok(driver.get(id, &writable)?))
+    counts.acquire(id, None, || Ok(driver.get(id, &writable)?))
 }
 
 pub(super) fn unmount_counted(
