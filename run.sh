@@ -32,7 +32,8 @@ if [ ! -f "$rootfs_tar" ]; then
     echo "== making a Debian bookworm root filesystem with debootstrap (once)"
     mkdir -p "$fixtures"
     tree=$(mktemp -d "$fixtures/debootstrap.XXXXXX")
-    debootstrap --variant=minbase bookworm "$tree/rootfs" http://deb.debian.org/debian >/dev/null
+    # No mirror given: debootstrap's own default serves.
+    debootstrap --variant=minbase bookworm "$tree/rootfs" >/dev/null
     tar --numeric-owner --xattrs --xattrs-include='*' -C "$tree/rootfs" -cf "$rootfs_tar.partial" .
     mv "$rootfs_tar.partial" "$rootfs_tar"
     rm -rf "$tree"
@@ -67,4 +68,16 @@ echo "== images"
 echo
 echo "== the container is mounted at: $top"
 cat "$top/etc/debian_version" "$top/srv/index.html" "$top/srv/visit.log"
+echo
+# The container stays mounted; the store is reachable with the settings
+# this script used, spelled out so they work from any shell.
+use="$strata --root $STRATA_ROOT --run-root $STRATA_RUN_ROOT"
+cat <<EOT
+== the container stays mounted; to look inside, unmount and remove it:
+  ls $top
+  $use container list
+  $use container unmount demo
+  $use container delete demo
+  $use image delete debian-app
+EOT
 echo "$top"

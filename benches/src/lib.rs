@@ -20,10 +20,10 @@ pub fn debian_rootfs_tar() -> PathBuf {
     let scratch = tempfile::tempdir_in(&dir).expect("scratch directory");
     let root = scratch.path().join("rootfs");
     eprintln!("making a Debian root filesystem with debootstrap (once)...");
+    // No mirror given: debootstrap's own default serves.
     run(Command::new("debootstrap")
         .args(["--variant=minbase", "bookworm"])
-        .arg(&root)
-        .arg("http://deb.debian.org/debian"));
+        .arg(&root));
     let partial = dir.join("debian-bookworm-minbase.tar.partial");
     run(Command::new("tar")
         .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
