@@ -326,6 +326,15 @@ fn a_driver_answering_not_supported_is_passed_over_and_nothing_is_left() {
     let err = fails(setup.strata(&["--config", config.to_str().unwrap(), "status"]));
     assert!(err.contains("no storage driver works here"), "{err}");
     assert!(err.contains("vfs: init vfs: reflink=always"), "{err}");
+    // The drivers that are not installed were looked for: where is said.
+    assert!(
+        err.contains("btrfs: not installed")
+            && err.contains(&format!(
+                "searched for libstrata_driver_<name>.so in: {} (STRATA_DRIVER_PATH)",
+                setup.drivers.display()
+            )),
+        "{err}"
+    );
     assert!(
         !setup.graphroot().exists(),
         "a failed start left {:?}",

@@ -171,12 +171,25 @@ fn choose(config: &Config, dirs: &[SearchDir]) -> Result<SelectedDriver> {
             Err(other) => return Err(other),
         }
     }
+    let mut attempts = passed_over
+        .iter()
+        .map(|p| format!("  {}: {}", p.driver, p.reason))
+        .collect::<Vec<_>>();
+    if passed_over.iter().any(|p| p.reason == "not installed") {
+        // Where "not installed" was looked for, so a binary copied alone
+        // says where its drivers should be.
+        attempts.push(format!(
+            "searched for {}<name>{} in: {}",
+            discovery::LIBRARY_PREFIX,
+            discovery::LIBRARY_SUFFIX,
+            dirs.iter()
+                .map(|d| format!("{} ({})", d.path.display(), d.origin))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     Err(CoreError::NoDriverAvailable {
-        attempts: passed_over
-            .iter()
-            .map(|p| format!("  {}: {}", p.driver, p.reason))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        attempts: attempts.join("\n"),
     })
 }
 
