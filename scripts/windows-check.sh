@@ -96,7 +96,7 @@ echo "$out"
 expect "strata.exe drivers" 'strata_driver_windows.dll' "$out"
 expect "strata.exe drivers" 'ABI: *strata-plugin-abi 1\.' "$out"
 expect "strata.exe drivers" 'not supported: .*computestorage.dll not found.*Windows Containers feature' "$out"
-out=$(run_wine 1 ./strata.exe --root "$root" --run-root "$runroot" status)
+out=$(run_wine 2 ./strata.exe --root "$root" --run-root "$runroot" status)
 echo "$out"
 expect "strata.exe status" 'no storage driver works here' "$out"
 expect "strata.exe status" 'windows: .*computestorage.dll not found' "$out"
@@ -139,7 +139,7 @@ run_wine 0 ./strata.exe container unmount box >/dev/null
 run_wine 0 ./strata.exe container delete box >/dev/null
 out=$(run_wine 0 ./strata.exe check)
 expect "strata.exe check" 'no inconsistencies found' "$out"
-run_wine 0 ./strata.exe image delete latest >/dev/null
-out=$(run_wine 0 ./strata.exe layer list)
+run_wine 0 ./strata.exe image delete --force latest >/dev/null
+out=$(run_wine 0 ./strata.exe layer list -q)
 [ -z "$out" ] || { printf 'layers left after the image was deleted:\n%s\n' "$out" >&2; exit 1; }
 echo "windows-check: the Windows build, its format tests and the programs under Wine passed"

@@ -76,7 +76,7 @@ reset() {
                 S "$root" "$driver" image delete "$image" >/dev/null
             done
             S "$root" "$driver" prune >/dev/null
-            for l in $(S "$root" "$driver" layer list | tac); do
+            for l in $(S "$root" "$driver" layer list -q | tac); do
                 S "$root" "$driver" layer delete "$l" >/dev/null
             done
         done

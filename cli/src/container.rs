@@ -4,11 +4,12 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use serde_json::json;
+use strata_core::containers::ContainerRecord;
 use strata_core::store::Store;
 use strata_core::{Config, CoreError};
 use strata_plugin_abi::{CreateOptions, MountOptions};
 
-use crate::output::{outln, print_json, print_lines, short};
+use crate::output::{outln, print_json, print_lines, short, utc};
 use crate::{Cli, parse_key_value};
 
 #[derive(Subcommand)]
@@ -38,8 +39,14 @@ pub(crate) enum ContainerCommand {
     Unmount { container: String },
     /// Delete the container and its layer
     Delete { container: String },
-    /// List the containers
-    List,
+    /// List the containers: id, image, created, mounts, names
+    List {
+        /// Only the ids, one a line
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// A container's record, its image, its layer and its mounts, as JSON
+    Inspect { container: String },
 }
 
 pub(crate) fn run(
@@ -95,21 +102,60 @@ pub(crate) fn run(
                 print_json(json!(record))?;
             }
         }
-        ContainerCommand::List => {
+        ContainerCommand::List { quiet } => {
             let containers = store.containers.list()?;
-            if cli.json {
-                print_json(json!(containers))?;
+            let mounts = store.layers.mounts()?;
+            let count = |c: &ContainerRecord| mounts.get(c.layer.as_str()).map_or(0, |m| m.count);
+            if *quiet {
+                print_lines(containers.iter().map(|c| c.id.to_string()))?;
+            } else if cli.json {
+                print_json(json!(
+                    containers
+                        .iter()
+                        .map(|c| {
+                            let mut value = json!(c);
+                            value["mounts"] = json!(count(c));
+                            value["mount_path"] =
+                                json!(mounts.get(c.layer.as_str()).map(|m| m.path.clone()));
+                            value
+                        })
+                        .collect::<Vec<_>>()
+                ))?;
             } else {
-                let header = format!("{:<12}  {:<12}  NAMES", "ID", "IMAGE");
+                let header = format!(
+                    "{:<12}  {:<12}  {:<20}  {:>6}  NAMES",
+                    "ID", "IMAGE", "CREATED", "MOUNTS"
+                );
                 print_lines(std::iter::once(header).chain(containers.iter().map(|c| {
                     format!(
-                        "{:<12}  {:<12}  {}",
+                        "{:<12}  {:<12}  {:<20}  {:>6}  {}",
                         short(&c.id),
                         short(&c.image),
+                        utc(c.created),
+                        count(c),
                         c.names.join(", ")
                     )
                 })))?;
             }
+        }
+        ContainerCommand::Inspect { container } => {
+            let record = store.container(container)?;
+            let layer = store.layers.get(&record.layer)?;
+            let mounts = store.layers.mounts()?;
+            let mount = mounts.get(record.layer.as_str());
+            let image_names = store
+                .images
+                .get(&record.image)?
+                .map(|i| i.names)
+                .unwrap_or_default();
+            let mut value = json!(record);
+            value["image_names"] = json!(image_names);
+            value["layer_parent"] = json!(layer.as_ref().and_then(|l| l.parent.clone()));
+            value["mount_label"] = json!(layer.as_ref().and_then(|l| l.mount_label.clone()));
+            value["mounts"] = json!(mount.map_or(0, |m| m.count));
+            value["mount_path"] = json!(mount.map(|m| m.path.clone()));
+            value["mount_options"] = json!(mount.and_then(|m| m.options.clone()));
+            print_json(value)?;
         }
     }
     Ok(ExitCode::SUCCESS)

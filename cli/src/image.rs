@@ -4,12 +4,13 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use serde_json::json;
+use strata_core::images::ImageRecord;
 use strata_core::oci::{ImageLocation, ImportProgress, NoProgress};
 use strata_core::store::{ImageRemoval, Store};
 use strata_core::{Config, CoreError};
 
 use crate::Cli;
-use crate::output::{diff_json, outln, print_json, print_lines, short};
+use crate::output::{diff_json, human_size, outln, print_json, print_lines, short, utc};
 use crate::progress::ProgressBars;
 
 #[derive(Subcommand)]
@@ -32,6 +33,9 @@ pub(crate) enum ImageCommand {
     List,
     /// An image's record, layers, relations, manifest and config
     Inspect { image: String },
+    /// How the image was built, newest first: each step's layer, when, its
+    /// size and the command that made it (from the image's config)
+    History { image: String },
     /// Delete an image and the layers nothing else uses; named by one of
     /// several names, only that name goes (as podman's rmi)
     Delete {
@@ -133,6 +137,27 @@ pub(crate) fn run(
                     .collect::<Vec<_>>()
             ))?;
         }
+        ImageCommand::History { image } => {
+            let record = store.image(image)?;
+            let steps = history(&store, &record)?;
+            if cli.json {
+                print_json(json!(steps))?;
+            } else {
+                let header = format!(
+                    "{:<12}  {:<20}  {:>9}  CREATED BY",
+                    "LAYER", "CREATED", "SIZE"
+                );
+                print_lines(std::iter::once(header).chain(steps.iter().map(|step| {
+                    format!(
+                        "{:<12}  {:<20}  {:>9}  {}",
+                        step["layer"].as_str().map_or("-", short),
+                        step["created"].as_str().unwrap_or("-"),
+                        step["size"].as_u64().map_or("-".into(), human_size),
+                        crate::output::one_line(step["created_by"].as_str().unwrap_or(""), 80)
+                    )
+                })))?;
+            }
+        }
         ImageCommand::Inspect { image } => {
             let record = store.image(image)?;
             let (parent, children) = store.image_relations(&record.id)?;
@@ -194,4 +219,51 @@ pub(crate) fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The image's build steps, newest first: its config's history entries, each
+/// non-empty one paired with the next layer up from the bottom; without a
+/// history, one step a layer.
+fn history(store: &Store, image: &ImageRecord) -> Result<Vec<serde_json::Value>, CoreError> {
+    let layers = store.image_layers(image)?;
+    let config: Option<serde_json::Value> = store
+        .images
+        .big_data(&image.id, strata_core::images::CONFIG_KEY)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let entries: Vec<serde_json::Value> = config
+        .as_ref()
+        .and_then(|c| c["history"].as_array().cloned())
+        .unwrap_or_default();
+    let layer_step = |layer: &strata_core::layers::LayerRecord,
+                      entry: Option<&serde_json::Value>| {
+        json!({
+            "layer": layer.id,
+            "created": entry
+                .and_then(|e| e["created"].as_str().map(str::to_string))
+                .unwrap_or_else(|| utc(layer.created)),
+            "size": layer.diff.as_ref().map(|d| d.size),
+            "created_by": entry.and_then(|e| e["created_by"].as_str()),
+            "comment": entry.and_then(|e| e["comment"].as_str()),
+        })
+    };
+    let mut steps = Vec::new();
+    let mut below = layers.iter();
+    for entry in &entries {
+        if entry["empty_layer"].as_bool() == Some(true) {
+            steps.push(json!({
+                "layer": null,
+                "created": entry["created"],
+                "size": 0,
+                "created_by": entry["created_by"],
+                "comment": entry["comment"],
+            }));
+        } else if let Some(layer) = below.next() {
+            steps.push(layer_step(layer, Some(entry)));
+        }
+    }
+    // Layers the history does not account for (or no history at all).
+    steps.extend(below.map(|layer| layer_step(layer, None)));
+    steps.reverse();
+    Ok(steps)
 }

@@ -10,7 +10,9 @@ use strata_core::store::Store;
 use strata_core::{Config, CoreError, LayerId};
 use strata_plugin_abi::{CreateOptions, MountOptions};
 
-use crate::output::{diff_json, outln, print_json, print_lines};
+use crate::output::{
+    diff_json, human_size, key_values_json, outln, print_json, print_lines, short, utc,
+};
 use crate::{Cli, open_input, parse_key_value};
 
 #[derive(Subcommand)]
@@ -48,8 +50,15 @@ pub(crate) enum LayerCommand {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// List the layers
-    List,
+    /// List the layers: id, parent, names, created, size, mounts
+    List {
+        /// Only the ids, one a line
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// A layer's record, diff, mounts, children and users, as JSON (as
+    /// podman's inspect prints)
+    Inspect { id: String },
     /// Exit 0 if the layer exists, 1 if not
     Exists { id: String },
 }
@@ -213,14 +222,57 @@ pub(crate) fn run(
             let id = store.resolve(id)?;
             full.delete_layer(&id)?
         }
-        LayerCommand::List => {
-            let mut ids = driver.list()?;
-            ids.sort();
-            if cli.json {
-                print_json(json!(ids))?;
+        LayerCommand::List { quiet } => {
+            let mut rows = layer_rows(&full)?;
+            rows.sort_by(|a, b| a.id.cmp(&b.id));
+            if *quiet {
+                print_lines(rows.into_iter().map(|r| r.id))?;
+            } else if cli.json {
+                print_json(json!(rows.iter().map(LayerRow::json).collect::<Vec<_>>()))?;
             } else {
-                print_lines(ids)?;
+                let header = format!(
+                    "{:<12}  {:<12}  {:<20}  {:>9}  {:>6}  NAMES",
+                    "ID", "PARENT", "CREATED", "SIZE", "MOUNTS"
+                );
+                print_lines(std::iter::once(header).chain(rows.iter().map(|r| {
+                    format!(
+                        "{:<12}  {:<12}  {:<20}  {:>9}  {:>6}  {}",
+                        short(&r.id),
+                        r.record
+                            .as_ref()
+                            .and_then(|l| l.parent.as_deref())
+                            .map_or("-", short),
+                        r.record.as_ref().map_or("-".into(), |l| utc(l.created)),
+                        r.record
+                            .as_ref()
+                            .and_then(|l| l.diff.as_ref())
+                            .map_or("-".into(), |d| human_size(d.size)),
+                        r.mounts.as_ref().map_or(0, |m| m.count),
+                        r.record
+                            .as_ref()
+                            .map_or(String::new(), |l| l.names.join(", "))
+                    )
+                })))?;
             }
+        }
+        LayerCommand::Inspect { id } => {
+            let id = store.resolve(id)?;
+            let row = layer_rows(&full)?
+                .into_iter()
+                .find(|r| r.id == id.as_str())
+                .ok_or_else(|| CoreError::NotFound(format!("layer {id}: no such layer")))?;
+            let mut value = row.json();
+            let parents = store.parents()?;
+            let mut children: Vec<&str> = parents
+                .iter()
+                .filter(|(_, parent)| parent.as_ref() == Some(&id))
+                .map(|(child, _)| child.as_str())
+                .collect();
+            children.sort();
+            value["children"] = json!(children);
+            value["users"] = json!(full.layer_users(&id)?);
+            value["driver_metadata"] = key_values_json(&driver.metadata(&id)?);
+            print_json(value)?;
         }
         LayerCommand::Exists { id } => {
             let exists = store.resolve(id).is_ok();
@@ -235,4 +287,59 @@ pub(crate) fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One layer as listings show it: its record (none for a layer the driver
+/// has that the records do not) and its mount count.
+struct LayerRow {
+    id: String,
+    record: Option<strata_core::layers::LayerRecord>,
+    mounts: Option<strata_core::mounts::MountRecord>,
+}
+
+impl LayerRow {
+    fn json(&self) -> serde_json::Value {
+        let record = self.record.as_ref();
+        json!({
+            "id": self.id,
+            "parent": record.and_then(|r| r.parent.clone()),
+            "names": record.map(|r| r.names.clone()).unwrap_or_default(),
+            "created": record.map(|r| r.created),
+            "read_only": record.map(|r| r.read_only),
+            "incomplete": record.is_some_and(|r| r.incomplete),
+            "size": record.and_then(|r| r.diff.as_ref()).map(|d| d.size),
+            "diff": record.and_then(|r| r.diff.clone()).map(diff_json),
+            "mount_label": record.and_then(|r| r.mount_label.clone()),
+            "metadata": record.and_then(|r| r.metadata.clone()),
+            "mounts": self.mounts.as_ref().map_or(0, |m| m.count),
+            "mount_path": self.mounts.as_ref().map(|m| m.path.clone()),
+            "recorded": record.is_some(),
+        })
+    }
+}
+
+/// Every layer: the records', and any the driver has that they do not.
+fn layer_rows(store: &Store) -> Result<Vec<LayerRow>, CoreError> {
+    let mut mounts = store.layers.mounts()?;
+    let mut rows: Vec<LayerRow> = store
+        .layers
+        .list()?
+        .into_iter()
+        .map(|record| LayerRow {
+            id: record.id.to_string(),
+            mounts: mounts.remove(record.id.as_str()),
+            record: Some(record),
+        })
+        .collect();
+    let known: std::collections::HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+    for id in store.driver().list()? {
+        if !known.contains(&id) {
+            rows.push(LayerRow {
+                mounts: mounts.remove(&id),
+                id,
+                record: None,
+            });
+        }
+    }
+    Ok(rows)
 }

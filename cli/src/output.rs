@@ -86,6 +86,21 @@ pub(crate) fn diff_json(diff: DiffRecord) -> serde_json::Value {
     })
 }
 
+/// `text` on one line for a table: newlines and tabs as spaces, cut to
+/// `width` characters with an ellipsis.
+pub(crate) fn one_line(text: &str, width: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() > width {
+        let cut: String = flat.chars().take(width.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        flat
+    }
+}
+
 pub(crate) fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
@@ -96,4 +111,41 @@ pub(crate) fn key_values_json(values: &KeyValues) -> serde_json::Value {
         .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
         .collect::<serde_json::Map<_, _>>()
         .into()
+}
+
+/// Seconds since the epoch as UTC, `2026-11-28T20:40:00Z` (what podman and
+/// ctr print, and what sorts as text).
+pub(crate) fn utc(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    // Civil date from days since 1970-01-01 (the proleptic Gregorian
+    // calendar, in 400-year eras).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_898_400), "2026-11-28T20:40:00Z");
+    }
 }

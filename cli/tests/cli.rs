@@ -168,7 +168,7 @@ fn a_stack_of_layers_with_the_chosen_driver() {
     assert_eq!(fs::read(base.join("hello")).unwrap(), b"from base");
     ok(setup.strata(&["layer", "unmount", "top"]));
 
-    assert_eq!(ok(setup.strata(&["layer", "list"])), "base\ntop\n");
+    assert_eq!(ok(setup.strata(&["layer", "list", "-q"])), "base\ntop\n");
     assert_eq!(ok(setup.strata(&["layer", "exists", "top"])), "true\n");
     let missing = setup.strata(&["layer", "exists", "nope"]);
     assert_eq!(missing.status.code(), Some(1), "1 says no");
@@ -207,7 +207,7 @@ fn a_stack_of_layers_with_the_chosen_driver() {
     assert_eq!(status["reason"], "the graph root was made by it");
 
     ok(setup.strata(&["layer", "delete", "top"]));
-    assert_eq!(ok(setup.strata(&["layer", "list"])), "base\n");
+    assert_eq!(ok(setup.strata(&["layer", "list", "-q"])), "base\n");
 }
 
 #[test]
@@ -411,7 +411,7 @@ fn bad_input_is_named_and_creates_nothing() {
     assert!(err.contains("invalid layer id"), "{err}");
     let err = fails(setup.strata(&["layer", "create", "--opt", "colour=red", "c"]));
     assert!(err.contains("'colour'"), "{err}");
-    assert_eq!(ok(setup.strata(&["layer", "list"])), "base\n");
+    assert_eq!(ok(setup.strata(&["layer", "list", "-q"])), "base\n");
 }
 
 #[test]
@@ -423,7 +423,7 @@ fn a_graph_root_is_refused_to_another_driver() {
     assert!(err.contains("'probe'"), "{err}");
     assert!(!setup.graphroot().join("probe").exists());
     // Without a driver named, the graph root's own driver is used.
-    assert_eq!(ok(setup.strata(&["layer", "list"])), "base\n");
+    assert_eq!(ok(setup.strata(&["layer", "list", "-q"])), "base\n");
 }
 
 #[test]
@@ -576,7 +576,7 @@ fn a_refused_tar_leaves_no_layer_behind() {
         err.contains("layer bad") && err.contains("bad layer stream"),
         "{err}"
     );
-    assert_eq!(ok(setup.strata(&["layer", "list"])), "keep\n");
+    assert_eq!(ok(setup.strata(&["layer", "list", "-q"])), "keep\n");
     let layers = setup.graphroot().join("vfs-layers");
     let leftovers: Vec<String> = fs::read_dir(&layers)
         .unwrap()
@@ -668,7 +668,7 @@ fn a_read_only_layer_refuses_apply_naming_the_images_on_it() {
     ok(setup.strata(&["image", "import", &location, "--name", "shared"]));
     let layers: serde_json::Value =
         serde_json::from_str(&ok(setup.strata(&["--json", "layer", "list"]))).unwrap();
-    let id = layers[0].as_str().unwrap().to_string();
+    let id = layers[0]["id"].as_str().unwrap().to_string();
     let change = setup.scratch.path().join("change.tar");
     fs::write(
         &change,
@@ -716,7 +716,7 @@ fn deleting_one_of_several_names_takes_only_that_name_as_podman_does() {
         ok(setup.strata(&["image", "delete", "b"])),
         format!("{id}\n")
     );
-    assert_eq!(ok(setup.strata(&["layer", "list"])), "");
+    assert_eq!(ok(setup.strata(&["layer", "list", "-q"])), "");
     // --force, or the id, deletes it whatever its names.
     ok(setup.strata(&["image", "import", &location, "--name", "c", "--name", "d"]));
     assert_eq!(
@@ -738,6 +738,100 @@ fn deleting_one_of_several_names_takes_only_that_name_as_podman_does() {
     assert!(
         err.contains("skopeo copy docker://example/app:1 oci:DIR:TAG"),
         "{err}"
+    );
+}
+
+#[test]
+fn listings_and_inspect_say_parents_names_times_sizes_and_mounts() {
+    let setup = Setup::new();
+    let layout = setup.scratch.path().join("layout");
+    let base = fixtures::RawTar::new()
+        .file("etc/hostname", b"base\n")
+        .finish();
+    let app = fixtures::RawTar::new()
+        .file("srv/app", b"application\n")
+        .finish();
+    fixtures::layout::write_image(
+        &layout,
+        "v1",
+        &[
+            fixtures::layout::Layer::plain(&base),
+            fixtures::layout::Layer::plain(&app),
+        ],
+        "app",
+    );
+    let image = ok(setup.strata(&["image", "import", &format!("{}:v1", layout.display())]));
+    let image = image.trim();
+    let container = ok(setup.strata(&["container", "create", "v1", "--name", "web"]));
+    let container = container.trim();
+    let path = ok(setup.strata(&["container", "mount", "web"]));
+
+    let listing = ok(setup.strata(&["layer", "list"]));
+    let mut lines = listing.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("ID            PARENT        CREATED"),
+        "{listing}"
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 3, "{listing}");
+    let container_row = rows
+        .iter()
+        .find(|r| r.starts_with(&container[..12]))
+        .unwrap();
+    assert!(
+        container_row.split_whitespace().nth(4) == Some("1"),
+        "the container's layer is mounted once: {listing}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["--json", "layer", "list"]))).unwrap();
+    let top = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == container)
+        .unwrap();
+    assert_eq!(top["mounts"], 1);
+    assert_eq!(top["mount_path"], path.trim());
+    let parent = top["parent"].as_str().unwrap().to_string();
+
+    let inspected: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["layer", "inspect", &parent]))).unwrap();
+    assert_eq!(inspected["children"], serde_json::json!([container]));
+    assert_eq!(inspected["size"], 12, "{inspected}");
+    assert!(
+        inspected["users"].to_string().contains("image"),
+        "{inspected}"
+    );
+
+    let containers = ok(setup.strata(&["container", "list"]));
+    assert!(
+        containers.lines().next().unwrap().contains("MOUNTS"),
+        "{containers}"
+    );
+    assert!(containers.contains(" 1  web"), "{containers}");
+    let about: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["container", "inspect", "web"]))).unwrap();
+    assert_eq!(about["mounts"], 1);
+    assert_eq!(about["image_names"], serde_json::json!(["v1"]));
+    assert_eq!(about["layer_parent"], parent.as_str());
+
+    let history = ok(setup.strata(&["image", "history", image]));
+    let steps: Vec<&str> = history.lines().skip(1).collect();
+    assert_eq!(steps.len(), 2, "{history}");
+    assert!(
+        steps[0].starts_with(&parent[..12]),
+        "newest first: {history}"
+    );
+    ok(setup.strata(&["container", "unmount", "web"]));
+    let about: serde_json::Value =
+        serde_json::from_str(&ok(setup.strata(&["container", "inspect", "web"]))).unwrap();
+    assert_eq!(about["mounts"], 0);
+    assert_eq!(
+        ok(setup.strata(&["container", "list", "-q"])),
+        format!("{container}\n")
     );
 }
 

@@ -104,11 +104,11 @@ fn many_processes(driver: &'static str, processes: usize, rounds: usize) {
         failures.join("\n")
     );
     assert_eq!(
-        store.ok(&["layer", "list"]).lines().count(),
+        store.ok(&["layer", "list", "-q"]).lines().count(),
         1,
         "only the base is left"
     );
-    assert!(store.ok(&["layer", "list"]).contains("base"));
+    assert!(store.ok(&["layer", "list", "-q"]).contains("base"));
     // Every mount was released by the last holder, whichever process it was.
     let mounted = strata_driver_kit::mounts::mounted_beneath(&store.graph()).unwrap();
     assert!(mounted.is_empty(), "still mounted: {mounted:?}");

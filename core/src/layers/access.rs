@@ -47,6 +47,12 @@ impl LayerStore<'_> {
     pub fn mount_count(&self, id: &LayerId) -> Result<u32> {
         self.counts.count(id)
     }
+
+    /// Every mounted layer's count record, by layer id (one read of the
+    /// counts for a whole listing).
+    pub fn mounts(&self) -> Result<std::collections::BTreeMap<String, crate::mounts::MountRecord>> {
+        Ok(self.counts.all()?.into_iter().collect())
+    }
 }
 
 /// Mounts through the shared counts, so a layer someone else has mounted is
