@@ -386,8 +386,12 @@ fn bad_input_is_named_and_creates_nothing() {
         "list",
     ]));
     assert!(
-        err.contains("unknown vfs driver option 'reflinks'"),
-        "{err}"
+        err.contains("unknown vfs driver option 'reflinks'")
+            && err.contains(&format!(
+                "configuration {}: [storage.options.vfs]",
+                config.display()
+            )),
+        "the refused key, the file and the table it came from: {err}"
     );
     assert!(
         !setup.graphroot().exists(),

@@ -242,6 +242,17 @@ fn start(config: &Config, library: &PluginLibrary) -> Result<LoadedDriver> {
                     tracing::warn!(path = %dir.display(), error = %cleanup, "could not remove a directory made for a driver that did not start");
                 }
             }
+            // An option the driver refuses came from the configuration
+            // file: the message names the file and the table.
+            if let (Some(source), Some(error)) = (&config.source, e.driver_error())
+                && error.kind() == ErrorKind::InvalidInput
+                && !args.options.is_empty()
+            {
+                return Err(CoreError::Config {
+                    path: source.clone(),
+                    message: format!("[storage.options.{}]: {error}", library.name()),
+                });
+            }
             Err(e.into())
         }
     }
