@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod container;
+mod generate;
 mod image;
 mod layer;
 mod output;
@@ -123,6 +124,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<ExitCode, CoreError> {
+    // What needs no store (nor a configuration that loads).
+    match &cli.command {
+        Command::System(SystemCommand::Completions { shell }) => {
+            generate::completions(*shell)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::System(SystemCommand::Man { dir }) => {
+            generate::man_pages(dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let config = Config::load(&Overrides {
         config: cli.config.clone(),
         driver: cli.driver.clone(),
@@ -138,5 +151,8 @@ fn run(cli: &Cli) -> Result<ExitCode, CoreError> {
         Command::Check { repair } => system::check(cli, &config, *repair),
         Command::Prune { dry_run } => system::prune(cli, &config, *dry_run),
         Command::System(SystemCommand::Df) => system::disk_usage(cli, &config),
+        Command::System(SystemCommand::Completions { .. } | SystemCommand::Man { .. }) => {
+            unreachable!("answered above, without a store")
+        }
     }
 }

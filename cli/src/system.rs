@@ -15,6 +15,11 @@ use crate::output::{human_size, key_values_json, outln, print_json};
 pub(crate) enum SystemCommand {
     /// Space used by images, containers and layers, and what is reclaimable
     Df,
+    /// Print the completion script for a shell (bash, zsh, fish, elvish,
+    /// powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (strata.1 and one per subcommand) into DIR
+    Man { dir: std::path::PathBuf },
 }
 
 pub(crate) fn check(cli: &Cli, config: &Config, repair: bool) -> Result<ExitCode, CoreError> {
