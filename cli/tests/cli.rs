@@ -840,6 +840,37 @@ fn listings_and_inspect_say_parents_names_times_sizes_and_mounts() {
 }
 
 #[test]
+fn a_podman_storage_conf_is_read_for_what_means_the_same() {
+    let setup = Setup::new();
+    let config = setup.scratch.path().join("storage.conf");
+    fs::write(
+        &config,
+        "[storage]\ndriver = \"vfs\"\nrunroot = \"/run/containers/storage\"\n\
+         graphroot = \"/var/lib/containers/storage\"\n\
+         [storage.options]\nadditionalimagestores = [\n]\n\
+         pull_options = {enable_partial_images = \"false\"}\n\
+         [storage.options.overlay]\nmountopt = \"nodev\"\n[storage.options.thinpool]\n",
+    )
+    .unwrap();
+    // The graph and run roots are the test's (flags beat the file).
+    let out = setup.strata(&["--config", config.to_str().unwrap(), "--json", "status"]);
+    let status: serde_json::Value = serde_json::from_str(&ok(out.clone())).unwrap();
+    assert_eq!(status["driver"], "vfs");
+    let log = stderr(&out);
+    assert!(
+        log.contains("containers/storage")
+            && log.contains("storage.options.additionalimagestores")
+            && log.contains("storage.options.thinpool"),
+        "each ignored setting is named: {log}"
+    );
+    // Not strata's format nor containers/storage's: the message says where
+    // strata's is described.
+    fs::write(&config, "[storage]\ndriver = [\"vfs\"]\n").unwrap();
+    let err = fails(setup.strata(&["--config", config.to_str().unwrap(), "status"]));
+    assert!(err.contains("storage.toml.example"), "{err}");
+}
+
+#[test]
 fn a_layer_being_made_by_another_process_is_not_deleted_under_it() {
     use std::io::Write;
     let setup = Setup::new();

@@ -239,10 +239,92 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         path: path.to_path_buf(),
         message: format!("cannot read it: {e}"),
     })?;
-    toml::from_str(&text).map_err(|e| CoreError::Config {
-        path: path.to_path_buf(),
-        message: e.to_string().trim_end().to_string(),
-    })
+    match toml::from_str(&text) {
+        Ok(file) => Ok(file),
+        Err(strict) => {
+            if let Some(file) = from_containers_storage(path, &text) {
+                return Ok(file);
+            }
+            Err(CoreError::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{}\n(strata's format: [storage] driver, graphroot, runroot, driver_dirs, \
+                     and [storage.options.<driver>] tables; see storage.toml.example, installed \
+                     in /etc/strata, or the README's Configuration)",
+                    strict.to_string().trim_end()
+                ),
+            })
+        }
+    }
+}
+
+/// Reads a containers/storage `storage.conf` (podman's, CRI-O's): the
+/// settings that mean the same in strata (driver, graphroot, runroot, and
+/// the overlay driver's `mountopt`) are taken, and every other one is named
+/// in a warning as ignored. `None` if `text` is not such a file.
+fn from_containers_storage(path: &Path, text: &str) -> Option<FileConfig> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let storage = table.get("storage")?.as_table()?;
+    let options = storage.get("options").and_then(toml::Value::as_table);
+    // Only containers/storage has these, or values directly under
+    // [storage.options] (strata keeps a table per driver there).
+    let its_own = ["rootless_storage_path", "transient_store", "imagestore"]
+        .iter()
+        .any(|key| storage.contains_key(*key))
+        || options.is_some_and(|o| o.values().any(|v| !v.is_table()));
+    if !its_own {
+        return None;
+    }
+    let text_of = |key: &str| {
+        storage
+            .get(key)
+            .and_then(toml::Value::as_str)
+            .map(str::to_string)
+    };
+    let mut ignored: Vec<String> = table
+        .keys()
+        .filter(|k| *k != "storage")
+        .map(|k| format!("[{k}]"))
+        .collect();
+    ignored.extend(
+        storage
+            .keys()
+            .filter(|k| !["driver", "graphroot", "runroot", "options"].contains(&k.as_str()))
+            .map(|k| format!("storage.{k}")),
+    );
+    let mut file = FileConfig::default();
+    file.storage.driver = text_of("driver");
+    file.storage.graphroot = text_of("graphroot").map(PathBuf::from);
+    file.storage.runroot = text_of("runroot").map(PathBuf::from);
+    for (key, value) in options.into_iter().flatten() {
+        match (key.as_str(), value.as_table()) {
+            ("overlay", Some(overlay)) => {
+                for (option, value) in overlay {
+                    match (option.as_str(), value.as_str()) {
+                        ("mountopt", Some(mountopt)) => {
+                            file.storage
+                                .options
+                                .entry("overlay".into())
+                                .or_default()
+                                .insert(
+                                    "mountopt".into(),
+                                    toml::Value::String(mountopt.to_string()),
+                                );
+                        }
+                        _ => ignored.push(format!("storage.options.overlay.{option}")),
+                    }
+                }
+            }
+            _ => ignored.push(format!("storage.options.{key}")),
+        }
+    }
+    tracing::warn!(
+        file = %path.display(),
+        "read as containers/storage's storage.conf: driver, graphroot, runroot and the overlay \
+         mountopt are taken; ignored: {}",
+        if ignored.is_empty() { "nothing".to_string() } else { ignored.join(", ") }
+    );
+    Some(file)
 }
 
 #[cfg(test)]
@@ -334,6 +416,38 @@ mod tests {
         assert_eq!(from_flags.driver.as_deref(), Some("btrfs"));
         assert_eq!(from_flags.graphroot, abs("flag/root"));
         assert_eq!(from_flags.runroot, abs("flag/run"));
+    }
+
+    #[test]
+    fn a_podman_storage_conf_gives_what_means_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_config(
+            dir.path(),
+            "[storage]\ndriver = \"overlay\"\nrunroot = \"/run/containers/storage\"\n\
+             graphroot = \"/var/lib/containers/storage\"\n\
+             rootless_storage_path = \"$HOME/.local/share/containers/storage\"\n\
+             [storage.options]\nadditionalimagestores = [\n]\n\
+             pull_options = {enable_partial_images = \"false\"}\n\
+             [storage.options.overlay]\nmountopt = \"nodev\"\nmount_program = \"/usr/bin/fuse-overlayfs\"\n\
+             [storage.options.thinpool]\n",
+        );
+        let config = Config::load_with(
+            &Overrides {
+                config: Some(file),
+                ..Default::default()
+            },
+            &FakeEnv(HashMap::new()),
+        )
+        .unwrap();
+        assert_eq!(config.driver.as_deref(), Some("overlay"));
+        assert_eq!(
+            config.graphroot,
+            PathBuf::from("/var/lib/containers/storage")
+        );
+        assert_eq!(config.runroot, PathBuf::from("/run/containers/storage"));
+        assert_eq!(config.options_for("overlay").get("mountopt"), Some("nodev"));
+        assert_eq!(config.options_for("overlay").get("mount_program"), None);
+        assert!(config.options_for("thinpool").is_empty());
     }
 
     #[test]
