@@ -709,7 +709,27 @@ fn deleting_one_of_several_names_takes_only_that_name_as_podman_does() {
         "app",
     );
     let location = format!("oci:{}:v1", layout.display());
-    let id = ok(setup.strata(&["image", "import", &location, "--name", "a", "--name", "b"]));
+    let imported = setup.strata(&[
+        "--log-level",
+        "debug",
+        "image",
+        "import",
+        &location,
+        "--name",
+        "a",
+        "--name",
+        "b",
+    ]);
+    // The store's steps, at debug, each with its layer.
+    let log = stderr(&imported);
+    assert!(
+        log.contains("diff digests checked against what was declared")
+            && log.contains("layer made")
+            && log.contains("image layer made")
+            && log.contains("layer="),
+        "{log}"
+    );
+    let id = ok(imported);
     let id = id.trim();
     assert_eq!(ok(setup.strata(&["image", "delete", "a"])), "untagged: a\n");
     let left: serde_json::Value =

@@ -203,9 +203,11 @@ impl MountCounts {
         let record = records.mounts.get_mut(&id).expect("found above");
         if record.count > 1 {
             record.count -= 1;
+            tracing::debug!(layer = %id, count = record.count, "mount released; still in use");
         } else {
             unmount(&id)?;
             records.mounts.remove(&id);
+            tracing::debug!(layer = %id, "unmounted: the last user let go");
         }
         self.save(&records)?;
         Ok(Some(id))

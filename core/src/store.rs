@@ -37,6 +37,23 @@ use crate::layers::{
 };
 use crate::sessions::Sessions;
 
+/// Takes a lock with `take`, logging a wait (another process holds it) at
+/// debug with how long it was, and every take at trace.
+fn logged_wait<T>(lock: &str, take: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    let started = std::time::Instant::now();
+    tracing::trace!(lock, "taking a lock");
+    let taken = take();
+    let waited = started.elapsed();
+    if waited >= std::time::Duration::from_millis(10) {
+        tracing::debug!(
+            lock,
+            waited_ms = waited.as_millis() as u64,
+            "lock taken after waiting"
+        );
+    }
+    taken
+}
+
 /// What [`Store::remove_image`] did.
 #[derive(Debug)]
 pub enum ImageRemoval {
@@ -196,7 +213,11 @@ impl Store {
             }
         }
         for session in dead_files {
+            tracing::debug!(session = %session.name, "a dead process's session retired");
             session.retire();
+        }
+        if !removed.is_empty() {
+            tracing::info!(layers = ?removed, "removed the layers of imports whose process died");
         }
         Ok(removed)
     }
@@ -251,7 +272,7 @@ impl Store {
     /// those wait for every hold, this one included.
     pub fn hold_layers(&self) -> Result<LayersInUse> {
         let path = self.in_use_path();
-        FileLock::shared(&path)
+        logged_wait("layers-in-use (shared)", || FileLock::shared(&path))
             .map(LayersInUse)
             .map_err(|e| CoreError::io("lock", path, e))
     }
@@ -259,7 +280,7 @@ impl Store {
     /// Held while deleting layers: waits until nobody builds on any.
     pub(crate) fn hold_layers_exclusively(&self) -> Result<LayersInUse> {
         let path = self.in_use_path();
-        FileLock::exclusive(&path)
+        logged_wait("layers-in-use (exclusive)", || FileLock::exclusive(&path))
             .map(LayersInUse)
             .map_err(|e| CoreError::io("lock", path, e))
     }

@@ -225,6 +225,12 @@ impl LayerStore<'_> {
                             self.apply_into(id, parent, diff, verified, new.options.read_write)?;
                         if let Some(expect) = &new.expect {
                             expect.check(id, &applied)?;
+                            tracing::debug!(
+                                layer = id,
+                                digest = %applied.compressed_digest,
+                                diff_id = %applied.uncompressed_digest,
+                                "diff digests checked against what was declared"
+                            );
                         }
                         Ok(Some(applied))
                     }
@@ -257,7 +263,16 @@ impl LayerStore<'_> {
             })
         });
         match finished {
-            Ok(record) => Ok(record),
+            Ok(record) => {
+                tracing::debug!(
+                    layer = id,
+                    parent = ?parent,
+                    read_only = record.read_only,
+                    size = record.diff.as_ref().map(|d| d.size),
+                    "layer made"
+                );
+                Ok(record)
+            }
             Err(err) => {
                 self.undo_making(id, driver_made);
                 Err(err)

@@ -182,6 +182,15 @@ pub fn import_image(
         });
         match made {
             Ok((record, was_made)) => {
+                tracing::debug!(
+                    layer = %record.id,
+                    blob = %blob_digest,
+                    index = index + 1,
+                    of = count,
+                    reused = !was_made,
+                    "image layer {}",
+                    if was_made { "made" } else { "already in the store, reused" }
+                );
                 progress.layer_finished(index, !was_made);
                 if was_made {
                     created.push(record.id.clone());
