@@ -90,7 +90,7 @@ fn planted_faults_fail_the_checks_they_should() {
         (
             "lose-xattrs",
             "content/snapshot-keeps-every-file-kind",
-            "xattrs",
+            "xattr user.strata.note: \"hello\" != (none)",
         ),
         (
             "leave-directory",

@@ -221,6 +221,79 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Bytes as text for a message: printable ASCII as it is, the rest
+/// escaped, cut after 64 bytes.
+fn shown_bytes(bytes: &[u8]) -> String {
+    let mut text: String = bytes
+        .iter()
+        .take(64)
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect();
+    if bytes.len() > 64 {
+        text.push_str(&format!("... ({} bytes)", bytes.len()));
+    }
+    format!("\"{text}\"")
+}
+
+/// The fields in which two entries differ, in words: `mode 100644 != 100600`,
+/// `xattr user.note: "a" != (none)`.
+fn what_differs(a: &EntryFacts, b: &EntryFacts) -> String {
+    let mut out = Vec::new();
+    let mut field = |name: &str, x: String, y: String| {
+        if x != y {
+            out.push(format!("{name} {x} != {y}"));
+        }
+    };
+    field("mode", format!("{:o}", a.mode), format!("{:o}", b.mode));
+    field(
+        "owner",
+        format!("{}:{}", a.uid, a.gid),
+        format!("{}:{}", b.uid, b.gid),
+    );
+    field("rdev", a.rdev.to_string(), b.rdev.to_string());
+    field("size", a.size.to_string(), b.size.to_string());
+    field("links", a.nlink.to_string(), b.nlink.to_string());
+    field(
+        "mtime",
+        format!("{}.{:09}", a.mtime.0, a.mtime.1),
+        format!("{}.{:09}", b.mtime.0, b.mtime.1),
+    );
+    field(
+        "atime",
+        format!("{}.{:09}", a.atime.0, a.atime.1),
+        format!("{}.{:09}", b.atime.0, b.atime.1),
+    );
+    field(
+        "symlink target",
+        format!("{:?}", a.link_target),
+        format!("{:?}", b.link_target),
+    );
+    field(
+        "content",
+        format!("{:?}", a.content_digest),
+        format!("{:?}", b.content_digest),
+    );
+    let names: std::collections::BTreeSet<&Vec<u8>> =
+        a.xattrs.keys().chain(b.xattrs.keys()).collect();
+    for name in names {
+        let (x, y) = (a.xattrs.get(name), b.xattrs.get(name));
+        if x != y {
+            out.push(format!(
+                "xattr {}: {} != {}",
+                String::from_utf8_lossy(name),
+                x.map_or("(none)".into(), |v| shown_bytes(v)),
+                y.map_or("(none)".into(), |v| shown_bytes(v))
+            ));
+        }
+    }
+    if out.is_empty() {
+        "differs".into()
+    } else {
+        out.join("; ")
+    }
+}
+
 /// Everything about one entry that a faithful copy must keep.
 #[derive(Debug, PartialEq, Eq)]
 struct EntryFacts {
@@ -334,7 +407,7 @@ pub fn compare_trees_with(a: &Path, b: &Path, compare: Compare) -> Vec<String> {
         }
         fa.allocated_at_most = fb.allocated_at_most;
         if fa != fb {
-            diffs.push(format!("{}: {:?}\n   != {:?}", rel.display(), fa, fb));
+            diffs.push(format!("{}: {}", rel.display(), what_differs(&fa, &fb)));
         }
         a_inodes.entry(ia).or_default().push(rel.clone());
         b_inodes.entry(ib).or_default().push(rel);
