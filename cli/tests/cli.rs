@@ -891,6 +891,37 @@ fn a_podman_storage_conf_is_read_for_what_means_the_same() {
 }
 
 #[test]
+fn a_second_mount_with_other_options_is_refused_saying_which_the_mount_has() {
+    let setup = Setup::new();
+    fs::copy(
+        build_plugin("strata-driver-overlay"),
+        setup.drivers.join("libstrata_driver_overlay.so"),
+    )
+    .unwrap();
+    let overlay = |args: &[&str]| {
+        let mut all = vec!["--driver", "overlay"];
+        all.extend_from_slice(args);
+        setup.strata(&all)
+    };
+    ok(overlay(&["layer", "create", "img", "--read-only"]));
+    let path = ok(overlay(&["layer", "mount", "img", "-o", "ro"]));
+    let refused = overlay(&["layer", "mount", "img"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = stderr(&refused);
+    assert!(
+        err.contains("mounted already, with options [ro]") && err.contains("1 mount(s) held"),
+        "{err}"
+    );
+    // The same options share the mount.
+    assert_eq!(ok(overlay(&["layer", "mount", "img", "-o", "ro"])), path);
+    ok(overlay(&["layer", "unmount", "img"]));
+    ok(overlay(&["layer", "unmount", "img"]));
+    // Unmounted everywhere, it mounts with other options again.
+    ok(overlay(&["layer", "mount", "img"]));
+    ok(overlay(&["layer", "unmount", "img"]));
+}
+
+#[test]
 fn a_layer_being_made_by_another_process_is_not_deleted_under_it() {
     use std::io::Write;
     let setup = Setup::new();
