@@ -922,6 +922,116 @@ fn a_second_mount_with_other_options_is_refused_saying_which_the_mount_has() {
 }
 
 #[test]
+fn oci_archives_skopeo_writes_import_as_their_layout_does_and_export_reads_back() {
+    let setup = Setup::new();
+    let layout = setup.scratch.path().join("layout");
+    let base = fixtures::RawTar::new()
+        .file("etc/hostname", b"base\n")
+        .finish();
+    let app = fixtures::RawTar::new()
+        .file("srv/app", b"application\n")
+        .finish();
+    fixtures::layout::write_image(
+        &layout,
+        "v1",
+        &[
+            fixtures::layout::Layer::gzip(&base),
+            fixtures::layout::Layer::plain(&app),
+        ],
+        "app",
+    );
+    let archive = setup.scratch.path().join("image.tar");
+    let skopeo = |args: &[&str]| {
+        let out = Command::new("skopeo")
+            .args(args)
+            .output()
+            .expect("skopeo (a Debian package: scripts/install-deps.sh installs it)");
+        assert!(out.status.success(), "skopeo {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    skopeo(&[
+        "copy",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("oci-archive:{}:v1", archive.display()),
+    ]);
+    let from_archive = ok(setup.strata(&[
+        "image",
+        "import",
+        &format!("oci-archive:{}:v1", archive.display()),
+        "--name",
+        "a",
+    ]));
+    let from_layout = ok(setup.strata(&[
+        "image",
+        "import",
+        &format!("oci:{}:v1", layout.display()),
+        "--name",
+        "l",
+    ]));
+    assert_eq!(from_archive, from_layout, "the same image id either way");
+
+    let out = setup.scratch.path().join("out.tar");
+    ok(setup.strata(&[
+        "image",
+        "export",
+        "a",
+        &format!("oci-archive:{}:copy", out.display()),
+    ]));
+    let inspected: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        &format!("oci-archive:{}:copy", out.display()),
+    ]))
+    .unwrap();
+    assert_eq!(
+        inspected["Layers"].as_array().map(Vec::len),
+        Some(2),
+        "{inspected}"
+    );
+    // No layout or partial file is left beside it.
+    let beside: Vec<_> = fs::read_dir(setup.scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".strata-export-"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+    // Read back by strata itself, into another store: the same id again.
+    let other = Setup::new();
+    let again = ok(other.strata(&[
+        "image",
+        "import",
+        &format!("oci-archive:{}:copy", out.display()),
+    ]));
+    assert_eq!(again, from_archive);
+
+    // What is not an archive says so, naming it.
+    let junk = setup.scratch.path().join("junk.tar");
+    fs::write(&junk, b"not a tar at all, just some bytes that are not one").unwrap();
+    let err = fails(setup.strata(&[
+        "image",
+        "import",
+        &format!("oci-archive:{}", junk.display()),
+    ]));
+    assert!(
+        err.contains("junk.tar") && err.contains("not an OCI"),
+        "{err}"
+    );
+    let fifo = setup.scratch.path().join("fifo.tar");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let err = fails(setup.strata(&[
+        "image",
+        "import",
+        &format!("oci-archive:{}", fifo.display()),
+    ]));
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
 fn a_layer_being_made_by_another_process_is_not_deleted_under_it() {
     use std::io::Write;
     let setup = Setup::new();

@@ -35,6 +35,7 @@ fn import(store: &Store, dir: &Path, tag: &str) -> strata_core::Result<String> {
     let location = ImageLocation {
         dir: dir.to_path_buf(),
         tag: Some(tag.to_string()),
+        archive: false,
     };
     import_image(store, &location, &[], &NoProgress).map(|r| r.image.id.into_string())
 }
@@ -361,6 +362,7 @@ fn compressions_layers_reuse_and_image_delete() {
     let location = |tag: &str| ImageLocation {
         dir: layout.clone(),
         tag: Some(tag.to_string()),
+        archive: false,
     };
     let plain = import_image(&store, &location("plain"), &[], &NoProgress).unwrap();
     assert_eq!(plain.created_layers.len(), 1);

@@ -219,6 +219,7 @@ fn round_trip_on(driver: &str, backing: Backing) {
     let location = |tag: &str| ImageLocation {
         dir: layout.clone(),
         tag: Some(tag.to_string()),
+        archive: false,
     };
     let base = import_image(&store, &location("base"), &[], &NoProgress).unwrap();
     let child = import_image(&store, &location("child"), &[], &NoProgress).unwrap();
@@ -257,6 +258,7 @@ fn round_trip_on(driver: &str, backing: Backing) {
         &ImageLocation {
             dir: out.clone(),
             tag: Some("v1".into()),
+            archive: false,
         },
     )
     .unwrap();

@@ -65,6 +65,9 @@ pub fn export_image(
     reference: &str,
     location: &ImageLocation,
 ) -> Result<ExportReport> {
+    if location.archive {
+        return export_archive(store, reference, location);
+    }
     let image = store.image(reference)?;
     let layers = store.image_layers(&image)?;
     let dir = &location.dir;
@@ -312,4 +315,64 @@ fn write_layer(store: &Store, layer: &LayerRecord, blobs: &Path) -> Result<Expor
         diff_id,
         original,
     })
+}
+
+/// Writes the image as an OCI archive (`oci-archive:FILE`, a tar of a
+/// layout holding this image alone, as skopeo and podman write one): the
+/// layout is written beside FILE, then tarred into a temporary file that
+/// is renamed over FILE, so FILE is the old archive or the whole new one,
+/// never a part. The layout beside it goes with it, whatever happens.
+fn export_archive(
+    store: &Store,
+    reference: &str,
+    location: &ImageLocation,
+) -> Result<ExportReport> {
+    let target = &location.dir;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let staged = tempfile::Builder::new()
+        .prefix(".strata-export-")
+        .tempdir_in(&parent)
+        .map_err(|e| CoreError::io("make a directory in", &parent, e))?;
+    let report = export_image(
+        store,
+        reference,
+        &ImageLocation {
+            dir: staged.path().to_path_buf(),
+            tag: location.tag.clone(),
+            archive: false,
+        },
+    )?;
+    let partial = tempfile::Builder::new()
+        .prefix(".strata-export-")
+        .suffix(".tar")
+        .tempfile_in(&parent)
+        .map_err(|e| CoreError::io("make a file in", &parent, e))?;
+    let write = |out: &fs::File| -> io::Result<()> {
+        let mut tar = tar::Builder::new(BufWriter::new(out));
+        tar.mode(tar::HeaderMode::Deterministic);
+        // The marker and index first, then the blobs in digest order: what
+        // a reader streaming the archive wants first comes first.
+        tar.append_path_with_name(staged.path().join("oci-layout"), "oci-layout")?;
+        tar.append_path_with_name(staged.path().join("index.json"), "index.json")?;
+        tar.append_dir("blobs", staged.path().join("blobs"))?;
+        tar.append_dir("blobs/sha256", staged.path().join("blobs/sha256"))?;
+        let mut blobs: Vec<_> = fs::read_dir(staged.path().join("blobs/sha256"))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
+        blobs.sort();
+        for blob in blobs {
+            let name = Path::new("blobs/sha256").join(&blob);
+            tar.append_path_with_name(staged.path().join(&name), &name)?;
+        }
+        tar.into_inner()?.flush()?;
+        out.sync_all()
+    };
+    write(partial.as_file()).map_err(|e| CoreError::io("write", partial.path(), e))?;
+    partial
+        .persist(target)
+        .map_err(|e| CoreError::io("write", target, e.error))?;
+    Ok(report)
 }

@@ -290,6 +290,120 @@ impl LayoutDir {
     }
 }
 
+/// Where a layout's files are: its directory, or the tar of an
+/// `oci-archive:` (read in place, never unpacked).
+pub enum LayoutRoot {
+    /// A layout directory.
+    Dir(LayoutDir),
+    /// An OCI archive.
+    Archive(ArchiveLayout),
+}
+
+impl LayoutRoot {
+    /// Opens the regular file `rel` (a path inside the layout) for reading,
+    /// no further than its size, and returns it with its size.
+    pub fn open_regular(&self, rel: &str) -> Result<(Box<dyn Read + Send>, u64), Refusal> {
+        match self {
+            LayoutRoot::Dir(dir) => dir
+                .open_regular(rel)
+                .map(|(file, size)| (Box::new(file) as Box<dyn Read + Send>, size)),
+            LayoutRoot::Archive(archive) => archive.open_regular(rel),
+        }
+    }
+}
+
+/// The most members an OCI archive may have: its index is kept in memory
+/// (about a hundred bytes a member), so a hostile archive of millions of
+/// tiny members is refused rather than held.
+pub const MAX_ARCHIVE_MEMBERS: usize = 200_000;
+
+/// What an archive member is.
+enum ArchiveMember {
+    /// A regular file's data: where it starts in the archive, and its size.
+    File { offset: u64, size: u64 },
+    /// Anything else (a link, a device): what it is.
+    Other(&'static str),
+}
+
+/// An OCI archive (`oci-archive:`, a tar of a layout, as skopeo, podman and
+/// buildah write one), read in place: one pass over its headers seeks past
+/// every member's data and notes where each file's data is; a blob is then
+/// read straight from there. Nothing is unpacked, and no data is read
+/// twice.
+pub struct ArchiveLayout {
+    path: std::path::PathBuf,
+    members: std::collections::HashMap<String, ArchiveMember>,
+}
+
+impl ArchiveLayout {
+    /// Indexes the archive at `path` (a regular file: a FIFO or device is
+    /// refused before it is opened, as in a layout).
+    pub fn open(path: &Path) -> io::Result<ArchiveLayout> {
+        let meta = fs::metadata(path)?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (an OCI archive is a tar file)",
+            ));
+        }
+        let mut archive = tar::Archive::new(fs::File::open(path)?);
+        let mut members = std::collections::HashMap::new();
+        let not_a_tar = |e: io::Error| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a tar archive (an OCI archive is an uncompressed tar): {e}"),
+            )
+        };
+        for entry in archive.entries_with_seek().map_err(not_a_tar)? {
+            let entry = entry.map_err(not_a_tar)?;
+            if members.len() >= MAX_ARCHIVE_MEMBERS {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("more than {MAX_ARCHIVE_MEMBERS} members: refused"),
+                ));
+            }
+            let Ok(name) = std::str::from_utf8(&entry.path_bytes()).map(str::to_string) else {
+                continue; // no layout file has such a name
+            };
+            let name = name
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string();
+            let member = match entry.header().entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => ArchiveMember::File {
+                    offset: entry.raw_file_position(),
+                    size: entry.size(),
+                },
+                tar::EntryType::Directory => continue,
+                tar::EntryType::Symlink | tar::EntryType::Link => {
+                    ArchiveMember::Other("a link (an archive's files are read as they are)")
+                }
+                _ => ArchiveMember::Other("a member that is not a regular file"),
+            };
+            // As when unpacking: a later member of the same name wins.
+            members.insert(name, member);
+        }
+        Ok(ArchiveLayout {
+            path: path.to_path_buf(),
+            members,
+        })
+    }
+
+    fn open_regular(&self, rel: &str) -> Result<(Box<dyn Read + Send>, u64), Refusal> {
+        match self.members.get(rel) {
+            None => Err(Refusal::Missing),
+            Some(ArchiveMember::Other(kind)) => Err(Refusal::NotRegular(kind)),
+            Some(ArchiveMember::File { offset, size }) => {
+                use std::io::Seek;
+                let mut file = fs::File::open(&self.path).map_err(Refusal::Io)?;
+                file.seek(io::SeekFrom::Start(*offset))
+                    .map_err(Refusal::Io)?;
+                Ok((Box::new(file.take(*size)), *size))
+            }
+        }
+    }
+}
+
 /// Why a blob read stopped short of what its descriptor declares.
 #[derive(Clone, Copy, Debug)]
 pub enum SizeFault {
@@ -305,7 +419,7 @@ pub enum SizeFault {
 /// `fault`, so that whoever reads it (the layer applier, which words read
 /// errors its own way) can be overruled by the real cause.
 pub struct BlobReader {
-    file: fs::File,
+    file: Box<dyn Read + Send>,
     declared: u64,
     delivered: u64,
     fault: Option<SizeFault>,
@@ -313,7 +427,7 @@ pub struct BlobReader {
 
 impl BlobReader {
     /// Reads `file`, a blob whose descriptor declares `declared` bytes.
-    pub fn new(file: fs::File, declared: u64) -> BlobReader {
+    pub fn new(file: Box<dyn Read + Send>, declared: u64) -> BlobReader {
         BlobReader {
             file,
             declared,
@@ -449,8 +563,12 @@ mod tests {
         let (dir, layout) = layout();
         let path = dir.path().join("blobs/sha256/a");
         fs::write(&path, b"0123456789").unwrap();
-        let reader =
-            |declared| BlobReader::new(layout.open_regular("blobs/sha256/a").unwrap().0, declared);
+        let reader = |declared| {
+            BlobReader::new(
+                Box::new(layout.open_regular("blobs/sha256/a").unwrap().0),
+                declared,
+            )
+        };
         let mut exact = Vec::new();
         reader(10).read_to_end(&mut exact).unwrap();
         assert_eq!(exact, b"0123456789");

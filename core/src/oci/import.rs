@@ -55,7 +55,11 @@ pub fn import_image(
     names: &[String],
     progress: &dyn ImportProgress,
 ) -> Result<ImportReport> {
-    let layout = Layout::open(&location.dir)?;
+    let layout = if location.archive {
+        Layout::open_archive(&location.dir)?
+    } else {
+        Layout::open(&location.dir)?
+    };
     let descriptor = layout.find_manifest(location.tag.as_deref())?;
     let media_type = descriptor.media_type().as_ref();
     if media_type != MEDIA_TYPE_MANIFEST && media_type != DOCKER_MANIFEST {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::files::{ArchiveLayout, LayoutDir, LayoutRoot, Refusal};
 pub use super::files::{BlobReader, SizeFault};
-use super::files::{LayoutDir, Refusal};
 use super::parse::{self, Picked};
 pub use super::parse::{Blob, Listed};
 use super::shown::{self, json_error, shown};
@@ -70,6 +70,9 @@ pub struct ImageLocation {
     /// import takes the only image the layout holds, and export tags the
     /// image with its first name (leaving it untagged if it has none).
     pub tag: Option<String>,
+    /// `dir` is an OCI archive (a tar of a layout: `oci-archive:FILE`), not
+    /// a directory.
+    pub archive: bool,
 }
 
 impl ImageLocation {
@@ -86,11 +89,13 @@ impl ImageLocation {
             return ImageLocation {
                 dir: PathBuf::from(dir),
                 tag: Some(tag.to_string()),
+                archive: false,
             };
         }
         ImageLocation {
             dir: PathBuf::from(text),
             tag: None,
+            archive: false,
         }
     }
 }
@@ -105,6 +110,12 @@ impl ImageLocation {
         if let Some(rest) = text.strip_prefix("oci:") {
             return Ok(ImageLocation::parse(rest));
         }
+        if let Some(rest) = text.strip_prefix("oci-archive:") {
+            return Ok(ImageLocation {
+                archive: true,
+                ..ImageLocation::parse(rest)
+            });
+        }
         if text.starts_with("docker://") {
             return Err(CoreError::InvalidInput(format!(
                 "{}: strata reads no registries; fetching is skopeo's job: \
@@ -115,8 +126,7 @@ impl ImageLocation {
         }
         // Other transports skopeo knows, named before the first ':' (one
         // letter is a Windows drive, not a transport).
-        const OTHERS: [&str; 6] = [
-            "oci-archive",
+        const OTHERS: [&str; 5] = [
             "docker-archive",
             "docker-daemon",
             "containers-storage",
@@ -128,8 +138,8 @@ impl ImageLocation {
             && !Path::new(text).exists()
         {
             return Err(CoreError::Unsupported(format!(
-                "{}: this version of strata reads OCI layouts only (DIR, DIR:TAG or \
-                 oci:DIR:TAG); make one with: skopeo copy {} oci:DIR:TAG",
+                "{}: this version of strata reads OCI layouts and archives only (DIR[:TAG], \
+                 oci:DIR[:TAG], oci-archive:FILE[:TAG]); make one with: skopeo copy {} oci:DIR:TAG",
                 shown(text),
                 shown(text)
             )));
@@ -199,7 +209,7 @@ impl std::fmt::Display for FileError {
 /// a regular file of at most `limit` bytes; the size is checked before
 /// anything is read, and the read stops after `limit + 1` bytes should the
 /// file grow meanwhile.
-fn read_file(root: &LayoutDir, name: &str, limit: u64) -> Result<Vec<u8>, FileError> {
+fn read_file(root: &LayoutRoot, name: &str, limit: u64) -> Result<Vec<u8>, FileError> {
     let (file, size) = root.open_regular(name).map_err(FileError::Refused)?;
     if size > limit {
         return Err(FileError::TooLarge { size, limit });
@@ -219,7 +229,7 @@ fn read_file(root: &LayoutDir, name: &str, limit: u64) -> Result<Vec<u8>, FileEr
 
 /// The index of the layout `root` (opened from `dir`), or None if it has no
 /// `index.json`.
-fn read_index(root: &LayoutDir, dir: &Path) -> Result<Option<ImageIndex>> {
+fn read_index(root: &LayoutRoot, dir: &Path) -> Result<Option<ImageIndex>> {
     let bytes = match read_file(root, "index.json", MAX_INDEX_SIZE) {
         Ok(bytes) => bytes,
         Err(FileError::Refused(Refusal::Missing)) => return Ok(None),
@@ -245,15 +255,15 @@ fn read_index(root: &LayoutDir, dir: &Path) -> Result<Option<ImageIndex>> {
 /// memory); None if it has none yet.
 pub(super) fn existing_index(dir: &Path) -> Result<Option<ImageIndex>> {
     let root = LayoutDir::open(dir).map_err(|e| CoreError::io("open", dir, e))?;
-    read_index(&root, dir)
+    read_index(&LayoutRoot::Dir(root), dir)
 }
 
 /// An OCI image layout on disk. Its files are opened beneath its directory
 /// only, and only if they are regular files (see `files`).
 pub struct Layout {
-    /// The layout's directory, as it was given.
+    /// The layout's directory (or archive), as it was given.
     pub dir: PathBuf,
-    root: LayoutDir,
+    root: LayoutRoot,
 }
 
 impl Layout {
@@ -267,6 +277,25 @@ impl Layout {
         };
         let root =
             LayoutDir::open(dir).map_err(|e| not_a_layout(format!("cannot open it: {e}")))?;
+        Layout::checked(dir, LayoutRoot::Dir(root))
+    }
+
+    /// Opens the OCI archive (a tar of a layout) at `path`, in place.
+    pub fn open_archive(path: &Path) -> Result<Layout> {
+        let root = ArchiveLayout::open(path).map_err(|e| {
+            CoreError::InvalidImage(format!("{} is not an OCI archive: {e}", path.display()))
+        })?;
+        Layout::checked(path, LayoutRoot::Archive(root))
+    }
+
+    /// The layout, once its `oci-layout` marker is checked.
+    fn checked(dir: &Path, root: LayoutRoot) -> Result<Layout> {
+        let not_a_layout = |why: String| {
+            CoreError::InvalidImage(format!(
+                "{} is not an OCI image layout: {why}",
+                dir.display()
+            ))
+        };
         let layout = Layout {
             dir: dir.to_path_buf(),
             root,
@@ -563,11 +592,9 @@ mod tests {
                 .contains("skopeo copy docker://example/app:1 oci:DIR:TAG"),
             "{registry}"
         );
-        for other in [
-            "oci-archive:/tmp/a.tar",
-            "docker-archive:/tmp/a.tar:app",
-            "dir:/tmp/x",
-        ] {
+        let archive = ImageLocation::from_transport("oci-archive:/tmp/a.tar:app").unwrap();
+        assert!(archive.archive && archive.tag.as_deref() == Some("app"));
+        for other in ["docker-archive:/tmp/a.tar:app", "dir:/tmp/x"] {
             let err = ImageLocation::from_transport(other).unwrap_err();
             assert!(
                 err.to_string()
