@@ -1003,6 +1003,49 @@ fn oci_archives_skopeo_writes_import_as_their_layout_does_and_export_reads_back(
     ]));
     assert_eq!(again, from_archive);
 
+    // A docker archive (what docker save and podman save write, here by
+    // skopeo), read in place as the layout it describes: the same id.
+    let docker = setup.scratch.path().join("docker.tar");
+    skopeo(&[
+        "copy",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker-archive:{}:app:v1", docker.display()),
+    ]);
+    let by_reference = ok(other.strata(&[
+        "image",
+        "import",
+        &format!("docker-archive:{}:app:v1", docker.display()),
+    ]));
+    assert_eq!(by_reference, from_archive);
+    let only_one = ok(other.strata(&[
+        "image",
+        "import",
+        &format!("docker-archive:{}", docker.display()),
+    ]));
+    assert_eq!(only_one, from_archive, "the only image when none is named");
+    let err = fails(other.strata(&[
+        "image",
+        "import",
+        &format!("docker-archive:{}:app:v2", docker.display()),
+    ]));
+    assert!(
+        err.contains("no image app:v2") && err.contains("app:v1"),
+        "{err}"
+    );
+    let err = fails(other.strata(&[
+        "image",
+        "export",
+        from_archive.trim(),
+        &format!(
+            "docker-archive:{}",
+            setup.scratch.path().join("d2.tar").display()
+        ),
+    ]));
+    assert!(
+        err.contains("skopeo copy oci-archive:FILE docker-archive:"),
+        "{err}"
+    );
+
     // What is not an archive says so, naming it.
     let junk = setup.scratch.path().join("junk.tar");
     fs::write(&junk, b"not a tar at all, just some bytes that are not one").unwrap();

@@ -10,6 +10,7 @@ use std::path::Path;
 use fixtures::RawTar;
 use fixtures::layout::{Layer, blob_path, digest, gzip, write_image};
 use strata_conformance::harness::start_driver;
+use strata_core::oci::LocationKind;
 use strata_core::oci::{ImageLocation, NoProgress, import_image};
 use strata_core::store::Store;
 
@@ -35,7 +36,7 @@ fn import(store: &Store, dir: &Path, tag: &str) -> strata_core::Result<String> {
     let location = ImageLocation {
         dir: dir.to_path_buf(),
         tag: Some(tag.to_string()),
-        archive: false,
+        kind: LocationKind::Layout,
     };
     import_image(store, &location, &[], &NoProgress).map(|r| r.image.id.into_string())
 }
@@ -362,7 +363,7 @@ fn compressions_layers_reuse_and_image_delete() {
     let location = |tag: &str| ImageLocation {
         dir: layout.clone(),
         tag: Some(tag.to_string()),
-        archive: false,
+        kind: LocationKind::Layout,
     };
     let plain = import_image(&store, &location("plain"), &[], &NoProgress).unwrap();
     assert_eq!(plain.created_layers.len(), 1);

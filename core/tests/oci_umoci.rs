@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use strata_core::oci::LocationKind;
 use strata_core::oci::{ImageLocation, NoProgress, export_image, import_image};
 use strata_core::store::Store;
 use strata_testkit::mounts::{LoopFilesystem, LoopFsKind, ZfsFusePool};
@@ -219,7 +220,7 @@ fn round_trip_on(driver: &str, backing: Backing) {
     let location = |tag: &str| ImageLocation {
         dir: layout.clone(),
         tag: Some(tag.to_string()),
-        archive: false,
+        kind: LocationKind::Layout,
     };
     let base = import_image(&store, &location("base"), &[], &NoProgress).unwrap();
     let child = import_image(&store, &location("child"), &[], &NoProgress).unwrap();
@@ -258,7 +259,7 @@ fn round_trip_on(driver: &str, backing: Backing) {
         &ImageLocation {
             dir: out.clone(),
             tag: Some("v1".into()),
-            archive: false,
+            kind: LocationKind::Layout,
         },
     )
     .unwrap();

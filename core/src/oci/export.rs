@@ -13,8 +13,8 @@ use sha2::{Digest as _, Sha256};
 use oci_spec::image::{ImageIndexBuilder, ImageManifestBuilder};
 
 use super::layout::{
-    Descriptor, ImageIndex, ImageLocation, ImageManifest, LAYOUT_VERSION, MEDIA_TYPE_CONFIG,
-    MEDIA_TYPE_LAYER, MediaType, REF_NAME, existing_index, oci_arch, ref_name,
+    Descriptor, ImageIndex, ImageLocation, ImageManifest, LAYOUT_VERSION, LocationKind,
+    MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER, MediaType, REF_NAME, existing_index, oci_arch, ref_name,
 };
 use crate::error::{CoreError, Result};
 use crate::fsutil::write_atomic;
@@ -65,8 +65,17 @@ pub fn export_image(
     reference: &str,
     location: &ImageLocation,
 ) -> Result<ExportReport> {
-    if location.archive {
-        return export_archive(store, reference, location);
+    match location.kind {
+        LocationKind::Layout => {}
+        LocationKind::OciArchive => return export_archive(store, reference, location),
+        LocationKind::DockerArchive => {
+            return Err(CoreError::Unsupported(format!(
+                "{}: strata writes OCI layouts and archives (oci:DIR, oci-archive:FILE); \
+                 skopeo copy oci-archive:FILE docker-archive:{} turns one into a docker archive",
+                location.dir.display(),
+                location.dir.display()
+            )));
+        }
     }
     let image = store.image(reference)?;
     let layers = store.image_layers(&image)?;
@@ -342,7 +351,7 @@ fn export_archive(
         &ImageLocation {
             dir: staged.path().to_path_buf(),
             tag: location.tag.clone(),
-            archive: false,
+            kind: LocationKind::Layout,
         },
     )?;
     let partial = tempfile::Builder::new()

@@ -323,6 +323,9 @@ enum ArchiveMember {
     File { offset: u64, size: u64 },
     /// Anything else (a link, a device): what it is.
     Other(&'static str),
+    /// A file made from the archive's own (a docker archive's manifest,
+    /// index and marker, as a layout has them).
+    Bytes(Vec<u8>),
 }
 
 /// An OCI archive (`oci-archive:`, a tar of a layout, as skopeo, podman and
@@ -336,6 +339,53 @@ pub struct ArchiveLayout {
 }
 
 impl ArchiveLayout {
+    /// The member `name`'s bytes, at most `limit` of them (an error beyond).
+    pub fn read_member(&self, name: &str, limit: u64) -> Result<Vec<u8>, String> {
+        let (reader, size) = self.open_regular(name).map_err(|r| format!("{name} {r}"))?;
+        if size > limit {
+            return Err(format!(
+                "{name} is {size} bytes, more than the {limit} allowed"
+            ));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        reader
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("read {name}: {e}"))?;
+        Ok(bytes)
+    }
+
+    /// The size of the regular file `name` in the archive.
+    pub fn read_member_size(&self, name: &str) -> Result<u64, String> {
+        match self.members.get(name) {
+            Some(ArchiveMember::File { size, .. }) => Ok(*size),
+            Some(ArchiveMember::Bytes(bytes)) => Ok(bytes.len() as u64),
+            Some(ArchiveMember::Other(kind)) => Err(format!("{name} is {kind}")),
+            None => Err(format!("{name} is missing")),
+        }
+    }
+
+    /// Names the member `from` also as `to` (a docker archive's config and
+    /// layers, under the blob names a layout gives them).
+    pub fn alias(&mut self, from: &str, to: String) -> Result<(), String> {
+        let member = match self.members.get(from) {
+            Some(ArchiveMember::File { offset, size }) => ArchiveMember::File {
+                offset: *offset,
+                size: *size,
+            },
+            Some(ArchiveMember::Bytes(bytes)) => ArchiveMember::Bytes(bytes.clone()),
+            Some(ArchiveMember::Other(kind)) => return Err(format!("{from} is {kind}")),
+            None => return Err(format!("{from} is missing")),
+        };
+        self.members.insert(to, member);
+        Ok(())
+    }
+
+    /// Adds a file of the archive's own making under `name`.
+    pub fn add(&mut self, name: String, bytes: Vec<u8>) {
+        self.members.insert(name, ArchiveMember::Bytes(bytes));
+    }
+
     /// Indexes the archive at `path` (a regular file: a FIFO or device is
     /// refused before it is opened, as in a layout).
     pub fn open(path: &Path) -> io::Result<ArchiveLayout> {
@@ -393,6 +443,9 @@ impl ArchiveLayout {
         match self.members.get(rel) {
             None => Err(Refusal::Missing),
             Some(ArchiveMember::Other(kind)) => Err(Refusal::NotRegular(kind)),
+            Some(ArchiveMember::Bytes(bytes)) => {
+                Ok((Box::new(io::Cursor::new(bytes.clone())), bytes.len() as u64))
+            }
             Some(ArchiveMember::File { offset, size }) => {
                 use std::io::Seek;
                 let mut file = fs::File::open(&self.path).map_err(Refusal::Io)?;

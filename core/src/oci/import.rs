@@ -8,8 +8,9 @@ use std::io::Read;
 use strata_plugin_abi::CreateOptions;
 
 use super::layout::{
-    BlobReader, ConfigRootfs, DOCKER_MANIFEST, Descriptor, ImageLocation, Layout, MAX_CONFIG_SIZE,
-    MAX_MANIFEST_SIZE, MEDIA_TYPE_MANIFEST, Manifest, chain_ids, layout_digest, ref_name,
+    BlobReader, ConfigRootfs, DOCKER_MANIFEST, Descriptor, ImageLocation, Layout, LocationKind,
+    MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, MEDIA_TYPE_MANIFEST, Manifest, chain_ids, layout_digest,
+    ref_name,
 };
 use super::shown::{layer_error, shown};
 use crate::error::{CoreError, Kind, Result};
@@ -55,10 +56,12 @@ pub fn import_image(
     names: &[String],
     progress: &dyn ImportProgress,
 ) -> Result<ImportReport> {
-    let layout = if location.archive {
-        Layout::open_archive(&location.dir)?
-    } else {
-        Layout::open(&location.dir)?
+    let layout = match location.kind {
+        LocationKind::Layout => Layout::open(&location.dir)?,
+        LocationKind::OciArchive => Layout::open_archive(&location.dir)?,
+        LocationKind::DockerArchive => {
+            Layout::open_docker_archive(&location.dir, location.tag.as_deref())?
+        }
     };
     let descriptor = layout.find_manifest(location.tag.as_deref())?;
     let media_type = descriptor.media_type().as_ref();

@@ -70,9 +70,21 @@ pub struct ImageLocation {
     /// import takes the only image the layout holds, and export tags the
     /// image with its first name (leaving it untagged if it has none).
     pub tag: Option<String>,
-    /// `dir` is an OCI archive (a tar of a layout: `oci-archive:FILE`), not
-    /// a directory.
-    pub archive: bool,
+    /// What `dir` is: a layout directory, or an archive file.
+    pub kind: LocationKind,
+}
+
+/// What an [`ImageLocation`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocationKind {
+    /// An OCI layout directory (`DIR`, `oci:DIR`).
+    Layout,
+    /// An OCI archive, a tar of a layout (`oci-archive:FILE`).
+    OciArchive,
+    /// A docker archive, as `docker save`, `podman save` and skopeo write
+    /// one (`docker-archive:FILE`); `tag` is then the image's reference in
+    /// it (`app:v1`).
+    DockerArchive,
 }
 
 impl ImageLocation {
@@ -89,13 +101,13 @@ impl ImageLocation {
             return ImageLocation {
                 dir: PathBuf::from(dir),
                 tag: Some(tag.to_string()),
-                archive: false,
+                kind: LocationKind::Layout,
             };
         }
         ImageLocation {
             dir: PathBuf::from(text),
             tag: None,
-            archive: false,
+            kind: LocationKind::Layout,
         }
     }
 }
@@ -112,7 +124,7 @@ impl ImageLocation {
         }
         if let Some(rest) = text.strip_prefix("oci-archive:") {
             return Ok(ImageLocation {
-                archive: true,
+                kind: LocationKind::OciArchive,
                 ..ImageLocation::parse(rest)
             });
         }
@@ -126,20 +138,35 @@ impl ImageLocation {
         }
         // Other transports skopeo knows, named before the first ':' (one
         // letter is a Windows drive, not a transport).
-        const OTHERS: [&str; 5] = [
-            "docker-archive",
-            "docker-daemon",
-            "containers-storage",
-            "dir",
-            "sif",
-        ];
+        if let Some(rest) = text.strip_prefix("docker-archive:") {
+            // FILE[:REFERENCE], the reference holding colons of its own
+            // (`app:v1`): FILE is the shortest prefix that is a file.
+            let split = rest
+                .match_indices(':')
+                .map(|(at, _)| at)
+                .find(|&at| Path::new(&rest[..at]).is_file());
+            return Ok(match split {
+                Some(at) if !Path::new(rest).is_file() => ImageLocation {
+                    dir: PathBuf::from(&rest[..at]),
+                    tag: Some(rest[at + 1..].to_string()).filter(|t| !t.is_empty()),
+                    kind: LocationKind::DockerArchive,
+                },
+                _ => ImageLocation {
+                    dir: PathBuf::from(rest),
+                    tag: None,
+                    kind: LocationKind::DockerArchive,
+                },
+            });
+        }
+        const OTHERS: [&str; 4] = ["docker-daemon", "containers-storage", "dir", "sif"];
         if let Some((transport, _)) = text.split_once(':')
             && OTHERS.contains(&transport)
             && !Path::new(text).exists()
         {
             return Err(CoreError::Unsupported(format!(
-                "{}: this version of strata reads OCI layouts and archives only (DIR[:TAG], \
-                 oci:DIR[:TAG], oci-archive:FILE[:TAG]); make one with: skopeo copy {} oci:DIR:TAG",
+                "{}: this version of strata reads OCI layouts and archives and docker archives \
+                 (DIR[:TAG], oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF]); \
+                 make a layout with: skopeo copy {} oci:DIR:TAG",
                 shown(text),
                 shown(text)
             )));
@@ -286,6 +313,132 @@ impl Layout {
             CoreError::InvalidImage(format!("{} is not an OCI archive: {e}", path.display()))
         })?;
         Layout::checked(path, LayoutRoot::Archive(root))
+    }
+
+    /// Opens the docker archive at `path` (`docker save`, `podman save`,
+    /// `skopeo copy ... docker-archive:`), in place, as the layout it
+    /// describes: its `manifest.json` entry for `reference` (`app:v1`; the
+    /// only image when none is given) becomes an OCI manifest whose config
+    /// and layers are the archive's own files, named by the config's digest
+    /// and the layers' diff ids (a docker archive's layers are uncompressed
+    /// tars, so each one's digest is its diff id, checked as it is read).
+    pub fn open_docker_archive(path: &Path, reference: Option<&str>) -> Result<Layout> {
+        let bad = |why: String| {
+            CoreError::InvalidImage(format!("{} is not a docker archive: {why}", path.display()))
+        };
+        let mut archive = ArchiveLayout::open(path).map_err(|e| bad(e.to_string()))?;
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Entry {
+            config: String,
+            #[serde(default)]
+            repo_tags: Option<Vec<String>>,
+            layers: Vec<String>,
+        }
+        let listed: Vec<Entry> = serde_json::from_slice(
+            &archive
+                .read_member("manifest.json", MAX_MANIFEST_SIZE)
+                .map_err(bad)?,
+        )
+        .map_err(|e| bad(format!("its manifest.json is not one: {}", json_error(&e))))?;
+        let matches = |entry: &Entry, wanted: &str| {
+            entry.repo_tags.iter().flatten().any(|tag| {
+                tag == wanted
+                    || tag.ends_with(&format!("/{wanted}"))
+                    || (!wanted.contains(':')
+                        && (tag == &format!("{wanted}:latest")
+                            || tag.ends_with(&format!("/{wanted}:latest"))))
+            })
+        };
+        let tags = |entries: &[Entry]| {
+            entries
+                .iter()
+                .flat_map(|e| e.repo_tags.iter().flatten())
+                .map(|t| shown(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let entry = match reference {
+            Some(wanted) => listed.iter().find(|e| matches(e, wanted)).ok_or_else(|| {
+                bad(format!(
+                    "it has no image {} (it has: {})",
+                    shown(wanted),
+                    tags(&listed)
+                ))
+            })?,
+            None if listed.len() == 1 => &listed[0],
+            None => {
+                return Err(bad(format!(
+                    "it holds {} images; name one (docker-archive:FILE:REF) of: {}",
+                    listed.len(),
+                    tags(&listed)
+                )));
+            }
+        };
+        let config = archive
+            .read_member(&entry.config, MAX_CONFIG_SIZE)
+            .map_err(bad)?;
+        let config_digest = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&config));
+        let rootfs: ConfigRootfs = serde_json::from_slice(&config)
+            .map_err(|e| bad(format!("its config is not one: {}", json_error(&e))))?;
+        let diff_ids = rootfs.rootfs.diff_ids;
+        if diff_ids.len() != entry.layers.len() {
+            return Err(bad(format!(
+                "its config names {} diff ids for {} layers",
+                diff_ids.len(),
+                entry.layers.len()
+            )));
+        }
+        archive
+            .alias(&entry.config, format!("blobs/sha256/{config_digest}"))
+            .map_err(bad)?;
+        let mut layers = Vec::new();
+        for (file, diff_id) in entry.layers.iter().zip(&diff_ids) {
+            let hex = diff_id
+                .strip_prefix("sha256:")
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| bad(format!("a diff id that is not sha256: {}", shown(diff_id))))?;
+            let size = archive.read_member_size(file).map_err(bad)?;
+            archive
+                .alias(file, format!("blobs/sha256/{hex}"))
+                .map_err(bad)?;
+            layers.push(serde_json::json!({
+                "mediaType": MEDIA_TYPE_LAYER,
+                "digest": diff_id,
+                "size": size,
+            }));
+        }
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_MANIFEST,
+            "config": {
+                "mediaType": MEDIA_TYPE_CONFIG,
+                "digest": format!("sha256:{config_digest}"),
+                "size": config.len(),
+            },
+            "layers": layers,
+        }))
+        .expect("a manifest serialises");
+        let manifest_digest = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&manifest));
+        let mut descriptor = serde_json::json!({
+            "mediaType": MEDIA_TYPE_MANIFEST,
+            "digest": format!("sha256:{manifest_digest}"),
+            "size": manifest.len(),
+        });
+        if let Some(wanted) = reference {
+            descriptor["annotations"] = serde_json::json!({ REF_NAME: wanted });
+        }
+        let index = serde_json::json!({ "schemaVersion": 2, "manifests": [descriptor] });
+        archive.add(format!("blobs/sha256/{manifest_digest}"), manifest);
+        archive.add(
+            "index.json".into(),
+            serde_json::to_vec(&index).expect("an index serialises"),
+        );
+        archive.add(
+            "oci-layout".into(),
+            format!("{{\"imageLayoutVersion\":\"{LAYOUT_VERSION}\"}}").into_bytes(),
+        );
+        Layout::checked(path, LayoutRoot::Archive(archive))
     }
 
     /// The layout, once its `oci-layout` marker is checked.
@@ -593,8 +746,8 @@ mod tests {
             "{registry}"
         );
         let archive = ImageLocation::from_transport("oci-archive:/tmp/a.tar:app").unwrap();
-        assert!(archive.archive && archive.tag.as_deref() == Some("app"));
-        for other in ["docker-archive:/tmp/a.tar:app", "dir:/tmp/x"] {
+        assert!(archive.kind == LocationKind::OciArchive && archive.tag.as_deref() == Some("app"));
+        for other in ["dir:/tmp/x", "containers-storage:app"] {
             let err = ImageLocation::from_transport(other).unwrap_err();
             assert!(
                 err.to_string()

@@ -12,5 +12,6 @@ mod spec;
 pub use export::{ExportReport, export_image};
 pub use import::{ImportProgress, ImportReport, NoProgress, import_image};
 pub use layout::{
-    Descriptor, ImageIndex, ImageLocation, ImageManifest, Manifest, MediaType, chain_ids,
+    Descriptor, ImageIndex, ImageLocation, ImageManifest, LocationKind, Manifest, MediaType,
+    chain_ids,
 };
