@@ -4,7 +4,7 @@
 #   libclang-dev: bindgen, used by the loopdev-3 crate to read <linux/loop.h>
 #   debootstrap: real Debian root filesystems for benches and the demo
 #   zfs-fuse: userspace ZFS, the conformance runner's zfs-fuse backend
-#   umoci, skopeo: real OCI clients the image tests and benches check strata against
+#   umoci, skopeo, podman: real OCI clients the image tests and benches check strata against
 #   time: GNU time, the peak RSS of commands the tests and benches run
 #   libdevmapper-dev: the devicemapper crate's build (its headers; nothing
 #     links libdevmapper at run time)
@@ -15,11 +15,12 @@
 #     compiler of x86_64-pc-windows-gnu) and Wine to run its tests
 #     (scripts/windows-check.sh); also rustup's x86_64-pc-windows-gnu target
 set -euo pipefail
-packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap zfs-fuse umoci skopeo time
+packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap zfs-fuse umoci skopeo podman time
     libdevmapper-dev busybox-static cpio qemu-system-x86 gcc-mingw-w64-x86-64 wine64)
 # Installed without their recommendations (Wine's would add a desktop's
-# worth of fonts and libraries the tests never use).
-lean=(gcc-mingw-w64-x86-64 wine64)
+# worth of fonts and libraries the tests never use; podman's, the runtimes
+# and networking a test that only loads and saves images does not need).
+lean=(gcc-mingw-w64-x86-64 wine64 podman)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
