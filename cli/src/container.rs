@@ -9,7 +9,7 @@ use strata_core::store::Store;
 use strata_core::{Config, CoreError};
 use strata_plugin_abi::{CreateOptions, MountOptions};
 
-use crate::output::{outln, print_json, print_lines, short, utc};
+use crate::output::{outln, print_json, print_lines, print_list, short, utc};
 use crate::{Cli, parse_key_value};
 
 #[derive(Subcommand)]
@@ -106,21 +106,21 @@ pub(crate) fn run(
             let containers = store.containers.list()?;
             let mounts = store.layers.mounts()?;
             let count = |c: &ContainerRecord| mounts.get(c.layer.as_str()).map_or(0, |m| m.count);
+            let objects = || {
+                containers
+                    .iter()
+                    .map(|c| {
+                        let mut value = json!(c);
+                        value["mounts"] = json!(count(c));
+                        value["mount_path"] =
+                            json!(mounts.get(c.layer.as_str()).map(|m| m.path.clone()));
+                        value
+                    })
+                    .collect()
+            };
             if *quiet {
                 print_lines(containers.iter().map(|c| c.id.to_string()))?;
-            } else if cli.json {
-                print_json(json!(
-                    containers
-                        .iter()
-                        .map(|c| {
-                            let mut value = json!(c);
-                            value["mounts"] = json!(count(c));
-                            value["mount_path"] =
-                                json!(mounts.get(c.layer.as_str()).map(|m| m.path.clone()));
-                            value
-                        })
-                        .collect::<Vec<_>>()
-                ))?;
+            } else if print_list(cli, objects)?.is_some() {
             } else {
                 let header = format!(
                     "{:<12}  {:<12}  {:<20}  {:>6}  NAMES",

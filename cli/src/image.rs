@@ -10,7 +10,9 @@ use strata_core::store::{ImageRemoval, Store};
 use strata_core::{Config, CoreError};
 
 use crate::Cli;
-use crate::output::{diff_json, human_size, outln, print_json, print_lines, short, utc};
+use crate::output::{
+    diff_json, human_size, outln, print_json, print_lines, print_list, short, utc,
+};
 use crate::progress::ProgressBars;
 
 #[derive(Subcommand)]
@@ -105,7 +107,7 @@ pub(crate) fn run(
                 outln!("{}", report.manifest.digest());
             }
         }
-        ImageCommand::List if !cli.json => {
+        ImageCommand::List if !cli.json && cli.format.is_none() => {
             let images = store.image_summaries()?;
             let header = format!("{:<12}  {:<6}  NAMES", "ID", "LAYERS");
             print_lines(
@@ -121,21 +123,23 @@ pub(crate) fn run(
         }
         ImageCommand::List => {
             let (images, family) = store.image_family()?;
-            print_json(json!(
+            print_list(cli, || {
                 images
                     .iter()
-                    .map(|i| json!({
-                        "id": i.id,
-                        "digest": i.digest,
-                        "names": i.names,
-                        "top_layer": i.top_layer,
-                        "created": i.created,
-                        "layers": family.layer_count(&i.id),
-                        "parent": family.parent(&i.id),
-                        "head": family.children(&i.id).next().is_none(),
-                    }))
+                    .map(|i| {
+                        json!({
+                            "id": i.id,
+                            "digest": i.digest,
+                            "names": i.names,
+                            "top_layer": i.top_layer,
+                            "created": i.created,
+                            "layers": family.layer_count(&i.id),
+                            "parent": family.parent(&i.id),
+                            "head": family.children(&i.id).next().is_none(),
+                        })
+                    })
                     .collect::<Vec<_>>()
-            ))?;
+            })?;
         }
         ImageCommand::History { image } => {
             let record = store.image(image)?;

@@ -11,7 +11,7 @@ use strata_core::{Config, CoreError, LayerId};
 use strata_plugin_abi::{CreateOptions, MountOptions};
 
 use crate::output::{
-    diff_json, human_size, key_values_json, outln, print_json, print_lines, short, utc,
+    diff_json, human_size, key_values_json, outln, print_json, print_lines, print_list, short, utc,
 };
 use crate::{Cli, open_input, parse_key_value};
 
@@ -227,8 +227,7 @@ pub(crate) fn run(
             rows.sort_by(|a, b| a.id.cmp(&b.id));
             if *quiet {
                 print_lines(rows.into_iter().map(|r| r.id))?;
-            } else if cli.json {
-                print_json(json!(rows.iter().map(LayerRow::json).collect::<Vec<_>>()))?;
+            } else if print_list(cli, || rows.iter().map(LayerRow::json).collect())?.is_some() {
             } else {
                 let header = format!(
                     "{:<12}  {:<12}  {:<20}  {:>9}  {:>6}  NAMES",

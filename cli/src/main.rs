@@ -46,6 +46,10 @@ pub(crate) struct Cli {
     /// Print machine-readable JSON
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// For a list: only these fields of each item, tab-separated, one item a
+    /// line (a field list, as ps -o takes; the names --json gives)
+    #[arg(long, global = true, value_name = "FIELD,...")]
+    pub(crate) format: Option<String>,
     /// error, warn, info, debug or trace
     #[arg(long, global = true, env = "STRATA_LOG_LEVEL", default_value = "warn")]
     log_level: tracing::Level,

@@ -68,6 +68,60 @@ pub(crate) fn print_lines(lines: impl IntoIterator<Item = String>) -> Result<(),
     out.flush().map_err(stdout_failed)
 }
 
+/// Prints the `fields` (comma-separated) of each object of `items`,
+/// tab-separated, one item a line: strings as they are, lists joined with
+/// commas, nothing as `-`. A field no item has is refused, naming those
+/// there are.
+pub(crate) fn print_fields(items: &[serde_json::Value], fields: &str) -> Result<(), CoreError> {
+    let wanted: Vec<&str> = fields.split(',').map(str::trim).collect();
+    let known: std::collections::BTreeSet<&str> = items
+        .iter()
+        .filter_map(|i| i.as_object())
+        .flat_map(|o| o.keys().map(String::as_str))
+        .collect();
+    if let Some(unknown) = wanted
+        .iter()
+        .find(|w| w.is_empty() || (!items.is_empty() && !known.contains(**w)))
+    {
+        return Err(CoreError::InvalidInput(format!(
+            "--format: no field '{unknown}' (the fields: {})",
+            known.iter().copied().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    print_lines(items.iter().map(|item| {
+        wanted
+            .iter()
+            .map(|field| text(&item[*field]))
+            .collect::<Vec<_>>()
+            .join("\t")
+    }))
+}
+
+/// A list as the options ask: JSON objects for `--json`, the fields of
+/// `--format`; `None` when the table is wanted.
+pub(crate) fn print_list(
+    cli: &crate::Cli,
+    items: impl FnOnce() -> Vec<serde_json::Value>,
+) -> Result<Option<()>, CoreError> {
+    if let Some(fields) = &cli.format {
+        return print_fields(&items(), fields).map(Some);
+    }
+    if cli.json {
+        return print_json(serde_json::Value::Array(items())).map(Some);
+    }
+    Ok(None)
+}
+
 pub(crate) fn print_json(value: serde_json::Value) -> Result<(), CoreError> {
     write_line(format_args!(
         "{}",

@@ -857,6 +857,18 @@ fn listings_and_inspect_say_parents_names_times_sizes_and_mounts() {
         ok(setup.strata(&["container", "list", "-q"])),
         format!("{container}\n")
     );
+    // A field list, as ps -o takes one, with the names --json gives.
+    assert_eq!(
+        ok(setup.strata(&["--format", "id,names,mounts", "container", "list"])),
+        format!("{container}\tweb\t0\n")
+    );
+    let images = ok(setup.strata(&["--format", "id,names,layers", "image", "list"]));
+    assert_eq!(images, format!("{image}\tv1\t2\n"));
+    let err = fails(setup.strata(&["--format", "id,colour", "layer", "list"]));
+    assert!(
+        err.contains("no field 'colour'") && err.contains("mounts"),
+        "{err}"
+    );
 }
 
 #[test]
