@@ -418,6 +418,8 @@ mod tests {
         assert_eq!(from_flags.runroot, abs("flag/run"));
     }
 
+    /// containers/storage (and its Linux paths) is Linux's.
+    #[cfg(unix)]
     #[test]
     fn a_podman_storage_conf_gives_what_means_the_same() {
         let dir = tempfile::tempdir().unwrap();
