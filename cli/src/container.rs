@@ -120,8 +120,7 @@ pub(crate) fn run(
             };
             if *quiet {
                 print_lines(containers.iter().map(|c| c.id.to_string()))?;
-            } else if print_list(cli, objects)?.is_some() {
-            } else {
+            } else if !print_list(cli, objects)? {
                 let header = format!(
                     "{:<12}  {:<12}  {:<20}  {:>6}  NAMES",
                     "ID", "IMAGE", "CREATED", "MOUNTS"

@@ -227,8 +227,7 @@ pub(crate) fn run(
             rows.sort_by(|a, b| a.id.cmp(&b.id));
             if *quiet {
                 print_lines(rows.into_iter().map(|r| r.id))?;
-            } else if print_list(cli, || rows.iter().map(LayerRow::json).collect())?.is_some() {
-            } else {
+            } else if !print_list(cli, || rows.iter().map(LayerRow::json).collect())? {
                 let header = format!(
                     "{:<12}  {:<12}  {:<20}  {:>9}  {:>6}  NAMES",
                     "ID", "PARENT", "CREATED", "SIZE", "MOUNTS"

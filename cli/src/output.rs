@@ -108,18 +108,19 @@ pub(crate) fn print_fields(items: &[serde_json::Value], fields: &str) -> Result<
 }
 
 /// A list as the options ask: JSON objects for `--json`, the fields of
-/// `--format`; `None` when the table is wanted.
+/// `--format`. Whether it printed: `false` when the table is wanted.
 pub(crate) fn print_list(
     cli: &crate::Cli,
     items: impl FnOnce() -> Vec<serde_json::Value>,
-) -> Result<Option<()>, CoreError> {
+) -> Result<bool, CoreError> {
     if let Some(fields) = &cli.format {
-        return print_fields(&items(), fields).map(Some);
+        print_fields(&items(), fields)?;
+    } else if cli.json {
+        print_json(serde_json::Value::Array(items()))?;
+    } else {
+        return Ok(false);
     }
-    if cli.json {
-        return print_json(serde_json::Value::Array(items())).map(Some);
-    }
-    Ok(None)
+    Ok(true)
 }
 
 pub(crate) fn print_json(value: serde_json::Value) -> Result<(), CoreError> {

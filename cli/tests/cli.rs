@@ -765,11 +765,12 @@ fn deleting_one_of_several_names_takes_only_that_name_as_podman_does() {
     );
 }
 
-#[test]
-fn listings_and_inspect_say_parents_names_times_sizes_and_mounts() {
-    let setup = Setup::new();
+/// An OCI layout at `<scratch>/layout` whose image `v1` has a base layer
+/// (etc/hostname), written as `base` writes it, and a plain app layer
+/// (srv/app).
+fn two_layer_layout(setup: &Setup, base: fn(&[u8]) -> fixtures::layout::Layer) -> PathBuf {
     let layout = setup.scratch.path().join("layout");
-    let base = fixtures::RawTar::new()
+    let base_tar = fixtures::RawTar::new()
         .file("etc/hostname", b"base\n")
         .finish();
     let app = fixtures::RawTar::new()
@@ -778,12 +779,16 @@ fn listings_and_inspect_say_parents_names_times_sizes_and_mounts() {
     fixtures::layout::write_image(
         &layout,
         "v1",
-        &[
-            fixtures::layout::Layer::plain(&base),
-            fixtures::layout::Layer::plain(&app),
-        ],
+        &[base(&base_tar), fixtures::layout::Layer::plain(&app)],
         "app",
     );
+    layout
+}
+
+#[test]
+fn listings_and_inspect_say_parents_names_times_sizes_and_mounts() {
+    let setup = Setup::new();
+    let layout = two_layer_layout(&setup, fixtures::layout::Layer::plain);
     let image = ok(setup.strata(&["image", "import", &format!("{}:v1", layout.display())]));
     let image = image.trim();
     let container = ok(setup.strata(&["container", "create", "v1", "--name", "web"]));
@@ -936,22 +941,7 @@ fn a_second_mount_with_other_options_is_refused_saying_which_the_mount_has() {
 #[test]
 fn oci_archives_skopeo_writes_import_as_their_layout_does_and_export_reads_back() {
     let setup = Setup::new();
-    let layout = setup.scratch.path().join("layout");
-    let base = fixtures::RawTar::new()
-        .file("etc/hostname", b"base\n")
-        .finish();
-    let app = fixtures::RawTar::new()
-        .file("srv/app", b"application\n")
-        .finish();
-    fixtures::layout::write_image(
-        &layout,
-        "v1",
-        &[
-            fixtures::layout::Layer::gzip(&base),
-            fixtures::layout::Layer::plain(&app),
-        ],
-        "app",
-    );
+    let layout = two_layer_layout(&setup, fixtures::layout::Layer::gzip);
     let archive = setup.scratch.path().join("image.tar");
     let skopeo = |args: &[&str]| {
         let out = Command::new("skopeo")

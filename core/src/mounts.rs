@@ -219,10 +219,10 @@ impl MountCounts {
         Ok(self.load()?.mounts.get(id).map_or(0, |r| r.count))
     }
 
-    /// Every layer counted, with its record.
-    pub fn all(&self) -> Result<Vec<(String, MountRecord)>> {
+    /// Every layer counted, with its record, by layer id.
+    pub fn all(&self) -> Result<BTreeMap<String, MountRecord>> {
         let _lock = self.lock()?;
-        Ok(self.load()?.mounts.into_iter().collect())
+        Ok(self.load()?.mounts)
     }
 
     /// Forgets a layer (it was removed).

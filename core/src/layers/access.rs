@@ -51,7 +51,7 @@ impl LayerStore<'_> {
     /// Every mounted layer's count record, by layer id (one read of the
     /// counts for a whole listing).
     pub fn mounts(&self) -> Result<std::collections::BTreeMap<String, crate::mounts::MountRecord>> {
-        Ok(self.counts.all()?.into_iter().collect())
+        self.counts.all()
     }
 }
 

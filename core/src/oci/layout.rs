@@ -285,6 +285,14 @@ pub(super) fn existing_index(dir: &Path) -> Result<Option<ImageIndex>> {
     read_index(&LayoutRoot::Dir(root), dir)
 }
 
+/// The error for `dir`, which is not an OCI image layout, and why.
+fn not_a_layout(dir: &Path, why: String) -> CoreError {
+    CoreError::InvalidImage(format!(
+        "{} is not an OCI image layout: {why}",
+        dir.display()
+    ))
+}
+
 /// An OCI image layout on disk. Its files are opened beneath its directory
 /// only, and only if they are regular files (see `files`).
 pub struct Layout {
@@ -296,14 +304,8 @@ pub struct Layout {
 impl Layout {
     /// Opens the layout in `dir`, checking its `oci-layout` marker.
     pub fn open(dir: &Path) -> Result<Layout> {
-        let not_a_layout = |why: String| {
-            CoreError::InvalidImage(format!(
-                "{} is not an OCI image layout: {why}",
-                dir.display()
-            ))
-        };
         let root =
-            LayoutDir::open(dir).map_err(|e| not_a_layout(format!("cannot open it: {e}")))?;
+            LayoutDir::open(dir).map_err(|e| not_a_layout(dir, format!("cannot open it: {e}")))?;
         Layout::checked(dir, LayoutRoot::Dir(root))
     }
 
@@ -443,12 +445,7 @@ impl Layout {
 
     /// The layout, once its `oci-layout` marker is checked.
     fn checked(dir: &Path, root: LayoutRoot) -> Result<Layout> {
-        let not_a_layout = |why: String| {
-            CoreError::InvalidImage(format!(
-                "{} is not an OCI image layout: {why}",
-                dir.display()
-            ))
-        };
+        let not_a_layout = |why: String| not_a_layout(dir, why);
         let layout = Layout {
             dir: dir.to_path_buf(),
             root,

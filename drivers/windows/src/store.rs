@@ -78,24 +78,24 @@ pub struct LayerRecord {
 /// elsewhere), released when dropped or when the process dies.
 pub struct Held(#[allow(dead_code)] fs::File);
 
-fn lock_file(path: &Path) -> io::Result<Held> {
-    let file = fs::OpenOptions::new()
+/// The lock file at `path`, made if missing.
+fn open_lock_file(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)?;
+        .open(path)
+}
+
+fn lock_file(path: &Path) -> io::Result<Held> {
+    let file = open_lock_file(path)?;
     file.lock()?;
     Ok(Held(file))
 }
 
 fn try_lock_file(path: &Path) -> io::Result<Option<Held>> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
+    let file = open_lock_file(path)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(Held(file))),
         Err(fs::TryLockError::WouldBlock) => Ok(None),
@@ -680,10 +680,17 @@ mod tests {
 
     /// A small Windows layer: a directory, two files, a whiteout, a hive.
     fn layer_tar() -> Vec<u8> {
+        layer_tar_with(true)
+    }
+
+    /// [`layer_tar`], with or without its whiteout.
+    fn layer_tar_with(whiteout: bool) -> Vec<u8> {
         let mut w = LayerTarWriter::new(Vec::new());
         w.file("Files", 0, &info(0x10), &[][..]).unwrap();
         w.file("Files/app", 0, &info(0x10), &[][..]).unwrap();
-        w.whiteout("Files/app/old.dll").unwrap();
+        if whiteout {
+            w.whiteout("Files/app/old.dll").unwrap();
+        }
         let exe = data_stream(b"MZ program");
         w.file("Files/app/run.exe", 10, &info(0x20), &exe[..])
             .unwrap();
@@ -768,22 +775,7 @@ mod tests {
         // The stand-in exports what it imported, less the whiteout (HCS
         // lists those in tombstones.txt); everything else comes back as it
         // went in.
-        let without_whiteout: Vec<u8> = {
-            let mut w = LayerTarWriter::new(Vec::new());
-            w.file("Files", 0, &info(0x10), &[][..]).unwrap();
-            w.file("Files/app", 0, &info(0x10), &[][..]).unwrap();
-            let exe = data_stream(b"MZ program");
-            w.file("Files/app/run.exe", 10, &info(0x20), &exe[..])
-                .unwrap();
-            let ini = data_stream(b"[a]");
-            w.file("Files/app/run.ini", 3, &info(0x20), &ini[..])
-                .unwrap();
-            w.file("Hives", 0, &info(0x10), &[][..]).unwrap();
-            let hive = data_stream(b"regf");
-            w.file("Hives/Software_Delta", 4, &info(0x20), &hive[..])
-                .unwrap();
-            w.finish().unwrap()
-        };
+        let without_whiteout = layer_tar_with(false);
         let entries = |tar: &[u8]| -> Vec<(String, u64)> {
             let mut archive = tar::Archive::new(tar);
             archive
