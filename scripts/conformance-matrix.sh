@@ -79,13 +79,18 @@ for lib in "${libs[@]}"; do
     for backend in $backends; do
         echo "== conformance: $name on $backend"
         run_suite "$lib" "$name" "$backend" ""
-        # zfs-fuse itself can wedge under the suite's parallel processes (its
-        # FUSE side stops answering; the runner's watchdog then kills it and
-        # says "zfs-fuse ... is wedged"). That is a fault of the backend, not
-        # of the driver: the run is made once more on a fresh daemon, and a
-        # second wedge fails the matrix.
-        if [ "$rc" -ne 0 ] && [ "$backend" = zfs-fuse ] && grep -q "zfs-fuse (pid [0-9]*) is wedged" "$log"; then
-            echo "== zfs-fuse wedged under the run (a zfs-fuse fault, not the driver's): running it again once"
+        # zfs-fuse itself fails under the suite's parallel processes, in two
+        # ways seen here: it wedges (its FUSE side stops answering; the
+        # runner's watchdog then kills it and says "zfs-fuse ... is wedged"),
+        # or it drops a zfs command's connection to the daemon mid-request
+        # (the command says "zfsfuse_ioctl_read_loop(): file descriptor
+        # closed"). Those are faults of the backend, not of the driver: the
+        # run is made once more on a fresh daemon, saying why, and a second
+        # failure of any kind fails the matrix.
+        zfs_fuse_faults='zfs-fuse \(pid [0-9]*\) is wedged|zfsfuse_ioctl_read_loop\(\): file descriptor closed'
+        if [ "$rc" -ne 0 ] && [ "$backend" = zfs-fuse ] && grep -qE "$zfs_fuse_faults" "$log"; then
+            fault=$(grep -oE "$zfs_fuse_faults" "$log" | head -n 1)
+            echo "== zfs-fuse failed under the run ($fault: a zfs-fuse fault, not the driver's): running it again once"
             run_suite "$lib" "$name" "$backend" " (again)"
         fi
         out=$(cat "$log")
