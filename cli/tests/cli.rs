@@ -137,7 +137,7 @@ fn drivers_lists_what_it_finds_and_what_it_refuses() {
     };
     let vfs = find("vfs");
     assert_eq!(vfs["state"], "supported", "{out}");
-    assert_eq!(vfs["abi_version"], "1.0.0");
+    assert_eq!(vfs["abi_version"], "1.1.0");
     assert_eq!(vfs["origin"], "STRATA_DRIVER_PATH");
     let junk = find("junk");
     assert_eq!(junk["state"], "unusable");
@@ -150,7 +150,7 @@ fn drivers_lists_what_it_finds_and_what_it_refuses() {
     );
 
     let text = ok(setup.strata(&["drivers"]));
-    assert!(text.contains("strata-plugin-abi 1.0.0"), "{text}");
+    assert!(text.contains("strata-plugin-abi 1.1.0"), "{text}");
     // Surveying creates nothing in the graph root's place.
     assert!(!setup.graphroot().exists());
 }

@@ -89,3 +89,89 @@ mod tests {
         assert!(!is_mount_point(Path::new("/proc/self")).unwrap());
     }
 }
+
+/// Makes the mount `spec` describes on `target`, as containerd's mount
+/// helper does for a snapshotter's mounts: `bind` (or a `bind`/`rbind`
+/// option) binds `source`, then remounts the bind with its flags (a bind
+/// takes `ro` and `nodev` only on a remount); any other kind is mounted with
+/// its flag options as flags and the rest (`lowerdir=...`) as data.
+///
+/// Used by the conformance suite and the snapshotter's tests to perform what
+/// a driver's `describe_mount` says, the way containerd would.
+pub fn perform(spec: &strata_plugin_abi::MountSpec, target: &Path) -> io::Result<()> {
+    use rustix::mount::MountFlags;
+    let mut flags = MountFlags::empty();
+    let mut data = Vec::new();
+    let mut bind = spec.kind == "bind";
+    let mut recursive = false;
+    for option in &spec.options {
+        match option.as_str() {
+            "bind" => bind = true,
+            "rbind" => {
+                bind = true;
+                recursive = true;
+            }
+            "rw" | "defaults" => {}
+            "ro" => flags |= MountFlags::RDONLY,
+            "nodev" => flags |= MountFlags::NODEV,
+            "nosuid" => flags |= MountFlags::NOSUID,
+            "noexec" => flags |= MountFlags::NOEXEC,
+            "noatime" => flags |= MountFlags::NOATIME,
+            "nodiratime" => flags |= MountFlags::NODIRATIME,
+            "relatime" => flags |= MountFlags::RELATIME,
+            "sync" => flags |= MountFlags::SYNCHRONOUS,
+            "dirsync" => flags |= MountFlags::DIRSYNC,
+            other => data.push(other),
+        }
+    }
+    if bind {
+        if !data.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a bind mount takes no filesystem options ({})", data.join(",")),
+            ));
+        }
+        if recursive {
+            rustix::mount::mount_bind_recursive(spec.source.as_str(), target)?;
+        } else {
+            rustix::mount::mount_bind(spec.source.as_str(), target)?;
+        }
+        if !flags.is_empty() {
+            if let Err(e) = rustix::mount::mount_remount(target, flags | MountFlags::BIND, c"") {
+                let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
+                return Err(e.into());
+            }
+        }
+        return Ok(());
+    }
+    let data = std::ffi::CString::new(data.join(",")).map_err(|_| {
+        io::Error::new(io::ErrorKind::InvalidInput, "a mount option holds a NUL byte")
+    })?;
+    rustix::mount::mount(
+        spec.source.as_str(),
+        target,
+        spec.kind.as_str(),
+        flags,
+        Some(data.as_c_str()),
+    )?;
+    Ok(())
+}
+
+/// Whether mount options `options` for layer `id` ask for a read-only tree:
+/// `ro` and `rw` are understood, anything else is refused by name (options
+/// a driver honours itself belong in its configuration).
+pub fn read_only_asked(id: &str, options: &[String]) -> strata_plugin_abi::Result<bool> {
+    let mut read_only = false;
+    for option in options {
+        match option.as_str() {
+            "ro" => read_only = true,
+            "rw" => {}
+            other => {
+                return Err(strata_plugin_abi::DriverError::invalid_input(format!(
+                    "mount layer {id}: unknown mount option '{other}' (ro or rw)"
+                )));
+            }
+        }
+    }
+    Ok(read_only)
+}

@@ -4,7 +4,9 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use crate::error::{DriverError, Result};
-use crate::types::{Capabilities, CreateOptions, InitArgs, KeyValues, MountOptions, NativeDiff};
+use crate::types::{
+    Capabilities, CreateOptions, InitArgs, KeyValues, MountOptions, MountSpec, NativeDiff,
+};
 
 /// A storage driver: it creates, snapshots, mounts and removes layers.
 ///
@@ -127,6 +129,31 @@ pub trait GraphDriver: Send + Sync {
         let _ = parent;
         Err(not_supported(&self.name(), "diff size", id))
     }
+
+    /// The mounts that show layer `id`'s tree, as data, for a caller that
+    /// mounts for itself (containerd, through `strata-snapshotter`): the same
+    /// tree `get` would give with these `options`, performed in order on one
+    /// target. Nothing is mounted by this call and no mount is counted; the
+    /// caller mounts, and unmounts before it removes the layer.
+    ///
+    /// `options` carries `ro` for a read-only view (the description must then
+    /// give a tree that refuses writes) and the mount label; a read-write
+    /// layer described without `ro` must take writes exactly as a `get` of it
+    /// would (overlay: the same upper directory).
+    ///
+    /// Optional (appended in ABI 1.1): a driver that cannot describe its
+    /// mounts (its tree exists only while `get` holds it, such as a device to
+    /// activate first) keeps this default, and the host falls back to a bind
+    /// mount of what `get` returns, holding that `get` while the caller needs
+    /// the tree.
+    fn describe_mount(&self, id: &str, options: &MountOptions) -> Result<Vec<MountSpec>> {
+        let _ = options;
+        Err(DriverError::not_supported(format!(
+            "describe the mount of layer {id}: the {} driver does not describe its mounts as data; \
+             the host binds what get returns",
+            self.name()
+        )))
+    }
 }
 
 fn not_supported(driver: &str, op: &str, id: &str) -> DriverError {
@@ -205,7 +232,10 @@ macro_rules! forward_graph_driver {
             fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
                 (**self).diff_size(id, parent)
             }
-}
+            fn describe_mount(&self, id: &str, options: &MountOptions) -> Result<Vec<MountSpec>> {
+                (**self).describe_mount(id, options)
+            }
+        }
     )*};
 }
 

@@ -9,11 +9,12 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 
 use crate::driver::DriverPlugin;
+use crate::types::MountOptions;
 use crate::error::{DriverError, ErrorKind, Result};
 use crate::ffi::{
     ByteSource_TO, ByteSourceAsRead, ByteSourceBox, ByteSourceMut, DriverBox, DriverModule,
     DriverModuleRef, DriverObject, DriverObject_TO, FfiCreateOptions, FfiError, FfiInitArgs,
-    FfiKeyValue, FfiLogRecord, FfiMountOptions, FfiNativeDiff, FfiPath, LogSinkBox,
+    FfiKeyValue, FfiLogRecord, FfiMountOptions, FfiMountSpec, FfiNativeDiff, FfiPath, LogSinkBox,
     ReadAsByteSource, key_values_to_ffi,
 };
 use crate::log_codes::level_code;
@@ -200,6 +201,19 @@ impl<T: DriverPlugin> DriverObject for DriverAdapter<T> {
             || self.0.diff_size(&id, opt(&parent)),
         );
         to_ffi(r, |n| n)
+    }
+
+    fn describe_mount(
+        &self,
+        id: RStr<'_>,
+        options: &FfiMountOptions,
+    ) -> RResult<RVec<FfiMountSpec>, FfiError> {
+        let options = MountOptions::from(options);
+        let r = guard(
+            || format!("describe the mount of layer {id}"),
+            || self.0.describe_mount(&id, &options),
+        );
+        to_ffi(r, |mounts| mounts.iter().map(FfiMountSpec::from).collect())
     }
 }
 

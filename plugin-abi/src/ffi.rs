@@ -20,7 +20,7 @@ use abi_stable::{
 
 use crate::error::{DriverError, ErrorKind};
 use crate::types::{
-    CreateOptions, IdMap, InitArgs, KeyValues, MountOptions, NativeDiff, WhiteoutFormat,
+    CreateOptions, IdMap, InitArgs, KeyValues, MountOptions, MountSpec, NativeDiff, WhiteoutFormat,
 };
 
 /// A `DriverError` on the wire.
@@ -101,6 +101,18 @@ pub struct FfiNativeDiff {
     pub path: FfiPath,
     /// The `WhiteoutFormat`'s wire code (`WhiteoutFormat::code`).
     pub whiteouts: u32,
+}
+
+/// A `MountSpec` on the wire (added in ABI 1.1 with `describe_mount`).
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiMountSpec {
+    /// The filesystem type; `bind` for a bind mount.
+    pub kind: RString,
+    /// The device or directory mounted.
+    pub source: RString,
+    /// `mount(8)` options, one per entry, in order.
+    pub options: RVec<RString>,
 }
 
 /// One log event from a driver, re-emitted by the host through its own
@@ -227,6 +239,24 @@ pub trait DriverObject: Send + Sync {
     /// `NotSupported`.
     #[sabi(last_prefix_field)]
     fn diff_size(&self, id: RStr<'_>, parent: ROption<RStr<'_>>) -> RResult<u64, FfiError>;
+
+    // ---- ABI 1.1 ----
+    /// `GraphDriver::describe_mount`. A driver built against ABI 1.0 has no
+    /// entry for it, and a host calling it gets this default: not supported.
+    fn describe_mount(
+        &self,
+        id: RStr<'_>,
+        options: &FfiMountOptions,
+    ) -> RResult<RVec<FfiMountSpec>, FfiError> {
+        let _ = options;
+        RResult::RErr(
+            DriverError::not_supported(format!(
+                "describe the mount of layer {id}: the driver was built before ABI 1.1, \
+                 which added describing mounts as data; the host binds what get returns"
+            ))
+            .into(),
+        )
+    }
 }
 
 /// An owned `DriverObject` trait object: a started driver, as
@@ -399,6 +429,26 @@ impl From<&FfiMountOptions> for MountOptions {
             options: o.options.iter().map(|s| s.to_string()).collect(),
             uid_maps: id_maps_from_ffi(&o.uid_maps),
             gid_maps: id_maps_from_ffi(&o.gid_maps),
+        }
+    }
+}
+
+impl From<&MountSpec> for FfiMountSpec {
+    fn from(m: &MountSpec) -> Self {
+        FfiMountSpec {
+            kind: m.kind.as_str().into(),
+            source: m.source.as_str().into(),
+            options: m.options.iter().map(|o| RString::from(o.as_str())).collect(),
+        }
+    }
+}
+
+impl From<FfiMountSpec> for MountSpec {
+    fn from(m: FfiMountSpec) -> Self {
+        MountSpec {
+            kind: m.kind.into(),
+            source: m.source.into(),
+            options: m.options.into_iter().map(String::from).collect(),
         }
     }
 }

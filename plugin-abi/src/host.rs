@@ -14,7 +14,9 @@ use crate::ffi::{
     FfiLogRecord, FfiMountOptions, LogSink, LogSink_TO, ReadAsByteSource, key_values_from_ffi,
 };
 use crate::log_codes::{filter_code, level_from_code};
-use crate::types::{Capabilities, CreateOptions, InitArgs, KeyValues, MountOptions, NativeDiff};
+use crate::types::{
+    Capabilities, CreateOptions, InitArgs, KeyValues, MountOptions, MountSpec, NativeDiff,
+};
 
 /// The ABI version this host speaks (the version of this crate). A library
 /// loads when its major matches.
@@ -339,6 +341,14 @@ impl GraphDriver for LoadedDriver {
 
     fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
         from_ffi(self.object.diff_size(id.into(), ropt(parent)), |n| n)
+    }
+
+    fn describe_mount(&self, id: &str, options: &MountOptions) -> Result<Vec<MountSpec>> {
+        from_ffi(
+            self.object
+                .describe_mount(id.into(), &FfiMountOptions::from(options)),
+            |mounts| mounts.into_iter().map(MountSpec::from).collect(),
+        )
     }
 }
 

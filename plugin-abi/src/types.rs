@@ -313,10 +313,58 @@ pub struct NativeDiff {
     pub whiteouts: WhiteoutFormat,
 }
 
+/// One mount, as data: what `mount(8)` would be given to make it. A driver
+/// that can describe a layer's mount this way lets a caller that mounts for
+/// itself (containerd, through `strata-snapshotter`) perform it in its own
+/// mount namespace, as containerd does for its built-in snapshotters.
+///
+/// The fields mean what containerd's `Mount` message means: `kind` is the
+/// filesystem type (`overlay`, `bind`, `ext4`, ...), `source` the device or
+/// directory (a bind's source is the directory bound), `options` the
+/// `mount(8)` options in order, flags (`ro`, `rbind`, `nodev`) and
+/// filesystem data (`lowerdir=...`) alike.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountSpec {
+    /// The filesystem type; `bind` for a bind mount.
+    pub kind: String,
+    /// The device, directory or filesystem name the mount is made from.
+    pub source: String,
+    /// Options as `mount -o` takes them, one per entry.
+    pub options: Vec<String>,
+}
+
+impl MountSpec {
+    /// A recursive bind of `dir`, read-only when `read_only`.
+    pub fn bind(dir: &std::path::Path, read_only: bool) -> MountSpec {
+        MountSpec {
+            kind: "bind".into(),
+            source: dir.display().to_string(),
+            options: vec![
+                "rbind".into(),
+                if read_only { "ro" } else { "rw" }.into(),
+            ],
+        }
+    }
+
+    /// Whether the options ask for a read-only mount.
+    pub fn is_read_only(&self) -> bool {
+        self.options.iter().any(|o| o == "ro")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+
+    #[test]
+    fn a_bind_says_whether_it_is_read_only() {
+        let ro = MountSpec::bind(std::path::Path::new("/a/b"), true);
+        assert_eq!(ro.kind, "bind");
+        assert_eq!(ro.source, "/a/b");
+        assert!(ro.is_read_only());
+        assert!(!MountSpec::bind(std::path::Path::new("/a"), false).is_read_only());
+    }
 
     #[test]
     fn unknown_option_is_refused_by_name() {

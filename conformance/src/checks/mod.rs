@@ -9,6 +9,8 @@ mod concurrency;
 #[cfg(unix)]
 mod content;
 #[cfg(unix)]
+mod described;
+#[cfg(unix)]
 mod diff;
 mod lifecycle;
 #[cfg(unix)]
@@ -26,7 +28,7 @@ use strata_plugin_abi::{CreateOptions, ErrorKind, GraphDriver, MountOptions};
 use crate::{Check, CheckOutcome, Suite, Verdict};
 
 /// Every check of the suite, area by area in the order a run takes them:
-/// lifecycle, mount, content, diff, scenarios, quota, concurrency,
+/// lifecycle, mount, described mounts, content, diff, scenarios, quota, concurrency,
 /// processes, restart, abi.
 pub fn all() -> Vec<Check> {
     let mut checks = Vec::new();
@@ -34,6 +36,7 @@ pub fn all() -> Vec<Check> {
     #[cfg(unix)]
     {
         checks.extend(mount::checks());
+        checks.extend(described::checks());
         checks.extend(content::checks());
         checks.extend(diff::checks());
         checks.extend(scenarios::checks());
@@ -61,6 +64,7 @@ fn linux_only() -> Vec<Check> {
     }
     vec![
         check("mount/*", "The mount area: Linux only.", skip),
+        check("described-mount/*", "The described-mount area: Linux only.", skip),
         check("content/*", "The content area: Linux only.", skip),
         check("diff/*", "The diff area: Linux only.", skip),
         check("scenarios/*", "The scenarios area: Linux only.", skip),

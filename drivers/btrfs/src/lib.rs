@@ -33,10 +33,11 @@ use std::path::{Path, PathBuf};
 
 use strata_driver_kit::fs_type::{self, FsType};
 use strata_driver_kit::image_layer::{self, Access};
+use strata_driver_kit::mounts::read_only_asked;
 use strata_driver_kit::{DriverOptions, LayerHome, home};
 use strata_plugin_abi::{
     Capabilities, CreateOptions, DriverError, DriverPlugin, GraphDriver, InitArgs, KeyValues,
-    MountOptions, Result,
+    MountOptions, MountSpec, Result,
 };
 
 /// The layer's subvolume, inside its directory.
@@ -300,6 +301,14 @@ impl GraphDriver for BtrfsDriver {
                 tree.display()
             )))
         })
+    }
+
+    fn describe_mount(&self, id: &str, options: &MountOptions) -> Result<Vec<MountSpec>> {
+        let dir = self.layers.existing(id, "describe the mount of")?;
+        // A bind of the layer's subvolume; an image layer's is read-only
+        // whatever is asked (it is filled only through `get`).
+        let read_only = read_only_asked(id, &options.options)? || image_layer::is_image(&dir);
+        Ok(vec![MountSpec::bind(&dir.join(TREE), read_only)])
     }
 
     fn exists(&self, id: &str) -> Result<bool> {

@@ -40,10 +40,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use rustix::mount::MountAttrFlags;
+use strata_driver_kit::mounts::read_only_asked;
 use strata_driver_kit::{DriverOptions, LayerHome, fs_type, home::set_mode, xattr};
 use strata_plugin_abi::{
     Capabilities, CreateOptions, DriverError, DriverPlugin, GraphDriver, InitArgs, KeyValues,
-    MountOptions, NativeDiff, Result, WhiteoutFormat,
+    MountOptions, MountSpec, NativeDiff, Result, WhiteoutFormat,
 };
 
 pub use mount::Method;
@@ -317,6 +318,29 @@ impl OverlayDriver {
         }
     }
 
+    /// The directories a mount of layer `id` stacks: one place for `get`'s
+    /// mount and for the description `describe_mount` gives, so both show
+    /// the same tree.
+    fn layout(&self, id: &str, dir: &Path, read_only: bool) -> Result<mount::Layout> {
+        let (mut lowers, mut short_lowers) = self.lowers(id, dir)?;
+        let diff = dir.join("diff");
+        let upper = if read_only {
+            // A read-only layer is one more lower, on top.
+            // Without an upper, overlay needs two lowers; a layer without
+            // ancestors has the empty directory as its second.
+            lowers.insert(0, diff.clone());
+            short_lowers.insert(0, diff);
+            None
+        } else {
+            Some((diff, dir.join("work")))
+        };
+        Ok(mount::Layout {
+            lowers,
+            short_lowers,
+            upper,
+        })
+    }
+
     fn mount_layer(&self, id: &str, dir: &Path, read_only: bool) -> Result<()> {
         let merged = dir.join("merged");
         // Self-healing: a lost mount point is made again (only inside a layer
@@ -331,23 +355,14 @@ impl OverlayDriver {
                 ));
             }
         }
-        let (mut lowers, mut short) = self.lowers(id, dir)?;
-        let diff = dir.join("diff");
-        let work = dir.join("work");
-        let upper = if read_only {
-            // A read-only layer is one more lower, on top.
-            // Without an upper, overlay needs two lowers; a layer without
-            // ancestors has the empty directory as its second.
-            lowers.insert(0, diff.clone());
-            short.insert(0, diff.clone());
-            None
-        } else {
-            Some((diff.as_path(), work.as_path()))
-        };
+        let layout = self.layout(id, dir, read_only)?;
         let spec = mount::Spec {
-            lowers: &lowers,
-            short_lowers: &short,
-            upper,
+            lowers: &layout.lowers,
+            short_lowers: &layout.short_lowers,
+            upper: layout
+                .upper
+                .as_ref()
+                .map(|(upper, work)| (upper.as_path(), work.as_path())),
             target: &merged,
             attrs: self.attrs
                 | if read_only {
@@ -360,7 +375,7 @@ impl OverlayDriver {
             DriverError::io(
                 format!(
                     "mount layer {id} ({} lowers, {:?})",
-                    lowers.len(),
+                    layout.lowers.len(),
                     self.method
                 ),
                 &e,
@@ -556,6 +571,24 @@ impl GraphDriver for OverlayDriver {
             mount::unmount(&merged).map_err(io_err(format!("unmount layer {id}")))?;
         }
         Ok(())
+    }
+
+    fn describe_mount(&self, id: &str, options: &MountOptions) -> Result<Vec<MountSpec>> {
+        let dir = self.layers.existing(id, "describe the mount of")?;
+        // As `get`: a layer made read-only has no work directory.
+        let read_only =
+            read_only_asked(id, &options.options)? || !dir.join("work").is_dir();
+        let layout = self.layout(id, &dir, read_only)?;
+        let mut options: Vec<String> = self.mountopt.split(',').filter(|o| !o.is_empty()).map(String::from).collect();
+        options.push(if read_only { "ro" } else { "rw" }.into());
+        // The short link names keep the options within mount(2)'s page, as
+        // the legacy mount does; containerd's helper passes them as data.
+        options.extend(mount::data_options(&layout.short_lowers, layout.upper.as_ref()));
+        Ok(vec![MountSpec {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options,
+        }])
     }
 
     fn exists(&self, id: &str) -> Result<bool> {

@@ -39,6 +39,16 @@ pub struct Spec<'a> {
     pub attrs: MountAttrFlags,
 }
 
+/// The directories one mount of a layer stacks.
+pub struct Layout {
+    /// Nearest first, the layer's own diff on top when it is mounted read-only.
+    pub lowers: Vec<PathBuf>,
+    /// The same, as short link names.
+    pub short_lowers: Vec<PathBuf>,
+    /// Upper and work directories, for a read-write mount.
+    pub upper: Option<(PathBuf, PathBuf)>,
+}
+
 /// Options that keep a layer's diff/ exactly its changes: no directory
 /// redirects, no metadata-only copy-ups, no index.
 const EXACT_DIFF_OPTIONS: [(&str, &str); 3] = [
@@ -79,24 +89,24 @@ fn mount_new_api(spec: &Spec) -> io::Result<()> {
     Ok(())
 }
 
-/// The option string for mount(2); `None` when it does not fit in a page.
-pub fn legacy_options(spec: &Spec) -> Option<String> {
-    let lowers: Vec<String> = spec
-        .short_lowers
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let mut data = format!("lowerdir={}", lowers.join(":"));
-    if let Some((upper, work)) = spec.upper {
-        data.push_str(&format!(
-            ",upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        ));
+/// The overlay data options of a mount of `lowers` (nearest first) under
+/// `upper`: what mount(2) gets as data, and what a described mount carries.
+pub fn data_options<P: AsRef<Path>>(lowers: &[PathBuf], upper: Option<&(P, P)>) -> Vec<String> {
+    let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let mut data = vec![format!("lowerdir={}", lowers.join(":"))];
+    if let Some((upper, work)) = upper {
+        data.push(format!("upperdir={}", upper.as_ref().display()));
+        data.push(format!("workdir={}", work.as_ref().display()));
     }
     for (key, value) in EXACT_DIFF_OPTIONS {
-        data.push_str(&format!(",{key}={value}"));
+        data.push(format!("{key}={value}"));
     }
+    data
+}
+
+/// The option string for mount(2); `None` when it does not fit in a page.
+pub fn legacy_options(spec: &Spec) -> Option<String> {
+    let data = data_options(spec.short_lowers, spec.upper.as_ref()).join(",");
     (data.len() < PAGE).then_some(data)
 }
 

@@ -20,10 +20,11 @@ use std::fs;
 use std::path::PathBuf;
 
 use strata_driver_kit::copy::{self, CopyOptions, DataCopy};
+use strata_driver_kit::mounts::read_only_asked;
 use strata_driver_kit::{DriverOptions, LayerHome, fs_type};
 use strata_plugin_abi::{
     Capabilities, CreateOptions, DriverError, DriverPlugin, GraphDriver, InitArgs, KeyValues,
-    MountOptions, Result,
+    MountOptions, MountSpec, Result,
 };
 
 /// The tree of a layer, inside its directory.
@@ -202,6 +203,14 @@ impl GraphDriver for VfsDriver {
 
     fn put(&self, id: &str) -> Result<()> {
         self.home.existing(id, "unmount").map(|_| ())
+    }
+
+    fn describe_mount(&self, id: &str, options: &MountOptions) -> Result<Vec<MountSpec>> {
+        // A bind of the layer's directory: unlike `get`, which hands out the
+        // directory itself, a bind can be read-only.
+        let tree = self.tree(id, "describe the mount of")?;
+        let read_only = read_only_asked(id, &options.options)?;
+        Ok(vec![MountSpec::bind(&tree, read_only)])
     }
 
     fn exists(&self, id: &str) -> Result<bool> {
