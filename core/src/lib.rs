@@ -50,5 +50,5 @@ pub use strata_archive as archive;
 /// The driver-facing types a runtime passes to the store, so that one crate
 /// is enough.
 pub use strata_plugin_abi::{
-    CreateOptions, DriverError, ErrorKind as DriverErrorKind, GraphDriver, MountOptions,
+    CreateOptions, DriverError, ErrorKind as DriverErrorKind, GraphDriver, MountOptions, MountSpec,
 };

@@ -128,7 +128,10 @@ pub fn perform(spec: &strata_plugin_abi::MountSpec, target: &Path) -> io::Result
         if !data.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("a bind mount takes no filesystem options ({})", data.join(",")),
+                format!(
+                    "a bind mount takes no filesystem options ({})",
+                    data.join(",")
+                ),
             ));
         }
         if recursive {
@@ -145,7 +148,10 @@ pub fn perform(spec: &strata_plugin_abi::MountSpec, target: &Path) -> io::Result
         return Ok(());
     }
     let data = std::ffi::CString::new(data.join(",")).map_err(|_| {
-        io::Error::new(io::ErrorKind::InvalidInput, "a mount option holds a NUL byte")
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a mount option holds a NUL byte",
+        )
     })?;
     rustix::mount::mount(
         spec.source.as_str(),

@@ -9,7 +9,6 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 
 use crate::driver::DriverPlugin;
-use crate::types::MountOptions;
 use crate::error::{DriverError, ErrorKind, Result};
 use crate::ffi::{
     ByteSource_TO, ByteSourceAsRead, ByteSourceBox, ByteSourceMut, DriverBox, DriverModule,
@@ -18,6 +17,7 @@ use crate::ffi::{
     ReadAsByteSource, key_values_to_ffi,
 };
 use crate::log_codes::level_code;
+use crate::types::MountOptions;
 
 /// Builds the root module for driver type `T`. Called once per library, by the
 /// loader function `export_driver!` generates.

@@ -438,7 +438,11 @@ impl From<&MountSpec> for FfiMountSpec {
         FfiMountSpec {
             kind: m.kind.as_str().into(),
             source: m.source.as_str().into(),
-            options: m.options.iter().map(|o| RString::from(o.as_str())).collect(),
+            options: m
+                .options
+                .iter()
+                .map(|o| RString::from(o.as_str()))
+                .collect(),
         }
     }
 }

@@ -62,8 +62,8 @@ pub use driver::{DriverPlugin, GraphDriver};
 pub use error::{DriverError, ErrorKind, Result};
 pub use host::{HOST_ABI_VERSION, LoadError, LoadedDriver, PluginLibrary, load_driver};
 pub use types::{
-    Capabilities, CreateOptions, IdMap, InitArgs, KeyValues, MountOptions,
-    MountSpec, NATIVE_DIFF_WHITEOUTS_KEY, NativeDiff, WhiteoutFormat, is_valid_layer_id, validate_layer_id,
+    Capabilities, CreateOptions, IdMap, InitArgs, KeyValues, MountOptions, MountSpec,
+    NATIVE_DIFF_WHITEOUTS_KEY, NativeDiff, WhiteoutFormat, is_valid_layer_id, validate_layer_id,
 };
 
 /// The symbol abi_stable looks up in a library: the library header. Spelled out

@@ -339,10 +339,7 @@ impl MountSpec {
         MountSpec {
             kind: "bind".into(),
             source: dir.display().to_string(),
-            options: vec![
-                "rbind".into(),
-                if read_only { "ro" } else { "rw" }.into(),
-            ],
+            options: vec!["rbind".into(), if read_only { "ro" } else { "rw" }.into()],
         }
     }
 

@@ -52,7 +52,10 @@ impl Performed {
         };
         for spec in mounts {
             io(
-                format!("perform the described mount {spec:?} on {}", target.display()),
+                format!(
+                    "perform the described mount {spec:?} on {}",
+                    target.display()
+                ),
                 strata_driver_kit::mounts::perform(spec, target),
             )?;
             performed.mounted += 1;
@@ -74,9 +77,17 @@ impl Drop for Performed {
 }
 
 /// The description of `id`, or the skip that says the driver gives none.
-fn describe(driver: &dyn GraphDriver, id: &str, read_only: bool) -> Result<Vec<MountSpec>, Verdict> {
+fn describe(
+    driver: &dyn GraphDriver,
+    id: &str,
+    read_only: bool,
+) -> Result<Vec<MountSpec>, Verdict> {
     let options = MountOptions {
-        options: if read_only { vec!["ro".into()] } else { Vec::new() },
+        options: if read_only {
+            vec!["ro".into()]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     match driver.describe_mount(id, &options) {
@@ -109,14 +120,27 @@ fn same_tree_as_get(suite: &Suite) -> CheckOutcome {
     layers.unmount(base)?;
     layers.create(child, Some(base))?;
     let path = layers.mount(child)?;
-    io("write in the child", fs::write(path.join("child-file"), b"the child's"))?;
-    io("remove in the child", fs::remove_file(path.join("etc/hostname")).or_else(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
-    }))?;
+    io(
+        "write in the child",
+        fs::write(path.join("child-file"), b"the child's"),
+    )?;
+    io(
+        "remove in the child",
+        fs::remove_file(path.join("etc/hostname")).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }),
+    )?;
     layers.unmount(child)?;
 
     let scratch = scratch()?;
-    for (n, (id, read_only)) in [(child, false), (child, true), (base, true)].into_iter().enumerate() {
+    for (n, (id, read_only)) in [(child, false), (child, true), (base, true)]
+        .into_iter()
+        .enumerate()
+    {
         // What get shows, copied aside, so the layer is never mounted twice
         // at once (two overlays on one upper directory are undefined).
         let reference = scratch.path().join(format!("reference-{n}"));
@@ -124,10 +148,16 @@ fn same_tree_as_get(suite: &Suite) -> CheckOutcome {
         let copied = copy_tree(
             &shown,
             &reference,
-            CopyOptions { data: DataCopy::Full, ignore_chown_errors: false },
+            CopyOptions {
+                data: DataCopy::Full,
+                ignore_chown_errors: false,
+            },
         );
         layers.unmount(id)?;
-        io(format!("copy what get shows of {id}"), copied.map_err(std::io::Error::other))?;
+        io(
+            format!("copy what get shows of {id}"),
+            copied.map_err(std::io::Error::other),
+        )?;
         let mounts = describe(driver, id, read_only)?;
         let target = scratch.path().join(format!("described-{n}"));
         let performed = Performed::new(&target, &mounts)?;
@@ -152,10 +182,16 @@ fn same_tree_as_get(suite: &Suite) -> CheckOutcome {
 fn writes_reach_the_layer(suite: &Suite) -> CheckOutcome {
     let driver = suite.driver;
     let mut layers = Layers::new(driver);
-    let (base, child) = ("conformance-described-wbase", "conformance-described-wchild");
+    let (base, child) = (
+        "conformance-described-wbase",
+        "conformance-described-wchild",
+    );
     layers.create(base, None)?;
     let path = layers.mount(base)?;
-    io("write in the base", fs::write(path.join("from-base"), b"base"))?;
+    io(
+        "write in the base",
+        fs::write(path.join("from-base"), b"base"),
+    )?;
     io("write in the base", fs::write(path.join("doomed"), b"base"))?;
     layers.unmount(base)?;
     layers.create(child, Some(base))?;
@@ -164,10 +200,22 @@ fn writes_reach_the_layer(suite: &Suite) -> CheckOutcome {
     let target = scratch.path().join("described");
     {
         let _performed = Performed::new(&target, &mounts)?;
-        io("write through the described mount", fs::write(target.join("new"), b"through the description"))?;
-        io("remove through the described mount", fs::remove_file(target.join("doomed")))?;
-        io("make a directory through the described mount", fs::create_dir(target.join("dir")))?;
-        io("overwrite through the described mount", fs::write(target.join("from-base"), b"changed"))?;
+        io(
+            "write through the described mount",
+            fs::write(target.join("new"), b"through the description"),
+        )?;
+        io(
+            "remove through the described mount",
+            fs::remove_file(target.join("doomed")),
+        )?;
+        io(
+            "make a directory through the described mount",
+            fs::create_dir(target.join("dir")),
+        )?;
+        io(
+            "overwrite through the described mount",
+            fs::write(target.join("from-base"), b"changed"),
+        )?;
     }
     let shown = layers.mount(child)?;
     let new = fs::read(shown.join("new")).ok();
@@ -175,10 +223,22 @@ fn writes_reach_the_layer(suite: &Suite) -> CheckOutcome {
     let dir = shown.join("dir").is_dir();
     let changed = fs::read(shown.join("from-base")).ok();
     layers.unmount(child)?;
-    ensure!(new.as_deref() == Some(&b"through the description"[..]), "get of {child} shows 'new' as {new:?} after it was written through the described mount");
-    ensure!(!doomed, "get of {child} still shows 'doomed', removed through the described mount");
-    ensure!(dir, "get of {child} has no 'dir', made through the described mount");
-    ensure!(changed.as_deref() == Some(&b"changed"[..]), "get of {child} shows 'from-base' as {changed:?} after it was overwritten through the described mount");
+    ensure!(
+        new.as_deref() == Some(&b"through the description"[..]),
+        "get of {child} shows 'new' as {new:?} after it was written through the described mount"
+    );
+    ensure!(
+        !doomed,
+        "get of {child} still shows 'doomed', removed through the described mount"
+    );
+    ensure!(
+        dir,
+        "get of {child} has no 'dir', made through the described mount"
+    );
+    ensure!(
+        changed.as_deref() == Some(&b"changed"[..]),
+        "get of {child} shows 'from-base' as {changed:?} after it was overwritten through the described mount"
+    );
     // The parent is untouched.
     let base_path = layers.mount(base)?;
     let base_kept = fs::read(base_path.join("from-base")).ok();
@@ -210,14 +270,23 @@ fn read_only_refuses_writes(suite: &Suite) -> CheckOutcome {
         let _performed = Performed::new(&target, &mounts)?;
         let written = fs::write(target.join("new"), b"x");
         let overwritten = fs::write(target.join("file"), b"changed");
-        ensure!(written.is_err() && overwritten.is_err(), "the read-only described mount of {id} took writes");
+        ensure!(
+            written.is_err() && overwritten.is_err(),
+            "the read-only described mount of {id} took writes"
+        );
     }
     let shown = layers.mount(id)?;
     let kept = fs::read(shown.join("file")).ok();
     layers.unmount(id)?;
-    ensure!(kept.as_deref() == Some(&b"original"[..]), "after writes to its read-only described mount, {id}'s file reads {kept:?}");
+    ensure!(
+        kept.as_deref() == Some(&b"original"[..]),
+        "after writes to its read-only described mount, {id}'s file reads {kept:?}"
+    );
 
-    if driver.capabilities().contains(Capabilities::READ_ONLY_LAYERS) {
+    if driver
+        .capabilities()
+        .contains(Capabilities::READ_ONLY_LAYERS)
+    {
         let image = "conformance-described-image";
         layers.create_with(image, None, &CreateOptions::default())?;
         // Filled as the host fills a layer it is making: through the native
@@ -232,9 +301,18 @@ fn read_only_refuses_writes(suite: &Suite) -> CheckOutcome {
             )?,
             None => {
                 let filled = driver
-                    .get(image, &MountOptions { options: vec!["rw".into()], ..Default::default() })
+                    .get(
+                        image,
+                        &MountOptions {
+                            options: vec!["rw".into()],
+                            ..Default::default()
+                        },
+                    )
                     .map_err(|e| Verdict::Fail(format!("fill {image}: {e}")))?;
-                io("fill the image layer", fs::write(filled.join("file"), b"image"))?;
+                io(
+                    "fill the image layer",
+                    fs::write(filled.join("file"), b"image"),
+                )?;
                 layers.unmount(image)?;
             }
         }

@@ -64,7 +64,11 @@ fn linux_only() -> Vec<Check> {
     }
     vec![
         check("mount/*", "The mount area: Linux only.", skip),
-        check("described-mount/*", "The described-mount area: Linux only.", skip),
+        check(
+            "described-mount/*",
+            "The described-mount area: Linux only.",
+            skip,
+        ),
         check("content/*", "The content area: Linux only.", skip),
         check("diff/*", "The diff area: Linux only.", skip),
         check("scenarios/*", "The scenarios area: Linux only.", skip),

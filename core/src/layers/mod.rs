@@ -65,7 +65,7 @@ pub(crate) use records::{
     DELETING, MADE, MAKING, RowState, all_parents, children_of, import_sessions, read_record,
     row_state,
 };
-pub use records::{DiffRecord, ExpectedDiff, LayerRecord, NewLayer};
+pub use records::{DiffRecord, ExpectedDiff, LayerRecord, NewLayer, Revision};
 pub(crate) use tar_splits::TarSplits;
 
 pub(super) fn busy(message: String) -> CoreError {

@@ -46,6 +46,29 @@ pub struct LayerRecord {
     pub flags: BTreeMap<String, serde_json::Value>,
 }
 
+/// What [`LayerStore::revise`] sets on a layer, all at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revision {
+    /// Every name the layer is to have (the ones it had and are not listed
+    /// are dropped).
+    pub names: Vec<String>,
+    /// Its flags, whole.
+    pub flags: BTreeMap<String, serde_json::Value>,
+    /// Whether it is read-only from now on.
+    pub read_only: bool,
+}
+
+impl Revision {
+    /// The record's current names, flags and mark: the start of a change.
+    pub fn of(record: &LayerRecord) -> Revision {
+        Revision {
+            names: record.names.clone(),
+            flags: record.flags.clone(),
+            read_only: record.read_only,
+        }
+    }
+}
+
 /// A layer to make: where it goes, what it is called, and what its diff must
 /// be (an OCI blob's digest and diff id), checked before the layer counts as
 /// made.
@@ -307,6 +330,39 @@ impl LayerStore<'_> {
     pub fn set_names(&self, id: &LayerId, names: &[String]) -> Result<LayerRecord> {
         self.update(id, "set names of", |tx| {
             give_names(tx, Kind::Layer, id, names, true)
+        })
+    }
+
+    /// Changes layer `id`'s names, flags and read-only mark together, in one
+    /// transaction: `change` gets the current record and answers the new
+    /// values, or an error that changes nothing. Unlike
+    /// [`set_names`](Self::set_names), a name another layer has is refused
+    /// ([`CoreError::AlreadyExists`]), not taken: a caller renaming (a
+    /// containerd snapshot committed under its name) must never steal.
+    pub fn revise(
+        &self,
+        id: &LayerId,
+        operation: &str,
+        change: impl FnOnce(&LayerRecord) -> Result<Revision>,
+    ) -> Result<LayerRecord> {
+        self.update(id, operation, |tx| {
+            let current = read_record(tx, id)?.expect("checked");
+            let revision = change(&current)?;
+            for name in &revision.names {
+                if let Some(owner) = crate::db::name_owner(tx, Kind::Layer, name)?
+                    && owner != id.as_str()
+                {
+                    return Err(CoreError::AlreadyExists(format!(
+                        "{operation} layer {id}: the name {name:?} belongs to layer {owner}"
+                    )));
+                }
+            }
+            give_names(tx, Kind::Layer, id, &revision.names, true)?;
+            let flags = (!revision.flags.is_empty())
+                .then(|| serde_json::to_string(&revision.flags).expect("serialise"));
+            tx.prepare_cached("UPDATE layers SET flags = ?1, read_only = ?2 WHERE id = ?3")?
+                .execute(params![flags, revision.read_only, id])?;
+            Ok(())
         })
     }
 

@@ -576,14 +576,21 @@ impl GraphDriver for OverlayDriver {
     fn describe_mount(&self, id: &str, options: &MountOptions) -> Result<Vec<MountSpec>> {
         let dir = self.layers.existing(id, "describe the mount of")?;
         // As `get`: a layer made read-only has no work directory.
-        let read_only =
-            read_only_asked(id, &options.options)? || !dir.join("work").is_dir();
+        let read_only = read_only_asked(id, &options.options)? || !dir.join("work").is_dir();
         let layout = self.layout(id, &dir, read_only)?;
-        let mut options: Vec<String> = self.mountopt.split(',').filter(|o| !o.is_empty()).map(String::from).collect();
+        let mut options: Vec<String> = self
+            .mountopt
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect();
         options.push(if read_only { "ro" } else { "rw" }.into());
         // The short link names keep the options within mount(2)'s page, as
         // the legacy mount does; containerd's helper passes them as data.
-        options.extend(mount::data_options(&layout.short_lowers, layout.upper.as_ref()));
+        options.extend(mount::data_options(
+            &layout.short_lowers,
+            layout.upper.as_ref(),
+        ));
         Ok(vec![MountSpec {
             kind: "overlay".into(),
             source: "overlay".into(),
