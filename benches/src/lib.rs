@@ -4,36 +4,13 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A tar of a minimal Debian bookworm root filesystem, made once with
-/// debootstrap and kept under `target/bench-fixtures`.
-pub fn debian_rootfs_tar() -> PathBuf {
-    let dir = strata_testkit::workspace_root().join("target/bench-fixtures");
-    let tar = dir.join("debian-bookworm-minbase.tar");
-    if tar.exists() {
-        return tar;
-    }
-    std::fs::create_dir_all(&dir).expect("create target/bench-fixtures");
-    let scratch = tempfile::tempdir_in(&dir).expect("scratch directory");
-    let root = scratch.path().join("rootfs");
-    eprintln!("making a Debian root filesystem with debootstrap (once)...");
-    // No mirror given: debootstrap's own default serves.
-    run(Command::new("debootstrap")
-        .args(["--variant=minbase", "bookworm"])
-        .arg(&root));
-    let partial = dir.join("debian-bookworm-minbase.tar.partial");
-    run(Command::new("tar")
-        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
-        .arg(&root)
-        .arg("-cf")
-        .arg(&partial)
-        .arg("."));
-    std::fs::rename(&partial, &tar).expect("move the tar into place");
-    tar
-}
+/// debootstrap (the testkit keeps it, for tests and benches alike).
+pub use strata_testkit::fixtures::debian_rootfs_tar;
 
 /// Unpacks a tar made by `debian_rootfs_tar` into `dest`, keeping owners,
 /// modes and xattrs.

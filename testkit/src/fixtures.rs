@@ -337,3 +337,39 @@ pub fn tar_of_many(prefix: &str, files: usize, size: usize) -> Vec<u8> {
     }
     tar.finish()
 }
+
+/// A tar of a minimal Debian bookworm root filesystem, made once with
+/// debootstrap and kept under `target/bench-fixtures` (for benches and for
+/// the tests that run real clients on a real distribution tree).
+pub fn debian_rootfs_tar() -> std::path::PathBuf {
+    let dir = crate::workspace_root().join("target/bench-fixtures");
+    let tar = dir.join("debian-bookworm-minbase.tar");
+    if tar.exists() {
+        return tar;
+    }
+    std::fs::create_dir_all(&dir).expect("create target/bench-fixtures");
+    let scratch = tempfile::tempdir_in(&dir).expect("scratch directory");
+    let root = scratch.path().join("rootfs");
+    eprintln!("making a Debian root filesystem with debootstrap (once)...");
+    // No mirror given: debootstrap's own default serves.
+    crate::run_ok(
+        std::process::Command::new("debootstrap")
+            .args(["--variant=minbase", "bookworm"])
+            .arg(&root),
+    );
+    let partial = dir.join(format!(
+        "debian-bookworm-minbase.tar.partial.{}",
+        std::process::id()
+    ));
+    crate::run_ok(
+        std::process::Command::new("tar")
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
+            .arg(&root)
+            .arg("-cf")
+            .arg(&partial)
+            .arg("."),
+    );
+    // Two processes may make it at once: each renames its own whole tar.
+    std::fs::rename(&partial, &tar).expect("move the tar into place");
+    tar
+}
