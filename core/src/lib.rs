@@ -44,7 +44,7 @@ pub use config::{Config, Overrides};
 pub use error::{CoreError, Kind as ErrorKind, Result};
 pub use ids::{ContainerId, Digest, ImageId, LayerId};
 pub use selection::{PRIORITY, SelectedDriver, open_driver, survey};
-pub use store::Store;
+pub use store::{OWNER_FLAG, Store};
 /// The layer format, a crate of its own: re-exported so one crate is enough.
 pub use strata_archive as archive;
 /// The driver-facing types a runtime passes to the store, so that one crate

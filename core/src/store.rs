@@ -605,6 +605,28 @@ impl Store {
         })
     }
 
+    /// Deletes layer `id`, held by `owner` (the value of its
+    /// [`OWNER_FLAG`]): refused, as [`delete_layer`](Self::delete_layer)
+    /// is, while anything else uses it; its own owner does not count.
+    pub fn delete_owned_layer(&self, id: &LayerId, owner: &str) -> Result<()> {
+        let _exclusive = self.hold_layers_exclusively()?;
+        self.layers.delete_checked(id, |tx| {
+            let mut users = layer_users(tx, id)?;
+            if layer_owner(tx, id)?.as_deref() == Some(owner)
+                && let Some(at) = users.iter().position(|u| u == owner)
+            {
+                users.remove(at);
+            }
+            if users.is_empty() {
+                return Ok(());
+            }
+            Err(CoreError::InUse(format!(
+                "delete layer {id}: used by {}",
+                users.join(", ")
+            )))
+        })
+    }
+
     /// Applies a layer tar to the existing layer `id`. A read-only layer
     /// (an image's) is refused, naming the images and containers that stand
     /// on it: writing it would change all of them at once, while their mounts
@@ -758,7 +780,17 @@ fn unused_but_for_children(tx: &Connection, id: &str) -> Result<bool> {
         .query_row(params![id], |_| Ok(()))
         .optional()?
         .is_some();
-    Ok(!top && !container)
+    Ok(!top && !container && layer_owner(tx, id)?.is_none())
+}
+
+/// Who outside strata holds layer `id`: its [`OWNER_FLAG`] flag, if it has
+/// one.
+fn layer_owner(tx: &Connection, id: &str) -> Result<Option<String>> {
+    Ok(tx
+        .prepare_cached("SELECT json_extract(flags, '$.\"owner\"') FROM layers WHERE id = ?1")?
+        .query_row(params![id], |r| r.get::<_, Option<String>>(0))
+        .optional()?
+        .flatten())
 }
 
 /// Layer `id` is made and nothing stands on it.
@@ -777,7 +809,14 @@ fn settle_import(tx: &Connection, top_layer: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Every layer an image or a container stands on.
+/// The layer flag by which a program outside strata says it holds a layer
+/// (its value says who, in words: "containerd snapshot KEY"). Such a layer
+/// is in use like an image's: `strata layer delete` refuses it, naming the
+/// holder, and pruning keeps it and its ancestors.
+pub const OWNER_FLAG: &str = "owner";
+
+/// Every layer an image or a container stands on, or an outside program
+/// holds.
 pub(crate) fn layers_in_use(tx: &Connection) -> Result<BTreeSet<LayerId>> {
     let parents = all_parents(tx)?;
     let mut tops: Vec<LayerId> = tx
@@ -788,6 +827,14 @@ pub(crate) fn layers_in_use(tx: &Connection) -> Result<BTreeSet<LayerId>> {
         tx.prepare_cached("SELECT layer FROM containers")?
             .query_map([], |r| r.get::<_, LayerId>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?,
+    );
+    // Layers an outside program holds (containerd's snapshots).
+    tops.extend(
+        tx.prepare_cached(
+            "SELECT id FROM layers WHERE json_extract(flags, '$.\"owner\"') IS NOT NULL",
+        )?
+        .query_map([], |r| r.get::<_, LayerId>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?,
     );
     let mut used = BTreeSet::new();
     for top in tops {
@@ -803,7 +850,8 @@ pub(crate) fn layers_in_use(tx: &Connection) -> Result<BTreeSet<LayerId>> {
 }
 
 /// The images and containers standing on layer `id`, as "image NAME" and
-/// "container NAME".
+/// "container NAME", and the outside programs holding it or a layer on it
+/// (the value of their [`OWNER_FLAG`]).
 fn layer_users(tx: &Connection, id: &str) -> Result<Vec<String>> {
     let mut statement = tx.prepare_cached(
         "WITH RECURSIVE below(id) AS (
@@ -811,13 +859,20 @@ fn layer_users(tx: &Connection, id: &str) -> Result<Vec<String>> {
          )
          SELECT 'image', images.id FROM images JOIN below ON images.top_layer = below.id
          UNION ALL
-         SELECT 'container', containers.id FROM containers JOIN below ON containers.layer = below.id",
+         SELECT 'container', containers.id FROM containers JOIN below ON containers.layer = below.id
+         UNION ALL
+         SELECT 'owner', json_extract(layers.flags, '$.\"owner\"') FROM layers JOIN below ON layers.id = below.id
+             WHERE json_extract(layers.flags, '$.\"owner\"') IS NOT NULL",
     )?;
     let found: Vec<(String, String)> = statement
         .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut users = Vec::new();
     for (kind, owner) in found {
+        if kind == "owner" {
+            users.push(owner);
+            continue;
+        }
         let kind_of = if kind == "image" {
             Kind::Image
         } else {

@@ -28,6 +28,12 @@ pub fn layer_name(key: &str) -> String {
     format!("{NAME_PREFIX}{key}")
 }
 
+/// What the layer's owner flag (`strata_core::OWNER_FLAG`) says: `strata
+/// layer delete` and pruning name it when they leave the layer alone.
+pub fn owner(key: &str) -> String {
+    format!("containerd snapshot {key}")
+}
+
 /// The snapshot key a layer name stands for, if it is one.
 pub fn key_of(layer_name: &str) -> Option<&str> {
     layer_name.strip_prefix(NAME_PREFIX)

@@ -34,7 +34,9 @@ use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{Info, Usage};
 use strata_core::fsutil::FileLock;
 use strata_core::layers::{LayerRecord, NewLayer, Revision};
-use strata_core::{CoreError, CreateOptions, DriverErrorKind, LayerId, MountOptions, Store};
+use strata_core::{
+    CoreError, CreateOptions, DriverErrorKind, LayerId, MountOptions, OWNER_FLAG, Store,
+};
 use strata_driver_kit::mounts::read_only_asked;
 
 use crate::error::SnapshotError;
@@ -200,7 +202,11 @@ impl Snapshots {
                 ..Default::default()
             },
             names: vec![record::layer_name(key)],
-            flags: [(record::FLAG.to_string(), facts.to_flag())].into(),
+            flags: [
+                (record::FLAG.to_string(), facts.to_flag()),
+                (OWNER_FLAG.to_string(), record::owner(key).into()),
+            ]
+            .into(),
             ..NewLayer::new(LayerId::random().map_err(SnapshotError::store(&context))?)
         };
         let record = self
@@ -380,8 +386,15 @@ impl Snapshots {
             )));
         }
         self.release_held_mount(&found, &context);
+        let owner = found
+            .record
+            .flags
+            .get(OWNER_FLAG)
+            .and_then(|o| o.as_str())
+            .map(String::from)
+            .unwrap_or_else(|| record::owner(key));
         self.store
-            .delete_layer(&found.record.id)
+            .delete_owned_layer(&found.record.id, &owner)
             .map_err(SnapshotError::store(&context))?;
         tracing::debug!(key, layer = %found.record.id, "snapshot removed");
         Ok(())

@@ -109,6 +109,14 @@ fn testsuite_overlay() {
     run_suite("overlay");
 }
 
+/// The template a third party starts from describes no mounts: the
+/// snapshotter holds the store's mount of each snapshot's layer and gives
+/// containerd a bind of it, and the same cases hold.
+#[test]
+fn testsuite_driver_without_described_mounts() {
+    run_suite("example");
+}
+
 fn key(work: &Path, name: &str) -> String {
     work.join(name).display().to_string()
 }
@@ -840,6 +848,14 @@ fn another_process_shares_the_store() {
         .find(|l| l.names.iter().any(|n| n.ends_with("/work/base")))
         .expect("the committed snapshot is a named layer");
     assert!(base.read_only, "a committed snapshot's layer is read-only");
+    // The store's own commands leave containerd's layers alone, naming who
+    // holds them: deleting refuses, pruning keeps them.
+    let refused = store.delete_layer(&base.id).unwrap_err().to_string();
+    assert!(refused.contains("containerd snapshot"), "{refused}");
+    assert!(
+        store.prune(false).unwrap().is_empty(),
+        "prune deleted containerd's snapshots"
+    );
     // The other process makes a layer of its own while the snapshotter serves.
     let own = strata_core::LayerId::new("made-by-another-process").unwrap();
     store
