@@ -879,3 +879,110 @@ fn another_process_shares_the_store() {
     store.layers.delete(&own).unwrap();
     assert!(store.layers.list().unwrap().is_empty());
 }
+
+/// The snapshotter killed (SIGKILL) in the middle of a stream of Prepare,
+/// Commit and Remove calls, at several moments, and started again: every
+/// call it answered before the kill holds, the store checks clean, and
+/// every snapshot listed has its layer (and no layer of containerd's is
+/// left without its snapshot).
+#[test]
+fn killed_snapshotter_leaves_a_consistent_store() {
+    if let Some(why) = common::cannot_run_here() {
+        strata_testkit::skip::cannot_run("killed_snapshotter_leaves_a_consistent_store", &why);
+        return;
+    }
+    let mut served = Served::start("overlay");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let work = served.dir.join("work");
+    let mut answered: std::collections::BTreeMap<String, Kind> = Default::default();
+    for (round, after_ms) in [120u64, 260, 400].into_iter().enumerate() {
+        let socket = served.socket.clone();
+        let work_round = work.join(format!("round-{round}"));
+        // The calls run on their own thread; the kill comes from here.
+        let calls = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async move {
+                let mut snap = Snap(common::client_on(&socket).await);
+                let mut answered = Vec::new();
+                for i in 0.. {
+                    let active = key(&work_round, &format!("active-{i}"));
+                    let Ok(mounts) = snap.prepare(&active, "").await else { break };
+                    // Write through the mount, as an unpack would.
+                    let target = work_round.join(format!("mnt-{i}"));
+                    {
+                        let mounted = Mounted::new(&mounts, &target);
+                        fs::write(mounted.path().join("file"), format!("{i}")).unwrap();
+                    }
+                    // A call the kill cut off may or may not have happened:
+                    // only answered calls are held to.
+                    let committed = key(&work_round, &format!("committed-{i}"));
+                    if snap.commit(&committed, &active).await.is_err() {
+                        break;
+                    }
+                    if i % 3 == 0 {
+                        if snap.remove(&committed).await.is_err() {
+                            break;
+                        }
+                    } else {
+                        answered.push((committed.clone(), Kind::Committed));
+                    }
+                }
+                answered
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(after_ms));
+        served.kill();
+        answered.extend(calls.join().unwrap());
+        served.launch();
+    }
+    runtime.block_on(async {
+        let mut snap = Snap(served.client().await);
+        let listed = snap.list(&[]).await.unwrap();
+        for (name, expected) in &answered {
+            let info = listed.iter().find(|i| &i.name == name);
+            assert!(info.is_some_and(|i| kind(i) == *expected), "{name}: answered as {expected:?} before the kill, now {info:?}");
+            if *expected == Kind::Committed {
+                // Its content is whole: a view shows the file written.
+                let view = format!("{name}-view");
+                let mounts = snap.view(&view, name).await.unwrap();
+                let mounted = Mounted::new(&mounts, &served.dir.join("check-view"));
+                assert!(mounted.path().join("file").is_file(), "{name} lost its file");
+                drop(mounted);
+                snap.remove(&view).await.unwrap();
+            }
+        }
+        assert!(listed.len() >= answered.len());
+        // Calls cut by a kill are either whole or gone: nothing half made.
+        for info in &listed {
+            snap.mounts(&info.name).await.unwrap();
+        }
+        snap.cleanup().await.unwrap();
+    });
+    let store = {
+        let config_file = served.dir.join("check.toml");
+        fs::write(
+            &config_file,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\ndriver_dirs = [\"{}\"]\n",
+                served.graphroot.display(),
+                served.runroot.display(),
+                served.drivers.display()
+            ),
+        )
+        .unwrap();
+        strata_core::Store::open(
+            &strata_core::Config::load(&strata_core::Overrides {
+                config: Some(config_file),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let report = store.check().unwrap();
+    assert!(report.is_clean(), "strata check after the kills: {report:?}");
+    let layers = store.layers.list().unwrap();
+    let listed = runtime.block_on(async { Snap(served.client().await).list(&[]).await.unwrap() });
+    assert_eq!(layers.len(), listed.len(), "every layer is a snapshot's and every snapshot has its layer");
+    eprintln!("killed three times: {} answered calls held, {} snapshots", answered.len(), listed.len());
+}
