@@ -482,8 +482,16 @@ impl Snapshots {
                 }
             }
         };
+        // A driver that keeps its own account of a layer's bytes says so in
+        // its `used` fact (zfs: the dataset's used property, what
+        // containerd's zfs snapshotter reports); reading blocks through a
+        // FUSE mount would give its cached, stale attributes.
+        let used = driver
+            .metadata(id)
+            .ok()
+            .and_then(|facts| facts.get("used").and_then(|v| v.parse::<u64>().ok()));
         Ok(Usage {
-            size: measured.0 as i64,
+            size: used.unwrap_or(measured.0) as i64,
             inodes: measured.1 as i64,
         })
     }

@@ -109,6 +109,18 @@ fn testsuite_overlay() {
     run_suite("overlay");
 }
 
+#[test]
+fn testsuite_btrfs() {
+    run_suite("btrfs");
+}
+
+/// zfs describes no mounts (a dataset is mounted by `get`): the held-mount
+/// bind again, on a real mounting driver.
+#[test]
+fn testsuite_zfs() {
+    run_suite("zfs");
+}
+
 /// The template a third party starts from describes no mounts: the
 /// snapshotter holds the store's mount of each snapshot's layer and gives
 /// containerd a bind of it, and the same cases hold.
@@ -784,13 +796,35 @@ async fn usage(snap: &mut Snap, work: &Path) {
     let before = {
         let mounted = prepare_mounted(snap, work, "active", "").await;
         let before = snap.usage(&active).await.unwrap();
-        fs::write(mounted.path().join("big"), vec![1u8; 4 << 20]).unwrap();
+        // Data no filesystem compresses away (zfs compresses runs).
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        fs::write(mounted.path().join("big"), noise).unwrap();
         mkdir(&mounted.path().join("d/e"), 0o755);
         let root = fs::File::open(mounted.path()).unwrap();
         rustix::fs::syncfs(&root).unwrap();
         before
     };
-    let after = snap.usage(&active).await.unwrap();
+    // Usage counts allocated blocks: where allocation is delayed (ZFS
+    // allocates when its transaction group commits), they show up to half
+    // a minute after the write.
+    let started = std::time::Instant::now();
+    // zfs-fuse commits a transaction group every 30 s.
+    let deadline = started + std::time::Duration::from_secs(60);
+    let after = loop {
+        let after = snap.usage(&active).await.unwrap();
+        if after.size >= before.size + (4 << 20) || std::time::Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
     assert!(
         after.size >= before.size + (4 << 20),
         "{before:?} -> {after:?}"
@@ -802,7 +836,6 @@ async fn usage(snap: &mut Snap, work: &Path) {
     snap.prepare(&child, &committed).await.unwrap();
     let committed_usage = snap.usage(&committed).await.unwrap();
     assert!(committed_usage.size >= 4 << 20, "{committed_usage:?}");
-    let _ = PathBuf::new();
 }
 
 /// The snapshotter is one process on the store; another (here the test,
@@ -906,7 +939,9 @@ fn killed_snapshotter_leaves_a_consistent_store() {
                 let mut answered = Vec::new();
                 for i in 0.. {
                     let active = key(&work_round, &format!("active-{i}"));
-                    let Ok(mounts) = snap.prepare(&active, "").await else { break };
+                    let Ok(mounts) = snap.prepare(&active, "").await else {
+                        break;
+                    };
                     // Write through the mount, as an unpack would.
                     let target = work_round.join(format!("mnt-{i}"));
                     {
@@ -940,13 +975,19 @@ fn killed_snapshotter_leaves_a_consistent_store() {
         let listed = snap.list(&[]).await.unwrap();
         for (name, expected) in &answered {
             let info = listed.iter().find(|i| &i.name == name);
-            assert!(info.is_some_and(|i| kind(i) == *expected), "{name}: answered as {expected:?} before the kill, now {info:?}");
+            assert!(
+                info.is_some_and(|i| kind(i) == *expected),
+                "{name}: answered as {expected:?} before the kill, now {info:?}"
+            );
             if *expected == Kind::Committed {
                 // Its content is whole: a view shows the file written.
                 let view = format!("{name}-view");
                 let mounts = snap.view(&view, name).await.unwrap();
                 let mounted = Mounted::new(&mounts, &served.dir.join("check-view"));
-                assert!(mounted.path().join("file").is_file(), "{name} lost its file");
+                assert!(
+                    mounted.path().join("file").is_file(),
+                    "{name} lost its file"
+                );
                 drop(mounted);
                 snap.remove(&view).await.unwrap();
             }
@@ -980,9 +1021,20 @@ fn killed_snapshotter_leaves_a_consistent_store() {
         .unwrap()
     };
     let report = store.check().unwrap();
-    assert!(report.is_clean(), "strata check after the kills: {report:?}");
+    assert!(
+        report.is_clean(),
+        "strata check after the kills: {report:?}"
+    );
     let layers = store.layers.list().unwrap();
     let listed = runtime.block_on(async { Snap(served.client().await).list(&[]).await.unwrap() });
-    assert_eq!(layers.len(), listed.len(), "every layer is a snapshot's and every snapshot has its layer");
-    eprintln!("killed three times: {} answered calls held, {} snapshots", answered.len(), listed.len());
+    assert_eq!(
+        layers.len(),
+        listed.len(),
+        "every layer is a snapshot's and every snapshot has its layer"
+    );
+    eprintln!(
+        "killed three times: {} answered calls held, {} snapshots",
+        answered.len(),
+        listed.len()
+    );
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
 use containerd_snapshots::api::types::Mount;
-use strata_testkit::mounts::{LoopFilesystem, LoopFsKind};
+use strata_testkit::mounts::{LoopFilesystem, LoopFsKind, ZfsFusePool};
 use strata_testkit::plugins::build_plugin;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -31,6 +31,8 @@ pub struct Served {
     pub runroot: PathBuf,
     pub drivers: PathBuf,
     process: Option<Child>,
+    /// The zfs driver's pool (zfs-fuse on a file), holding the graph root.
+    zfs: Option<ZfsFusePool>,
     // Last: unmounted after everything on it is gone.
     fs: LoopFilesystem,
 }
@@ -40,16 +42,28 @@ pub fn cannot_run_here() -> Option<String> {
     if !strata_testkit::skip::is_root() {
         return Some("needs root (loop devices and mounts)".into());
     }
-    if !strata_testkit::skip::have_tool("mkfs.ext4") {
-        return Some("needs mkfs.ext4 (e2fsprogs)".into());
+    for (tool, package) in [
+        ("mkfs.ext4", "e2fsprogs"),
+        ("mkfs.btrfs", "btrfs-progs"),
+        ("zfs-fuse", "zfs-fuse"),
+    ] {
+        if !strata_testkit::skip::have_tool(tool) {
+            return Some(format!("needs {tool} ({package})"));
+        }
     }
     None
 }
 
 impl Served {
-    /// Starts a snapshotter for `driver` (vfs, overlay, ...) on a new store.
+    /// Starts a snapshotter for `driver` (vfs, overlay, ...) on a new store,
+    /// on ext4 (btrfs for the btrfs driver).
     pub fn start(driver: &str) -> Served {
-        let fs = LoopFilesystem::new(LoopFsKind::Ext4, 4 << 30).expect("scratch ext4");
+        let kind = if driver == "btrfs" {
+            LoopFsKind::Btrfs
+        } else {
+            LoopFsKind::Ext4
+        };
+        let fs = LoopFilesystem::new(kind, 4 << 30).expect("scratch filesystem");
         let dir = fs.path().to_path_buf();
         let drivers = dir.join("drivers");
         fs::create_dir_all(&drivers).unwrap();
@@ -59,10 +73,18 @@ impl Served {
             drivers.join(&library),
         )
         .unwrap();
+        // The zfs driver keeps its layers as datasets of the pool its home
+        // is on; everything else (socket, run root, work) stays on ext4.
+        let zfs = (driver == "zfs").then(|| ZfsFusePool::new(2 << 30).expect("a zfs-fuse pool"));
+        let graphroot = match &zfs {
+            Some(pool) => pool.path().join("graph"),
+            None => dir.join("graph"),
+        };
         let mut served = Served {
             driver: driver.to_string(),
             socket: dir.join("run/snapshotter.sock"),
-            graphroot: dir.join("graph"),
+            graphroot,
+            zfs,
             runroot: dir.join("run/strata"),
             drivers,
             dir,
@@ -152,7 +174,14 @@ pub async fn client_on(socket: &Path) -> Client {
 impl Drop for Served {
     fn drop(&mut self) {
         self.kill();
-        // Whatever a failing test left mounted on the scratch filesystem.
+        // Whatever a failing test left mounted on the scratch filesystems.
+        if let Some(pool) = &self.zfs
+            && let Ok(left) = strata_driver_kit::mounts::mounted_beneath(pool.path())
+        {
+            for path in left.iter().rev().filter(|p| *p != pool.path()) {
+                let _ = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
         if let Ok(left) = strata_driver_kit::mounts::mounted_beneath(&self.dir) {
             for path in left.iter().rev() {
                 let _ = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH);
