@@ -5,6 +5,10 @@
 #   debootstrap: real Debian root filesystems for benches and the demo
 #   zfs-fuse: userspace ZFS, the conformance runner's zfs-fuse backend
 #   umoci, skopeo, podman: real OCI clients the image tests and benches check strata against
+#   containerd, runc: the real containerd (with ctr and its runc shim) the
+#     snapshotter's tests run on strata
+#   protobuf-compiler: protoc, with which the containerd-snapshots crate
+#     builds containerd's Snapshots API
 #   time: GNU time, the peak RSS of commands the tests and benches run
 #   libdevmapper-dev: the devicemapper crate's build (its headers; nothing
 #     links libdevmapper at run time)
@@ -16,6 +20,7 @@
 #     (scripts/windows-check.sh); also rustup's x86_64-pc-windows-gnu target
 set -euo pipefail
 packages=(e2fsprogs btrfs-progs xfsprogs libclang-dev debootstrap zfs-fuse umoci skopeo podman time
+    containerd runc protobuf-compiler
     libdevmapper-dev busybox-static cpio qemu-system-x86 gcc-mingw-w64-x86-64 wine64)
 # Installed without their recommendations (Wine's would add a desktop's
 # worth of fonts and libraries the tests never use; podman's, the runtimes

@@ -858,23 +858,7 @@ fn another_process_shares_the_store() {
             .await
             .unwrap();
     });
-    let config_file = served.dir.join("other-process.toml");
-    fs::write(
-        &config_file,
-        format!(
-            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\ndriver_dirs = [\"{}\"]\n",
-            served.graphroot.display(),
-            served.runroot.display(),
-            served.drivers.display()
-        ),
-    )
-    .unwrap();
-    let config = strata_core::Config::load(&strata_core::Overrides {
-        config: Some(config_file),
-        ..Default::default()
-    })
-    .unwrap();
-    let store = strata_core::Store::open(&config).unwrap();
+    let store = served.open_store();
     let layers = store.layers.list().unwrap();
     let base = layers
         .iter()
@@ -999,27 +983,7 @@ fn killed_snapshotter_leaves_a_consistent_store() {
         }
         snap.cleanup().await.unwrap();
     });
-    let store = {
-        let config_file = served.dir.join("check.toml");
-        fs::write(
-            &config_file,
-            format!(
-                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\ndriver_dirs = [\"{}\"]\n",
-                served.graphroot.display(),
-                served.runroot.display(),
-                served.drivers.display()
-            ),
-        )
-        .unwrap();
-        strata_core::Store::open(
-            &strata_core::Config::load(&strata_core::Overrides {
-                config: Some(config_file),
-                ..Default::default()
-            })
-            .unwrap(),
-        )
-        .unwrap()
-    };
+    let store = served.open_store();
     let report = store.check().unwrap();
     assert!(
         report.is_clean(),

@@ -58,6 +58,12 @@ impl Served {
     /// Starts a snapshotter for `driver` (vfs, overlay, ...) on a new store,
     /// on ext4 (btrfs for the btrfs driver).
     pub fn start(driver: &str) -> Served {
+        Served::start_built(driver, false)
+    }
+
+    /// [`start`](Self::start) with the driver built in the release profile
+    /// (for benches).
+    pub fn start_built(driver: &str, release: bool) -> Served {
         let kind = if driver == "btrfs" {
             LoopFsKind::Btrfs
         } else {
@@ -68,11 +74,13 @@ impl Served {
         let drivers = dir.join("drivers");
         fs::create_dir_all(&drivers).unwrap();
         let library = format!("libstrata_driver_{driver}.so");
-        fs::copy(
-            build_plugin(&format!("strata-driver-{driver}")),
-            drivers.join(&library),
-        )
-        .unwrap();
+        let package = format!("strata-driver-{driver}");
+        let built = if release {
+            strata_testkit::plugins::build_plugin_release(&package)
+        } else {
+            build_plugin(&package)
+        };
+        fs::copy(built, drivers.join(&library)).unwrap();
         // The zfs driver keeps its layers as datasets of the pool its home
         // is on; everything else (socket, run root, work) stays on ext4.
         let zfs = (driver == "zfs").then(|| ZfsFusePool::new(2 << 30).expect("a zfs-fuse pool"));
@@ -149,6 +157,31 @@ impl Served {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         let status = child.wait().expect("wait for the snapshotter");
         status.success() && !self.socket.exists()
+    }
+
+    /// The store the snapshotter serves, opened in this process too (as
+    /// the `strata` command would open it).
+    pub fn open_store(&self) -> strata_core::Store {
+        let config_file = self.dir.join(format!("in-process-{}.toml", std::process::id()));
+        fs::write(
+            &config_file,
+            format!(
+                "[storage]\ndriver = \"{}\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\ndriver_dirs = [\"{}\"]\n",
+                self.driver,
+                self.graphroot.display(),
+                self.runroot.display(),
+                self.drivers.display()
+            ),
+        )
+        .unwrap();
+        strata_core::Store::open(
+            &strata_core::Config::load(&strata_core::Overrides {
+                config: Some(config_file),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+        .unwrap()
     }
 
     /// A client on the socket.
