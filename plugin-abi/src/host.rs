@@ -10,8 +10,9 @@ use abi_stable::std_types::{ROption, RResult, RStr};
 use crate::driver::GraphDriver;
 use crate::error::{DriverError, Result};
 use crate::ffi::{
-    ByteSource_TO, ByteSourceAsRead, DriverBox, DriverModuleRef, FfiCreateOptions, FfiInitArgs,
-    FfiLogRecord, FfiMountOptions, LogSink, LogSink_TO, ReadAsByteSource, key_values_from_ffi,
+    ByteSource_TO, ByteSourceAsRead, DriverBox, DriverModuleRef, DriverObject_TO, FfiCreateOptions,
+    FfiInitArgs, FfiLogRecord, FfiMountOptions, LogSink, LogSink_TO, ReadAsByteSource,
+    key_values_from_ffi,
 };
 use crate::log_codes::{filter_code, level_from_code};
 use crate::types::{
@@ -101,8 +102,16 @@ impl LoadError {
 #[derive(Clone)]
 pub struct PluginLibrary {
     path: PathBuf,
-    module: DriverModuleRef,
+    module: Module,
     abi_version: String,
+}
+
+/// The root module of a library, in the layout of the minor it was built
+/// against (see `abi_1_0`).
+#[derive(Clone, Copy)]
+enum Module {
+    Current(DriverModuleRef),
+    Release1_0(crate::abi_1_0::DriverModuleRef),
 }
 
 impl std::fmt::Debug for PluginLibrary {
@@ -135,8 +144,22 @@ impl PluginLibrary {
             },
         })?;
         let found = header.version_strings().version.to_string();
-        let module = header
-            .init_root_module::<DriverModuleRef>()
+        let current = header.init_root_module::<DriverModuleRef>();
+        // A driver built against 1.0 lacks the methods 1.1 appended, which
+        // abi_stable refuses for this host's own types: it is loaded
+        // through 1.0's frozen types instead, still checked field by field.
+        if current.is_err() && found.starts_with("1.0.") {
+            if let Ok(module) = header.init_root_module::<crate::abi_1_0::DriverModuleRef>() {
+                tracing::debug!(path = %path.display(), version = %found, "driver built against ABI 1.0: the methods 1.1 added answer not supported");
+                return Ok(PluginLibrary {
+                    path,
+                    module: Module::Release1_0(module),
+                    abi_version: found,
+                });
+            }
+        }
+        let module = current
+            .map(Module::Current)
             .map_err(|e| match e {
                 LibraryError::IncompatibleVersionNumber { .. }
                 | LibraryError::ParseVersionError(_) => LoadError::IncompatibleVersion {
@@ -188,12 +211,18 @@ impl PluginLibrary {
 
     /// The driver's name as the library exports it (`DriverPlugin::NAME`).
     pub fn name(&self) -> &'static str {
-        self.module.name().as_str()
+        match self.module {
+            Module::Current(m) => m.name().as_str(),
+            Module::Release1_0(m) => m.name().as_str(),
+        }
     }
 
     /// The driver's one-line description, for `strata drivers`.
     pub fn description(&self) -> &'static str {
-        self.module.description().as_str()
+        match self.module {
+            Module::Current(m) => m.description().as_str(),
+            Module::Release1_0(m) => m.description().as_str(),
+        }
     }
 
     /// The strata-plugin-abi version the library was built against.
@@ -212,7 +241,17 @@ impl PluginLibrary {
         );
         let max_level = filter_code(tracing::level_filters::LevelFilter::current());
         let ffi_args = FfiInitArgs::new(args, sink, max_level);
-        match (self.module.init())(ffi_args) {
+        let started = match self.module {
+            Module::Current(m) => (m.init())(ffi_args),
+            Module::Release1_0(m) => match (m.init())(ffi_args) {
+                RResult::ROk(object) => RResult::ROk(DriverObject_TO::from_value(
+                    crate::abi_1_0::Release1_0Object(object),
+                    TD_Opaque,
+                )),
+                RResult::RErr(e) => RResult::RErr(e),
+            },
+        };
+        match started {
             RResult::ROk(object) => Ok(LoadedDriver {
                 name,
                 path: self.path.clone(),

@@ -32,10 +32,18 @@
 //!
 //! 1. **Append only.** A new driver method goes after the last method of
 //!    `ffi::DriverObject`, *below* the one marked `#[sabi(last_prefix_field)]`,
-//!    and has a default body that answers `NotSupported`; a host calling it on
-//!    an older driver gets that default. A new root-module field goes after
-//!    `init` in `ffi::DriverModule`, likewise optional. Nothing is reordered,
-//!    removed, or changed in type.
+//!    and has a default body that answers `NotSupported`. A new root-module
+//!    field goes after `init` in `ffi::DriverModule`, likewise optional.
+//!    Nothing is reordered, removed, or changed in type. abi_stable itself
+//!    accepts a library only if its vtables have at least the host's
+//!    methods (a newer driver in an older host is fine; the reverse is
+//!    refused), so the minor that appends also freezes the previous minor's
+//!    `DriverObject` and `DriverModule` in a module of their own (`abi_1_0`
+//!    for 1.0): the host loads an older driver through those types, checked
+//!    field by field as always, and wraps its object so that the methods it
+//!    never had answer their defaults. 1.1 appended `describe_mount`; the
+//!    boundary tests build a driver against 1.0's sources, as released, from
+//!    this repository's history and load it.
 //! 2. **Frozen records.** The `Ffi*` structs never change within a major
 //!    version. New information travels through new methods or through the
 //!    key/value lists that exist for it (`storage_opts`, `options`, `status`,
@@ -50,6 +58,7 @@
 
 #![deny(missing_docs)]
 
+mod abi_1_0;
 mod driver;
 mod error;
 mod export;

@@ -261,8 +261,27 @@ fn a_plugin_built_against_another_abi_major_is_refused() {
         "{text}"
     );
     assert!(text.contains(&lib.display().to_string()), "{text}");
-    assert!(text.contains("strata-plugin-abi 2.0.0"), "{text}");
+    assert!(text.contains("strata-plugin-abi 2."), "{text}");
     assert!(text.contains(strata_plugin_abi::HOST_ABI_VERSION), "{text}");
+}
+
+/// The ABI grows by appending: a driver built against strata-plugin-abi
+/// 1.0.0 as released (before `describe_mount`) loads in this host, works,
+/// and answers the method it never had with "not supported".
+#[test]
+fn a_plugin_built_against_abi_1_0_loads_and_lacks_only_the_new_method() {
+    let lib = build_foreign_abi_plugin(ForeignAbi::Release1_0);
+    let library = PluginLibrary::open(&lib).expect("an ABI 1.0 driver loads in a 1.1 host");
+    let home = tempfile::tempdir().unwrap();
+    let driver = library.init(&args(home.path())).expect("it starts");
+    assert_eq!(driver.name(), "foreign");
+    driver.create("a", None, &Default::default()).unwrap();
+    let err = driver
+        .describe_mount("a", &MountOptions::default())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotSupported, "{err}");
+    assert!(err.message().contains("ABI 1.1"), "{err}");
+    assert!(err.message().contains("layer a"), "{err}");
 }
 
 #[test]

@@ -90,12 +90,19 @@ fn cargo_build_cdylib(
 /// host cannot accept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ForeignAbi {
-    /// strata-plugin-abi 2.0.0: same types, next major version.
+    /// strata-plugin-abi 2.x: same types, next major version.
     NextMajor,
     /// strata-plugin-abi claiming 1.0.0 with two fields of a boundary struct
     /// swapped, as a hand-edited or forked ABI would have.
     ChangedLayout,
+    /// strata-plugin-abi 1.0.0 exactly as released (from this repository's
+    /// history, [`ABI_1_0_COMMIT`]): a driver built before ABI 1.1 added
+    /// `describe_mount`, which a 1.1 host must load and serve.
+    Release1_0,
 }
+
+/// The last commit whose plugin-abi is 1.0.0, as released.
+pub const ABI_1_0_COMMIT: &str = "a5cfab8ad5ba27de3ab1a69e8943fb41c1c89f06";
 
 /// Builds a minimal driver against a copy of this workspace's plugin-abi changed
 /// as `abi` says, in its own workspace under `target/abi-fixtures`, and returns
@@ -105,12 +112,17 @@ pub fn build_foreign_abi_plugin(abi: ForeignAbi) -> PathBuf {
     let name = match abi {
         ForeignAbi::NextMajor => "next-major",
         ForeignAbi::ChangedLayout => "changed-layout",
+        ForeignAbi::Release1_0 => "release-1.0",
     };
     let fixture = root.join("target/abi-fixtures").join(name);
     let abi_dir = fixture.join("plugin-abi");
     let driver_dir = fixture.join("driver");
     let _ = fs::remove_dir_all(&abi_dir);
-    copy_dir(&root.join("plugin-abi/src"), &abi_dir.join("src"));
+    if abi == ForeignAbi::Release1_0 {
+        released_abi_source(&root, &abi_dir);
+    } else {
+        copy_dir(&root.join("plugin-abi/src"), &abi_dir.join("src"));
+    }
     fs::create_dir_all(driver_dir.join("src")).unwrap();
 
     // The fixture is its own workspace with the same pinned dependencies.
@@ -127,7 +139,11 @@ pub fn build_foreign_abi_plugin(abi: ForeignAbi) -> PathBuf {
     fs::write(fixture.join("Cargo.toml"), manifest).unwrap();
     fs::copy(root.join("Cargo.lock"), fixture.join("Cargo.lock")).unwrap();
 
-    let mut abi_manifest = fs::read_to_string(root.join("plugin-abi/Cargo.toml")).unwrap();
+    let mut abi_manifest = if abi == ForeignAbi::Release1_0 {
+        fs::read_to_string(abi_dir.join("Cargo.toml")).unwrap()
+    } else {
+        fs::read_to_string(root.join("plugin-abi/Cargo.toml")).unwrap()
+    };
     // Dev-dependencies point at workspace crates the fixture does not have.
     if let Some(dev) = abi_manifest.find("[dev-dependencies]") {
         abi_manifest.truncate(dev);
@@ -145,6 +161,7 @@ pub fn build_foreign_abi_plugin(abi: ForeignAbi) -> PathBuf {
             );
             fs::write(abi_dir.join("src/ffi.rs"), ffi).unwrap();
         }
+        ForeignAbi::Release1_0 => {}
     }
     fs::write(abi_dir.join("Cargo.toml"), abi_manifest).unwrap();
 
@@ -175,6 +192,41 @@ strata-plugin-abi = { path = "../plugin-abi" }
         Some(&fixture.join("target")),
         false,
     )
+}
+
+/// plugin-abi's crate (manifest and sources) as of [`ABI_1_0_COMMIT`],
+/// written to `dest`.
+fn released_abi_source(root: &Path, dest: &Path) {
+    let archive = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["archive", "--format=tar", ABI_1_0_COMMIT, "plugin-abi"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run git archive for the ABI 1.0 fixture: {e}"));
+    assert!(
+        archive.status.success(),
+        "git archive {ABI_1_0_COMMIT} plugin-abi failed (a shallow clone lacks the ABI 1.0 \
+         commit; fetch the history): {}",
+        String::from_utf8_lossy(&archive.stderr)
+    );
+    let unpacked = dest.with_extension("unpacked");
+    let _ = fs::remove_dir_all(&unpacked);
+    fs::create_dir_all(&unpacked).unwrap();
+    let mut tar = std::process::Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(&unpacked)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run tar");
+    std::io::Write::write_all(tar.stdin.as_mut().unwrap(), &archive.stdout).unwrap();
+    drop(tar.stdin.take());
+    assert!(
+        tar.wait().unwrap().success(),
+        "tar -x of the ABI 1.0 sources"
+    );
+    fs::rename(unpacked.join("plugin-abi"), dest).unwrap();
+    let _ = fs::remove_dir_all(&unpacked);
 }
 
 fn replace_once(text: &str, from: &str, to: &str) -> String {

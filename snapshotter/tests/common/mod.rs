@@ -162,7 +162,9 @@ impl Served {
     /// The store the snapshotter serves, opened in this process too (as
     /// the `strata` command would open it).
     pub fn open_store(&self) -> strata_core::Store {
-        let config_file = self.dir.join(format!("in-process-{}.toml", std::process::id()));
+        let config_file = self
+            .dir
+            .join(format!("in-process-{}.toml", std::process::id()));
         fs::write(
             &config_file,
             format!(
