@@ -73,23 +73,6 @@ pub fn unmount_beneath(dir: &Path) -> io::Result<usize> {
     Ok(count)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_are_decoded() {
-        assert_eq!(unescape(br"/a\040b\011c\134d"), b"/a b\tc\\d");
-        assert_eq!(unescape(br"/trailing\04"), br"/trailing\04");
-    }
-
-    #[test]
-    fn proc_is_a_mount_point_and_its_subdirectory_is_not() {
-        assert!(is_mount_point(Path::new("/proc")).unwrap());
-        assert!(!is_mount_point(Path::new("/proc/self")).unwrap());
-    }
-}
-
 /// Makes the mount `spec` describes on `target`, as containerd's mount
 /// helper does for a snapshotter's mounts: `bind` (or a `bind`/`rbind`
 /// option) binds `source`, then remounts the bind with its flags (a bind
@@ -139,11 +122,11 @@ pub fn perform(spec: &strata_plugin_abi::MountSpec, target: &Path) -> io::Result
         } else {
             rustix::mount::mount_bind(spec.source.as_str(), target)?;
         }
-        if !flags.is_empty() {
-            if let Err(e) = rustix::mount::mount_remount(target, flags | MountFlags::BIND, c"") {
-                let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
-                return Err(e.into());
-            }
+        if !flags.is_empty()
+            && let Err(e) = rustix::mount::mount_remount(target, flags | MountFlags::BIND, c"")
+        {
+            let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
+            return Err(e.into());
         }
         return Ok(());
     }
@@ -180,4 +163,34 @@ pub fn read_only_asked(id: &str, options: &[String]) -> strata_plugin_abi::Resul
         }
     }
     Ok(read_only)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_decoded() {
+        assert_eq!(unescape(br"/a\040b\011c\134d"), b"/a b\tc\\d");
+        assert_eq!(unescape(br"/trailing\04"), br"/trailing\04");
+    }
+
+    #[test]
+    fn proc_is_a_mount_point_and_its_subdirectory_is_not() {
+        assert!(is_mount_point(Path::new("/proc")).unwrap());
+        assert!(!is_mount_point(Path::new("/proc/self")).unwrap());
+    }
+
+    #[test]
+    fn only_ro_and_rw_are_understood() {
+        let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(!super::read_only_asked("a", &opts(&[])).unwrap());
+        assert!(!super::read_only_asked("a", &opts(&["rw"])).unwrap());
+        assert!(super::read_only_asked("a", &opts(&["rw", "ro"])).unwrap());
+        let err = super::read_only_asked("a", &opts(&["nodev"])).unwrap_err();
+        assert!(
+            err.message().contains("'nodev'") && err.message().contains("layer a"),
+            "{err}"
+        );
+    }
 }

@@ -148,15 +148,16 @@ impl PluginLibrary {
         // A driver built against 1.0 lacks the methods 1.1 appended, which
         // abi_stable refuses for this host's own types: it is loaded
         // through 1.0's frozen types instead, still checked field by field.
-        if current.is_err() && found.starts_with("1.0.") {
-            if let Ok(module) = header.init_root_module::<crate::abi_1_0::DriverModuleRef>() {
-                tracing::debug!(path = %path.display(), version = %found, "driver built against ABI 1.0: the methods 1.1 added answer not supported");
-                return Ok(PluginLibrary {
-                    path,
-                    module: Module::Release1_0(module),
-                    abi_version: found,
-                });
-            }
+        if current.is_err()
+            && found.starts_with("1.0.")
+            && let Ok(module) = header.init_root_module::<crate::abi_1_0::DriverModuleRef>()
+        {
+            tracing::debug!(path = %path.display(), version = %found, "driver built against ABI 1.0: the methods 1.1 added answer not supported");
+            return Ok(PluginLibrary {
+                path,
+                module: Module::Release1_0(module),
+                abi_version: found,
+            });
         }
         let module = current
             .map(Module::Current)

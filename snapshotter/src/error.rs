@@ -26,9 +26,10 @@ pub enum SnapshotError {
     Store {
         /// The snapshot operation, naming the snapshot.
         context: String,
-        /// What the store said.
+        /// What the store said (boxed: the store's errors are large, and
+        /// every snapshot call returns this type).
         #[source]
-        source: CoreError,
+        source: Box<CoreError>,
     },
 }
 
@@ -36,7 +37,10 @@ impl SnapshotError {
     /// A store error met while doing `context`.
     pub fn store(context: impl Into<String>) -> impl FnOnce(CoreError) -> SnapshotError {
         let context = context.into();
-        move |source| SnapshotError::Store { context, source }
+        move |source| SnapshotError::Store {
+            context,
+            source: Box::new(source),
+        }
     }
 }
 
@@ -48,7 +52,7 @@ impl From<SnapshotError> for tonic::Status {
             SnapshotError::AlreadyExists(_) => tonic::Status::already_exists(message),
             SnapshotError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             SnapshotError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            SnapshotError::Store { source, .. } => match source {
+            SnapshotError::Store { source, .. } => match &**source {
                 CoreError::Driver(driver) => match driver.kind() {
                     DriverErrorKind::NotFound => tonic::Status::not_found(message),
                     DriverErrorKind::AlreadyExists => tonic::Status::already_exists(message),

@@ -181,7 +181,7 @@ mod tests {
     fn names_round_trip_and_never_look_like_ids() {
         let name = layer_name("default/3/extract-1 sha256:ab");
         assert_eq!(key_of(&name), Some("default/3/extract-1 sha256:ab"));
-        assert!(!strata_core::LayerId::new(&name).is_ok());
+        assert!(strata_core::LayerId::new(&name).is_err());
         assert_eq!(key_of("plain"), None);
     }
 

@@ -13,7 +13,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::client::{Snap, kind, labels};
 use common::{Mounted, Served, differences};
