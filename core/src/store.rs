@@ -787,7 +787,10 @@ fn unused_but_for_children(tx: &Connection, id: &str) -> Result<bool> {
 /// one.
 fn layer_owner(tx: &Connection, id: &str) -> Result<Option<String>> {
     Ok(tx
-        .prepare_cached("SELECT json_extract(flags, '$.\"owner\"') FROM layers WHERE id = ?1")?
+        .prepare_cached(
+            "SELECT json_extract(flags, '$.\"strata.owner\"') FROM layers
+             WHERE id = ?1 AND json_type(flags, '$.\"strata.owner\"') = 'text'",
+        )?
         .query_row(params![id], |r| r.get::<_, Option<String>>(0))
         .optional()?
         .flatten())
@@ -810,10 +813,11 @@ fn settle_import(tx: &Connection, top_layer: Option<&str>) -> Result<()> {
 }
 
 /// The layer flag by which a program outside strata says it holds a layer
-/// (its value says who, in words: "containerd snapshot KEY"). Such a layer
+/// (its value, a string, says who in words: "containerd snapshot KEY"; a
+/// value of another type is not a claim). Such a layer
 /// is in use like an image's: `strata layer delete` refuses it, naming the
 /// holder, and pruning keeps it and its ancestors.
-pub const OWNER_FLAG: &str = "owner";
+pub const OWNER_FLAG: &str = "strata.owner";
 
 /// Every layer an image or a container stands on, or an outside program
 /// holds.
@@ -831,7 +835,7 @@ pub(crate) fn layers_in_use(tx: &Connection) -> Result<BTreeSet<LayerId>> {
     // Layers an outside program holds (containerd's snapshots).
     tops.extend(
         tx.prepare_cached(
-            "SELECT id FROM layers WHERE json_extract(flags, '$.\"owner\"') IS NOT NULL",
+            "SELECT id FROM layers WHERE json_type(flags, '$.\"strata.owner\"') = 'text'",
         )?
         .query_map([], |r| r.get::<_, LayerId>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?,
@@ -861,8 +865,8 @@ fn layer_users(tx: &Connection, id: &str) -> Result<Vec<String>> {
          UNION ALL
          SELECT 'container', containers.id FROM containers JOIN below ON containers.layer = below.id
          UNION ALL
-         SELECT 'owner', json_extract(layers.flags, '$.\"owner\"') FROM layers JOIN below ON layers.id = below.id
-             WHERE json_extract(layers.flags, '$.\"owner\"') IS NOT NULL",
+         SELECT 'owner', json_extract(layers.flags, '$.\"strata.owner\"') FROM layers JOIN below ON layers.id = below.id
+             WHERE json_type(layers.flags, '$.\"strata.owner\"') = 'text'",
     )?;
     let found: Vec<(String, String)> = statement
         .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -147,14 +147,15 @@ pub fn perform(spec: &strata_plugin_abi::MountSpec, target: &Path) -> io::Result
 }
 
 /// Whether mount options `options` for layer `id` ask for a read-only tree:
-/// `ro` and `rw` are understood, anything else is refused by name (options
-/// a driver honours itself belong in its configuration).
+/// `ro` and `rw` are understood, the last one given winning (as for
+/// mount(8)); anything else is refused by name (options a driver honours
+/// itself belong in its configuration).
 pub fn read_only_asked(id: &str, options: &[String]) -> strata_plugin_abi::Result<bool> {
     let mut read_only = false;
     for option in options {
         match option.as_str() {
             "ro" => read_only = true,
-            "rw" => {}
+            "rw" => read_only = false,
             other => {
                 return Err(strata_plugin_abi::DriverError::invalid_input(format!(
                     "mount layer {id}: unknown mount option '{other}' (ro or rw)"
@@ -187,6 +188,7 @@ mod tests {
         assert!(!super::read_only_asked("a", &opts(&[])).unwrap());
         assert!(!super::read_only_asked("a", &opts(&["rw"])).unwrap());
         assert!(super::read_only_asked("a", &opts(&["rw", "ro"])).unwrap());
+        assert!(!super::read_only_asked("a", &opts(&["ro", "rw"])).unwrap());
         let err = super::read_only_asked("a", &opts(&["nodev"])).unwrap_err();
         assert!(
             err.message().contains("'nodev'") && err.message().contains("layer a"),

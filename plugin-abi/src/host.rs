@@ -144,60 +144,22 @@ impl PluginLibrary {
             },
         })?;
         let found = header.version_strings().version.to_string();
-        let current = header.init_root_module::<DriverModuleRef>();
         // A driver built against 1.0 lacks the methods 1.1 appended, which
-        // abi_stable refuses for this host's own types: it is loaded
-        // through 1.0's frozen types instead, still checked field by field.
-        if current.is_err()
-            && found.starts_with("1.0.")
-            && let Ok(module) = header.init_root_module::<crate::abi_1_0::DriverModuleRef>()
-        {
-            tracing::debug!(path = %path.display(), version = %found, "driver built against ABI 1.0: the methods 1.1 added answer not supported");
-            return Ok(PluginLibrary {
-                path,
-                module: Module::Release1_0(module),
-                abi_version: found,
-            });
+        // abi_stable refuses against this host's own types: it is checked,
+        // field by field as always, against 1.0's frozen types instead.
+        let module = if found.starts_with("1.0.") {
+            header
+                .init_root_module::<crate::abi_1_0::DriverModuleRef>()
+                .map(|module| {
+                    tracing::debug!(path = %path.display(), version = %found, "driver built against ABI 1.0: the methods 1.1 added answer not supported");
+                    Module::Release1_0(module)
+                })
+        } else {
+            header
+                .init_root_module::<DriverModuleRef>()
+                .map(Module::Current)
         }
-        let module = current
-            .map(Module::Current)
-            .map_err(|e| match e {
-                LibraryError::IncompatibleVersionNumber { .. }
-                | LibraryError::ParseVersionError(_) => LoadError::IncompatibleVersion {
-                    path: path.clone(),
-                    found: found.clone(),
-                    expected: HOST_ABI_VERSION.to_string(),
-                    expected_major: HOST_ABI_VERSION
-                        .split('.')
-                        .next()
-                        .unwrap_or("?")
-                        .to_string(),
-                },
-                LibraryError::AbiInstability(details) => {
-                    let details = details.to_string();
-                    if header.root_mod_consts().name().as_str() != DriverModuleRef::NAME {
-                        LoadError::NotAPlugin {
-                            path: path.clone(),
-                            reason: format!(
-                                "its root module is '{}', not a strata driver module",
-                                header.root_mod_consts().name()
-                            ),
-                        }
-                    } else {
-                        tracing::debug!(path = %path.display(), %details, "driver module layout differs");
-                        LoadError::LayoutMismatch {
-                            path: path.clone(),
-                            found: found.clone(),
-                            what: layout_difference(&details),
-                            details,
-                        }
-                    }
-                }
-                other => LoadError::NotAPlugin {
-                    path: path.clone(),
-                    reason: one_line(&other.to_string()),
-                },
-            })?;
+        .map_err(|e| refusal(e, &path, &found, header))?;
         Ok(PluginLibrary {
             path,
             module,
@@ -264,6 +226,55 @@ impl PluginLibrary {
                 error: err.into(),
             }),
         }
+    }
+}
+
+/// Why abi_stable refused the library at `path`, claiming ABI `found`, in
+/// this host's words.
+fn refusal(
+    error: LibraryError,
+    path: &Path,
+    found: &str,
+    header: &abi_stable::library::LibHeader,
+) -> LoadError {
+    let path = path.to_path_buf();
+    match error {
+        LibraryError::IncompatibleVersionNumber { .. } | LibraryError::ParseVersionError(_) => {
+            LoadError::IncompatibleVersion {
+                path,
+                found: found.to_string(),
+                expected: HOST_ABI_VERSION.to_string(),
+                expected_major: HOST_ABI_VERSION
+                    .split('.')
+                    .next()
+                    .unwrap_or("?")
+                    .to_string(),
+            }
+        }
+        LibraryError::AbiInstability(details) => {
+            let details = details.to_string();
+            if header.root_mod_consts().name().as_str() != DriverModuleRef::NAME {
+                LoadError::NotAPlugin {
+                    path,
+                    reason: format!(
+                        "its root module is '{}', not a strata driver module",
+                        header.root_mod_consts().name()
+                    ),
+                }
+            } else {
+                tracing::debug!(path = %path.display(), %details, "driver module layout differs");
+                LoadError::LayoutMismatch {
+                    path,
+                    found: found.to_string(),
+                    what: layout_difference(&details),
+                    details,
+                }
+            }
+        }
+        other => LoadError::NotAPlugin {
+            path,
+            reason: one_line(&other.to_string()),
+        },
     }
 }
 

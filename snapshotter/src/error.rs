@@ -21,6 +21,9 @@ pub enum SnapshotError {
     /// The request itself is wrong (a bad filter, label or field path).
     #[error("{0}")]
     InvalidArgument(String),
+    /// The operation broke off (its thread panicked or was cancelled).
+    #[error("{0}")]
+    Internal(String),
     /// The store failed; its error names the layer and the operation.
     #[error("{context}: {source}")]
     Store {
@@ -52,6 +55,7 @@ impl From<SnapshotError> for tonic::Status {
             SnapshotError::AlreadyExists(_) => tonic::Status::already_exists(message),
             SnapshotError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             SnapshotError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            SnapshotError::Internal(_) => tonic::Status::internal(message),
             SnapshotError::Store { source, .. } => match &**source {
                 CoreError::Driver(driver) => match driver.kind() {
                     DriverErrorKind::NotFound => tonic::Status::not_found(message),

@@ -9,15 +9,19 @@
 //! ```
 //!
 //! Field paths are `name`, `parent`, `kind` and `labels.<key>`; a part of a
-//! path or a value may be quoted ("...", with `\"` and `\\` escapes). `==`
-//! and `!=` compare exactly, `~=` matches a regular expression, and a path
-//! alone asks that the field be present and not empty.
+//! path or a value may be quoted ("...", with `\"` and `\\` escapes). As in
+//! containerd: a path alone asks that the field be present; `==` that it be
+//! present and equal; `!=` that its value (empty when absent) differ; `~=`
+//! that its value (empty when absent) match the regular expression.
 
 use regex::Regex;
 
 /// What a filter is checked against: one snapshot's fields.
 pub trait Fields {
     /// The value at `path` (`["labels", key]`, `["kind"]`, ...), if present.
+    /// As containerd's snapshot fields: a label is present when the key is
+    /// there (even with an empty value); name and parent when not empty;
+    /// kind always.
     fn field(&self, path: &[String]) -> Option<String>;
 }
 
@@ -60,10 +64,10 @@ impl Filter {
         self.selectors.iter().all(|s| {
             let value = fields.field(&s.path);
             match &s.test {
-                Test::Present => value.is_some_and(|v| !v.is_empty()),
+                Test::Present => value.is_some(),
                 Test::Equal(want) => value.as_deref() == Some(want.as_str()),
-                Test::NotEqual(want) => value.as_deref() != Some(want.as_str()),
-                Test::Matches(re) => value.is_some_and(|v| re.is_match(&v)),
+                Test::NotEqual(want) => value.as_deref().unwrap_or("") != want,
+                Test::Matches(re) => re.is_match(value.as_deref().unwrap_or("")),
             }
         })
     }
@@ -211,7 +215,12 @@ mod tests {
     impl Fields for Snap {
         fn field(&self, path: &[String]) -> Option<String> {
             match path {
-                [one] => self.0.get(one.as_str()).map(|v| v.to_string()),
+                // Name and parent are present when not empty.
+                [one] => self
+                    .0
+                    .get(one.as_str())
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.to_string()),
                 [labels, key] if labels == "labels" => {
                     self.1.get(key.as_str()).map(|v| v.to_string())
                 }
@@ -228,7 +237,12 @@ mod tests {
                 ("parent", ""),
             ]
             .into(),
-            [("containerd.io/gc.root", "2026"), ("team", "storage")].into(),
+            [
+                ("containerd.io/gc.root", "2026"),
+                ("team", "storage"),
+                ("empty", ""),
+            ]
+            .into(),
         )
     }
 
@@ -255,8 +269,14 @@ mod tests {
         assert!(admitted(&[r#"labels."containerd.io/gc.root""#]));
         assert!(admitted(&[r#"labels."containerd.io/gc.root"==2026"#]));
         assert!(!admitted(&["labels.missing"]));
+        // Present with an empty value, as containerd has it.
+        assert!(admitted(&["labels.empty"]));
+        assert!(admitted(&[r#"labels.empty=="""#]));
+        // An empty parent is no parent: not present, equal to nothing.
         assert!(!admitted(&["parent"]));
-        assert!(admitted(&[r#"parent=="""#]));
+        assert!(!admitted(&[r#"parent=="""#]));
+        assert!(admitted(&["parent!=x"]));
+        assert!(admitted(&["labels.missing~=^$"]));
         assert!(admitted(&[r#"name=="default/1/base""#]));
     }
 

@@ -56,7 +56,7 @@ impl StrataSnapshotter {
         tokio::task::spawn_blocking(move || work(&snapshots))
             .await
             .unwrap_or_else(|e| {
-                Err(SnapshotError::FailedPrecondition(format!(
+                Err(SnapshotError::Internal(format!(
                     "the snapshot operation did not finish: {e}"
                 )))
             })

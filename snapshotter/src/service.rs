@@ -105,6 +105,13 @@ impl Snapshots {
                 "{operation} snapshot {key:?}"
             )))?
             .ok_or_else(missing)?;
+        // A layer still being made is no snapshot yet: a Prepare killed
+        // half way left it (every Prepare holds the snapshotter lock, so no
+        // live one is under way when a key is checked), and the next open
+        // of the store removes it. Its key is free meanwhile.
+        if record.incomplete {
+            return Err(missing());
+        }
         let facts = SnapshotFacts::of(&record).ok_or_else(missing)?;
         Ok(Found { record, facts })
     }
@@ -188,7 +195,7 @@ impl Snapshots {
         };
         let context = format!("{operation} snapshot {key:?}");
         // Shared: no layer is deleted while one is built on it.
-        let _building = self
+        let building = self
             .store
             .hold_layers()
             .map_err(SnapshotError::store(&context))?;
@@ -214,15 +221,31 @@ impl Snapshots {
             .layers
             .create_layer(&new, None)
             .map_err(SnapshotError::store(&context))?;
+        // Let go before anything below may delete (which waits for every
+        // builder to finish, this one included).
+        drop(building);
         tracing::debug!(key, layer = %record.id, kind = kind.as_str(), "snapshot made");
-        self.mounts_of(Found { record, facts }, &context)
+        let id = record.id.clone();
+        match self.mounts_of(Found { record, facts }, &context) {
+            Ok(mounts) => Ok(mounts),
+            Err(e) => {
+                // containerd drops a snapshot whose Prepare failed: so does
+                // the store, or the key would stay taken by a snapshot
+                // nobody knows of.
+                if let Err(undo) = self.store.delete_owned_layer(&id, &record::owner(key)) {
+                    tracing::warn!(key, layer = %id, error = %undo, "could not remove a snapshot whose mounts failed");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Mounts: how to mount the snapshot's tree.
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let found = self.find(key, "mounts of")?;
-        if found.facts.held_mount.is_none() && !self.describes_mounts(&found)? {
-            // The fallback changes the record: under the lock, found again.
+        if !self.describes_mounts(&found)? {
+            // The fallback may take a mount and record it: under the lock,
+            // with the snapshot found again.
             let _lock = self.lock()?;
             let found = self.find(key, "mounts of")?;
             return self.mounts_of(found, &format!("mounts of snapshot {key:?}"));
@@ -287,11 +310,12 @@ impl Snapshots {
             .layers
             .mount(id, &MountOptions::default())
             .map_err(SnapshotError::store(context))?;
-        let mut facts = found.facts.clone();
-        facts.held_mount = Some(path.clone());
         self.store
             .layers
             .revise(id, "hold a mount of", |record| {
+                // From the record as it is now, not as it was read.
+                let mut facts = SnapshotFacts::of(record).unwrap_or_else(|| found.facts.clone());
+                facts.held_mount = Some(path.clone());
                 let mut revision = Revision::of(record);
                 revision.flags.insert(record::FLAG.into(), facts.to_flag());
                 Ok(revision)
@@ -337,6 +361,9 @@ impl Snapshots {
                 revision
                     .flags
                     .insert(record::FLAG.into(), committed.to_flag());
+                revision
+                    .flags
+                    .insert(OWNER_FLAG.into(), record::owner(name).into());
                 revision.read_only = true;
                 Ok(revision)
             })
@@ -507,7 +534,7 @@ impl Snapshots {
         let keys: BTreeMap<&LayerId, String> =
             records.iter().map(|r| (&r.id, Self::key_of(r))).collect();
         let mut infos = Vec::new();
-        for record in &records {
+        for record in records.iter().filter(|r| !r.incomplete) {
             let Some(facts) = SnapshotFacts::of(record) else {
                 continue;
             };
@@ -544,8 +571,8 @@ impl Fields for InfoFields<'_> {
     fn field(&self, path: &[String]) -> Option<String> {
         let info = self.0;
         match path {
-            [one] if one == "name" => Some(info.name.clone()),
-            [one] if one == "parent" => Some(info.parent.clone()),
+            [one] if one == "name" => Some(info.name.clone()).filter(|n| !n.is_empty()),
+            [one] if one == "parent" => Some(info.parent.clone()).filter(|p| !p.is_empty()),
             [one] if one == "kind" => Some(
                 match info.kind {
                     containerd_snapshots::Kind::Active => "active",

@@ -305,19 +305,17 @@ fn containerd_on(driver: &str) {
     run(Command::new("umoci")
         .args(["unpack", "--image", &format!("{}:debian", layout.display())])
         .arg(&bundle));
+    let mounts: Vec<containerd_snapshots::api::types::Mount> = specs
+        .iter()
+        .map(|s| containerd_snapshots::api::types::Mount {
+            r#type: s.kind.clone(),
+            source: s.source.clone(),
+            target: String::new(),
+            options: s.options.clone(),
+        })
+        .collect();
     let differences = {
-        let mounted = common::Mounted::new(
-            &specs
-                .iter()
-                .map(|s| containerd_snapshots::api::types::Mount {
-                    r#type: s.kind.clone(),
-                    source: s.source.clone(),
-                    target: String::new(),
-                    options: s.options.clone(),
-                })
-                .collect::<Vec<_>>(),
-            &target,
-        );
+        let mounted = common::Mounted::new(&mounts, &target);
         let mut found = compare_trees_with(
             &bundle.join("rootfs"),
             mounted.path(),
@@ -335,6 +333,17 @@ fn containerd_on(driver: &str) {
         fs::write(mounted.path().join("written-through-the-mount"), b"yes").unwrap();
         found
     };
+    {
+        // Mounted again as ctr says: the write is the snapshot's.
+        let again = common::Mounted::new(&mounts, &target);
+        assert_eq!(
+            fs::read(again.path().join("written-through-the-mount"))
+                .ok()
+                .as_deref(),
+            Some(&b"yes"[..]),
+            "a file written through the snapshot's mount is not in it when mounted again"
+        );
+    }
     assert!(
         differences.is_empty(),
         "the container snapshot differs from umoci unpack:\n{}",

@@ -912,9 +912,16 @@ fn killed_snapshotter_leaves_a_consistent_store() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let work = served.dir.join("work");
     let mut answered: std::collections::BTreeMap<String, Kind> = Default::default();
-    for (round, after_ms) in [120u64, 260, 400].into_iter().enumerate() {
+    // Each round kills after a different number of answered calls and a
+    // different delay, so the kill lands at different steps (counted, not
+    // timed: a loaded machine answers slower, not fewer).
+    for (round, (after_calls, after_ms)) in
+        [(2usize, 3u64), (5, 11), (9, 23)].into_iter().enumerate()
+    {
         let socket = served.socket.clone();
         let work_round = work.join(format!("round-{round}"));
+        let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = progress.clone();
         // The calls run on their own thread; the kill comes from here.
         let calls = std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -922,6 +929,7 @@ fn killed_snapshotter_leaves_a_consistent_store() {
                 let mut snap = Snap(common::client_on(&socket).await);
                 let mut answered = Vec::new();
                 for i in 0.. {
+                    seen.store(i, std::sync::atomic::Ordering::SeqCst);
                     let active = key(&work_round, &format!("active-{i}"));
                     let Ok(mounts) = snap.prepare(&active, "").await else {
                         break;
@@ -949,9 +957,23 @@ fn killed_snapshotter_leaves_a_consistent_store() {
                 answered
             })
         });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while progress.load(std::sync::atomic::Ordering::SeqCst) < after_calls {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the calls made no progress"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         std::thread::sleep(std::time::Duration::from_millis(after_ms));
         served.kill();
-        answered.extend(calls.join().unwrap());
+        // The calls only stop when one fails: the kill cut one off.
+        let held = calls.join().unwrap();
+        assert!(
+            !held.is_empty(),
+            "round {round}: no call was answered before the kill ({after_ms} ms)"
+        );
+        answered.extend(held);
         served.launch();
     }
     runtime.block_on(async {

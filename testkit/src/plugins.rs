@@ -92,8 +92,8 @@ fn cargo_build_cdylib(
 pub enum ForeignAbi {
     /// strata-plugin-abi 2.x: same types, next major version.
     NextMajor,
-    /// strata-plugin-abi claiming 1.0.0 with two fields of a boundary struct
-    /// swapped, as a hand-edited or forked ABI would have.
+    /// strata-plugin-abi claiming this workspace's version with two fields
+    /// of a boundary struct swapped, as a hand-edited or forked ABI would have.
     ChangedLayout,
     /// strata-plugin-abi 1.0.0 exactly as released (from this repository's
     /// history, [`ABI_1_0_COMMIT`]): a driver built before ABI 1.1 added

@@ -180,6 +180,8 @@ fn same_tree_as_get(suite: &Suite) -> CheckOutcome {
 }
 
 fn writes_reach_the_layer(suite: &Suite) -> CheckOutcome {
+    // Performing a description mounts.
+    needs_root()?;
     let driver = suite.driver;
     let mut layers = Layers::new(driver);
     let (base, child) = (
@@ -252,6 +254,7 @@ fn writes_reach_the_layer(suite: &Suite) -> CheckOutcome {
 }
 
 fn read_only_refuses_writes(suite: &Suite) -> CheckOutcome {
+    needs_root()?;
     let driver = suite.driver;
     let mut layers = Layers::new(driver);
     let id = "conformance-described-ro";
