@@ -102,8 +102,17 @@ fn describe(
     }
 }
 
+/// Where a check performs descriptions: a directory of its own, named for
+/// what it is (`strata-described-*` in the temporary directory), apart from
+/// the driver's home and from scratch filesystems other checks and tests
+/// watch for leftovers.
 fn scratch() -> Result<tempfile::TempDir, Verdict> {
-    io("make a scratch directory", tempfile::tempdir())
+    io(
+        "make a scratch directory",
+        tempfile::Builder::new()
+            .prefix("strata-described-")
+            .tempdir(),
+    )
 }
 
 fn same_tree_as_get(suite: &Suite) -> CheckOutcome {
