@@ -21,7 +21,6 @@ pub mod error;
 pub mod filter;
 pub mod record;
 pub mod service;
-pub mod usage;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;

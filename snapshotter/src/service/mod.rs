@@ -27,22 +27,20 @@
 //!   no snapshot stands on it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
+use containerd_snapshots::Info;
 use containerd_snapshots::api::types::Mount;
-use containerd_snapshots::{Info, Usage};
 use strata_core::fsutil::FileLock;
 use strata_core::layers::{LayerRecord, NewLayer, Revision};
-use strata_core::{
-    CoreError, CreateOptions, DriverErrorKind, LayerId, MountOptions, OWNER_FLAG, Store,
-};
-use strata_driver_kit::mounts::read_only_asked;
+use strata_core::{CoreError, CreateOptions, LayerId, OWNER_FLAG, Store};
 
 use crate::error::SnapshotError;
 use crate::filter::{self, Fields};
 use crate::record::{self, SnapshotFacts, SnapshotKind};
-use crate::usage::disk_usage;
+
+mod mounts;
+mod usage;
 
 type Result<T> = std::result::Result<T, SnapshotError>;
 
@@ -53,7 +51,7 @@ pub struct Snapshots {
 }
 
 /// A snapshot found by key: its layer and its facts.
-struct Found {
+pub(crate) struct Found {
     record: LayerRecord,
     facts: SnapshotFacts,
 }
@@ -240,90 +238,6 @@ impl Snapshots {
         }
     }
 
-    /// Mounts: how to mount the snapshot's tree.
-    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let found = self.find(key, "mounts of")?;
-        if !self.describes_mounts(&found)? {
-            // The fallback may take a mount and record it: under the lock,
-            // with the snapshot found again.
-            let _lock = self.lock()?;
-            let found = self.find(key, "mounts of")?;
-            return self.mounts_of(found, &format!("mounts of snapshot {key:?}"));
-        }
-        self.mounts_of(found, &format!("mounts of snapshot {key:?}"))
-    }
-
-    fn mount_options(facts: &SnapshotFacts) -> MountOptions {
-        MountOptions {
-            options: if facts.kind.is_writable() {
-                Vec::new()
-            } else {
-                vec!["ro".into()]
-            },
-            ..Default::default()
-        }
-    }
-
-    fn describes_mounts(&self, found: &Found) -> Result<bool> {
-        match self
-            .store
-            .driver()
-            .describe_mount(found.record.id.as_str(), &Self::mount_options(&found.facts))
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == DriverErrorKind::NotSupported => Ok(false),
-            Err(e) => Err(SnapshotError::store("describe a snapshot's mount")(
-                e.into(),
-            )),
-        }
-    }
-
-    /// The snapshot's mounts: the driver's description, or a bind of the
-    /// store's counted mount of the layer for a driver that gives none
-    /// (taken once, held until Commit or Remove; the caller holds the lock).
-    fn mounts_of(&self, found: Found, context: &str) -> Result<Vec<Mount>> {
-        let driver = self.store.driver();
-        let options = Self::mount_options(&found.facts);
-        match driver.describe_mount(found.record.id.as_str(), &options) {
-            Ok(specs) => return Ok(specs.into_iter().map(to_mount).collect()),
-            Err(e) if e.kind() == DriverErrorKind::NotSupported => {}
-            Err(e) => return Err(SnapshotError::store(context)(e.into())),
-        }
-        let read_only = read_only_asked(found.record.id.as_str(), &options.options)
-            .map_err(|e| SnapshotError::store(context)(e.into()))?;
-        let id = &found.record.id;
-        if let Some(path) = &found.facts.held_mount {
-            let count = self
-                .store
-                .layers
-                .mount_count(id)
-                .map_err(SnapshotError::store(context))?;
-            if count > 0 {
-                return Ok(vec![bind(path, read_only)]);
-            }
-        }
-        // The store's mount comes first, then the record of it: a kill in
-        // between leaves a count without a record, which the layer's removal
-        // clears; the reverse would give containerd an unmounted directory.
-        let path = self
-            .store
-            .layers
-            .mount(id, &MountOptions::default())
-            .map_err(SnapshotError::store(context))?;
-        self.store
-            .layers
-            .revise(id, "hold a mount of", |record| {
-                // From the record as it is now, not as it was read.
-                let mut facts = SnapshotFacts::of(record).unwrap_or_else(|| found.facts.clone());
-                facts.held_mount = Some(path.clone());
-                let mut revision = Revision::of(record);
-                revision.flags.insert(record::FLAG.into(), facts.to_flag());
-                Ok(revision)
-            })
-            .map_err(SnapshotError::store(context))?;
-        Ok(vec![bind(&path, read_only)])
-    }
-
     /// Commit: active snapshot `key` becomes committed snapshot `name`.
     pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
         let context = format!("commit snapshot {key:?} as {name:?}");
@@ -371,18 +285,6 @@ impl Snapshots {
         self.release_held_mount(&found, &context);
         tracing::debug!(key, name, layer = %found.record.id, "snapshot committed");
         Ok(())
-    }
-
-    fn release_held_mount(&self, found: &Found, context: &str) {
-        if found.facts.held_mount.is_none() {
-            return;
-        }
-        match self.store.layers.unmount(found.record.id.as_str()) {
-            Ok(_) | Err(CoreError::NotFound(_)) => {}
-            Err(e) => {
-                tracing::warn!(layer = %found.record.id, error = %e, "{context}: could not release the held mount");
-            }
-        }
     }
 
     /// Remove: the snapshot and its layer; refused while a snapshot stands
@@ -474,55 +376,6 @@ impl Snapshots {
         self.info_of(&Found { record, facts })
     }
 
-    /// Usage: the bytes and inodes the snapshot's own changes take (the
-    /// driver's native diff where it keeps one, else the layer's tree).
-    pub fn usage(&self, key: &str) -> Result<Usage> {
-        let found = self.find(key, "usage of")?;
-        let context = format!("usage of snapshot {key:?}");
-        let id = found.record.id.as_str();
-        let driver = self.store.driver();
-        let native = driver
-            .native_diff(id)
-            .map_err(|e| SnapshotError::store(&context)(e.into()))?;
-        let measured = match native {
-            Some(native) => measure(&native.path, &context)?,
-            None => {
-                let described = driver
-                    .describe_mount(id, &Self::mount_options(&found.facts))
-                    .ok()
-                    .and_then(|specs| match specs.as_slice() {
-                        [one] if one.kind == "bind" => Some(PathBuf::from(&one.source)),
-                        _ => None,
-                    });
-                match described.or(found.facts.held_mount.clone()) {
-                    Some(tree) => measure(&tree, &context)?,
-                    None => {
-                        let tree = self
-                            .store
-                            .layers
-                            .mount(&found.record.id, &MountOptions::default())
-                            .map_err(SnapshotError::store(&context))?;
-                        let measured = measure(&tree, &context);
-                        let _ = self.store.layers.unmount(id);
-                        measured?
-                    }
-                }
-            }
-        };
-        // A driver that keeps its own account of a layer's bytes says so in
-        // its `used` fact (zfs: the dataset's used property, what
-        // containerd's zfs snapshotter reports); reading blocks through a
-        // FUSE mount would give its cached, stale attributes.
-        let used = driver
-            .metadata(id)
-            .ok()
-            .and_then(|facts| facts.get("used").and_then(|v| v.parse::<u64>().ok()));
-        Ok(Usage {
-            size: used.unwrap_or(measured.0) as i64,
-            inodes: measured.1 as i64,
-        })
-    }
-
     /// List: every snapshot that passes `filters`.
     pub fn list(&self, filters: &[String]) -> Result<Vec<Info>> {
         let filters = filter::parse_all(filters).map_err(SnapshotError::InvalidArgument)?;
@@ -589,23 +442,3 @@ impl Fields for InfoFields<'_> {
         }
     }
 }
-
-fn measure(tree: &Path, context: &str) -> Result<(u64, u64)> {
-    disk_usage(tree).map_err(|e| SnapshotError::store(context)(CoreError::io("measure", tree, e)))
-}
-
-fn to_mount(spec: strata_core::MountSpec) -> Mount {
-    Mount {
-        r#type: spec.kind,
-        source: spec.source,
-        target: String::new(),
-        options: spec.options,
-    }
-}
-
-fn bind(path: &Path, read_only: bool) -> Mount {
-    to_mount(strata_core::MountSpec::bind(path, read_only))
-}
-
-/// The service containerd calls, shared by the gRPC server's tasks.
-pub type Shared = Arc<Snapshots>;
