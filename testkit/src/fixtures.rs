@@ -342,12 +342,22 @@ pub fn tar_of_many(prefix: &str, files: usize, size: usize) -> Vec<u8> {
 /// debootstrap and kept under `target/bench-fixtures` (for benches and for
 /// the tests that run real clients on a real distribution tree).
 pub fn debian_rootfs_tar() -> std::path::PathBuf {
+    // One maker at a time, across the threads of a test binary (its tests
+    // run in parallel) and across processes: the others wait, then find it.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _in_process = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = crate::workspace_root().join("target/bench-fixtures");
     let tar = dir.join("debian-bookworm-minbase.tar");
     if tar.exists() {
         return tar;
     }
     std::fs::create_dir_all(&dir).expect("create target/bench-fixtures");
+    let lock = std::fs::File::create(dir.join("debian-bookworm-minbase.lock"))
+        .expect("create the fixture's lock file");
+    lock.lock().expect("lock the fixture");
+    if tar.exists() {
+        return tar;
+    }
     let scratch = tempfile::tempdir_in(&dir).expect("scratch directory");
     let root = scratch.path().join("rootfs");
     eprintln!("making a Debian root filesystem with debootstrap (once)...");
@@ -357,10 +367,7 @@ pub fn debian_rootfs_tar() -> std::path::PathBuf {
             .args(["--variant=minbase", "bookworm"])
             .arg(&root),
     );
-    let partial = dir.join(format!(
-        "debian-bookworm-minbase.tar.partial.{}",
-        std::process::id()
-    ));
+    let partial = scratch.path().join("debian-bookworm-minbase.tar.partial");
     crate::run_ok(
         std::process::Command::new("tar")
             .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
@@ -369,7 +376,7 @@ pub fn debian_rootfs_tar() -> std::path::PathBuf {
             .arg(&partial)
             .arg("."),
     );
-    // Two processes may make it at once: each renames its own whole tar.
+    // Whole or not at all: a maker killed before this leaves no tar.
     std::fs::rename(&partial, &tar).expect("move the tar into place");
     tar
 }
