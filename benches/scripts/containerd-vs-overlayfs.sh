@@ -17,14 +17,8 @@ rounds=${1:-7}
 cycles=${2:-30}
 ./scripts/install-deps.sh
 cargo build --release --quiet -p strata-snapshotter -p strata-driver-overlay
-fixtures=$PWD/target/bench-fixtures
-debian_tar=$fixtures/debian-bookworm-minbase.tar
-if [ ! -f "$debian_tar" ]; then
-    cargo bench -q -p strata-benches --bench archive_apply -- --list >/dev/null 2>&1 || true
-fi
-[ -f "$debian_tar" ] || { echo "no Debian fixture at $debian_tar (run ./run.sh once)"; exit 1; }
-
 . benches/scripts/lib.sh
+bench_debian_tar
 bench_loop_ext4 16G
 stop_daemons() {
     [ -n "${containerd_pid:-}" ] && kill "$containerd_pid" 2>/dev/null && wait "$containerd_pid" 2>/dev/null

@@ -22,15 +22,8 @@ cargo build --release --quiet -p strata-cli -p strata-driver-vfs -p strata-drive
 strata=$PWD/target/release/strata
 export STRATA_DRIVER_PATH=$PWD/target/release
 
-fixtures=$PWD/target/bench-fixtures
-debian_tar=$fixtures/debian-bookworm-minbase.tar
-if [ ! -f "$debian_tar" ]; then
-    # Made by the Rust benches' fixture code (debootstrap, once).
-    cargo bench -q -p strata-benches --bench archive_apply -- --list >/dev/null 2>&1 || true
-fi
-[ -f "$debian_tar" ] || { echo "no Debian fixture at $debian_tar (run ./run.sh once)"; exit 1; }
-
 . benches/scripts/lib.sh
+bench_debian_tar
 bench_loop_ext4 16G
 
 echo "== making the images with umoci"

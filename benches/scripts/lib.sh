@@ -16,6 +16,18 @@ bench_loop_ext4() {
     mount "$loopdev" "$mnt"
 }
 
+# bench_debian_tar: sets $debian_tar to the Debian minbase tar the Rust
+# fixture code makes (debootstrap, once, under target/bench-fixtures),
+# making it if missing; exits if it cannot.
+bench_debian_tar() {
+    debian_tar=$PWD/target/bench-fixtures/debian-bookworm-minbase.tar
+    if [ ! -f "$debian_tar" ]; then
+        # Made by the Rust benches' fixture code (debootstrap, once).
+        cargo bench -q -p strata-benches --bench archive_apply -- --list >/dev/null 2>&1 || true
+    fi
+    [ -f "$debian_tar" ] || { echo "no Debian fixture at $debian_tar (run ./run.sh once)"; exit 1; }
+}
+
 bench_cleanup() {
     set +e
     for m in $(grep -o " $mnt[^ ]*" /proc/mounts | sort -r); do umount -l "$m"; done

@@ -224,7 +224,13 @@ impl Snapshots {
         drop(building);
         tracing::debug!(key, layer = %record.id, kind = kind.as_str(), "snapshot made");
         let id = record.id.clone();
-        match self.mounts_of(Found { record, facts }, &context) {
+        let found = Found { record, facts };
+        let mounts = match self.described(&found, &context) {
+            Ok(Some(mounts)) => Ok(mounts),
+            Ok(None) => self.held_bind(found, &context),
+            Err(e) => Err(e),
+        };
+        match mounts {
             Ok(mounts) => Ok(mounts),
             Err(e) => {
                 // containerd drops a snapshot whose Prepare failed: so does

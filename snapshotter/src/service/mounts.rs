@@ -16,15 +16,16 @@ use crate::record::{self, SnapshotFacts};
 impl Snapshots {
     /// Mounts: how to mount the snapshot's tree.
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let context = format!("mounts of snapshot {key:?}");
         let found = self.find(key, "mounts of")?;
-        if !self.describes_mounts(&found)? {
-            // The fallback may take a mount and record it: under the lock,
-            // with the snapshot found again.
-            let _lock = self.lock()?;
-            let found = self.find(key, "mounts of")?;
-            return self.mounts_of(found, &format!("mounts of snapshot {key:?}"));
+        if let Some(mounts) = self.described(&found, &context)? {
+            return Ok(mounts);
         }
-        self.mounts_of(found, &format!("mounts of snapshot {key:?}"))
+        // The fallback may take a mount and record it: under the lock, with
+        // the snapshot found again.
+        let _lock = self.lock()?;
+        let found = self.find(key, "mounts of")?;
+        self.held_bind(found, &context)
     }
 
     pub(super) fn mount_options(facts: &SnapshotFacts) -> MountOptions {
@@ -38,31 +39,26 @@ impl Snapshots {
         }
     }
 
-    fn describes_mounts(&self, found: &Found) -> Result<bool> {
+    /// The snapshot's mounts as the driver describes them; `None` for a
+    /// driver that describes none.
+    pub(super) fn described(&self, found: &Found, context: &str) -> Result<Option<Vec<Mount>>> {
+        let options = Self::mount_options(&found.facts);
         match self
             .store
             .driver()
-            .describe_mount(found.record.id.as_str(), &Self::mount_options(&found.facts))
+            .describe_mount(found.record.id.as_str(), &options)
         {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == DriverErrorKind::NotSupported => Ok(false),
-            Err(e) => Err(SnapshotError::store("describe a snapshot's mount")(
-                e.into(),
-            )),
+            Ok(specs) => Ok(Some(specs.into_iter().map(to_mount).collect())),
+            Err(e) if e.kind() == DriverErrorKind::NotSupported => Ok(None),
+            Err(e) => Err(SnapshotError::store(context)(e.into())),
         }
     }
 
-    /// The snapshot's mounts: the driver's description, or a bind of the
-    /// store's counted mount of the layer for a driver that gives none
-    /// (taken once, held until Commit or Remove; the caller holds the lock).
-    pub(super) fn mounts_of(&self, found: Found, context: &str) -> Result<Vec<Mount>> {
-        let driver = self.store.driver();
+    /// For a driver that describes no mounts: a bind of the store's counted
+    /// mount of the layer (taken once, held until Commit or Remove; the
+    /// caller holds the lock).
+    pub(super) fn held_bind(&self, found: Found, context: &str) -> Result<Vec<Mount>> {
         let options = Self::mount_options(&found.facts);
-        match driver.describe_mount(found.record.id.as_str(), &options) {
-            Ok(specs) => return Ok(specs.into_iter().map(to_mount).collect()),
-            Err(e) if e.kind() == DriverErrorKind::NotSupported => {}
-            Err(e) => return Err(SnapshotError::store(context)(e.into())),
-        }
         let read_only = read_only_asked(found.record.id.as_str(), &options.options)
             .map_err(|e| SnapshotError::store(context)(e.into()))?;
         let id = &found.record.id;
